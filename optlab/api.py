@@ -1,0 +1,124 @@
+"""The user-facing entry points: build optimizers from registered presets."""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import registry
+from .hparams import closest
+from .optimizer import RuleOptimizer
+from .rules import CurvatureEstimator, Rule, Stepper
+from .selectors import Selector, named_parameters_with_owner
+
+__all__ = ["optimizer", "explain", "selector", "estimator", "stepper", "preset_rules", "preset_hparams",
+           "optimizer_names"]
+
+
+def selector(name: str, *args, **options) -> Selector:
+    """A registered selector, e.g. ``selector("regex", r"^fc\\.")``."""
+    return registry.get("selector", name)(*args, **options)
+
+
+def estimator(name: str) -> CurvatureEstimator:
+    return registry.get("estimator", name)()
+
+
+def stepper(name: str) -> Stepper:
+    return registry.get("stepper", name)()
+
+
+def preset_hparams(name: str) -> dict[str, Any]:
+    """The keyword hyperparameters of a preset or baseline with their defaults."""
+    fn = _lookup(name)[1]
+    sig = inspect.signature(fn)
+    return {k: p.default for k, p in list(sig.parameters.items())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def optimizer_names() -> list[str]:
+    return sorted(set(registry.items("preset")) | set(registry.items("baseline")))
+
+
+def _lookup(name: str):
+    presets, baselines = registry.items("preset"), registry.items("baseline")
+    if name in presets:
+        return "preset", presets[name].item
+    if name in baselines:
+        return "baseline", baselines[name].item
+    valid = optimizer_names()
+    raise registry.RegistryError(f"unknown optimizer {name!r}.{closest(name, valid)} "
+                                 f"Valid: {', '.join(valid)}.")
+
+
+def _check_kwargs(name: str, fn, hparams: dict) -> None:
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1:]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return  # validated later against the rules' declared hyperparameters
+    valid = [p.name for p in params]
+    for k in hparams:
+        if k not in valid:
+            raise TypeError(f"{name}: unknown hyperparameter {k!r}.{closest(k, valid)} "
+                            f"Valid: {', '.join(valid)}.")
+
+
+def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
+    kind, fn = _lookup(name)
+    if kind != "preset":
+        raise ValueError(f"{name!r} is a baseline optimizer, not a preset built from rules")
+    _check_kwargs(name, fn, hparams)
+    return fn(model, **hparams)
+
+
+def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: int | None = None,
+              **hparams) -> torch.optim.Optimizer:
+    """``optlab.optimizer("sgd-ph", model, lr=0.1, ...)``: a real ``torch.optim.Optimizer``.
+
+    Presets (built from rules) return a :class:`RuleOptimizer`; baselines return
+    whatever optimizer their plugin builds. ``engine`` picks the HVP engine
+    (``"autograd"`` or ``"func"``); ``seed`` seeds stochastic estimators.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optlab.optimizer needs the nn.Module whose parameters it optimizes; "
+                        f"got {type(model).__name__}")
+    kind, fn = _lookup(name)
+    _check_kwargs(name, fn, hparams)
+    if kind == "baseline":
+        return fn(model, **hparams)
+    return RuleOptimizer(model, fn(model, **hparams), engine=engine, seed=seed, name=name)
+
+
+def explain(model: nn.Module, name: str, *, file=None, **hparams) -> list[dict]:
+    """Print (and return) which rule every parameter of ``model`` goes to under preset ``name``."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rules = preset_rules(name, model, **hparams)
+        from .rules import partition
+        groups = partition(model, rules)
+    by_rule = {r.name: r for r in rules}
+    where = {n: g["rule"] for g in groups for n in g["param_names"]}
+    rows = []
+    for info in named_parameters_with_owner(model):
+        rname = where.get(info.name)
+        r = by_rule.get(rname)
+        rows.append({
+            "parameter": info.name, "shape": tuple(info.param.shape), "module": type(info.owner).__name__,
+            "rule": rname or "(frozen)", "stepper": r.stepper.name if r else "-",
+            "curvature": (r.curvature.name if r and r.curvature else "-"),
+        })
+    cols = ["parameter", "shape", "module", "rule", "stepper", "curvature"]
+    width = {c: max(len(c), *(len(str(row[c])) for row in rows)) if rows else len(c) for c in cols}
+    lines = ["  ".join(c.ljust(width[c]) for c in cols)]
+    lines += ["  ".join(str(row[c]).ljust(width[c]) for c in cols) for row in rows]
+    counts = {}
+    for row in rows:
+        counts[row["rule"]] = counts.get(row["rule"], 0) + 1
+    lines.append(f"{name}: " + ", ".join(f"{k}: {v} tensors" for k, v in counts.items()))
+    lines += [f"warning: {w.message}" for w in caught]
+    print("\n".join(lines), file=file)
+    return rows

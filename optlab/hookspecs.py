@@ -1,0 +1,128 @@
+"""The extension points of optlab, one hook per kind of plugin item.
+
+A plugin is a module (or object) with functions marked ``@optlab.hookimpl``
+whose names are the hooks below, exposed through the ``optlab`` entry-point
+group in its ``pyproject.toml``::
+
+    [project.entry-points.optlab]
+    myplugin = "myplugin.plugin"
+
+Each hook receives ``register``, a callable ``register(name, item)``; call it
+once per item. Names are global per kind: two plugins registering one name is
+an error naming both. The built-ins (``optlab.plugins.builtins``) use exactly
+these hooks.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("optlab")
+hookimpl = pluggy.HookimplMarker("optlab")
+
+
+@hookspec
+def optlab_register_selectors(register):
+    """Register parameter selectors.
+
+    ``register(name, factory)``: ``factory(**options) -> optlab.selectors.Selector``.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_selectors(register):
+            register("convs", lambda: by_predicate(
+                lambda name, p, owner: isinstance(owner, nn.Conv2d), "conv weights"))
+    """
+
+
+@hookspec
+def optlab_register_estimators(register):
+    """Register curvature estimators.
+
+    ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.CurvatureEstimator`
+    (``name``, ``hparams``, ``stochastic``, ``estimate(ctx, indices, group, generator)``
+    returning ``{index: tensor shaped like the parameter}``).
+
+    Example::
+
+        @hookimpl
+        def optlab_register_estimators(register):
+            register("my_diag", MyDiagEstimator)
+    """
+
+
+@hookspec
+def optlab_register_steppers(register):
+    """Register steppers.
+
+    ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.Stepper`
+    (``name``, ``hparams``, ``needs_curvature``,
+    ``step(params, grads, states, group, *, curvature, rule_step)``, in place).
+
+    Example::
+
+        @hookimpl
+        def optlab_register_steppers(register):
+            register("signsgd", SignSGD)
+    """
+
+
+@hookspec
+def optlab_register_presets(register):
+    """Register presets (named optimizers).
+
+    ``register(name, fn)``: ``fn(model, **hparams) -> list[optlab.Rule]``. The
+    keyword arguments of ``fn`` are the preset's hyperparameters.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_presets(register):
+            register("sign-ph", lambda model, lr=0.1: [Rule(...), Rule(...)])
+    """
+
+
+@hookspec
+def optlab_register_tasks(register):
+    """Register tasks (data sets with a loss).
+
+    ``register(name, fn)``: ``fn(seed: int, **options) -> optlab.tasks.Task``.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_tasks(register):
+            register("xor", make_xor_task)
+    """
+
+
+@hookspec
+def optlab_register_models(register):
+    """Register model constructors.
+
+    ``register(name, fn)``: ``fn(task_info: dict, **options) -> nn.Module`` where
+    ``task_info`` has ``input_shape`` and ``num_classes``.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_models(register):
+            register("tiny-mlp", lambda info: nn.Sequential(nn.Flatten(), nn.LazyLinear(info["num_classes"])))
+    """
+
+
+@hookspec
+def optlab_register_baselines(register):
+    """Register baseline optimizers that are not built from rules.
+
+    ``register(name, fn)``: ``fn(model, **hparams) -> torch.optim.Optimizer``.
+    If ``fn.needs_closure`` is true the runner calls ``opt.step(closure)`` with a
+    closure that runs forward and backward (``create_graph=True`` when
+    ``fn.create_graph`` is true), as second-order optimizers expect.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_baselines(register):
+            register("adamw", lambda model, lr=1e-3: torch.optim.AdamW(model.parameters(), lr=lr))
+    """

@@ -1,0 +1,85 @@
+"""Hyperparameter declarations and validation.
+
+Every stepper, curvature estimator and schedule declares its hyperparameters as
+``{name: HParam(default, valid=..., doc=...)}``. ``validate`` checks a value
+against that declaration and raises a ``ValueError`` that names the owner, the
+bad value and what would be valid.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "HParam", "validate", "resolve", "closest",
+    "nonneg", "positive", "unit_interval", "choice", "positive_int", "optional",
+]
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its default, a predicate, and words for the valid range."""
+
+    default: Any
+    check: Callable[[Any], bool] | None = None
+    valid: str = "any value"
+    doc: str = ""
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def nonneg(default: float, doc: str = "") -> HParam:
+    return HParam(default, lambda x: _is_real(x) and x >= 0, "a finite number >= 0", doc)
+
+
+def positive(default: float, doc: str = "") -> HParam:
+    return HParam(default, lambda x: _is_real(x) and x > 0, "a finite number > 0", doc)
+
+
+def unit_interval(default: float, doc: str = "") -> HParam:
+    """A value in [0, 1) -- momenta and EMA coefficients."""
+    return HParam(default, lambda x: _is_real(x) and 0 <= x < 1, "a number in [0, 1)", doc)
+
+
+def positive_int(default: int | None, doc: str = "") -> HParam:
+    return HParam(default, lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1,
+                  "an integer >= 1", doc)
+
+
+def choice(default: Any, options: tuple, doc: str = "") -> HParam:
+    return HParam(default, lambda x: x in options, "one of " + ", ".join(map(repr, options)), doc)
+
+
+def optional(spec: HParam) -> HParam:
+    """``spec`` or ``None`` (meaning: derived automatically)."""
+    return HParam(spec.default, lambda x: x is None or spec.check(x), spec.valid + " or None", spec.doc)
+
+
+def closest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def validate(owner: str, name: str, value: Any, spec: HParam) -> Any:
+    if spec.check is not None and not spec.check(value):
+        raise ValueError(f"{owner}: invalid {name}={value!r}; expected {spec.valid}.")
+    return value
+
+
+def resolve(owner: str, specs: Mapping[str, HParam], given: Mapping[str, Any]) -> dict:
+    """Defaults of ``specs`` overridden by ``given``; unknown names and bad values raise."""
+    unknown = [k for k in given if k not in specs]
+    if unknown:
+        k = unknown[0]
+        raise TypeError(
+            f"{owner}: unknown hyperparameter {k!r}.{closest(k, specs)} "
+            f"Valid: {', '.join(sorted(specs))}."
+        )
+    out = {}
+    for k, spec in specs.items():
+        out[k] = validate(owner, k, given.get(k, spec.default), spec)
+    return out

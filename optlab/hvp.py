@@ -1,0 +1,193 @@
+"""Hessian-vector product engines.
+
+Both engines give ``H_SS v_S``: the Hessian of the loss restricted to a support
+``S`` of parameter tensors (rows and columns), times a probe ``v`` on ``S``.
+Restricting the rows is what makes a one-tensor product cheap: ``H_kk v_k`` is
+``d/dp_k <g_k, v_k>`` and needs no back-propagation through other gradients.
+
+* ``autograd``: double backward, ``autograd.grad(g_S, p_S, v_S)`` on gradients
+  built with ``create_graph=True`` from the step's own forward pass (so
+  BatchNorm buffers are updated exactly once, as in a plain step). Several
+  probes at once with ``is_grads_batched=True`` (vmap over the backward).
+* ``func``: ``torch.func`` forward-over-reverse, ``jvp(grad(f), (p,), (v,))``
+  with ``f`` the closure re-run through ``functional_call``; ``vmap`` over
+  probes (``chunk_size`` bounds memory). The re-run freezes BatchNorm running
+  statistics (train-mode batch statistics are still used), so buffers are left
+  exactly as the gradient pass left them.
+
+Reference: Pearlmutter, "Fast exact multiplication by the Hessian" (1994);
+curvlinops' ``HessianLinearOperator`` for the jvp-of-grad form.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+__all__ = ["CurvatureContext", "AutogradEngine", "FuncEngine", "ENGINES", "get_engine",
+           "frozen_batchnorm_stats"]
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Train-mode BatchNorm without touching running stats or ``num_batches_tracked``.
+
+    Sets ``track_running_stats=False`` on train-mode BatchNorm layers for the
+    duration: ``F.batch_norm`` then receives no running buffers, normalizes with
+    the batch statistics (as in train mode) and updates nothing. Unlike
+    ``torch.func.replace_all_batch_norm_modules_`` nothing is deleted.
+    """
+    changed = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            m.track_running_stats = False
+            changed.append(m)
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.track_running_stats = True
+
+
+def _check_scalar(loss) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"the closure must return the loss as a scalar tensor; got {type(loss).__name__}")
+    if loss.numel() != 1:
+        raise ValueError(f"the loss must be a scalar; got a tensor of shape {tuple(loss.shape)} "
+                         "(reduce it, e.g. with .mean())")
+    return loss.reshape(())
+
+
+class CurvatureContext:
+    """Hessian-vector products for one rule's parameters at the current step."""
+
+    engine: str = ""
+
+    def __init__(self, params: list[torch.Tensor], names: list[str]):
+        self.params = params
+        self.names = names
+        self.hvp_count = 0
+
+    def hvp(self, vs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """``H_SS v_S`` for the support ``S = vs.keys()`` (rule-local indices)."""
+        out = self.hvp_batched({i: v.unsqueeze(0) for i, v in vs.items()})
+        return {i: t[0] for i, t in out.items()}
+
+    def hvp_batched(self, vs: dict[int, torch.Tensor], chunk_size: int | None = None
+                    ) -> dict[int, torch.Tensor]:
+        """Like :meth:`hvp` for ``n`` probes stacked along a leading dimension."""
+        raise NotImplementedError
+
+
+class _AutogradContext(CurvatureContext):
+    engine = "autograd"
+
+    def __init__(self, params, names, grads):
+        super().__init__(params, names)
+        self.grads = grads
+        for i, g in enumerate(grads):
+            if g is None:
+                raise ValueError(
+                    f"parameter {names[i]!r} does not take part in the loss, so its curvature is "
+                    "undefined; exclude it from the rule's selector (or freeze it).")
+
+    def hvp_batched(self, vs, chunk_size=None):
+        idx = list(vs)
+        n = next(iter(vs.values())).shape[0]
+        live = [i for i in idx if self.grads[i].requires_grad]
+        res: dict[int, torch.Tensor] = {i: torch.zeros_like(vs[i]) for i in idx}
+        if live:
+            chunk = chunk_size or n
+            parts = []
+            for s in range(0, n, chunk):
+                outs = torch.autograd.grad(
+                    [self.grads[i] for i in live], [self.params[i] for i in idx],
+                    [vs[i][s:s + chunk] for i in live], retain_graph=True, allow_unused=True,
+                    is_grads_batched=True)
+                parts.append(outs)
+            for j, i in enumerate(idx):
+                if all(p[j] is not None for p in parts):
+                    res[i] = torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j]
+        self.hvp_count += n
+        return res
+
+
+class _FuncContext(CurvatureContext):
+    engine = "func"
+
+    def __init__(self, params, names, model, closure):
+        super().__init__(params, names)
+        self.model = model
+        self.closure = closure
+
+    def _loss_of(self, idx: list[int]) -> Callable:
+        names = ["model." + self.names[i] for i in idx]
+        wrapper = _ClosureModule(self.model, self.closure)
+
+        def f(*ps):
+            with frozen_batchnorm_stats(self.model):
+                return _check_scalar(functional_call(wrapper, dict(zip(names, ps)), (), strict=False))
+        return f
+
+    def hvp_batched(self, vs, chunk_size=None):
+        idx = list(vs)
+        f = self._loss_of(idx)
+        primals = tuple(self.params[i].detach() for i in idx)
+        g = grad(f, argnums=tuple(range(len(idx))))
+
+        def one(*tangents):
+            return jvp(g, primals, tangents)[1]
+
+        with torch.no_grad():  # torch.func ignores it; stops outer graphs over other params
+            outs = vmap(one, chunk_size=chunk_size)(*(vs[i] for i in idx))
+        self.hvp_count += next(iter(vs.values())).shape[0]
+        return dict(zip(idx, outs))
+
+
+class _ClosureModule(nn.Module):
+    """Lets ``functional_call`` swap the model's parameters while a closure runs."""
+
+    def __init__(self, model: nn.Module, closure: Callable):
+        super().__init__()
+        self.model = model
+        self._closure = closure
+
+    def forward(self):
+        return self._closure()
+
+
+class AutogradEngine:
+    """Double backward; needs gradients built with ``create_graph=True``."""
+
+    name = "autograd"
+    needs_graph = True
+
+    def context(self, *, model, closure, params, names, grads=None) -> CurvatureContext:
+        if grads is None:  # standalone use (diagnostics): own forward, buffers untouched
+            with torch.enable_grad(), frozen_batchnorm_stats(model):
+                loss = _check_scalar(closure())
+                grads = list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
+        return _AutogradContext(params, names, grads)
+
+
+class FuncEngine:
+    """``torch.func`` forward-over-reverse; re-runs the closure, needs no graph from the step."""
+
+    name = "func"
+    needs_graph = False
+
+    def context(self, *, model, closure, params, names, grads=None) -> CurvatureContext:
+        return _FuncContext(params, names, model, closure)
+
+
+ENGINES = {"autograd": AutogradEngine(), "func": FuncEngine()}
+
+
+def get_engine(name: str):
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise ValueError(f"unknown HVP engine {name!r}; valid: {', '.join(ENGINES)}") from None

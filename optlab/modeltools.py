@@ -1,0 +1,34 @@
+"""Model transformations."""
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+__all__ = ["decouple", "DEFAULT_DECOUPLE_TYPES"]
+
+DEFAULT_DECOUPLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def decouple(model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES,
+             exclude: str | None = None) -> nn.Module:
+    """Weight-normalize conv/linear layers in place: ``w = g * v / ||v||`` per output channel.
+
+    This gives a network without normalization layers channel-wise scales ``g``
+    (the paper's route to SGD-PH for BN-free nets, Sec. 3.3). ``g`` is
+    initialised to ``||w||`` so the outputs are unchanged. Layers whose qualified
+    name matches the regex ``exclude`` are left alone. Returns ``model``.
+    Reference: Salimans & Kingma, "Weight Normalization" (2016).
+    """
+    rx = re.compile(exclude) if exclude else None
+    targets = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, types) and not (rx and rx.search(n))
+               and not torch.nn.utils.parametrize.is_parametrized(m, "weight")]
+    if not targets:
+        raise ValueError(f"decouple: {type(model).__name__} has no {', '.join(t.__name__ for t in types)} "
+                         "layer to weight-normalize" + (f" outside exclude={exclude!r}" if exclude else ""))
+    for _, m in targets:
+        weight_norm(m, name="weight", dim=0)
+    return model

@@ -1,0 +1,158 @@
+"""Rules, the plugin contracts they hold, and ``partition``.
+
+An optimizer is a list of rules::
+
+    Rule(name, selector, curvature, stepper, hparams={...}, schedule=Schedule(...))
+
+``partition(model, rules)`` gives every trainable parameter exactly one rule and
+returns one ``param_group`` per rule, carrying that rule's hyperparameters
+(validated against what its stepper, estimator and schedule declare).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from .hparams import HParam, choice, optional, positive_int, resolve
+from .selectors import Rest, Selector, named_parameters_with_owner
+
+__all__ = ["Stepper", "CurvatureEstimator", "Schedule", "Rule", "partition", "SCHEDULE_HPARAMS"]
+
+
+class Stepper:
+    """Turns a gradient (+ a fresh curvature estimate) into an in-place update.
+
+    Subclasses set ``name``, ``hparams`` (``{name: HParam}``) and implement
+    :meth:`step`. State lives in the per-parameter ``states`` dicts (the
+    optimizer's ``state[p]``) so ``state_dict`` round-trips resume exactly.
+    """
+
+    name: ClassVar[str] = ""
+    hparams: ClassVar[dict[str, HParam]] = {}
+    needs_curvature: ClassVar[bool] = False
+
+    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor | None],
+             states: list[dict], group: Mapping[str, Any], *,
+             curvature: list[torch.Tensor | None] | None = None, rule_step: int = 0) -> None:
+        raise NotImplementedError
+
+
+class CurvatureEstimator:
+    """Estimates a per-parameter curvature tensor (shaped like each parameter).
+
+    ``estimate(ctx, indices, group, generator)`` returns ``{i: tensor}`` for the
+    rule-local parameter indices asked for. ``ctx`` is an
+    :class:`optlab.hvp.CurvatureContext`: Hessian-vector products restricted to
+    a support, and (for Gauss-Newton estimators) the model output.
+    """
+
+    name: ClassVar[str] = ""
+    hparams: ClassVar[dict[str, HParam]] = {}
+    stochastic: ClassVar[bool] = False
+    #: what the estimator targets, for docs and diagnostics
+    target: ClassVar[str] = ""
+
+    def estimate(self, ctx, indices: list[int], group: Mapping[str, Any],
+                 generator: torch.Generator | None) -> dict[int, torch.Tensor]:
+        raise NotImplementedError
+
+
+SCHEDULE_HPARAMS: dict[str, HParam] = {
+    "every": positive_int(1, "refresh curvature on steps 1, 1+every, 1+2*every, ..."),
+    "schedule": choice("all", ("all", "round_robin"),
+                       "'all': every tensor of the rule on each refresh; 'round_robin': one tensor per refresh"),
+    "period": optional(positive_int(None, "round-robin slots (default: number of tensors in the rule)")),
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When and which tensors of a rule refresh their curvature."""
+
+    every: int = 1
+    schedule: str = "all"
+    period: int | None = None
+
+    def indices(self, step: int, rr_pos: int, n: int) -> tuple[list[int], int]:
+        """Tensors to refresh at (1-based) ``step`` and the next round-robin position."""
+        if n == 0 or (step - 1) % self.every != 0:
+            return [], rr_pos
+        if self.schedule == "all":
+            return list(range(n)), rr_pos
+        period = self.period or n
+        return ([rr_pos] if rr_pos < n else []), (rr_pos + 1) % period
+
+
+@dataclass
+class Rule:
+    """A class of parameters and how to update it."""
+
+    name: str
+    selector: Selector
+    curvature: CurvatureEstimator | None
+    stepper: Stepper
+    hparams: dict[str, Any] = field(default_factory=dict)
+    schedule: Schedule | None = None
+    #: message for the warning issued when the selector matches nothing
+    if_empty: str | None = None
+
+    def resolved_hparams(self) -> dict[str, Any]:
+        specs = dict(self.stepper.hparams)
+        if self.curvature is not None:
+            specs.update(self.curvature.hparams)
+        return resolve(f"rule {self.name!r}", specs, self.hparams)
+
+
+def partition(model: nn.Module, rules: list[Rule]) -> list[dict]:
+    """One ``param_group`` per rule; every trainable parameter in exactly one group.
+
+    Frozen parameters (``requires_grad=False``) are left out. A parameter matched
+    by two rules, or by none (with no ``rest()`` rule), raises an error naming it.
+    """
+    if not rules:
+        raise ValueError("partition() needs at least one rule")
+    names = [r.name for r in rules]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"rule names must be unique; repeated: {sorted(dup)}")
+    rest_rules = [r for r in rules if isinstance(r.selector, Rest)]
+    if len(rest_rules) > 1:
+        raise ValueError(f"at most one rule may use rest(); got {[r.name for r in rest_rules]}")
+
+    owner: dict[str, str] = {}
+    members: dict[str, list] = {r.name: [] for r in rules}
+    for info in named_parameters_with_owner(model):
+        if not info.param.requires_grad:
+            continue
+        hits = [r.name for r in rules if not isinstance(r.selector, Rest) and r.selector.matches(info)]
+        if len(hits) > 1:
+            raise ValueError(f"parameter {info.name!r} is matched by several rules: {hits}; "
+                             "make the selectors disjoint (e.g. with & ~other).")
+        if not hits:
+            if not rest_rules:
+                raise ValueError(f"parameter {info.name!r} (shape {tuple(info.param.shape)}, "
+                                 f"in {type(info.owner).__name__}) is matched by no rule "
+                                 f"{names}; add a rule with selector rest().")
+            hits = [rest_rules[0].name]
+        owner[info.name] = hits[0]
+        members[hits[0]].append(info)
+
+    groups = []
+    for r in rules:
+        hp = r.resolved_hparams()
+        if r.schedule is not None:
+            hp.update(every=r.schedule.every, schedule=r.schedule.schedule, period=r.schedule.period)
+        if not members[r.name]:
+            warnings.warn(r.if_empty or f"rule {r.name!r} ({r.selector.description}) matches no "
+                          f"parameter of {type(model).__name__}.", UserWarning, stacklevel=3)
+        groups.append({
+            "params": [i.param for i in members[r.name]],
+            "param_names": [i.name for i in members[r.name]],
+            "rule": r.name,
+            **hp,
+        })
+    return groups

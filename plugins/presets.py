@@ -1,0 +1,74 @@
+"""Built-in presets: named optimizers as short compositions of registered parts.
+
+Each preset is ``fn(model, **hparams) -> list[Rule]``; read them like optax's
+``alias.py``.
+"""
+from __future__ import annotations
+
+from optlab import api
+from optlab.rules import Rule, Schedule
+from optlab.selectors import Selector, rest
+
+
+def _selector(sel) -> Selector:
+    return sel if isinstance(sel, Selector) else api.selector(sel)
+
+
+def sgd(model, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False):
+    """SGD with momentum for every parameter (torch.optim.SGD's update)."""
+    hp = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+    return [Rule("all", rest(), None, api.stepper("sgd"), hp)]
+
+
+def sgd_ph(model, lr=0.1, momentum=0.9, weight_decay=0.0, hessian_momentum=0.9, tau=1e-3, eps=1e-4,
+           every=1, schedule="round_robin", estimator="rowsum_hvp", rectify="abs", rectify_at=None,
+           selector="channelwise", nesterov=False, **estimator_options):
+    """SGD-PH: diagonal Newton on channel-wise parameters, SGD-momentum on the rest.
+
+    ``estimator`` is any registered curvature estimator; extra keyword arguments
+    are its options (e.g. ``probes=4``). ``rectify_at`` defaults to ``"refresh"``
+    for deterministic estimators (the paper: EMA of |H_kk 1|) and to ``"use"``
+    for stochastic ones (EMA of the signed, unbiased estimate; rectified when
+    dividing). Reference: Sun et al., arXiv:2403.02681.
+    """
+    est = api.estimator(estimator)
+    if rectify_at is None:
+        rectify_at = "use" if est.stochastic else "refresh"
+    second = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, hessian_momentum=hessian_momentum,
+                  tau=tau, eps=eps, rectify=rectify, rectify_at=rectify_at, **estimator_options)
+    first = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return [
+        Rule("channelwise", _selector(selector), est, api.stepper("diag_newton"), second,
+             schedule=Schedule(every, schedule),
+             if_empty=f"sgd-ph: no channel-wise parameter in {type(model).__name__} (selector "
+                      f"{selector!r}); SGD-PH reduces to SGD with momentum. For a network without "
+                      "normalization layers, apply optlab.decouple(model) first."),
+        Rule("rest", rest(), None, api.stepper("sgd"), first),
+    ]
+
+
+def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=1e-4, tau=1e-3):
+    """The paper's released code, step for step.
+
+    M 1-D tensors (parameter order) share a round-robin of period M; step s
+    refreshes tensor ((s-1) mod M)+1 with D <- b*D + (1-b)|H_kk 1| (b = momentum).
+    1-D tensors except the last take the Newton step with the reference bias
+    correction (1 - b**(s//M + 1)) and decoupled weight decay; every other
+    tensor, the last 1-D one included, is plain SGD-momentum with coupled decay.
+    """
+    one_d = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() == 1]
+    m = len(one_d)
+    ph = api.selector("names", *one_d[:-1])
+    second = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, hessian_momentum=momentum, tau=tau,
+                  eps=eps, rectify="abs", rectify_at="refresh", bias_correction="reference",
+                  bias_period=m or None)
+    return [
+        Rule("newton_1d", ph, api.estimator("rowsum_hvp"), api.stepper("diag_newton"), second,
+             schedule=Schedule(1, "round_robin", period=m or None),
+             if_empty=f"sgd-ph-reference: {type(model).__name__} has fewer than two 1-D parameter "
+                      "tensors; the reference update reduces to SGD with momentum."),
+        Rule("rest", rest(), None, api.stepper("sgd"), dict(lr=lr, momentum=momentum, weight_decay=weight_decay)),
+    ]
+
+
+PRESETS = {"sgd": sgd, "sgd-ph": sgd_ph, "sgd-ph-reference": sgd_ph_reference}
