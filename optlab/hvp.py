@@ -25,10 +25,10 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 __all__ = ["CurvatureContext", "AutogradEngine", "FuncEngine", "ENGINES", "get_engine",
-           "frozen_batchnorm_stats"]
+           "frozen_batchnorm_stats", "split_closure_result"]
 
 
 @contextlib.contextmanager
@@ -52,13 +52,34 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
-def _check_scalar(loss) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"the closure must return the loss as a scalar tensor; got {type(loss).__name__}")
-    if loss.numel() != 1:
-        raise ValueError(f"the loss must be a scalar; got a tensor of shape {tuple(loss.shape)} "
+@contextlib.contextmanager
+def _explain_forward_ad() -> Iterator[None]:
+    try:
+        yield
+    except NotImplementedError as exc:
+        if "forward AD" not in str(exc):
+            raise
+        raise NotImplementedError(
+            "engine='func' needs forward-mode AD through every op of the model, and one op lacks it "
+            f"({str(exc).splitlines()[0]}). Use engine='autograd' (double backward), or for "
+            "torch's weight_norm use optlab.decouple(), which writes it in primitive ops.") from exc
+
+
+def split_closure_result(result) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A closure returns the scalar loss, or ``(loss, outputs)`` when an estimator
+    needs the model outputs (the Gauss-Newton family)."""
+    outputs = None
+    if isinstance(result, (tuple, list)):
+        if len(result) != 2:
+            raise TypeError("the closure must return the loss or a pair (loss, outputs); "
+                            f"got a sequence of length {len(result)}")
+        result, outputs = result
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"the closure must return the loss as a scalar tensor; got {type(result).__name__}")
+    if result.numel() != 1:
+        raise ValueError(f"the loss must be a scalar; got a tensor of shape {tuple(result.shape)} "
                          "(reduce it, e.g. with .mean())")
-    return loss.reshape(())
+    return result.reshape(()), outputs
 
 
 class CurvatureContext:
@@ -70,6 +91,23 @@ class CurvatureContext:
         self.params = params
         self.names = names
         self.hvp_count = 0
+        #: number of output-Jacobian-transpose products (Gauss-Newton estimators)
+        self.vjp_count = 0
+
+    @property
+    def outputs(self) -> torch.Tensor:
+        """The model outputs of this step's batch (detached)."""
+        raise NotImplementedError
+
+    def output_vjp_batched(self, us: torch.Tensor, chunk_size: int | None = None) -> dict[int, torch.Tensor]:
+        """``J_S^T u`` for each of ``n`` output cotangents ``us`` (shape ``(n, *outputs.shape)``)."""
+        raise NotImplementedError
+
+    def _need_outputs(self, outputs):
+        if outputs is None:
+            raise ValueError("this curvature estimator needs the model outputs: make the closure return "
+                             "(loss, outputs), e.g. lambda: (F.cross_entropy(out := model(x), y), out)")
+        return outputs
 
     def hvp(self, vs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """``H_SS v_S`` for the support ``S = vs.keys()`` (rule-local indices)."""
@@ -85,9 +123,10 @@ class CurvatureContext:
 class _AutogradContext(CurvatureContext):
     engine = "autograd"
 
-    def __init__(self, params, names, grads):
+    def __init__(self, params, names, grads, outputs=None):
         super().__init__(params, names)
         self.grads = grads
+        self._outputs = outputs
         for i, g in enumerate(grads):
             if g is None:
                 raise ValueError(
@@ -114,6 +153,24 @@ class _AutogradContext(CurvatureContext):
         self.hvp_count += n
         return res
 
+    @property
+    def outputs(self):
+        return self._need_outputs(self._outputs).detach()
+
+    def output_vjp_batched(self, us, chunk_size=None):
+        out = self._need_outputs(self._outputs)
+        n = us.shape[0]
+        chunk = chunk_size or n
+        parts = [torch.autograd.grad(out, self.params, us[s:s + chunk], retain_graph=True, allow_unused=True,
+                                     is_grads_batched=True) for s in range(0, n, chunk)]
+        self.vjp_count += n
+        res = {}
+        for i, p in enumerate(self.params):
+            cols = [q[i] if q[i] is not None else torch.zeros(min(chunk, n), *p.shape, dtype=p.dtype)
+                    for q in parts]
+            res[i] = torch.cat(cols) if len(cols) > 1 else cols[0]
+        return res
+
 
 class _FuncContext(CurvatureContext):
     engine = "func"
@@ -122,26 +179,45 @@ class _FuncContext(CurvatureContext):
         super().__init__(params, names)
         self.model = model
         self.closure = closure
+        self._outputs = None
 
-    def _loss_of(self, idx: list[int]) -> Callable:
+    def _fn_of(self, idx: list[int], which: int) -> Callable:
+        """``theta_S -> loss`` (which=0) or ``theta_S -> outputs`` (which=1)."""
         names = ["model." + self.names[i] for i in idx]
         wrapper = _ClosureModule(self.model, self.closure)
 
         def f(*ps):
             with frozen_batchnorm_stats(self.model):
-                return _check_scalar(functional_call(wrapper, dict(zip(names, ps)), (), strict=False))
+                res = split_closure_result(functional_call(wrapper, dict(zip(names, ps)), (), strict=False))
+            return res[0] if which == 0 else self._need_outputs(res[1])
         return f
+
+    @property
+    def outputs(self):
+        if self._outputs is None:
+            with torch.no_grad(), frozen_batchnorm_stats(self.model):
+                self._outputs = self._need_outputs(split_closure_result(self.closure())[1]).detach()
+        return self._outputs
+
+    def output_vjp_batched(self, us, chunk_size=None):
+        idx = list(range(len(self.params)))
+        primals = tuple(p.detach() for p in self.params)
+        with torch.no_grad():
+            _, pullback = vjp(self._fn_of(idx, 1), *primals)
+            outs = vmap(pullback, chunk_size=chunk_size)(us)
+        self.vjp_count += us.shape[0]
+        return dict(zip(idx, outs))
 
     def hvp_batched(self, vs, chunk_size=None):
         idx = list(vs)
-        f = self._loss_of(idx)
+        f = self._fn_of(idx, 0)
         primals = tuple(self.params[i].detach() for i in idx)
         g = grad(f, argnums=tuple(range(len(idx))))
 
         def one(*tangents):
             return jvp(g, primals, tangents)[1]
 
-        with torch.no_grad():  # torch.func ignores it; stops outer graphs over other params
+        with torch.no_grad(), _explain_forward_ad():  # no_grad: no outer graphs over other params
             outs = vmap(one, chunk_size=chunk_size)(*(vs[i] for i in idx))
         self.hvp_count += next(iter(vs.values())).shape[0]
         return dict(zip(idx, outs))
@@ -165,12 +241,12 @@ class AutogradEngine:
     name = "autograd"
     needs_graph = True
 
-    def context(self, *, model, closure, params, names, grads=None) -> CurvatureContext:
+    def context(self, *, model, closure, params, names, grads=None, outputs=None) -> CurvatureContext:
         if grads is None:  # standalone use (diagnostics): own forward, buffers untouched
             with torch.enable_grad(), frozen_batchnorm_stats(model):
-                loss = _check_scalar(closure())
+                loss, outputs = split_closure_result(closure())
                 grads = list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
-        return _AutogradContext(params, names, grads)
+        return _AutogradContext(params, names, grads, outputs)
 
 
 class FuncEngine:
@@ -179,7 +255,7 @@ class FuncEngine:
     name = "func"
     needs_graph = False
 
-    def context(self, *, model, closure, params, names, grads=None) -> CurvatureContext:
+    def context(self, *, model, closure, params, names, grads=None, outputs=None) -> CurvatureContext:
         return _FuncContext(params, names, model, closure)
 
 

@@ -5,9 +5,24 @@ import re
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm
 
-__all__ = ["decouple", "DEFAULT_DECOUPLE_TYPES"]
+__all__ = ["decouple", "DEFAULT_DECOUPLE_TYPES", "PrimitiveWeightNorm"]
+
+
+class PrimitiveWeightNorm(_WeightNorm):
+    """``torch.nn.utils.parametrizations.weight_norm``'s parametrization, in primitive ops.
+
+    Same parameters (``original0`` = g, ``original1`` = v) and initialisation, but
+    ``g * v / ||v||`` is written with differentiable primitives instead of the
+    fused ``torch._weight_norm``, which has no forward-mode AD in torch 2.13 (so
+    ``torch.func.jvp`` -- the ``func`` HVP engine -- could not run through it).
+    """
+
+    def forward(self, weight_g, weight_v):
+        dims = [d for d in range(weight_v.dim()) if d != self.dim]
+        return weight_v * (weight_g / weight_v.pow(2).sum(dim=dims, keepdim=True).sqrt())
 
 DEFAULT_DECOUPLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -25,10 +40,10 @@ def decouple(model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES,
     rx = re.compile(exclude) if exclude else None
     targets = [(n, m) for n, m in model.named_modules()
                if isinstance(m, types) and not (rx and rx.search(n))
-               and not torch.nn.utils.parametrize.is_parametrized(m, "weight")]
+               and not parametrize.is_parametrized(m, "weight")]
     if not targets:
         raise ValueError(f"decouple: {type(model).__name__} has no {', '.join(t.__name__ for t in types)} "
                          "layer to weight-normalize" + (f" outside exclude={exclude!r}" if exclude else ""))
     for _, m in targets:
-        weight_norm(m, name="weight", dim=0)
+        parametrize.register_parametrization(m, "weight", PrimitiveWeightNorm(0), unsafe=True)
     return model

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .hvp import _check_scalar, get_engine
+from .hvp import get_engine, split_closure_result
 from .rules import Rule, Schedule, partition
 
 __all__ = ["RuleOptimizer"]
@@ -104,7 +104,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         curvature: dict[int, dict[int, torch.Tensor]] = {}
         if closure is not None:
             with torch.enable_grad():
-                loss = _check_scalar(closure())
+                loss, outputs = split_closure_result(closure())
                 params = [p for g in self.param_groups for p in g["params"]]
                 if not loss.requires_grad:
                     raise ValueError("the loss returned by the closure does not require grad; "
@@ -117,8 +117,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 t1 = time.perf_counter()
                 self.timings["forward_backward"] += t1 - t0
                 for gi, (idx, _) in refresh.items():
-                    curvature[gi] = self._estimate(gi, idx, closure, by_param)
-                del grads, by_param
+                    curvature[gi] = self._estimate(gi, idx, closure, by_param, outputs)
+                del grads, by_param, outputs
             self.timings["curvature"] += time.perf_counter() - t1
         t2 = time.perf_counter()
         with torch.no_grad():
@@ -142,14 +142,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.timings["update"] += time.perf_counter() - t2
         return None if loss is None else loss.detach()
 
-    def _estimate(self, gi, idx, closure, by_param) -> dict[int, torch.Tensor]:
+    def _estimate(self, gi, idx, closure, by_param, outputs) -> dict[int, torch.Tensor]:
         group = self.param_groups[gi]
         rule = self.rules[group["rule"]]
         st = self.state[self._key(group)]
         params = group["params"]
         ctx = self._engine.context(model=self.model, closure=closure, params=params,
                                    names=group["param_names"],
-                                   grads=[by_param[p] for p in params] if self._engine.needs_graph else None)
+                                   grads=[by_param[p] for p in params] if self._engine.needs_graph else None,
+                                   outputs=outputs)
         gen = None
         if "generator" in st:
             gen = torch.Generator(device=params[0].device)

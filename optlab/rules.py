@@ -145,7 +145,8 @@ def partition(model: nn.Module, rules: list[Rule]) -> list[dict]:
     for r in rules:
         hp = r.resolved_hparams()
         if r.schedule is not None:
-            hp.update(every=r.schedule.every, schedule=r.schedule.schedule, period=r.schedule.period)
+            hp.update(resolve(f"rule {r.name!r}", SCHEDULE_HPARAMS, {
+                "every": r.schedule.every, "schedule": r.schedule.schedule, "period": r.schedule.period}))
         if not members[r.name]:
             warnings.warn(r.if_empty or f"rule {r.name!r} ({r.selector.description}) matches no "
                           f"parameter of {type(model).__name__}.", UserWarning, stacklevel=3)

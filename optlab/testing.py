@@ -1,0 +1,297 @@
+"""Test helpers and a conformance kit for plugin authors (import in your own tests).
+
+* tiny float64 reference problems (MLP+BatchNorm1d, CNN+BatchNorm2d, residual
+  block with two BatchNorms, weight-normed linear and conv nets);
+* dense Hessian / GGN references built from *verified paths*: HVP columns by
+  autograd double backward (``torch.func.hessian`` over several native
+  BatchNorm layers was seen to be wrong in torch 2.13), cross-checked with
+  central finite differences of the gradient;
+* ``check_estimator`` / ``check_stepper`` / ``check_selector``: the checks every
+  built-in passes, for your own plugin items.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hvp import frozen_batchnorm_stats
+from .modeltools import decouple
+
+__all__ = ["Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn",
+           "flat", "unflat", "check_estimator", "check_stepper", "check_selector"]
+
+
+@dataclass
+class Problem:
+    """A tiny model, a batch and a loss: ``loss()`` runs forward on the batch."""
+
+    name: str
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    loss_fn: Callable = F.cross_entropy
+
+    def loss(self) -> torch.Tensor:
+        return self.loss_fn(self.model(self.x), self.y)
+
+    def outputs(self) -> torch.Tensor:
+        return self.model(self.x)
+
+    def closure(self):
+        """``(loss, outputs)`` -- what a closure returns when estimators need the outputs."""
+        out = self.model(self.x)
+        return self.loss_fn(out, self.y), out
+
+    def params(self, selector=None) -> tuple[list[str], list[torch.Tensor]]:
+        from .selectors import named_parameters_with_owner
+        infos = [i for i in named_parameters_with_owner(self.model)
+                 if selector is None or selector.matches(i)]
+        return [i.name for i in infos], [i.param for i in infos]
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.bn1(self.conv1(x)))
+        h = torch.tanh(self.bn2(self.conv2(h)) + x)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def _mlp_bn():
+    return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)), (10, 5)
+
+
+def _cnn_bn():
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(),
+                         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Tanh(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), (6, 2, 5, 5)
+
+
+def _residual():
+    return _Residual(3), (6, 3, 4, 4)
+
+
+def _wn_linear():
+    return decouple(nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))), (10, 5)
+
+
+def _wn_conv():
+    return decouple(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(3, 3))), (6, 2, 4, 4)
+
+
+PROBLEMS = {"mlp_bn1d": _mlp_bn, "cnn_bn2d": _cnn_bn, "residual": _residual,
+            "wn_linear": _wn_linear, "wn_conv": _wn_conv}
+
+
+def make_problem(name: str, seed: int = 0, dtype=torch.float64) -> Problem:
+    """One of :data:`PROBLEMS`, in ``dtype`` (float64 for maths), train mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model, xshape = PROBLEMS[name]()
+    model = model.to(dtype).train()
+    with torch.no_grad():  # non-trivial affine parameters so blocks are generic
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=dtype))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g, dtype=dtype))
+    x = torch.randn(xshape, generator=g, dtype=dtype)
+    y = torch.randint(0, 3, (xshape[0],), generator=g)
+    return Problem(name, model, x, y)
+
+
+def flat(ts) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def unflat(v: torch.Tensor, like) -> list[torch.Tensor]:
+    out, i = [], 0
+    for t in like:
+        out.append(v[i:i + t.numel()].reshape(t.shape))
+        i += t.numel()
+    return out
+
+
+def dense_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
+                  model: nn.Module | None = None) -> torch.Tensor:
+    """Dense Hessian of ``loss_fn()`` w.r.t. ``params`` from HVP columns (double backward).
+
+    Column j is ``H e_j``; all columns come from one batched backward. BatchNorm
+    running statistics of ``model`` are left untouched.
+    """
+    ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
+    with ctx, torch.enable_grad():
+        g = flat(torch.autograd.grad(loss_fn(), params, create_graph=True))
+        n = g.numel()
+        eye = torch.eye(n, dtype=g.dtype, device=g.device)
+        cols = torch.autograd.grad(g, params, eye, is_grads_batched=True, allow_unused=True)
+    cols = [c if c is not None else torch.zeros(n, *p.shape, dtype=g.dtype) for c, p in zip(cols, params)]
+    return torch.cat([c.reshape(n, -1) for c in cols], dim=1)  # row j = (H e_j)^T = column j (H symmetric)
+
+
+def fd_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
+               model: nn.Module | None = None, h: float = 1e-5) -> torch.Tensor:
+    """Dense Hessian by central differences of the gradient (a cross-check, float64)."""
+    def grad_at() -> torch.Tensor:
+        ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
+        with ctx, torch.enable_grad():
+            return flat(torch.autograd.grad(loss_fn(), params))
+    theta = [p.detach().clone() for p in params]
+    n = sum(p.numel() for p in params)
+    cols = []
+    with torch.no_grad():
+        for j in range(n):
+            e = torch.zeros(n, dtype=theta[0].dtype)
+            e[j] = h
+            for p, t, d in zip(params, theta, unflat(e, theta)):
+                p.copy_(t + d)
+            gp = grad_at()
+            for p, t, d in zip(params, theta, unflat(e, theta)):
+                p.copy_(t - d)
+            gm = grad_at()
+            cols.append((gp - gm) / (2 * h))
+        for p, t in zip(params, theta):
+            p.copy_(t)
+    return torch.stack(cols, dim=1)
+
+
+def _output_hessian_sqrt(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Rows S with ``S^T S = d^2 loss / d outputs^2`` per sample: shape (N, C, C)."""
+    n, c = outputs.shape
+    if loss == "mse":  # mean over samples and outputs of (f - y)^2
+        return (2.0 / (n * c)) ** 0.5 * torch.eye(c, dtype=outputs.dtype).expand(n, c, c)
+    p = outputs.detach().softmax(-1)  # cross-entropy, mean over samples: (diag(p) - p p^T) / n
+    return (torch.diag_embed(p.sqrt()) - p.sqrt().unsqueeze(-1) * p.unsqueeze(-2)).transpose(1, 2) / n ** 0.5
+
+
+def dense_ggn(outputs_fn: Callable[[], torch.Tensor], y: torch.Tensor, params: list[torch.Tensor],
+              loss: str = "cross_entropy", model: nn.Module | None = None) -> torch.Tensor:
+    """Dense GGN ``J^T H_out J`` from a verified Jacobian (autograd rows), float64."""
+    ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
+    with ctx, torch.enable_grad():
+        out = outputs_fn()
+        m = out.numel()
+        eye = torch.eye(m, dtype=out.dtype)
+        rows = torch.autograd.grad(out.reshape(-1), params, eye, is_grads_batched=True, allow_unused=True)
+    J = torch.cat([(r if r is not None else torch.zeros(m, *p.shape, dtype=out.dtype)).reshape(m, -1)
+                   for r, p in zip(rows, params)], dim=1)
+    S = _output_hessian_sqrt(out, y, loss)        # (N, C, C)
+    H_out = torch.block_diag(*[s.T @ s for s in S])  # (N*C, N*C)
+    return J.T @ H_out @ J
+
+
+def block_slices(params: list[torch.Tensor]) -> list[slice]:
+    out, i = [], 0
+    for p in params:
+        out.append(slice(i, i + p.numel()))
+        i += p.numel()
+    return out
+
+
+# ---------------------------------------------------------------- conformance kit
+def check_selector(selector, problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear")) -> None:
+    """A selector must be deterministic and return only real parameter names, in model order."""
+    for name in problems:
+        pb = make_problem(name)
+        got = selector.select(pb.model)
+        again = selector.select(pb.model)
+        assert got == again, f"{selector!r} is not deterministic on {name}"
+        order = [n for n, _ in pb.model.named_parameters()]
+        assert all(n in order for n in got), f"{selector!r} returned unknown names on {name}"
+        assert got == [n for n in order if n in set(got)], f"{selector!r} breaks model order on {name}"
+        complement = (~selector).select(pb.model)
+        assert set(got).isdisjoint(complement) and set(got) | set(complement) == set(order), \
+            f"{selector!r} and its complement do not partition {name}'s parameters"
+
+
+def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6) -> None:
+    """A stepper must keep dtype, not mutate buffers, and resume bit-for-bit from a state_dict."""
+    from .optimizer import RuleOptimizer
+    from .rules import Rule, Schedule
+    from .selectors import rest
+    from .api import estimator, selector
+
+    def build(pb):
+        st = stepper_cls()
+        if st.needs_curvature:
+            rules = [Rule("x", selector("channelwise"), estimator("rowsum_hvp"), st, dict(hparams or {}),
+                          schedule=Schedule(1, "all")),
+                     Rule("rest", rest(), None, __import__("optlab").stepper("sgd"), {})]
+        else:
+            rules = [Rule("x", rest(), None, st, dict(hparams or {}))]
+        return RuleOptimizer(pb.model, rules)
+
+    for dtype in (torch.float64, torch.float32):
+        a, b = make_problem("mlp_bn1d", dtype=dtype), make_problem("mlp_bn1d", dtype=dtype)
+        oa = build(a)
+        for _ in range(steps):
+            oa.step(a.loss)
+        assert all(p.dtype == dtype for p in a.model.parameters()), f"{stepper_cls.__name__} changed dtype"
+        ob = build(b)
+        for _ in range(steps // 2):
+            ob.step(b.loss)
+        sd_model, sd_opt = b.model.state_dict(), ob.state_dict()
+        c = make_problem("mlp_bn1d", seed=1, dtype=dtype)
+        c.model.load_state_dict(sd_model)
+        oc = build(c)
+        oc.load_state_dict(sd_opt)
+        for _ in range(steps - steps // 2):
+            oc.step(c.loss)
+        for (n, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
+            assert torch.equal(pa, pc), f"{stepper_cls.__name__}: resume differs at {n} ({dtype})"
+
+
+def check_estimator(est_cls, hparams: dict | None = None, target: str = "hessian_diag",
+                    problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"), draws: int = 0,
+                    rtol: float = 1e-8) -> None:
+    """Compare an estimator with the dense float64 reference on the tiny problems.
+
+    ``target``: ``hessian_diag``, ``hessian_rowsum`` (per-tensor block row sums)
+    or ``ggn_diag``. Deterministic estimators must match to ``rtol``; with
+    ``draws > 0`` the mean over draws must lie within 4 standard errors of the
+    target on every entry (unbiasedness).
+    """
+    from .hvp import AutogradEngine
+    from .api import selector
+    est = est_cls()
+    hp = {k: v.default for k, v in est.hparams.items()}
+    hp.update(hparams or {})
+    sel = selector("channelwise")
+    for name in problems:
+        pb = make_problem(name)
+        names, params = pb.params(sel)
+        sl = block_slices(params)
+        if target == "ggn_diag":
+            ref = dense_ggn(pb.outputs, pb.y, params, model=pb.model)
+        else:
+            ref = dense_hessian(pb.loss, params, model=pb.model)
+        if target == "hessian_rowsum":
+            want = [ref[s, s].sum(1) for s in sl]
+        else:
+            want = [ref.diagonal()[s] for s in sl]
+        gen = torch.Generator().manual_seed(0)
+        n = max(draws, 1)
+        samples = []
+        for _ in range(n):
+            ctx = AutogradEngine().context(model=pb.model, closure=pb.closure, params=params, names=names)
+            got = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
+            samples.append(flat([got[i] for i in range(len(params))]))
+        target_vec = flat(want)
+        S = torch.stack(samples)
+        if draws:
+            se = S.std(0) / n ** 0.5
+            z = (S.mean(0) - target_vec).abs() / se.clamp_min(1e-12)
+            assert (z < 4).all(), f"{est_cls.__name__} biased on {name}: max z = {z.max():.2f}"
+        else:
+            err = (S[0] - target_vec).norm() / target_vec.norm().clamp_min(1e-30)
+            assert err < rtol, f"{est_cls.__name__} on {name}: relative error {err:.2e} > {rtol:.0e}"
