@@ -53,7 +53,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.timings = {"forward_backward": 0.0, "curvature": 0.0, "update": 0.0}
         for group in self.param_groups:
             rule = self.rules[group["rule"]]
-            st = {"step": 0, "rr_pos": 0, "hvp_count": 0}
+            st = {"step": 0, "rr_pos": 0, "hvp_count": 0, "vjp_count": 0}
             if rule.curvature is not None and rule.curvature.stochastic:
                 s = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
                 gen = torch.Generator(device=group["params"][0].device if group["params"] else "cpu")
@@ -72,6 +72,11 @@ class RuleOptimizer(torch.optim.Optimizer):
     @property
     def hvp_count(self) -> int:
         return sum(self.rule_state(g["rule"])["hvp_count"] for g in self.param_groups)
+
+    @property
+    def vjp_count(self) -> int:
+        """Output-Jacobian-transpose products of the Gauss-Newton estimators so far."""
+        return sum(self.rule_state(g["rule"])["vjp_count"] for g in self.param_groups)
 
     @property
     def needs_closure(self) -> bool:
@@ -159,6 +164,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         if gen is not None:
             st["generator"] = gen.get_state()
         st["hvp_count"] += ctx.hvp_count
+        st["vjp_count"] += ctx.vjp_count
         for i, t in est.items():
             if t.shape != params[i].shape:
                 raise RuntimeError(f"estimator {rule.curvature.name!r} returned shape {tuple(t.shape)} "

@@ -22,7 +22,7 @@ from .hvp import frozen_batchnorm_stats
 from .modeltools import decouple
 
 __all__ = ["Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn",
-           "flat", "unflat", "check_estimator", "check_stepper", "check_selector"]
+           "flat", "unflat", "output_hessian", "check_estimator", "check_stepper", "check_selector"]
 
 
 @dataclass
@@ -165,13 +165,17 @@ def fd_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
     return torch.stack(cols, dim=1)
 
 
-def _output_hessian_sqrt(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Rows S with ``S^T S = d^2 loss / d outputs^2`` per sample: shape (N, C, C)."""
-    n, c = outputs.shape
-    if loss == "mse":  # mean over samples and outputs of (f - y)^2
-        return (2.0 / (n * c)) ** 0.5 * torch.eye(c, dtype=outputs.dtype).expand(n, c, c)
-    p = outputs.detach().softmax(-1)  # cross-entropy, mean over samples: (diag(p) - p p^T) / n
-    return (torch.diag_embed(p.sqrt()) - p.sqrt().unsqueeze(-1) * p.unsqueeze(-2)).transpose(1, 2) / n ** 0.5
+def output_hessian(outputs: torch.Tensor, loss: str) -> torch.Tensor:
+    """Dense Hessian of the mean-reduced loss w.r.t. the flattened outputs (closed form).
+
+    Cross-entropy: block-diagonal ``(diag(p_n) - p_n p_n^T) / N``; MSE: ``2/(N C) I``.
+    """
+    if loss == "mse":
+        m = outputs.numel()
+        return 2.0 / m * torch.eye(m, dtype=outputs.dtype)
+    n = outputs.shape[0]
+    p = outputs.detach().softmax(-1)
+    return torch.block_diag(*[(torch.diag(q) - torch.outer(q, q)) / n for q in p])
 
 
 def dense_ggn(outputs_fn: Callable[[], torch.Tensor], y: torch.Tensor, params: list[torch.Tensor],
@@ -185,9 +189,7 @@ def dense_ggn(outputs_fn: Callable[[], torch.Tensor], y: torch.Tensor, params: l
         rows = torch.autograd.grad(out.reshape(-1), params, eye, is_grads_batched=True, allow_unused=True)
     J = torch.cat([(r if r is not None else torch.zeros(m, *p.shape, dtype=out.dtype)).reshape(m, -1)
                    for r, p in zip(rows, params)], dim=1)
-    S = _output_hessian_sqrt(out, y, loss)        # (N, C, C)
-    H_out = torch.block_diag(*[s.T @ s for s in S])  # (N*C, N*C)
-    return J.T @ H_out @ J
+    return J.T @ output_hessian(out, loss) @ J
 
 
 def block_slices(params: list[torch.Tensor]) -> list[slice]:
@@ -272,7 +274,7 @@ def check_estimator(est_cls, hparams: dict | None = None, target: str = "hessian
         names, params = pb.params(sel)
         sl = block_slices(params)
         if target == "ggn_diag":
-            ref = dense_ggn(pb.outputs, pb.y, params, model=pb.model)
+            ref = dense_ggn(pb.outputs, pb.y, params, loss=hp.get("loss", "cross_entropy"), model=pb.model)
         else:
             ref = dense_hessian(pb.loss, params, model=pb.model)
         if target == "hessian_rowsum":

@@ -14,13 +14,13 @@ def optlab_register_selectors(register):
 
 @hookimpl
 def optlab_register_estimators(register):
-    for cls in (estimators.RowsumHVP,):
+    for cls in estimators.ESTIMATORS:
         register(cls.name, cls)
 
 
 @hookimpl
 def optlab_register_steppers(register):
-    for cls in (steppers.SGD, steppers.DiagNewton):
+    for cls in steppers.STEPPERS:
         register(cls.name, cls)
 
 

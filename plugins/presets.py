@@ -71,4 +71,35 @@ def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=1e-4, ta
     ]
 
 
-PRESETS = {"sgd": sgd, "sgd-ph": sgd_ph, "sgd-ph-reference": sgd_ph_reference}
+def adahessian(model, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0, hessian_power=1.0,
+               probes=1, every=1, spatial_average=True):
+    """AdaHessian = Hutchinson (spatially averaged) + ``adam_hessian`` for every parameter.
+
+    Differs from Yao et al. (2021): one Hutchinson draw per refresh from the
+    optimizer's own generator (state_dict-resumable), 1-D tensors are not
+    special-cased, and bias correction of the curvature EMA counts refreshes
+    (equal to steps when ``every=1``).
+    """
+    hp = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power,
+              probes=probes, distribution="rademacher", spatial_average=spatial_average)
+    return [Rule("all", rest(), api.estimator("hutchinson"), api.stepper("adam_hessian"), hp,
+                 schedule=Schedule(every, "all"))]
+
+
+def sophia(model, lr=1e-3, betas=(0.965, 0.99), rho=0.04, eps=1e-15, weight_decay=0.1, every=10,
+           estimator="ggn_mc", samples=1, probes=1):
+    """Sophia = a curvature estimate every ``every`` steps + ``clipped_newton``.
+
+    ``estimator="ggn_mc"`` is Sophia-G (Gauss-Newton-Bartlett; the closure must
+    return ``(loss, outputs)``), ``"hutchinson"`` is Sophia-H. Differs from Liu et
+    al. (2023): the GNB estimate is scaled to the mean loss's GGN, so ``rho`` is
+    not multiplied by the batch size; cross-entropy outputs only for GNB.
+    """
+    est = api.estimator(estimator)
+    extra = {"ggn_mc": dict(samples=samples), "hutchinson": dict(probes=probes)}.get(estimator, {})
+    hp = dict(lr=lr, betas=betas, rho=rho, eps=eps, weight_decay=weight_decay, **extra)
+    return [Rule("all", rest(), est, api.stepper("clipped_newton"), hp, schedule=Schedule(every, "all"))]
+
+
+PRESETS = {"sgd": sgd, "sgd-ph": sgd_ph, "sgd-ph-reference": sgd_ph_reference,
+           "adahessian": adahessian, "sophia": sophia}

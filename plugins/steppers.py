@@ -140,3 +140,96 @@ class DiagNewton(Stepper):
             if wd != 0:
                 u.add_(p, alpha=wd)
             p.add_(u, alpha=-lr)
+
+
+BETA1 = unit_interval(0.9, "EMA coefficient of the gradient")
+
+
+class AdamHessian(Stepper):
+    """Adam with a curvature second moment (AdaHessian's update)::
+
+        m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) D^2 on each refresh (D: the estimate)
+        p <- p - lr * ( (m/(1-b1^t)) / ((v/(1-b2^n))^(k/2) + eps) + wd * p )
+
+    k = ``hessian_power``; t counts steps, n refreshes of the tensor; weight decay
+    is decoupled (AdamW-style, as AdaHessian's reference code). Before the first
+    refresh of a tensor it takes no step. Reference: Yao et al., "ADAHESSIAN"
+    (AAAI 2021), Alg. 1.
+    """
+
+    name = "adam_hessian"
+    needs_curvature = True
+    hparams = {
+        "lr": nonneg(0.15),
+        "betas": HParam((0.9, 0.999), lambda b: isinstance(b, (tuple, list)) and len(b) == 2
+                        and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b), "two numbers in [0, 1)"),
+        "eps": positive(1e-4),
+        "weight_decay": WEIGHT_DECAY,
+        "hessian_power": HParam(1.0, lambda k: isinstance(k, (int, float)) and 0 <= k <= 1, "a number in [0, 1]"),
+    }
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        b1, b2 = group["betas"]
+        lr, eps, wd, k = group["lr"], group["eps"], group["weight_decay"], group["hessian_power"]
+        curvature = curvature or [None] * len(params)
+        for p, g, st, h in zip(params, grads, states, curvature):
+            if g is None:
+                continue
+            if "exp_avg" not in st:
+                st["exp_avg"], st["exp_hessian_sq"], st["steps"], st["hessian_refreshes"] = (
+                    torch.zeros_like(p), torch.zeros_like(p), 0, 0)
+            st["steps"] += 1
+            st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+            if h is not None:
+                st["exp_hessian_sq"].mul_(b2).addcmul_(h, h, value=1 - b2)
+                st["hessian_refreshes"] += 1
+            n = st["hessian_refreshes"]
+            if n == 0:
+                continue
+            denom = (st["exp_hessian_sq"] / (1 - b2 ** n)).pow(k / 2).add_(eps)
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** st["steps"]))
+
+
+class ClippedNewton(Stepper):
+    """Sophia's clipped, preconditioned momentum::
+
+        m <- b1 m + (1-b1) g;  h <- b2 h + (1-b2) h_hat on refresh
+        p <- p (1 - lr wd);  p <- p - lr * sign(m) * min(|m| / max(rho h, eps), 1)
+
+    Reference: Liu et al., "Sophia: A Scalable Stochastic Second-order Optimizer"
+    (2023), Alg. 3. The estimate h_hat here is already scaled to the GGN/Hessian
+    of the mean loss (Sophia's code multiplies by the batch size instead).
+    """
+
+    name = "clipped_newton"
+    needs_curvature = True
+    hparams = {
+        "lr": nonneg(1e-3),
+        "betas": HParam((0.965, 0.99), lambda b: isinstance(b, (tuple, list)) and len(b) == 2
+                        and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b), "two numbers in [0, 1)"),
+        "rho": positive(0.04, "gamma of the paper: scale of the curvature in the denominator"),
+        "eps": positive(1e-15),
+        "weight_decay": nonneg(0.1),
+    }
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        b1, b2 = group["betas"]
+        lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
+        curvature = curvature or [None] * len(params)
+        for p, g, st, h in zip(params, grads, states, curvature):
+            if "exp_avg" not in st:
+                st["exp_avg"], st["hessian"] = torch.zeros_like(p), torch.zeros_like(p)
+            if h is not None:
+                st["hessian"].mul_(b2).add_(h, alpha=1 - b2)
+            if g is None:
+                continue
+            st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+            if wd != 0:
+                p.mul_(1 - lr * wd)
+            ratio = (st["exp_avg"].abs() / (rho * st["hessian"]).clamp_min(eps)).clamp_max(1)
+            p.addcmul_(st["exp_avg"].sign(), ratio, value=-lr)
+
+
+STEPPERS = (SGD, DiagNewton, AdamHessian, ClippedNewton)

@@ -1,0 +1,156 @@
+"""Diagnostics: is the partial Hessian diagonal, and how good is each estimator?
+
+For every selected tensor k this builds the dense block ``H_kk`` from vmapped
+HVPs with the one-hot basis (for blocks up to ``max_block`` entries), and reports
+
+* ``offdiag_frob_mass``: ``||H_kk - diag(H_kk)||_F^2 / ||H_kk||_F^2`` (0: diagonal);
+* ``neg_diag_frac``: fraction of negative diagonal entries;
+* for each estimator: relative error ``||est - diag(H_kk)|| / ||diag(H_kk)||``,
+  products used (HVPs + output VJPs) and milliseconds.
+
+A row ``(all selected)`` does the same for the joint block over all selected
+tensors (cross-tensor couplings included) when it fits in ``max_block``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import api
+from .hvp import get_engine
+from .selectors import Selector, named_parameters_with_owner
+
+__all__ = ["diagnose", "plot_diagnostics", "DEFAULT_ESTIMATORS"]
+
+DEFAULT_ESTIMATORS = ("rowsum_hvp", "block_rademacher", "hutchinson", "ggn_exact_diag", "ggn_mc")
+
+
+def _relerr(est: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((est - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy,
+             selector: str | Selector = "channelwise", estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+             estimator_options: dict | None = None, max_block: int = 4096, engine: str = "autograd",
+             seed: int = 0, loss: str = "cross_entropy") -> pd.DataFrame:
+    """Per-tensor report on the Hessian blocks of the parameters ``selector`` picks.
+
+    ``batch`` is ``(x, y)``; the loss is ``loss_fn(model(x), y)`` in the model's
+    current mode (train-mode BatchNorm uses batch statistics; buffers are not
+    changed). ``loss`` names that loss for the Gauss-Newton estimators
+    (``cross_entropy`` or ``mse``). ``estimator_options`` maps an estimator name
+    to its options, e.g. ``{"hutchinson": {"probes": 8}}``.
+    """
+    x, y = batch
+    sel = selector if isinstance(selector, Selector) else api.selector(selector)
+    infos = [i for i in named_parameters_with_owner(model) if i.param.requires_grad and sel.matches(i)]
+    if not infos:
+        raise ValueError(f"diagnose: selector {sel.description!r} matches no trainable parameter of "
+                         f"{type(model).__name__}")
+    too_big = [(i.name, i.param.numel()) for i in infos if i.param.numel() > max_block]
+    if too_big:
+        raise ValueError(f"diagnose: the dense block of {too_big[0][0]!r} has {too_big[0][1]} rows, more than "
+                         f"max_block={max_block}; raise max_block (memory grows as its square) or narrow "
+                         "the selector.")
+    names, params = [i.name for i in infos], [i.param for i in infos]
+
+    def closure():
+        out = model(x)
+        return loss_fn(out, y), out
+
+    eng = get_engine(engine)
+
+    def context():
+        return eng.context(model=model, closure=closure, params=params, names=names)
+
+    opts = {k: dict(v) for k, v in (estimator_options or {}).items()}
+    ests = {}
+    for name in estimators:
+        est = api.estimator(name)
+        hp = {k: s.default for k, s in est.hparams.items()}
+        if "loss" in hp:
+            hp["loss"] = loss
+        hp.update(opts.get(name, {}))
+        ests[name] = (est, hp)
+
+    rows, diags = [], []
+    gen = torch.Generator(device=params[0].device).manual_seed(seed)
+    for k, info in enumerate(infos):
+        p = info.param
+        ctx = context()
+        t0 = time.perf_counter()
+        n = p.numel()
+        basis = torch.eye(n, dtype=p.dtype, device=p.device).reshape(n, *p.shape)
+        block = ctx.hvp_batched({k: basis})[k].reshape(n, n)
+        dense_ms = 1e3 * (time.perf_counter() - t0)
+        d = block.diagonal()
+        diags.append(d)
+        total = block.pow(2).sum()
+        row = {"tensor": info.name, "module": type(info.owner).__name__, "size": n,
+               "offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
+               "neg_diag_frac": float((d < 0).double().mean()),
+               "diag_abs_mean": float(d.abs().mean()), "exact_diag_products": n, "exact_diag_ms": dense_ms}
+        for name, (est, hp) in ests.items():
+            ctx = context()
+            t0 = time.perf_counter()
+            val = est.estimate(ctx, [k], hp, gen if est.stochastic else None)[k]
+            row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
+            row[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
+            row[f"{name}_relerr"] = _relerr(val.reshape(-1), d)
+        rows.append(row)
+
+    n_all = sum(p.numel() for p in params)
+    if len(params) > 1 and n_all <= max_block:
+        ctx = context()
+        basis = {k: torch.zeros(n_all, *p.shape, dtype=p.dtype, device=p.device) for k, p in enumerate(params)}
+        off = 0
+        for k, p in enumerate(params):
+            basis[k].reshape(n_all, -1)[off:off + p.numel()] = torch.eye(p.numel(), dtype=p.dtype)
+            off += p.numel()
+        res = ctx.hvp_batched(basis)
+        H = torch.cat([res[k].reshape(n_all, -1) for k in range(len(params))], 1)
+        d = H.diagonal()
+        total = H.pow(2).sum()
+        row = {"tensor": "(all selected)", "module": "-", "size": n_all,
+               "offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
+               "neg_diag_frac": float((d < 0).double().mean()), "diag_abs_mean": float(d.abs().mean()),
+               "exact_diag_products": n_all, "exact_diag_ms": float("nan")}
+        for name, (est, hp) in ests.items():
+            ctx = context()
+            t0 = time.perf_counter()
+            val = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
+            row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
+            row[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
+            row[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]), d)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_diagnostics(df: pd.DataFrame):
+    """Two panels: off-diagonal mass per tensor, and estimator relative errors."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ests = [c[:-len("_relerr")] for c in df.columns if c.endswith("_relerr")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(3.0, 0.35 * len(df) + 1.5)), sharey=True)
+    sns.barplot(data=df, y="tensor", x="offdiag_frob_mass", ax=axes[0], color="#4C72B0")
+    axes[0].set_xlabel("off-diagonal Frobenius mass of the block (0 = diagonal)")
+    axes[0].set_xlim(0, 1)
+    axes[0].set_ylabel("")
+    long = df.melt(id_vars=["tensor"], value_vars=[f"{e}_relerr" for e in ests], var_name="estimator",
+                   value_name="relative error vs exact diagonal")
+    long["estimator"] = long["estimator"].str.replace("_relerr", "", regex=False)
+    sns.barplot(data=long, y="tensor", x="relative error vs exact diagonal", hue="estimator", ax=axes[1])
+    axes[1].set_xscale("log")
+    axes[1].set_ylabel("")
+    axes[0].set_title("Is the partial Hessian diagonal?")
+    axes[1].set_title("Estimator error against diag(H)")
+    fig.tight_layout()
+    return fig
