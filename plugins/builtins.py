@@ -28,3 +28,24 @@ def optlab_register_steppers(register):
 def optlab_register_presets(register):
     for name, fn in presets.PRESETS.items():
         register(name, fn)
+
+
+@hookimpl
+def optlab_register_tasks(register):
+    from . import tasks
+    for name, fn in tasks.TASKS.items():
+        register(name, fn)
+
+
+@hookimpl
+def optlab_register_models(register):
+    from . import models
+    for name, fn in models.MODELS.items():
+        register(name, fn)
+
+
+@hookimpl
+def optlab_register_baselines(register):
+    from . import baselines
+    for name, fn in baselines.BASELINES.items():
+        register(name, fn)

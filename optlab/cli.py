@@ -1,0 +1,218 @@
+"""``optlab`` command line: plugins, explain, train, grid run/status, diagnose, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"error: expected KEY=VALUE, got {item!r} (e.g. --hp hessian_momentum=0.99)")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = _value(v)
+    return out
+
+
+def cmd_plugins(args) -> int:
+    from . import registry
+    errors = registry.load_errors()
+    rows = [(kind, e.name, e.plugin, (getattr(e.item, "__doc__", "") or "").strip().split("\n")[0])
+            for kind in registry.KINDS for e in sorted(registry.items(kind).values(), key=lambda e: e.name)]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    print(f"{'kind'.ljust(w[0])}  {'name'.ljust(w[1])}  {'plugin'.ljust(w[2])}  description")
+    for r in rows:
+        print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3][:70]}")
+    for e in errors:
+        print(f"warning: {e}", file=sys.stderr)
+    return 0
+
+
+def _build_model(args):
+    from .tasks import make_model, make_task
+    task = make_task(args.task, **_kv(getattr(args, "task_option", None)))
+    model = make_model(args.model, task.info, decouple=args.decouple, **_kv(getattr(args, "model_option", None)))
+    return task, model
+
+
+def cmd_explain(args) -> int:
+    from .api import explain
+    _, model = _build_model(args)
+    explain(model, args.optimizer, **_kv(args.hp))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import RunConfig, train
+    hp = _kv(args.hp)
+    for key in ("lr", "momentum", "weight_decay", "hessian_momentum", "tau", "eps"):
+        v = getattr(args, key)
+        if v is not None:
+            hp[key] = v
+    cfg = RunConfig(task=args.task, model=args.model, optimizer=args.optimizer, hparams=hp, seed=args.seed,
+                    epochs=args.epochs, batch_size=args.batch_size, lr_schedule=args.lr_schedule,
+                    warmup_epochs=args.warmup_epochs, decouple=args.decouple, engine=args.engine,
+                    device=args.device, milestones=args.milestones)
+
+    def show(row):
+        print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+              f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
+              f"time {row['time_epoch']:.2f}s (fb {row['time_forward_backward']:.2f} curv "
+              f"{row['time_curvature']:.2f} upd {row['time_update']:.2f})  hvps {row['hvp_count']}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = train(cfg, checkpoint=args.checkpoint, on_epoch=show)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1, default=str))
+        print(f"wrote {args.out}")
+    print(f"status: {res['status']}" + (f" ({res['error']})" if res["error"] else ""))
+    return 0 if res["status"] != "failed" else 1
+
+
+def cmd_grid(args) -> int:
+    from .grid import grid_status, load_spec, run_grid
+    spec = load_spec(args.spec)
+    if args.grid_cmd == "run":
+        counts = run_grid(spec, workers=args.workers, results=args.results, retry_failed=args.retry_failed,
+                          threads=args.threads)
+        print("grid", spec.name, "->", ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        return 0
+    st = grid_status(spec, results=args.results)
+    print(f"grid {spec.name}: {st['total']} trials -- ok {st['ok']}, diverged {st['diverged']}, "
+          f"failed {st['failed']}, running {st['running']}, missing {st['missing']}  ({st['results']})")
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    import torch
+
+    from .diagnostics import diagnose, plot_diagnostics
+    torch.manual_seed(args.seed)
+    task, model = _build_model(args)
+    model = model.double() if args.float64 else model
+    x, y = task.x_train[: args.batch_size], task.y_train[: args.batch_size]
+    if args.float64:
+        x = x.double()
+    if args.warmup_steps:
+        from .api import optimizer
+        opt = optimizer("sgd", model, lr=0.05)
+        g = torch.Generator().manual_seed(args.seed)
+        for i, (xb, yb) in zip(range(args.warmup_steps), task.train_batches(args.batch_size, g)):
+            opt.zero_grad()
+            task.loss_fn(model(xb.to(x.dtype)), yb).backward()
+            opt.step()
+    df = diagnose(model, (x, y), loss_fn=task.loss_fn, selector=args.selector, max_block=args.max_block,
+                  engine=args.engine, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"diagnose_{args.task}_{args.model}"
+    df.to_csv(out / f"{stem}.csv", index=False)
+    fig = plot_diagnostics(df)
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    import pandas as pd
+    with pd.option_context("display.width", 200, "display.max_columns", 12, "display.float_format", "{:.3g}".format):
+        cols = ["tensor", "size", "offdiag_frob_mass", "neg_diag_frac"] + [c for c in df.columns if c.endswith("_relerr")]
+        print(df[cols].to_string(index=False))
+    print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .analysis.report import write_report
+    paths = write_report(args.results, args.output, title=args.title)
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="optlab", description="Compound optimizers assembled from plugins.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("plugins", help="list every registered plugin item and its plugin").set_defaults(fn=cmd_plugins)
+
+    def model_args(sp):
+        sp.add_argument("--task", default="digits")
+        sp.add_argument("--model", default="cnn-bn")
+        sp.add_argument("--decouple", action="store_true", help="weight-normalize conv/linear layers")
+        sp.add_argument("--task-option", action="append", metavar="KEY=VALUE")
+        sp.add_argument("--model-option", action="append", metavar="KEY=VALUE")
+
+    sp = sub.add_parser("explain", help="show which rule every parameter goes to")
+    model_args(sp)
+    sp.add_argument("--optimizer", default="sgd-ph")
+    sp.add_argument("--hp", action="append", metavar="KEY=VALUE")
+    sp.set_defaults(fn=cmd_explain)
+
+    sp = sub.add_parser("train", help="one training run with per-epoch metrics")
+    model_args(sp)
+    sp.add_argument("--optimizer", default="sgd-ph")
+    for key in ("lr", "momentum", "weight-decay", "hessian-momentum", "tau", "eps"):
+        sp.add_argument(f"--{key}", type=float, default=None)
+    sp.add_argument("--hp", action="append", metavar="KEY=VALUE", help="any other hyperparameter, JSON value")
+    sp.add_argument("--epochs", type=int, default=10)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "multistep", "cosine"])
+    sp.add_argument("--milestones", type=float, nargs="*", default=None)
+    sp.add_argument("--warmup-epochs", type=float, default=0.0)
+    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"])
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
+    sp.add_argument("--out", help="write the result (config, metrics, status) as JSON")
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("grid", help="run or inspect an ablation grid")
+    gsub = sp.add_subparsers(dest="grid_cmd", required=True)
+    g = gsub.add_parser("run", help="run the missing trials of SPEC (resumable)")
+    g.add_argument("spec")
+    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
+    g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
+    g.add_argument("--retry-failed", action="store_true")
+    g.set_defaults(fn=cmd_grid)
+    g = gsub.add_parser("status", help="done/running/missing/failed counts")
+    g.add_argument("spec")
+    g.add_argument("--results", default=None)
+    g.set_defaults(fn=cmd_grid)
+
+    sp = sub.add_parser("diagnose", help="is the partial Hessian diagonal? estimator errors and costs")
+    model_args(sp)
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--selector", default="channelwise")
+    sp.add_argument("--max-block", type=int, default=4096)
+    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--warmup-steps", type=int, default=0, help="SGD steps before measuring")
+    sp.add_argument("--float64", action="store_true")
+    sp.add_argument("--out", default="reports/diagnose")
+    sp.set_defaults(fn=cmd_diagnose)
+
+    sp = sub.add_parser("report", help="HTML + Markdown report of a results directory")
+    sp.add_argument("results")
+    sp.add_argument("-o", "--output", default=None, help="output directory (default RESULTS/report)")
+    sp.add_argument("--title", default=None)
+    sp.set_defaults(fn=cmd_report)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

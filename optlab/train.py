@@ -1,0 +1,253 @@
+"""One training run: task + model + optimizer, per-epoch metrics, checkpoints, divergence.
+
+``train(RunConfig(...))`` returns a result dict ``{status, error, metrics, config,
+...}``; ``status`` is ``ok``, ``diverged`` (non-finite loss: stopped early, metrics
+so far kept) or ``failed`` (an exception; its text kept). With a checkpoint path
+the run saves its full state after every epoch (atomically) and resumes from it,
+reaching the same final metrics as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import api, registry
+from .hparams import closest
+from .optimizer import RuleOptimizer
+from .tasks import make_model, make_task
+
+__all__ = ["RunConfig", "train", "RUN_KEYS", "lr_factor"]
+
+SCHEDULES = ("constant", "multistep", "cosine")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run (hyperparameters of the optimizer in ``hparams``)."""
+
+    task: str = "digits"
+    model: str = "cnn-bn"
+    optimizer: str = "sgd-ph"
+    hparams: dict = field(default_factory=dict)
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    lr_schedule: str = "constant"
+    milestones: list | None = None   # epochs; default for multistep: [epochs/2, 3*epochs/4]
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    decouple: bool = False
+    engine: str = "autograd"
+    task_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        unknown = [k for k in d if k not in RUN_KEYS]
+        if unknown:
+            raise KeyError(f"unknown run setting {unknown[0]!r}.{closest(unknown[0], RUN_KEYS)} "
+                           f"Valid: {', '.join(RUN_KEYS)}.")
+        return cls(**d)
+
+    def validate(self) -> "RunConfig":
+        for kind, name in (("task", self.task), ("model", self.model)):
+            registry.get(kind, name)
+        if self.optimizer not in api.optimizer_names():
+            valid = api.optimizer_names()
+            raise registry.RegistryError(f"unknown optimizer {self.optimizer!r}.{closest(self.optimizer, valid)} "
+                                         f"Valid: {', '.join(valid)}.")
+        checks = [
+            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 2, "an integer >= 2"),
+            ("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0"),
+            ("lr_schedule", self.lr_schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+            ("gamma", isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1, "a number in (0, 1]"),
+            ("warmup_epochs", isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs < self.epochs,
+             f"a number in [0, epochs={self.epochs})"),
+            ("engine", self.engine in ("autograd", "func"), "'autograd' or 'func'"),
+        ]
+        for key, ok, valid in checks:
+            if not ok:
+                raise ValueError(f"invalid {key}={getattr(self, key)!r}; expected {valid}")
+        lr = self.hparams.get("lr")
+        if lr is not None and (not isinstance(lr, (int, float)) or lr < 0 or not math.isfinite(lr)):
+            raise ValueError(f"invalid lr={lr!r}; expected a finite number >= 0")
+        return self
+
+
+RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
+
+
+def lr_factor(cfg: RunConfig, epoch: float) -> float:
+    """Learning-rate multiplier at fractional ``epoch``: linear warmup, then the schedule."""
+    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
+        return (epoch + 1e-12) / cfg.warmup_epochs
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-12)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - cfg.warmup_epochs) / span)))
+    if cfg.lr_schedule == "multistep":
+        ms = cfg.milestones if cfg.milestones is not None else [cfg.epochs / 2, 3 * cfg.epochs / 4]
+        return cfg.gamma ** sum(epoch >= m for m in ms)
+    return 1.0
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _evaluate(model, task, split: str) -> tuple[float, float]:
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for x, y in task.eval_batches(split):
+        out = model(x)
+        total += float(task.loss_fn(out, y, reduction="sum"))
+        correct += int((out.argmax(-1) == y).sum())
+        n += y.shape[0]
+    model.train()
+    return total / n, correct / n
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    disable = not enabled or os.environ.get("OPTLAB_NO_PROGRESS") == "1"
+    return tqdm(total=total, desc=desc, leave=False, disable=disable, dynamic_ncols=True)
+
+
+def train(config: RunConfig | dict, *, checkpoint: str | Path | None = None, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run one configuration; never raises for a failing run (status ``failed`` with the error)."""
+    cfg = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    result: dict[str, Any] = {"config": cfg.to_dict(), "status": "running", "error": None, "metrics": [],
+                              "resumed_from_epoch": None}
+    t_start = time.perf_counter()
+    try:
+        cfg.validate()
+        _run(cfg, result, Path(checkpoint) if checkpoint else None, progress, on_epoch)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded, not raised: a grid keeps going
+        result["status"] = "failed"
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        result["traceback"] = traceback.format_exc(limit=20)
+    result["wall_time"] = time.perf_counter() - t_start
+    return result
+
+
+def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch) -> None:
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options).to(device)
+    model = make_model(cfg.model, task.info, decouple=cfg.decouple, **cfg.model_options).to(device)
+    kind = "preset" if cfg.optimizer in registry.items("preset") else "baseline"
+    extra = dict(engine=cfg.engine, seed=cfg.seed) if kind == "preset" else {}
+    opt = api.optimizer(cfg.optimizer, model, **extra, **cfg.hparams)
+    builder = registry.items(kind)[cfg.optimizer].item
+    create_graph = bool(getattr(builder, "create_graph", False))
+    iters = task.num_train_batches(cfg.batch_size)
+    if iters == 0:
+        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {task.x_train.shape[0]} training samples of {cfg.task}")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    if ckpt_path is not None and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        data_gen.set_state(ck["data_generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        result["metrics"] = ck["metrics"]
+        start = result["resumed_from_epoch"] = ck["epoch"]
+    result["num_params"] = sum(p.numel() for p in model.parameters())
+    is_rule = isinstance(opt, RuleOptimizer)
+    wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
+    for epoch in range(start, cfg.epochs):
+        t_epoch = time.perf_counter()
+        fb = curv = upd = 0.0
+        if is_rule:
+            t0 = dict(opt.timings)
+            h0, v0 = opt.hvp_count, opt.vjp_count
+        loss_sum, correct, seen, diverged = 0.0, 0, 0, False
+        bar = _progress(iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}",
+                        progress)
+        for x, y in task.train_batches(cfg.batch_size, data_gen):
+            holder = {}
+            if is_rule:
+                def closure():
+                    out = holder["out"] = model(x)
+                    return task.loss_fn(out, y), out
+                loss = opt.step(closure)
+            else:
+                ta = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                out = holder["out"] = model(x)
+                loss = task.loss_fn(out, y)
+                loss.backward(create_graph=create_graph)
+                tb = time.perf_counter()
+                opt.step()
+                if create_graph:
+                    opt.zero_grad(set_to_none=True)  # break the grad -> graph reference cycle
+                tc = time.perf_counter()
+                fb, upd = fb + tb - ta, upd + tc - tb
+                loss = loss.detach()
+            sched.step()
+            lv = float(loss)
+            if not math.isfinite(lv):
+                diverged = True
+                break
+            loss_sum += lv * y.shape[0]
+            correct += int((holder["out"].detach().argmax(-1) == y).sum())
+            seen += y.shape[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        bar.close()
+        if is_rule:
+            fb = opt.timings["forward_backward"] - t0["forward_backward"]
+            curv = opt.timings["curvature"] - t0["curvature"]
+            upd = opt.timings["update"] - t0["update"]
+        test_loss, test_acc = (float("nan"), float("nan")) if diverged else _evaluate(model, task, "test")
+        if not diverged and not math.isfinite(test_loss):
+            diverged = True
+        epoch_time = time.perf_counter() - t_epoch
+        wall += epoch_time
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen if seen and not diverged else float("nan"),
+            "train_acc": correct / seen if seen else float("nan"),
+            "test_loss": test_loss, "test_acc": test_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "time_forward_backward": fb, "time_curvature": curv, "time_update": upd,
+            "time_epoch": epoch_time, "wall_time": wall,
+            "hvp_count": (opt.hvp_count - h0) if is_rule else 0,
+            "vjp_count": (opt.vjp_count - v0) if is_rule else 0,
+        }
+        result["metrics"].append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if diverged:
+            result["status"] = "diverged"
+            result["error"] = f"non-finite loss in epoch {epoch + 1}"
+            return
+        if ckpt_path is not None:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict(), "data_generator": data_gen.get_state(),
+                          "torch_rng": torch.get_rng_state(), "metrics": result["metrics"],
+                          "epoch": epoch + 1}, ckpt_path)
+    result["status"] = "ok"

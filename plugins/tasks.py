@@ -1,0 +1,116 @@
+"""Built-in tasks. Nothing here downloads: digits ships with scikit-learn, mnist1d is
+generated procedurally, CIFAR is read from a local directory in torchvision's layout."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from optlab.tasks import Task
+
+SPLIT_SEED = 0  # train/test splits are fixed; the run seed drives init and shuffling
+
+
+def _standardize(x_train: torch.Tensor, x_test: torch.Tensor):
+    mean, std = x_train.mean(0, keepdim=True), x_train.std(0, keepdim=True).clamp_min(1e-6)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+@functools.lru_cache(maxsize=2)
+def _digits_arrays(test_fraction: float):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    return train_test_split(d.data.astype(np.float32), d.target.astype(np.int64), test_size=test_fraction,
+                            random_state=SPLIT_SEED, stratify=d.target)
+
+
+def digits(seed: int = 0, test_fraction: float = 0.25) -> Task:
+    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), standardized, shape (1, 8, 8)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"digits: invalid test_fraction={test_fraction}; expected a number in (0, 1)")
+    xtr, xte, ytr, yte = _digits_arrays(test_fraction)
+    xtr, xte = _standardize(torch.from_numpy(xtr), torch.from_numpy(xte))
+    return Task("digits", xtr.reshape(-1, 1, 8, 8), torch.from_numpy(ytr), xte.reshape(-1, 1, 8, 8),
+                torch.from_numpy(yte), num_classes=10)
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist1d_arrays(num_samples: int):
+    from mnist1d.data import get_dataset_args, make_dataset
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = 42  # the package default; the data set is the same for every run
+    d = make_dataset(args)
+    return d["x"].astype(np.float32), d["y"].astype(np.int64), d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
+
+
+def mnist1d(seed: int = 0, num_samples: int = 5000) -> Task:
+    """MNIST-1D (Greydanus 2020), generated locally by the ``mnist1d`` package: 40-sample signals, 10 classes."""
+    if num_samples < 100:
+        raise ValueError(f"mnist1d: invalid num_samples={num_samples}; expected >= 100")
+    xtr, ytr, xte, yte = _mnist1d_arrays(num_samples)
+    xtr, xte = _standardize(torch.from_numpy(xtr), torch.from_numpy(xte))
+    return Task("mnist1d", xtr.unsqueeze(1), torch.from_numpy(ytr), xte.unsqueeze(1), torch.from_numpy(yte),
+                num_classes=10)
+
+
+def _cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with 4-pixel zero padding and random horizontal flip (the usual CIFAR recipe)."""
+    n = x.shape[0]
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (dy.view(n, 1) + torch.arange(32).view(1, 32)).to(x.device)
+    cols = (dx.view(n, 1) + torch.arange(32).view(1, 32)).to(x.device)
+    cols = torch.where(flip.view(n, 1).to(x.device), cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, 32, 1), cols.view(n, 1, 32)]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _cifar(name: str, cls_name: str, data_dir: str | None, augment: bool) -> Task:
+    root = data_dir or os.environ.get("OPTLAB_DATA")
+    if not root:
+        raise FileNotFoundError(f"{name}: no data directory; pass data_dir=... (task option) or set OPTLAB_DATA "
+                                f"to a folder holding torchvision's {name} files. optlab never downloads data.")
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ImportError(f"{name} needs torchvision: install the 'vision' extra with a torch build that "
+                          "matches it (see README, 'CIFAR on a GPU machine').") from exc
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        train = cls(root=str(Path(root)), train=True, download=False)
+        test = cls(root=str(Path(root)), train=False, download=False)
+    except RuntimeError as exc:
+        raise FileNotFoundError(f"{name}: files not found under {root!r} ({exc}); optlab never downloads data.") from exc
+
+    def tensors(ds):
+        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
+        return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    xtr, ytr = tensors(train)
+    xte, yte = tensors(test)
+    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
+    std = xtr.std(dim=(0, 2, 3), keepdim=True)
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    return Task(name, xtr, ytr, xte, yte, num_classes=int(ytr.max()) + 1,
+                augment=_cifar_augment if augment else None)
+
+
+def cifar10(seed: int = 0, data_dir: str | None = None, augment: bool = True) -> Task:
+    """CIFAR-10 from ``data_dir`` (or ``$OPTLAB_DATA``) in torchvision's layout; never downloaded."""
+    return _cifar("cifar10", "CIFAR10", data_dir, augment)
+
+
+def cifar100(seed: int = 0, data_dir: str | None = None, augment: bool = True) -> Task:
+    """CIFAR-100 from ``data_dir`` (or ``$OPTLAB_DATA``) in torchvision's layout; never downloaded."""
+    return _cifar("cifar100", "CIFAR100", data_dir, augment)
+
+
+TASKS = {"digits": digits, "mnist1d": mnist1d, "cifar10": cifar10, "cifar100": cifar100}
