@@ -1,0 +1,189 @@
+"""Seaborn figures. Every function takes a DataFrame from :mod:`optlab.analysis.data`
+and returns a matplotlib ``Figure`` (compose them in notebooks; ``save`` writes PNG+SVG)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .data import hparam_columns, sensitivity, summarize  # noqa: E402
+
+__all__ = ["heatmaps", "sensitivity_plot", "training_curves", "cost_bars", "profile_plot", "save", "STYLE"]
+
+STYLE = {"style": "whitegrid", "context": "notebook", "palette": "colorblind"}
+METRIC_LABELS = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
+                 "final_test_loss": "final test loss", "final_train_loss": "final train loss",
+                 "test_acc": "test accuracy", "train_loss": "train loss", "test_loss": "test loss"}
+
+
+def _label(m: str) -> str:
+    return METRIC_LABELS.get(m, m.replace("_", " "))
+
+
+def _theme():
+    return sns.axes_style(STYLE["style"]), sns.plotting_context(STYLE["context"])
+
+
+def _fig(nrows, ncols, w=4.6, h=3.8, **kw):
+    sns.set_theme(**STYLE)
+    return plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, **kw)
+
+
+def save(fig, path_stem: str | Path) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg``; returns both paths."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(out[0], dpi=130, bbox_inches="tight")
+    fig.savefig(out[1], bbox_inches="tight")
+    return out
+
+
+def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metric: str = "final_test_acc",
+             mode: str = "max"):
+    """One heatmap per optimizer (and task/model) of ``metric`` over ``x`` x ``y``.
+
+    Other axes at their best; one colour scale for all panels; the best cell is
+    outlined. Cells show the seed-mean and (n) when seeds are missing.
+    """
+    for c in (x, y):
+        if c not in trials:
+            raise KeyError(f"heatmaps: no column {c!r}; grid axes: {', '.join(hparam_columns(trials))}")
+    df = trials[trials[x].notna() & trials[y].notna()]
+    s = summarize(df, by=["task", "model", "optimizer", x, y] + [c for c in hparam_columns(df) if c not in (x, y)],
+                  metric=metric)
+    s = s[s["n"] > 0]
+    pick = s.groupby(["task", "model", "optimizer", x, y], observed=True)["mean"]
+    s = s.loc[(pick.idxmax() if mode == "max" else pick.idxmin()).values]
+    panels = list(s.groupby(["task", "model", "optimizer"], observed=True))
+    ncols = min(3, max(1, len(panels)))
+    nrows = math.ceil(len(panels) / ncols) if panels else 1
+    fig, axes = _fig(nrows, ncols)
+    vmin, vmax = (s["mean"].min(), s["mean"].max()) if len(s) else (0, 1)
+    for ax, ((task, model, opt), g) in zip(axes.flat, panels):
+        table = g.pivot(index=y, columns=x, values="mean").sort_index(ascending=False)
+        nmat = g.pivot(index=y, columns=x, values="n").reindex_like(table)
+        annot = table.map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
+        full = int(s["n_seeds"].max())
+        annot = annot.where(nmat >= full, annot + nmat.map(lambda n: f"\n(n={int(n)})" if pd.notna(n) else ""))
+        sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=annot, fmt="", cbar=True,
+                    cbar_kws={"label": _label(metric)}, linewidths=0.5, annot_kws={"fontsize": 8})
+        best = table.stack().idxmax() if mode == "max" else table.stack().idxmin()
+        r, c = list(table.index).index(best[0]), list(table.columns).index(best[1])
+        ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.5))
+        ax.set_title(f"{opt} -- {task}/{model}")
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{_label(metric)} over {x} x {y} (other axes at their best; red: best cell)", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = "final_test_acc", mode: str = "max",
+                     aggregate: str = "best", log_x: bool | None = None):
+    """``metric`` vs one axis per optimizer, mean with a 95 % CI band over seeds."""
+    sens = sensitivity(trials, axis, metric=metric, mode=mode, aggregate=aggregate)
+    problems = list(sens.groupby(["task", "model"], observed=True))
+    fig, axes = _fig(1, max(1, len(problems)), w=5.2)
+    if log_x is None:
+        vals = sens[axis].astype(float)
+        log_x = bool((vals > 0).all() and vals.max() / max(vals.min(), 1e-300) >= 50)
+    for ax, ((task, model), g) in zip(axes.flat, problems):
+        for opt, h in g.groupby("optimizer", observed=True):
+            h = h.sort_values(axis)
+            xs, ys, ci = h[axis].astype(float), h["mean"], h["ci95"].fillna(0)
+            ax.plot(xs, ys, marker="o", label=str(opt))
+            ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(axis)
+        ax.set_ylabel(_label(metric))
+        ax.set_title(f"{task}/{model}")
+        ax.legend(title="optimizer", fontsize=8)
+    how = "other axes at their best" if aggregate == "best" else "averaged over other axes"
+    fig.suptitle(f"Sensitivity to {axis} ({how}; band: 95 % CI over seeds)", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch", metric: str = "final_test_acc",
+                    mode: str = "max"):
+    """Test accuracy and train loss against ``x`` (``epoch`` or ``wall_time``) for each
+    optimizer's best configuration: mean over seeds with a 95 % CI band."""
+    from .data import best_configs
+    best = best_configs(trials, metric=metric, mode=mode).drop_duplicates(subset=["task", "model", "optimizer"])
+    configs = dict(zip(zip(best["task"].astype(str), best["model"].astype(str), best["optimizer"].astype(str)),
+                       [None] * len(best)))
+    keep = trials.loc[trials["status"] != "failed"]
+    cfg_of = {}
+    for _, r in best.iterrows():
+        m = keep[(keep["task"] == r["task"]) & (keep["model"] == r["model"]) & (keep["optimizer"] == r["optimizer"])]
+        for c in hparam_columns(trials):
+            m = m[m[c].isna()] if pd.isna(r[c]) else m[m[c] == r[c]]
+        cfg_of[(str(r["task"]), str(r["model"]), str(r["optimizer"]))] = set(m["trial_id"])
+    ids = set().union(*cfg_of.values()) if cfg_of else set()
+    df = epochs[epochs["trial_id"].isin(ids)].copy()
+    problems = sorted({(t, m) for t, m, _ in configs})
+    fig, axes = _fig(2, max(1, len(problems)), w=5.2, h=3.4)
+    for j, (task, model) in enumerate(problems):
+        sub = df[(df["task"] == task) & (df["model"] == model)].copy()
+        sub["optimizer"] = sub["optimizer"].astype(str)
+        if x == "wall_time":  # seeds differ in time: bin to the per-epoch mean time
+            sub["wall_time"] = sub.groupby(["optimizer", "epoch"])["wall_time"].transform("mean")
+        for i, (y, lab) in enumerate((("test_acc", "test accuracy"), ("train_loss", "train loss"))):
+            ax = axes[i, j]
+            sns.lineplot(data=sub, x=x, y=y, hue="optimizer", errorbar=("ci", 95), ax=ax, marker="o", markersize=4)
+            ax.set_ylabel(lab)
+            ax.set_xlabel("wall-clock time (s)" if x == "wall_time" else "epoch")
+            if y == "train_loss":
+                ax.set_yscale("log")
+            ax.set_title(f"{task}/{model}" if i == 0 else "")
+    fig.suptitle(f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (best config per optimizer; "
+                 "band: 95 % CI over seeds)", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def cost_bars(trials: pd.DataFrame):
+    """Mean per-epoch time split into forward-backward, curvature and update, per optimizer."""
+    cols = {"time_forward_backward": "forward-backward", "time_curvature": "curvature", "time_update": "update"}
+    df = trials[trials["status"] != "failed"]
+    g = df.groupby(["task", "model", "optimizer"], observed=True)[list(cols)].mean().reset_index()
+    g["label"] = g["optimizer"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
+    fig, axes = _fig(1, 1, w=max(5.0, 1.3 * len(g) + 2), h=4.0)
+    ax = axes[0, 0]
+    bottom = np.zeros(len(g))
+    for c, lab in cols.items():
+        ax.bar(g["label"], g[c].fillna(0), bottom=bottom, label=lab)
+        bottom += g[c].fillna(0).to_numpy()
+    for xi, total in enumerate(bottom):
+        ax.text(xi, total, f"{total:.2f}s", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("seconds per epoch (mean over trials)")
+    ax.legend(title="phase")
+    ax.set_title("Per-epoch cost by phase")
+    fig.tight_layout()
+    return fig
+
+
+def profile_plot(profile: pd.DataFrame):
+    """Dolan-Moré performance profile (from ``performance_profile``)."""
+    fig, axes = _fig(1, 1, w=5.5)
+    ax = axes[0, 0]
+    for opt, g in profile.groupby("optimizer", observed=True):
+        ax.step(g["tau"], g["rho"], where="post", label=str(opt))
+    ax.set_xlabel("tau (cost ratio to the best optimizer)")
+    ax.set_ylabel("fraction of problems within tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(title="optimizer")
+    ax.set_title("Performance profile")
+    fig.tight_layout()
+    return fig
