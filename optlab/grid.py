@@ -155,6 +155,11 @@ def expand(spec: GridSpec) -> list[Trial]:
                 if k not in known and not open_kw:
                     raise SpecError(f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} "
                                     f"Valid: {', '.join(known)}.")
+                if k not in known:  # an option the preset forwards (e.g. to its estimator): try it alone
+                    try:
+                        _check_hparams(f"{bwhere}.{k}", oname, {k: hp_axes[k][0]})
+                    except SpecError as exc:
+                        raise SpecError(f"{bwhere}.{k}: {oname}: {exc.__cause__}") from exc
             keys = list(run_axes) + list(hp_axes)
             for combo in itertools.product(*run_axes.values(), *hp_axes.values()):
                 runv = dict(zip(keys[:len(run_axes)], combo[:len(run_axes)]))

@@ -1,0 +1,220 @@
+"""Training runs and ablation grids: determinism, resume, divergence, spec errors, concurrency."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from optlab.grid import SpecError, expand, grid_status, load_spec, run_grid
+from optlab.store import Store
+from optlab.train import RunConfig, lr_factor, train
+
+TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
+
+SMALL = dict(task="digits", model="mlp-bn", epochs=3, batch_size=128, model_options={"width": 32})
+
+
+def _strip(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+
+
+@pytest.mark.parametrize("opt", ["sgd-ph", "sgd"])
+def test_same_seed_same_numbers(opt):
+    a = train(RunConfig(optimizer=opt, seed=3, **SMALL), progress=False)
+    b = train(RunConfig(optimizer=opt, seed=3, **SMALL), progress=False)
+    c = train(RunConfig(optimizer=opt, seed=4, **SMALL), progress=False)
+    assert a["status"] == "ok", a["error"]
+    assert _strip(a["metrics"]) == _strip(b["metrics"])
+    assert _strip(a["metrics"]) != _strip(c["metrics"])
+    m = a["metrics"][-1]
+    assert set(m) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "hvp_count"} | TIMING
+    if opt == "sgd-ph":
+        assert m["hvp_count"] == 1347 // 128 and m["time_curvature"] > 0
+
+
+def test_interrupted_run_resumes_to_the_same_final_metrics(tmp_path):
+    cfg = RunConfig(optimizer="sgd-ph", seed=1, lr_schedule="cosine", **{**SMALL, "epochs": 4})
+    full = train(cfg, progress=False)
+
+    def interrupt(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+    ck = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, checkpoint=ck, progress=False, on_epoch=interrupt)
+    assert ck.exists()
+    resumed = train(cfg, checkpoint=ck, progress=False)
+    assert resumed["resumed_from_epoch"] == 1  # checkpoint of epoch 1 (epoch 2 was interrupted before saving)
+    assert _strip(resumed["metrics"]) == _strip(full["metrics"])
+
+
+def test_diverged_run_is_recorded_with_its_config():
+    res = train(RunConfig(optimizer="sgd", hparams={"lr": 1e8}, **SMALL), progress=False)
+    assert res["status"] == "diverged"
+    assert "non-finite" in res["error"]
+    assert res["config"]["hparams"]["lr"] == 1e8
+    assert len(res["metrics"]) >= 1
+
+
+def test_unknown_names_fail_with_valid_names():
+    res = train(RunConfig(optimizer="sgd-ph", task="digitz", **{k: v for k, v in SMALL.items() if k != "task"}))
+    assert res["status"] == "failed" and "Did you mean 'digits'" in res["error"] and "mnist1d" in res["error"]
+    res = train(RunConfig(optimizer="sgdph", **SMALL))
+    assert res["status"] == "failed" and "Did you mean 'sgd-ph'" in res["error"]
+    res = train(RunConfig(optimizer="sgd", model="resnet-20", **{k: v for k, v in SMALL.items() if k != "model"}))
+    assert res["status"] == "failed" and "resnet20" in res["error"]
+
+
+def test_lr_schedules_and_warmup():
+    cfg = RunConfig(epochs=10, lr_schedule="multistep", milestones=[5, 8], gamma=0.1, warmup_epochs=1)
+    assert lr_factor(cfg, 0.5) == pytest.approx(0.5)
+    assert lr_factor(cfg, 4.9) == 1.0 and lr_factor(cfg, 5.0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 9.0) == pytest.approx(0.01)
+    cos = RunConfig(epochs=10, lr_schedule="cosine")
+    assert lr_factor(cos, 0) == 1.0 and lr_factor(cos, 5) == pytest.approx(0.5) and lr_factor(cos, 10) < 1e-12
+
+
+def test_cifar_without_data_is_a_clear_error_and_never_downloads(monkeypatch):
+    monkeypatch.delenv("OPTLAB_DATA", raising=False)
+    res = train(RunConfig(task="cifar10", model="resnet20", optimizer="sgd", epochs=1))
+    assert res["status"] == "failed" and "never downloads" in res["error"]
+
+
+# ------------------------------------------------------------------ grid specs
+SPEC = """
+name = "t"
+seeds = [0, 1]
+[run]
+epochs = 2
+batch_size = 128
+model_options = {width = 16}
+[[setting]]
+task = "digits"
+model = "mlp-bn"
+[[optimizer]]
+name = "sgd-ph"
+lr = [0.05, 0.1]
+hessian_momentum = [0.0, 0.9]
+[[optimizer]]
+name = "sgd"
+lr = [0.05, 0.1]
+"""
+
+
+def test_grid_expansion_is_the_cartesian_product():
+    trials = expand(load_spec(SPEC, is_text=True))
+    assert len(trials) == 2 * (2 * 2 + 2)
+    assert len({t.id for t in trials}) == len(trials)
+    hps = sorted((t.config["optimizer"], t.config["hparams"].get("hessian_momentum", -1), t.config["hparams"]["lr"],
+                  t.config["seed"]) for t in trials)
+    assert hps[0] == ("sgd", -1, 0.05, 0) and hps[-1] == ("sgd-ph", 0.9, 0.1, 1)
+    assert expand(load_spec(SPEC, is_text=True))[0].id == trials[0].id  # stable ids
+
+
+@pytest.mark.parametrize("text,match", [
+    ("name = 'x'\n[[optimizer]\nname='sgd'", r"invalid TOML: .*line 2"),
+    (SPEC.replace("hessian_momentum", "hesian_momentum"), r"optimizer\[0\]\.hesian_momentum: unknown axis .*Did you mean 'hessian_momentum'"),
+    (SPEC.replace("lr = [0.05, 0.1]\nhessian", "lr = []\nhessian"), r"optimizer\[0\]\.lr: empty axis"),
+    (SPEC.replace("lr = [0.05, 0.1]\n[[", "lr = [-0.1]\n[[").replace("name = \"sgd\"\nlr = [0.05, 0.1]", "name = \"sgd\"\nlr = [-0.1]"), r"optimizer\[1\].*invalid lr=-0.1"),
+    (SPEC.replace('name = "sgd"', 'name = "sgdm"'), r"optimizer\[1\]\.name: unknown optimizer 'sgdm'.*Valid:"),
+    (SPEC.replace("[run]", "[runn]"), r"unknown key 'runn'.*Did you mean 'run'"),
+    (SPEC.replace("epochs = 2", "epoch = 2"), r"run\.epoch: unknown run setting.*Did you mean 'epochs'"),
+    (SPEC.replace("hessian_momentum = [0.0, 0.9]", "hessian_momentum = [0.0, 1.0]"), r"invalid hessian_momentum=1.0"),
+    (SPEC.replace('task = "digits"', 'task = "digitz"'), r"unknown task 'digitz'"),
+    ("name = 'x'\n", r"no \[\[optimizer\]\] block"),
+])
+def test_malformed_specs_name_the_line_or_key(text, match):
+    with pytest.raises(SpecError, match=match):
+        expand(load_spec(text, is_text=True))
+
+
+def test_shipped_specs_expand():
+    root = Path(__file__).resolve().parent.parent / "experiments"
+    sizes = {p.name: len(expand(load_spec(p))) for p in root.glob("*.toml")}
+    assert {"quickstart.toml", "paper-ablation.toml", "cifar.toml"} <= set(sizes)
+    assert all(n > 0 for n in sizes.values())
+
+
+def _spec_file(tmp_path, epochs=2, lrs="[0.05, 0.1]"):
+    p = tmp_path / "g.toml"
+    p.write_text(SPEC.replace("epochs = 2", f"epochs = {epochs}").replace("lr = [0.05, 0.1]", f"lr = {lrs}"))
+    return p
+
+
+def _trial_files(root):
+    return sorted(p.name for p in (Path(root) / "trials").iterdir())
+
+
+def test_two_workers_store_every_trial_once(tmp_path):
+    spec = _spec_file(tmp_path)
+    res = tmp_path / "res"
+    counts = run_grid(spec, workers=2, results=res, progress=False)
+    trials = expand(load_spec(spec))
+    assert counts.get("ok") == len(trials)
+    assert _trial_files(res) == sorted(f"{t.id}.json" for t in trials)
+    rec = json.loads((res / "trials" / f"{trials[0].id}.json").read_text())
+    assert rec["config"] == trials[0].config and rec["status"] == "ok" and rec["env"]["versions"]["torch"]
+    assert {"git_revision", "host", "torch_threads"} <= set(rec["env"])
+    again = run_grid(spec, workers=2, results=res, progress=False)
+    assert again["skipped_complete"] == len(trials) and "ok" not in again
+    st = grid_status(spec, results=res)
+    assert st["ok"] == len(trials) and st["missing"] == 0
+
+
+def test_concurrent_grid_processes_do_not_duplicate(tmp_path):
+    spec = _spec_file(tmp_path)
+    res = tmp_path / "res"
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
+    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
+    trials = expand(load_spec(spec))
+    assert _trial_files(res) == sorted(f"{t.id}.json" for t in trials)
+    started = [json.loads((res / "trials" / f).read_text())["started"] for f in _trial_files(res)]
+    assert len(started) == len(trials)
+
+
+def test_half_written_result_is_not_complete(tmp_path):
+    store = Store(tmp_path).init()
+    (store.trials / ".abc.json.tmp123").write_text('{"config": ')
+    assert store.ids() == set()
+    store.write("abc", {"config": {}, "status": "ok"})
+    assert store.ids() == {"abc"}
+
+
+@pytest.mark.slow
+def test_grid_survives_kill_9_mid_trial(tmp_path):
+    spec = _spec_file(tmp_path, epochs=6, lrs="[0.05]")
+    res = tmp_path / "res"
+    trials = expand(load_spec(spec))
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
+    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # kill once at least one trial is complete and another has a checkpoint (mid-trial)
+    while time.time() < deadline:
+        done = list((res / "trials").glob("*.json")) if (res / "trials").exists() else []
+        cks = list((res / "checkpoints").glob("*.pt")) if (res / "checkpoints").exists() else []
+        if done and cks:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {f: (res / "trials" / f).read_text() for f in _trial_files(res)}
+    assert 0 < len(before) < len(trials)
+    st = grid_status(spec, results=res)
+    assert st["running"] == 0 and st["missing"] == len(trials) - len(before)   # dead claim is not 'running'
+    counts = run_grid(spec, workers=1, results=res, progress=False)
+    assert counts["skipped_complete"] == len(before)
+    after = _trial_files(res)
+    assert after == sorted(f"{t.id}.json" for t in trials)
+    for f, text in before.items():
+        assert (res / "trials" / f).read_text() == text     # completed trials untouched
+    resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
+    assert any(r["resumed_from_epoch"] for r in resumed)       # the killed trial continued from its checkpoint
+    assert not list((res / "running").iterdir())
