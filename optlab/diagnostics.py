@@ -9,7 +9,8 @@ HVPs with the one-hot basis (for blocks up to ``max_block`` entries), and report
   products used (HVPs + output VJPs) and milliseconds.
 
 A row ``(all selected)`` does the same for the joint block over all selected
-tensors (cross-tensor couplings included) when it fits in ``max_block``.
+tensors (cross-tensor couplings included) when it fits in ``max_block``, and
+carries each estimator's cost for refreshing every selected tensor.
 """
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ __all__ = ["diagnose", "plot_diagnostics", "DEFAULT_ESTIMATORS"]
 DEFAULT_ESTIMATORS = ("rowsum_hvp", "block_rademacher", "hutchinson", "ggn_exact_diag", "ggn_mc")
 
 
+def _block_stats(block: torch.Tensor) -> dict:
+    d = block.diagonal()
+    total = block.pow(2).sum()
+    return {"offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
+            "neg_diag_frac": float((d < 0).double().mean()), "diag_abs_mean": float(d.abs().mean())}
+
+
 def _relerr(est: torch.Tensor, ref: torch.Tensor) -> float:
     return float((est - ref).norm() / ref.norm().clamp_min(1e-30))
 
@@ -37,14 +45,16 @@ def _relerr(est: torch.Tensor, ref: torch.Tensor) -> float:
 def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy,
              selector: str | Selector = "channelwise", estimators: Sequence[str] = DEFAULT_ESTIMATORS,
              estimator_options: dict | None = None, max_block: int = 4096, engine: str = "autograd",
-             seed: int = 0, loss: str = "cross_entropy") -> pd.DataFrame:
+             seed: int = 0, loss: str = "cross_entropy", chunk_size: int | None = 64) -> pd.DataFrame:
     """Per-tensor report on the Hessian blocks of the parameters ``selector`` picks.
 
     ``batch`` is ``(x, y)``; the loss is ``loss_fn(model(x), y)`` in the model's
     current mode (train-mode BatchNorm uses batch statistics; buffers are not
     changed). ``loss`` names that loss for the Gauss-Newton estimators
     (``cross_entropy`` or ``mse``). ``estimator_options`` maps an estimator name
-    to its options, e.g. ``{"hutchinson": {"probes": 8}}``.
+    to its options, e.g. ``{"hutchinson": {"probes": 8}}``. Each estimator
+    refreshes all selected tensors in one call (as ``schedule="all"``); its cost
+    is on the ``(all selected)`` row. ``chunk_size`` bounds vmapped batches.
     """
     x, y = batch
     sel = selector if isinstance(selector, Selector) else api.selector(selector)
@@ -75,6 +85,8 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
         hp = {k: s.default for k, s in est.hparams.items()}
         if "loss" in hp:
             hp["loss"] = loss
+        if "chunk_size" in hp:
+            hp["chunk_size"] = chunk_size
         hp.update(opts.get(name, {}))
         ests[name] = (est, hp)
 
@@ -86,48 +98,39 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
         t0 = time.perf_counter()
         n = p.numel()
         basis = torch.eye(n, dtype=p.dtype, device=p.device).reshape(n, *p.shape)
-        block = ctx.hvp_batched({k: basis})[k].reshape(n, n)
+        block = ctx.hvp_batched({k: basis}, chunk_size=chunk_size)[k].reshape(n, n)
         dense_ms = 1e3 * (time.perf_counter() - t0)
         d = block.diagonal()
         diags.append(d)
-        total = block.pow(2).sum()
-        row = {"tensor": info.name, "module": type(info.owner).__name__, "size": n,
-               "offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
-               "neg_diag_frac": float((d < 0).double().mean()),
-               "diag_abs_mean": float(d.abs().mean()), "exact_diag_products": n, "exact_diag_ms": dense_ms}
-        for name, (est, hp) in ests.items():
-            ctx = context()
-            t0 = time.perf_counter()
-            val = est.estimate(ctx, [k], hp, gen if est.stochastic else None)[k]
-            row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
-            row[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
-            row[f"{name}_relerr"] = _relerr(val.reshape(-1), d)
-        rows.append(row)
-
+        rows.append({"tensor": info.name, "module": type(info.owner).__name__, "size": n,
+                     **_block_stats(block), "exact_diag_products": n, "exact_diag_ms": dense_ms})
     n_all = sum(p.numel() for p in params)
-    if len(params) > 1 and n_all <= max_block:
+    total = {"tensor": "(all selected)", "module": "-", "size": n_all, "exact_diag_products": n_all,
+             "exact_diag_ms": sum(r["exact_diag_ms"] for r in rows)}
+    if len(params) > 1 and n_all <= max_block:  # the joint block, cross-tensor couplings included
         ctx = context()
         basis = {k: torch.zeros(n_all, *p.shape, dtype=p.dtype, device=p.device) for k, p in enumerate(params)}
         off = 0
         for k, p in enumerate(params):
             basis[k].reshape(n_all, -1)[off:off + p.numel()] = torch.eye(p.numel(), dtype=p.dtype)
             off += p.numel()
-        res = ctx.hvp_batched(basis)
-        H = torch.cat([res[k].reshape(n_all, -1) for k in range(len(params))], 1)
-        d = H.diagonal()
-        total = H.pow(2).sum()
-        row = {"tensor": "(all selected)", "module": "-", "size": n_all,
-               "offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
-               "neg_diag_frac": float((d < 0).double().mean()), "diag_abs_mean": float(d.abs().mean()),
-               "exact_diag_products": n_all, "exact_diag_ms": float("nan")}
-        for name, (est, hp) in ests.items():
-            ctx = context()
-            t0 = time.perf_counter()
-            val = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
-            row[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
-            row[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
-            row[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]), d)
-        rows.append(row)
+        res = ctx.hvp_batched(basis, chunk_size=chunk_size)
+        total.update(_block_stats(torch.cat([res[k].reshape(n_all, -1) for k in range(len(params))], 1)))
+    else:
+        total.update(offdiag_frob_mass=float("nan"), neg_diag_frac=float((torch.cat(diags) < 0).double().mean()),
+                     diag_abs_mean=float(torch.cat(diags).abs().mean()))
+    # each estimator refreshes every selected tensor at once, as with schedule="all" in training
+    for name, (est, hp) in ests.items():
+        ctx = context()
+        t0 = time.perf_counter()
+        val = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
+        total[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
+        total[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
+        for k, row in enumerate(rows):
+            row[f"{name}_relerr"] = _relerr(val[k].reshape(-1), diags[k])
+        total[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]),
+                                          torch.cat(diags))
+    rows.append(total)
     return pd.DataFrame(rows)
 
 
