@@ -138,6 +138,7 @@ def cmd_report(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="optlab", description="Compound optimizers assembled from plugins.")
+    p.add_argument("--strict", action="store_true", help="a plugin that fails to load is fatal")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     sub.add_parser("plugins", help="list every registered plugin item and its plugin").set_defaults(fn=cmd_plugins)
@@ -206,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     sp.set_defaults(fn=cmd_report)
 
     args = p.parse_args(argv)
+    if args.strict:
+        import os
+
+        from . import registry
+        os.environ["OPTLAB_STRICT_PLUGINS"] = "1"
+        registry.reset()
     try:
         return args.fn(args)
     except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError) as exc:

@@ -103,6 +103,11 @@ class CurvatureContext:
         """``J_S^T u`` for each of ``n`` output cotangents ``us`` (shape ``(n, *outputs.shape)``)."""
         raise NotImplementedError
 
+    def output_loss_grad(self) -> torch.Tensor:
+        """``d loss / d outputs`` (shape of ``outputs``, detached): with ``output_vjp_batched``
+        this gives per-sample gradients (e.g. for an empirical Fisher)."""
+        raise NotImplementedError
+
     def _need_outputs(self, outputs):
         if outputs is None:
             raise ValueError("this curvature estimator needs the model outputs: make the closure return "
@@ -123,10 +128,11 @@ class CurvatureContext:
 class _AutogradContext(CurvatureContext):
     engine = "autograd"
 
-    def __init__(self, params, names, grads, outputs=None):
+    def __init__(self, params, names, grads, outputs=None, loss=None):
         super().__init__(params, names)
         self.grads = grads
         self._outputs = outputs
+        self._loss = loss
         for i, g in enumerate(grads):
             if g is None:
                 raise ValueError(
@@ -156,6 +162,10 @@ class _AutogradContext(CurvatureContext):
     @property
     def outputs(self):
         return self._need_outputs(self._outputs).detach()
+
+    def output_loss_grad(self):
+        out = self._need_outputs(self._outputs)
+        return torch.autograd.grad(self._loss, out, retain_graph=True)[0].detach()
 
     def output_vjp_batched(self, us, chunk_size=None):
         out = self._need_outputs(self._outputs)
@@ -199,6 +209,11 @@ class _FuncContext(CurvatureContext):
                 self._outputs = self._need_outputs(split_closure_result(self.closure())[1]).detach()
         return self._outputs
 
+    def output_loss_grad(self):
+        with torch.enable_grad(), frozen_batchnorm_stats(self.model):
+            loss, out = split_closure_result(self.closure())
+            return torch.autograd.grad(loss, self._need_outputs(out))[0].detach()
+
     def output_vjp_batched(self, us, chunk_size=None):
         idx = list(range(len(self.params)))
         primals = tuple(p.detach() for p in self.params)
@@ -241,12 +256,12 @@ class AutogradEngine:
     name = "autograd"
     needs_graph = True
 
-    def context(self, *, model, closure, params, names, grads=None, outputs=None) -> CurvatureContext:
+    def context(self, *, model, closure, params, names, grads=None, outputs=None, loss=None) -> CurvatureContext:
         if grads is None:  # standalone use (diagnostics): own forward, buffers untouched
             with torch.enable_grad(), frozen_batchnorm_stats(model):
                 loss, outputs = split_closure_result(closure())
                 grads = list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
-        return _AutogradContext(params, names, grads, outputs)
+        return _AutogradContext(params, names, grads, outputs, loss)
 
 
 class FuncEngine:
@@ -255,7 +270,7 @@ class FuncEngine:
     name = "func"
     needs_graph = False
 
-    def context(self, *, model, closure, params, names, grads=None, outputs=None) -> CurvatureContext:
+    def context(self, *, model, closure, params, names, grads=None, outputs=None, loss=None) -> CurvatureContext:
         return _FuncContext(params, names, model, closure)
 
 

@@ -122,7 +122,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 t1 = time.perf_counter()
                 self.timings["forward_backward"] += t1 - t0
                 for gi, (idx, _) in refresh.items():
-                    curvature[gi] = self._estimate(gi, idx, closure, by_param, outputs)
+                    curvature[gi] = self._estimate(gi, idx, closure, by_param, outputs, loss)
                 del grads, by_param, outputs
             self.timings["curvature"] += time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -147,7 +147,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.timings["update"] += time.perf_counter() - t2
         return None if loss is None else loss.detach()
 
-    def _estimate(self, gi, idx, closure, by_param, outputs) -> dict[int, torch.Tensor]:
+    def _estimate(self, gi, idx, closure, by_param, outputs, loss) -> dict[int, torch.Tensor]:
         group = self.param_groups[gi]
         rule = self.rules[group["rule"]]
         st = self.state[self._key(group)]
@@ -155,7 +155,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         ctx = self._engine.context(model=self.model, closure=closure, params=params,
                                    names=group["param_names"],
                                    grads=[by_param[p] for p in params] if self._engine.needs_graph else None,
-                                   outputs=outputs)
+                                   outputs=outputs, loss=loss)
         gen = None
         if "generator" in st:
             gen = torch.Generator(device=params[0].device)
@@ -165,10 +165,15 @@ class RuleOptimizer(torch.optim.Optimizer):
             st["generator"] = gen.get_state()
         st["hvp_count"] += ctx.hvp_count
         st["vjp_count"] += ctx.vjp_count
+        missing = [group["param_names"][i] for i in idx if i not in est]
+        if missing:
+            raise RuntimeError(f"estimator {rule.curvature.name!r} returned no estimate for {missing}")
         for i, t in est.items():
-            if t.shape != params[i].shape:
-                raise RuntimeError(f"estimator {rule.curvature.name!r} returned shape {tuple(t.shape)} "
-                                   f"for {group['param_names'][i]!r} of shape {tuple(params[i].shape)}")
+            if not isinstance(t, torch.Tensor) or t.shape != params[i].shape or t.dtype != params[i].dtype:
+                raise RuntimeError(
+                    f"estimator {rule.curvature.name!r} returned {type(t).__name__} "
+                    f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', '')} for {group['param_names'][i]!r}; "
+                    f"expected a tensor of shape {tuple(params[i].shape)} and dtype {params[i].dtype}")
         return {i: t.detach() for i, t in est.items()}
 
     def curvature_age(self) -> dict[str, int | None]:

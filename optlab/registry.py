@@ -92,9 +92,6 @@ def plugin_manager() -> pluggy.PluginManager:
     for name, plugin in _extra:
         if pm.get_plugin(name) is None:
             pm.register(plugin, name=name)
-    if _truthy("OPTLAB_TRACE_HOOKS"):
-        pm.trace.root.setwriter(lambda s: sys.stderr.write(s))
-        pm.enable_tracing()
     _pm = pm
     return pm
 
@@ -123,13 +120,18 @@ def _collect() -> dict[str, dict[str, Entry]]:
     if _items is not None:
         return _items
     pm = plugin_manager()
+    trace = _truthy("OPTLAB_TRACE_HOOKS")
     out: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
             plugin = impl.plugin_name
+            if trace:
+                sys.stderr.write(f"[optlab trace] {hook_name}(register) -> plugin {plugin!r}\n")
 
             def register(name: str, item: Any, _kind=kind, _plugin=plugin) -> None:
+                if trace:
+                    sys.stderr.write(f"[optlab trace]   {_plugin}: register {_kind} {name!r}\n")
                 if not isinstance(name, str) or not name:
                     raise RegistryError(f"plugin {_plugin!r} registered a {_kind} with invalid name {name!r}")
                 if name in out[_kind]:

@@ -22,7 +22,7 @@ from .hvp import frozen_batchnorm_stats
 from .modeltools import decouple
 
 __all__ = ["Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn",
-           "flat", "unflat", "output_hessian", "check_estimator", "check_stepper", "check_selector"]
+           "flat", "unflat", "output_hessian", "empirical_fisher_reference", "check_estimator", "check_stepper", "check_selector"]
 
 
 @dataclass
@@ -216,8 +216,23 @@ def check_selector(selector, problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_l
             f"{selector!r} and its complement do not partition {name}'s parameters"
 
 
+def empirical_fisher_reference(pb: Problem, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``(1/N) sum_n g_n^2`` with g_n the gradient of sample n's loss in the full-batch forward
+    (BatchNorm coupling included), by a loop of autograd calls: a reference for plugins."""
+    with frozen_batchnorm_stats(pb.model), torch.enable_grad():
+        out = pb.model(pb.x)
+        n = out.shape[0]
+        acc = [torch.zeros_like(p) for p in params]
+        for i in range(n):
+            li = pb.loss_fn(out[i:i + 1], pb.y[i:i + 1])
+            gs = torch.autograd.grad(li, params, retain_graph=True)
+            for a, g in zip(acc, gs):
+                a.add_(g.pow(2) / n)
+    return acc
+
+
 def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6) -> None:
-    """A stepper must keep dtype, not mutate buffers, and resume bit-for-bit from a state_dict."""
+    """A stepper must keep dtype, leave buffers as a plain step does, and resume bit-for-bit."""
     from .optimizer import RuleOptimizer
     from .rules import Rule, Schedule
     from .selectors import rest
@@ -236,14 +251,21 @@ def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6) -> N
     for dtype in (torch.float64, torch.float32):
         a, b = make_problem("mlp_bn1d", dtype=dtype), make_problem("mlp_bn1d", dtype=dtype)
         oa = build(a)
-        for _ in range(steps):
+        import copy
+        ref = copy.deepcopy(a.model)
+        oa.step(a.loss)
+        ref(a.x)  # a plain train-mode forward on the same parameters and batch
+        for (n, x), y in zip(a.model.named_buffers(), ref.buffers()):
+            assert torch.equal(x, y), f"{stepper_cls.__name__}: buffer {n} differs from a plain step's"
+        for _ in range(steps - 1):
             oa.step(a.loss)
         assert all(p.dtype == dtype for p in a.model.parameters()), f"{stepper_cls.__name__} changed dtype"
         ob = build(b)
         for _ in range(steps // 2):
             ob.step(b.loss)
         sd_model, sd_opt = b.model.state_dict(), ob.state_dict()
-        c = make_problem("mlp_bn1d", seed=1, dtype=dtype)
+        c = make_problem("mlp_bn1d", seed=1, dtype=dtype)  # other init, same batch
+        c.x, c.y = a.x, a.y
         c.model.load_state_dict(sd_model)
         oc = build(c)
         oc.load_state_dict(sd_opt)
@@ -255,11 +277,13 @@ def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6) -> N
 
 def check_estimator(est_cls, hparams: dict | None = None, target: str = "hessian_diag",
                     problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"), draws: int = 0,
-                    rtol: float = 1e-8) -> None:
+                    rtol: float = 1e-8, reference: Callable | None = None) -> None:
     """Compare an estimator with the dense float64 reference on the tiny problems.
 
     ``target``: ``hessian_diag``, ``hessian_rowsum`` (per-tensor block row sums)
-    or ``ggn_diag``. Deterministic estimators must match to ``rtol``; with
+    or ``ggn_diag`` -- or pass ``reference(problem, params) -> list[tensor]`` for
+    another target. With ``hparams={"absolute": True}`` the target's absolute
+    value is compared. Deterministic estimators must match to ``rtol``; with
     ``draws > 0`` the mean over draws must lie within 4 standard errors of the
     target on every entry (unbiasedness).
     """
@@ -273,14 +297,19 @@ def check_estimator(est_cls, hparams: dict | None = None, target: str = "hessian
         pb = make_problem(name)
         names, params = pb.params(sel)
         sl = block_slices(params)
-        if target == "ggn_diag":
+        if reference is not None:
+            want = [w.reshape(-1) for w in reference(pb, params)]
+        elif target == "ggn_diag":
             ref = dense_ggn(pb.outputs, pb.y, params, loss=hp.get("loss", "cross_entropy"), model=pb.model)
-        else:
-            ref = dense_hessian(pb.loss, params, model=pb.model)
-        if target == "hessian_rowsum":
-            want = [ref[s, s].sum(1) for s in sl]
-        else:
             want = [ref.diagonal()[s] for s in sl]
+        elif target in ("hessian_diag", "hessian_rowsum"):
+            ref = dense_hessian(pb.loss, params, model=pb.model)
+            want = [ref[s, s].sum(1) if target == "hessian_rowsum" else ref.diagonal()[s] for s in sl]
+        else:
+            raise ValueError(f"check_estimator: unknown target {target!r}; expected hessian_diag, "
+                             "hessian_rowsum, ggn_diag, or a reference= callable")
+        if hp.get("absolute"):
+            want = [w.abs() for w in want]
         gen = torch.Generator().manual_seed(0)
         n = max(draws, 1)
         samples = []

@@ -38,17 +38,69 @@ def _check_hparams(kind, name, plugin, cls) -> None:
         _fail(kind, name, plugin, "hparams must be a dict of optlab.hparams.HParam")
 
 
+def _smoke_estimator(name: str, plugin: str, cls) -> None:
+    """Run the estimator once on a tiny float64 MLP+BatchNorm problem."""
+    import torch
+
+    from .hvp import AutogradEngine
+    from .selectors import by_predicate, is_norm_affine
+    from .testing import make_problem
+    pb = make_problem("mlp_bn1d")
+    names, params = pb.params(by_predicate(is_norm_affine, "norm"))
+    ctx = AutogradEngine().context(model=pb.model, closure=pb.closure, params=params, names=names)
+    hp = {k: v.default for k, v in cls.hparams.items()}
+    try:
+        out = cls().estimate(ctx, [0, 1], hp, torch.Generator().manual_seed(0))
+    except Exception as exc:
+        _fail("estimator", name, plugin, f"estimate() raised {type(exc).__name__}: {exc}")
+    if not isinstance(out, dict) or set(out) != {0, 1}:
+        _fail("estimator", name, plugin, f"estimate() must return {{index: tensor}} for the indices asked "
+              f"for ([0, 1]); got {type(out).__name__} {sorted(out) if isinstance(out, dict) else ''}")
+    for i, t in out.items():
+        if not isinstance(t, torch.Tensor) or t.shape != params[i].shape or t.dtype != params[i].dtype:
+            _fail("estimator", name, plugin, f"estimate() returned {type(t).__name__} "
+                  f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', '')} for a parameter of shape "
+                  f"{tuple(params[i].shape)} and dtype {params[i].dtype}; return one tensor shaped like each parameter")
+        if not torch.isfinite(t).all():
+            _fail("estimator", name, plugin, "estimate() returned non-finite values on a tiny test problem")
+
+
+def _smoke_stepper(name: str, plugin: str, cls) -> None:
+    """One step on two float64 tensors with a gradient (and a positive curvature)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(4, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)]
+    before = [p.clone() for p in params]
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
+    curv = [torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.1 for p in params]
+    group = {k: v.default for k, v in cls.hparams.items()}
+    group.setdefault("lr", 0.1)
+    try:
+        cls().step(params, grads, [{} for _ in params], group, curvature=curv, rule_step=1)
+    except Exception as exc:
+        _fail("stepper", name, plugin, f"step() raised {type(exc).__name__}: {exc}")
+    for p, b in zip(params, before):
+        if p.dtype != torch.float64 or p.shape != b.shape:
+            _fail("stepper", name, plugin, f"step() changed a parameter to {p.dtype} {tuple(p.shape)}; update in place")
+        if not torch.isfinite(p).all():
+            _fail("stepper", name, plugin, "step() produced non-finite parameters on a tiny test problem")
+
+
 def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
     if kind == "estimator":
         if not (inspect.isclass(item) and issubclass(item, CurvatureEstimator)):
             _fail(kind, name, plugin, "must be a subclass of optlab.CurvatureEstimator")
         _check_hparams(kind, name, plugin, item)
         _check_method(kind, name, plugin, item, "estimate", ["self", "ctx", "indices", "group", "generator"])
+        if plugin != "builtins":  # built-ins are covered by the test suite; third-party items run once here
+            _smoke_estimator(name, plugin, item)
     elif kind == "stepper":
         if not (inspect.isclass(item) and issubclass(item, Stepper)):
             _fail(kind, name, plugin, "must be a subclass of optlab.Stepper")
         _check_hparams(kind, name, plugin, item)
         _check_method(kind, name, plugin, item, "step", ["self", "params", "grads", "states", "group"])
+        if plugin != "builtins":
+            _smoke_stepper(name, plugin, item)
     elif kind in ("preset", "baseline"):
         if not callable(item):
             _fail(kind, name, plugin, "must be callable as fn(model, **hparams)")

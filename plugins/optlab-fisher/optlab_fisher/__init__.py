@@ -1,0 +1,1 @@
+"""Example optlab plugin (see plugin.py)."""
