@@ -148,10 +148,16 @@ class _AutogradContext(CurvatureContext):
             chunk = chunk_size or n
             parts = []
             for s in range(0, n, chunk):
-                outs = torch.autograd.grad(
-                    [self.grads[i] for i in live], [self.params[i] for i in idx],
-                    [vs[i][s:s + chunk] for i in live], retain_graph=True, allow_unused=True,
-                    is_grads_batched=True)
+                if n == 1:  # a single probe: a plain double backward (no vmap overhead)
+                    outs = torch.autograd.grad(
+                        [self.grads[i] for i in live], [self.params[i] for i in idx],
+                        [vs[i][0] for i in live], retain_graph=True, allow_unused=True)
+                    outs = tuple(None if o is None else o.unsqueeze(0) for o in outs)
+                else:
+                    outs = torch.autograd.grad(
+                        [self.grads[i] for i in live], [self.params[i] for i in idx],
+                        [vs[i][s:s + chunk] for i in live], retain_graph=True, allow_unused=True,
+                        is_grads_batched=True)
                 parts.append(outs)
             for j, i in enumerate(idx):
                 if all(p[j] is not None for p in parts):

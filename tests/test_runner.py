@@ -117,7 +117,7 @@ def test_grid_expansion_is_the_cartesian_product():
 
 @pytest.mark.parametrize("text,match", [
     ("name = 'x'\n[[optimizer]\nname='sgd'", r"invalid TOML: .*line 2"),
-    (SPEC.replace("hessian_momentum", "hesian_momentum"), r"optimizer\[0\]\.hesian_momentum: unknown axis .*Did you mean 'hessian_momentum'"),
+    (SPEC.replace("hessian_momentum", "hesian_momentum"), r"optimizer\[0\]\.hesian_momentum: .*unknown hyperparameter 'hesian_momentum'.*Did you mean 'hessian_momentum'"),
     (SPEC.replace("lr = [0.05, 0.1]\nhessian", "lr = []\nhessian"), r"optimizer\[0\]\.lr: empty axis"),
     (SPEC.replace("lr = [0.05, 0.1]\n[[", "lr = [-0.1]\n[[").replace("name = \"sgd\"\nlr = [0.05, 0.1]", "name = \"sgd\"\nlr = [-0.1]"), r"optimizer\[1\].*invalid lr=-0.1"),
     (SPEC.replace('name = "sgd"', 'name = "sgdm"'), r"optimizer\[1\]\.name: unknown optimizer 'sgdm'.*Valid:"),
