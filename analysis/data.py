@@ -286,9 +286,16 @@ def paired_comparison(trials: pd.DataFrame, baseline: str = "sgd", metric: str =
             p = float(stats.ttest_rel(oseed.loc[common], bseed.loc[common]).pvalue) if n > 1 and std > 0 else np.nan
             rows.append({"task": task, "model": model, "optimizer": row["optimizer"], "baseline": baseline,
                          "n_pairs": n, "mean_diff": float(d.mean()) if n else np.nan, "std_diff": std,
-                         "ci95": _ci95(std, n), "p_value": p, "config": vals["config"].iloc[0],
-                         "baseline_config": bvals["config"].iloc[0]})
+                         "ci95": _ci95(std, n), "p_value": p, "setting": _axes_label(row, axes),
+                         "baseline_setting": _axes_label(base.iloc[0], axes),
+                         "config": vals["config"].iloc[0], "baseline_config": bvals["config"].iloc[0]})
     return pd.DataFrame(rows)
+
+
+def _axes_label(row: pd.Series, axes: Sequence[str]) -> str:
+    """The grid axes of one cell, e.g. ``lr=0.1, weight_decay=0.0005`` (NaN axes omitted)."""
+    return ", ".join(f"{a}={row[a]:g}" if isinstance(row[a], float) else f"{a}={row[a]}"
+                     for a in axes if not (isinstance(row[a], float) and math.isnan(row[a]))) or "-"
 
 
 def performance_profile(trials: pd.DataFrame, metric: str = "final_test_acc", mode: str = "max",

@@ -105,6 +105,9 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = "final_test_
             ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2)
         if log_x:
             ax.set_xscale("log")
+        if metric.endswith("_acc"):  # CI bands of few seeds can pass 1: keep the axis in range
+            lo = float((g["mean"] - g["ci95"].fillna(0)).min())
+            ax.set_ylim(max(0.0, lo - 0.01), min(1.005, float((g["mean"] + g["ci95"].fillna(0)).max()) + 0.01))
         ax.set_xlabel(axis)
         ax.set_ylabel(_label(metric))
         ax.set_title(f"{task}/{model}")

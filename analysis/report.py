@@ -139,7 +139,8 @@ def build_sections(results: str | Path, fig_dir: Path) -> tuple[str, list[_Secti
     if baseline and len(opts) > 1:
         pc = D.paired_comparison(trials, baseline=baseline, metric=best_metric)
         sec.tables.append((f"baseline: {baseline}", _table(pc, ["task", "model", "optimizer", "baseline", "n_pairs",
-                                                                 "mean_diff", "ci95", "p_value", "config"])))
+                                                                 "mean_diff", "ci95", "p_value", "setting",
+                                                                 "baseline_setting"])))
     else:
         sec.text += " (Needs a baseline optimizer `sgd` and at least one other optimizer.)"
     sections.append(sec)

@@ -129,8 +129,21 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import warnings
+
+    from .analysis import best_configs, hparam_columns, load
     from .analysis.report import write_report
     paths = write_report(args.results, args.output, title=args.title)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, trials = load(args.results, skip_corrupt=True)
+        best = best_configs(trials)
+    axes = hparam_columns(trials)
+    print("best final test accuracy per optimizer (mean +- std over seeds):")
+    for _, r in best.iterrows():
+        setting = ", ".join(f"{a}={r[a]:g}" for a in axes if isinstance(r[a], float) and r[a] == r[a])
+        print(f"  {r['task']}/{r['model']}  {r['optimizer']:<18} {r['mean']:.4f} +- {r['std']:.4f}  "
+              f"(n={r['n']}{', incomplete' if not r['complete'] else ''})  {setting}")
     for p in paths:
         print(f"wrote {p}")
     return 0
