@@ -34,13 +34,24 @@ def decouple(model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES,
     This gives a network without normalization layers channel-wise scales ``g``
     (the paper's route to SGD-PH for BN-free nets, Sec. 3.3). ``g`` is
     initialised to ``||w||`` so the outputs are unchanged. Layers whose qualified
-    name matches the regex ``exclude`` are left alone. Returns ``model``.
+    name matches the regex ``exclude`` are left alone; layers already using
+    torch's ``weight_norm`` get its primitive-op twin (same values). Returns ``model``.
     Reference: Salimans & Kingma, "Weight Normalization" (2016).
     """
     rx = re.compile(exclude) if exclude else None
+    swapped = 0
+    for m in model.modules():  # torch's own weight_norm: same maths, but no forward-mode AD -> swap
+        if parametrize.is_parametrized(m, "weight"):
+            plist = m.parametrizations.weight
+            for i, pm in enumerate(plist):
+                if type(pm) is _WeightNorm:
+                    plist[i] = PrimitiveWeightNorm(pm.dim)
+                    swapped += 1
     targets = [(n, m) for n, m in model.named_modules()
                if isinstance(m, types) and not (rx and rx.search(n))
                and not parametrize.is_parametrized(m, "weight")]
+    if not targets and swapped:
+        return model
     if not targets:
         raise ValueError(f"decouple: {type(model).__name__} has no {', '.join(t.__name__ for t in types)} "
                          "layer to weight-normalize" + (f" outside exclude={exclude!r}" if exclude else ""))

@@ -382,3 +382,35 @@ def test_diag_newton_rectify_modes_and_bias_correction():
             # one refresh: D_hat = D / (1 - 0.8) = h (signed, 'use') or r(h) ('refresh') -> same r(h)
             want = p.detach() - 0.5 * (1e-2 * g / (rect + 1e-3) + 0.01 * p.detach())
             torch.testing.assert_close(q, want, rtol=1e-12, atol=0, msg=f"{rectify}/{at}")
+
+
+def test_create_graph_only_on_refresh_steps(monkeypatch):
+    pb = make_problem("cnn_bn2d")
+    opt = optlab.optimizer("sgd-ph", pb.model, schedule="all", every=3)
+    seen = []
+    real = torch.autograd.grad
+
+    def spy(outputs, inputs, *args, **kwargs):
+        if kwargs.get("create_graph"):
+            seen.append(len(seen_steps))
+        return real(outputs, inputs, *args, **kwargs)
+    seen_steps = []
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    for _ in range(7):
+        seen_steps.append(1)
+        opt.step(pb.loss)
+    assert seen == [1, 4, 7]
+
+
+def test_func_engine_on_torch_weight_norm_says_what_to_do():
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    torch.nn.utils.parametrizations.weight_norm(m[0])
+    x, y = torch.randn(6, 3), torch.randint(0, 2, (6,))
+    opt = optlab.optimizer("sgd-ph", m, engine="func", schedule="all")
+    with pytest.raises(NotImplementedError, match=r"Use engine='autograd'.*optlab.decouple\(\)"):
+        opt.step(lambda: F.cross_entropy(m(x), y))
+    optlab.optimizer("sgd-ph", m, engine="autograd", schedule="all").step(lambda: F.cross_entropy(m(x), y))
+    before = m(x)
+    optlab.decouple(m)  # swaps torch's fused weight norm for the primitive-op one, same values
+    torch.testing.assert_close(m(x), before)
+    optlab.optimizer("sgd-ph", m, engine="func", schedule="all").step(lambda: F.cross_entropy(m(x), y))
