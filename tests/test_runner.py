@@ -32,8 +32,8 @@ def test_same_seed_same_numbers(opt):
     assert _strip(a["metrics"]) != _strip(c["metrics"])
     m = a["metrics"][-1]
     assert set(m) >= {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "hvp_count"} | TIMING
-    if opt == "sgd-ph":
-        assert m["hvp_count"] == 1347 // 128 and m["time_curvature"] > 0
+    if opt == "sgd-ph":  # default: one block-Rademacher HVP every 50 steps (10 steps per epoch here)
+        assert [r["hvp_count"] for r in a["metrics"]] == [1, 0, 0] and a["metrics"][0]["time_curvature"] > 0
 
 
 def test_interrupted_run_resumes_to_the_same_final_metrics(tmp_path):
