@@ -8,9 +8,10 @@ configuration once (interleaved, so machine noise hits all alike). A
 configuration with a refresh interval k is timed on refresh steps and on plain
 steps separately; its per-step average is ``(t_refresh + (k-1) t_plain) / k``.
 Round-robin configurations are timed over successive round-robin positions.
-Memory: every configuration runs in a fresh subprocess; we report the growth
-of peak RSS during its steps (over the RSS after building model, data and
-optimizer) -- on CUDA, ``torch.cuda.max_memory_allocated`` instead.
+Memory: every configuration runs in a fresh subprocess; after one warm-up step
+we reset the RSS high-water mark (``/proc/self/clear_refs``) and report the
+peak RSS during the measured steps minus the RSS before them (the memory a step
+needs on top of model, data and optimizer state).
 
 Also: ``exact_diag`` on a 64-channel BatchNorm block, vmapped HVPs vs a Python
 loop of single HVPs, and the two HVP engines on the same estimate.
@@ -171,10 +172,10 @@ def time_steps(width, batch, repeats, names):
     return out
 
 
-def _rss_kb() -> int:
+def _status_kb(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -183,26 +184,30 @@ def memory_child(name, width, batch, steps):
     model, x, y = build(width, batch)
     cfg_name = name if name != "sgd-ph plain step" else "sgd-ph default (block_rademacher every=50)"
     step, opt = make_stepper(cfg_name, model, x, y)
-    if name == "sgd-ph plain step":
-        step()  # the refresh step, then only plain steps are measured
-        _force(opt, refresh=False)
+    step()  # warm-up (lazy state, allocator pools); for "plain step" this is the refresh step
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    base = max(base, _rss_kb())
+    import gc
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the RSS high-water mark (VmHWM)
+        f.write("5")
+    base = _status_kb("VmRSS")
     for _ in range(steps):
         if name == "sgd-ph plain step":
             _force(opt, refresh=False)
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kb("VmHWM")
     print(json.dumps({"peak_growth_mb": max(peak - base, 0) / 1024}))
 
 
 def measure_memory(names, width, batch, steps):
     out = {}
     for n in names:
+        # a fixed mmap threshold makes glibc hand every large tensor back to the OS when freed,
+        # so RSS follows live tensor memory instead of the allocator's cached heap
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
         res = subprocess.run([sys.executable, __file__, "--memory-child", n, "--width", str(width),
-                              "--batch", str(batch), "--steps", str(steps)], capture_output=True, text=True)
+                              "--batch", str(batch), "--steps", str(steps)], capture_output=True, text=True, env=env)
         try:
             out[n] = json.loads(res.stdout.strip().splitlines()[-1])["peak_growth_mb"]
         except (IndexError, ValueError):
@@ -251,6 +256,7 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="steps per memory subprocess")
     ap.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help=f"subset of: {list(CONFIGS)}")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -263,7 +269,9 @@ def main():
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
     print("# ratios are to torch.optim.SGD in the same run; medians over repeats; avg = per-step average over the refresh cycle")
     for b in args.batches:
-        t = time_steps(args.width, b, args.repeats, ["sgd"] + [c for c in args.configs if c != "sgd"])
+        names = ["sgd"] + [c for c in args.configs if c != "sgd"]
+        t = {n: {"refresh_ms": float("nan"), "plain_ms": float("nan"), "avg_ms": float("nan")} for n in names} \
+            if args.memory_only else time_steps(args.width, b, args.repeats, names)
         mem = {} if args.no_memory else measure_memory([m for m in MEMORY if m in args.configs or m == "sgd-ph plain step"],
                                                        args.width, b, args.steps)
         base_t, base_m = t["sgd"]["avg_ms"], mem.get("sgd")
@@ -279,6 +287,8 @@ def main():
             print(f"| sgd-ph plain step (no refresh) | - | - | - | - | {mem['sgd-ph plain step'] / base_m:.2f} | "
                   f"{mem['sgd-ph plain step']:.0f} |")
         sys.stdout.flush()
+    if args.memory_only:
+        return
     print("\nexact_diag on a 64-channel BatchNorm block (ResNet-20, batch 32):")
     for engine, (tv, tl) in exact_diag_vmap_vs_loop().items():
         print(f"  {engine}: vmapped {tv:.0f} ms, loop of 64 single HVPs {tl:.0f} ms, speed-up {tl / tv:.2f}x")

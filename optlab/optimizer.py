@@ -108,9 +108,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         t0 = time.perf_counter()
         curvature: dict[int, dict[int, torch.Tensor]] = {}
         if closure is not None:
+            params = [p for g in self.param_groups for p in g["params"]]
+            for p in params:  # overwritten below; freeing them first keeps one set of gradients alive
+                p.grad = None
             with torch.enable_grad():
                 loss, outputs = split_closure_result(closure())
-                params = [p for g in self.param_groups for p in g["params"]]
                 if not loss.requires_grad:
                     raise ValueError("the loss returned by the closure does not require grad; "
                                      "did the closure run under torch.no_grad()?")
