@@ -165,18 +165,18 @@ def test_sgd_ph_reference_reproduces_reference_semantics(model):
 ])
 def test_state_dict_resume_is_bit_for_bit(preset, hp):
     a = make_problem("cnn_bn2d")
-    oa = optlab.optimizer(preset, a.model, **hp)
+    oa = optlab.optimizer(preset, a.model, seed=0, **hp)
     for _ in range(10):
         oa.step(a.loss)
     b = make_problem("cnn_bn2d")
-    ob = optlab.optimizer(preset, b.model, **hp)
+    ob = optlab.optimizer(preset, b.model, seed=0, **hp)
     for _ in range(4):
         ob.step(b.loss)
     msd, osd = copy.deepcopy(b.model.state_dict()), copy.deepcopy(ob.state_dict())
     c = make_problem("cnn_bn2d", seed=7)  # different init, overwritten by the checkpoint
     c.x, c.y = a.x, a.y
     c.model.load_state_dict(msd)
-    oc = optlab.optimizer(preset, c.model, **hp)
+    oc = optlab.optimizer(preset, c.model, seed=123, **hp)  # generator state comes from the checkpoint
     oc.load_state_dict(osd)
     for _ in range(6):
         oc.step(c.loss)
