@@ -294,7 +294,12 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Pa
                 bar.set_description(f"grid {spec.name}: {t.label}"[:70])
                 note(run_trial(str(store.root), t)[1])
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+            # forkserver: one clean server process imports torch/optlab once, workers fork from it
+            # (cheaper than spawn's import per worker, safer than forking a process with torch threads)
+            ctx = get_context("forkserver")
+            ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
+                                        "optlab.plugins.tasks", "optlab.plugins.models"])
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                      initializer=_init_worker, initargs=(threads,)) as ex:
                 pending = {ex.submit(run_trial, str(store.root), t) for t in todo}
                 while pending:
