@@ -27,10 +27,6 @@ def _label(m: str) -> str:
     return METRIC_LABELS.get(m, m.replace("_", " "))
 
 
-def _theme():
-    return sns.axes_style(STYLE["style"]), sns.plotting_context(STYLE["context"])
-
-
 def _fig(nrows, ncols, w=4.6, h=3.8, **kw):
     sns.set_theme(**STYLE)
     return plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, **kw)

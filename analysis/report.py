@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import json
 import math
 import warnings
 from pathlib import Path
@@ -248,6 +247,3 @@ def _md_table(df: pd.DataFrame) -> str:
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
 
-
-def _json(o):
-    return json.dumps(o, default=str)

@@ -26,6 +26,7 @@ re-running a grid runs exactly the trials that have no result yet.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import json
 import os
@@ -148,7 +149,6 @@ def expand(spec: GridSpec) -> list[Trial]:
                                 f"Valid: {', '.join(valid)}.")
             hp_axes = {k: _axis(bwhere, k, v) for k, v in block.items() if k != "name"}
             known = api.preset_hparams(oname)
-            import inspect
             fn = (registry.items("preset").get(oname) or registry.items("baseline")[oname]).item
             open_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
             for k in hp_axes:
@@ -181,7 +181,6 @@ def expand(spec: GridSpec) -> list[Trial]:
 
 def _check_hparams(where: str, name: str, hp: dict) -> None:
     """Build the optimizer on a tiny BatchNorm model: every bad value fails here, named."""
-    import torch
     from torch import nn
     probe = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     try:
@@ -192,7 +191,6 @@ def _check_hparams(where: str, name: str, hp: dict) -> None:
         raise SpecError(f"{where}: {exc}") from exc
     except ImportError as exc:
         raise SpecError(f"{where}: {exc}") from exc
-    del torch
 
 
 def environment() -> dict:

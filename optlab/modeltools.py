@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm

@@ -1,6 +1,5 @@
 """Core: partition, RuleOptimizer, presets vs torch.optim.SGD and the reference semantics."""
 import copy
-import warnings
 
 import pytest
 import torch
@@ -367,7 +366,7 @@ def test_explain_prints_every_parameter(capsys):
 
 def test_diag_newton_rectify_modes_and_bias_correction():
     """Closed form of one diag_newton step on a single tensor with a known estimate."""
-    from optlab.rules import Rule, Schedule
+
     p = nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
     st = optlab.stepper("diag_newton")
     h = torch.tensor([-2.0, 0.5, 4.0], dtype=torch.float64)

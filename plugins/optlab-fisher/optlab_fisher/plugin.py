@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import optlab
-from optlab.hparams import HParam, nonneg, optional, positive, positive_int, unit_interval
+from optlab.hparams import nonneg, optional, positive, positive_int, unit_interval
 
 
 class EmpiricalFisherDiag(optlab.CurvatureEstimator):
