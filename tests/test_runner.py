@@ -218,3 +218,16 @@ def test_grid_survives_kill_9_mid_trial(tmp_path):
     resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
     assert any(r["resumed_from_epoch"] for r in resumed)       # the killed trial continued from its checkpoint
     assert not list((res / "running").iterdir())
+
+
+def test_task_features_stay_bounded_after_standardization():
+    """digits has border pixels that are constant in the training split: they must not explode."""
+    from optlab.tasks import make_task
+    for name in ("digits", "mnist1d"):
+        t = make_task(name)
+        assert t.x_train.abs().max() < 100 and t.x_test.abs().max() < 100, name
+
+
+def test_test_loss_is_a_per_sample_mean_of_sane_size():
+    res = train(RunConfig(optimizer="sgd", **SMALL), progress=False)
+    assert res["metrics"][-1]["test_loss"] < 5
