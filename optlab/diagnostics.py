@@ -97,8 +97,7 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
         ctx = context()
         t0 = time.perf_counter()
         n = p.numel()
-        basis = torch.eye(n, dtype=p.dtype, device=p.device).reshape(n, *p.shape)
-        block = ctx.hvp_batched({k: basis}, chunk_size=chunk_size)[k].reshape(n, n)
+        block = ctx.dense_block([k], chunk_size=chunk_size)
         dense_ms = 1e3 * (time.perf_counter() - t0)
         d = block.diagonal()
         diags.append(d)
@@ -108,14 +107,7 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
     total = {"tensor": "(all selected)", "module": "-", "size": n_all, "exact_diag_products": n_all,
              "exact_diag_ms": sum(r["exact_diag_ms"] for r in rows)}
     if len(params) > 1 and n_all <= max_block:  # the joint block, cross-tensor couplings included
-        ctx = context()
-        basis = {k: torch.zeros(n_all, *p.shape, dtype=p.dtype, device=p.device) for k, p in enumerate(params)}
-        off = 0
-        for k, p in enumerate(params):
-            basis[k].reshape(n_all, -1)[off:off + p.numel()] = torch.eye(p.numel(), dtype=p.dtype)
-            off += p.numel()
-        res = ctx.hvp_batched(basis, chunk_size=chunk_size)
-        total.update(_block_stats(torch.cat([res[k].reshape(n_all, -1) for k in range(len(params))], 1)))
+        total.update(_block_stats(context().dense_block(list(range(len(params))), chunk_size=chunk_size)))
     else:
         total.update(offdiag_frob_mass=float("nan"), neg_diag_frac=float((torch.cat(diags) < 0).double().mean()),
                      diag_abs_mean=float(torch.cat(diags).abs().mean()))

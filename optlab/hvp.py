@@ -82,6 +82,27 @@ def split_closure_result(result) -> tuple[torch.Tensor, torch.Tensor | None]:
     return result.reshape(()), outputs
 
 
+def _batched_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotangents: list[torch.Tensor],
+                  chunk_size: int | None) -> list[torch.Tensor]:
+    """``sum_o (d outputs_o / d input)^T c_o`` for each of ``n`` stacked cotangents ``c``.
+
+    Chunks of ``chunk_size`` go through one vmapped backward (``is_grads_batched``);
+    a single cotangent takes a plain backward. Inputs the outputs do not depend on
+    get zeros. Returns one ``(n, *input.shape)`` tensor per input.
+    """
+    n = cotangents[0].shape[0]
+    chunk = chunk_size or n
+    batched = n > 1
+    parts = []
+    for s in range(0, n, chunk):
+        outs = torch.autograd.grad(outputs, inputs, [c[s:s + chunk] if batched else c[0] for c in cotangents],
+                                   retain_graph=True, allow_unused=True, is_grads_batched=batched)
+        m = min(chunk, n - s)
+        parts.append([torch.zeros(m, *x.shape, dtype=x.dtype, device=x.device) if o is None
+                      else (o if batched else o.unsqueeze(0)) for o, x in zip(outs, inputs)])
+    return [torch.cat(col) if len(col) > 1 else col[0] for col in zip(*parts)]
+
+
 class CurvatureContext:
     """Hessian-vector products for one rule's parameters at the current step."""
 
@@ -124,6 +145,16 @@ class CurvatureContext:
         """Like :meth:`hvp` for ``n`` probes stacked along a leading dimension."""
         raise NotImplementedError
 
+    def dense_block(self, indices: list[int], chunk_size: int | None = None) -> torch.Tensor:
+        """The dense Hessian block ``H_SS`` over the tensors ``indices`` (flattened, in that
+        order), from HVPs with the one-hot basis -- ``sum(numel)`` products."""
+        sizes = [self.params[i].numel() for i in indices]
+        ref = self.params[indices[0]]
+        eye = torch.eye(sum(sizes), dtype=ref.dtype, device=ref.device)
+        basis = {i: cols.reshape(-1, *self.params[i].shape) for i, cols in zip(indices, eye.split(sizes, dim=1))}
+        res = self.hvp_batched(basis, chunk_size=chunk_size)
+        return torch.cat([res[i].reshape(sum(sizes), -1) for i in indices], dim=1)
+
 
 class _AutogradContext(CurvatureContext):
     engine = "autograd"
@@ -141,28 +172,13 @@ class _AutogradContext(CurvatureContext):
 
     def hvp_batched(self, vs, chunk_size=None):
         idx = list(vs)
-        n = next(iter(vs.values())).shape[0]
         live = [i for i in idx if self.grads[i].requires_grad]
-        res: dict[int, torch.Tensor] = {i: torch.zeros_like(vs[i]) for i in idx}
         if live:
-            chunk = chunk_size or n
-            parts = []
-            for s in range(0, n, chunk):
-                if n == 1:  # a single probe: a plain double backward (no vmap overhead)
-                    outs = torch.autograd.grad(
-                        [self.grads[i] for i in live], [self.params[i] for i in idx],
-                        [vs[i][0] for i in live], retain_graph=True, allow_unused=True)
-                    outs = tuple(None if o is None else o.unsqueeze(0) for o in outs)
-                else:
-                    outs = torch.autograd.grad(
-                        [self.grads[i] for i in live], [self.params[i] for i in idx],
-                        [vs[i][s:s + chunk] for i in live], retain_graph=True, allow_unused=True,
-                        is_grads_batched=True)
-                parts.append(outs)
-            for j, i in enumerate(idx):
-                if all(p[j] is not None for p in parts):
-                    res[i] = torch.cat([p[j] for p in parts]) if len(parts) > 1 else parts[0][j]
-        self.hvp_count += n
+            res = dict(zip(idx, _batched_grad([self.grads[i] for i in live], [self.params[i] for i in idx],
+                                              [vs[i] for i in live], chunk_size)))
+        else:  # the loss is at most linear in these tensors
+            res = {i: torch.zeros_like(vs[i]) for i in idx}
+        self.hvp_count += next(iter(vs.values())).shape[0]
         return res
 
     @property
@@ -175,16 +191,8 @@ class _AutogradContext(CurvatureContext):
 
     def output_vjp_batched(self, us, chunk_size=None):
         out = self._need_outputs(self._outputs)
-        n = us.shape[0]
-        chunk = chunk_size or n
-        parts = [torch.autograd.grad(out, self.params, us[s:s + chunk], retain_graph=True, allow_unused=True,
-                                     is_grads_batched=True) for s in range(0, n, chunk)]
-        self.vjp_count += n
-        res = {}
-        for i, p in enumerate(self.params):
-            cols = [q[i] if q[i] is not None else torch.zeros(min(chunk, n), *p.shape, dtype=p.dtype)
-                    for q in parts]
-            res[i] = torch.cat(cols) if len(cols) > 1 else cols[0]
+        res = dict(enumerate(_batched_grad([out], self.params, [us], chunk_size)))
+        self.vjp_count += us.shape[0]
         return res
 
 

@@ -33,11 +33,6 @@ class RowsumHVP(CurvatureEstimator):
 CHUNK = lambda: optional(positive_int(None, "probes per vmapped batch (bounds memory); None: all at once"))  # noqa: E731
 
 
-def _basis(p: torch.Tensor) -> torch.Tensor:
-    n = p.numel()
-    return torch.eye(n, dtype=p.dtype, device=p.device).reshape(n, *p.shape)
-
-
 class ExactDiag(CurvatureEstimator):
     """The true Hessian diagonal ``diag(H_kk)``: HVPs with the one-hot basis of each tensor.
 
@@ -51,12 +46,8 @@ class ExactDiag(CurvatureEstimator):
     hparams = {"chunk_size": CHUNK()}
 
     def estimate(self, ctx, indices, group, generator):
-        out = {}
-        for k in indices:
-            p = ctx.params[k]
-            cols = ctx.hvp_batched({k: _basis(p)}, chunk_size=group["chunk_size"])[k]
-            out[k] = cols.reshape(p.numel(), p.numel()).diagonal().reshape(p.shape).clone()
-        return out
+        return {k: ctx.dense_block([k], chunk_size=group["chunk_size"]).diagonal().reshape(ctx.params[k].shape).clone()
+                for k in indices}
 
 
 def _signs(shape, generator, like: torch.Tensor) -> torch.Tensor:
