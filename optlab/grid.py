@@ -25,6 +25,7 @@ re-running a grid runs exactly the trials that have no result yet.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -103,11 +104,12 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
     return GridSpec(name, path, text, data)
 
 
+LIST_VALUED = ("milestones", "betas")  # settings whose value is a list: write [[...], [...]] for an axis
+
+
 def _axis(where: str, key: str, value) -> list:
     vals = value if isinstance(value, list) else [value]
-    if key in ("milestones",) and isinstance(value, list) and value and not isinstance(value[0], list):
-        vals = [value]  # a list-valued setting, not an axis; write [[...], [...]] for an axis
-    if key == "betas" and isinstance(value, list) and value and not isinstance(value[0], list):
+    if key in LIST_VALUED and isinstance(value, list) and value and not isinstance(value[0], list):
         vals = [value]
     if not vals:
         raise SpecError(f"{where}.{key}: empty axis (give at least one value)")
@@ -156,10 +158,7 @@ def expand(spec: GridSpec) -> list[Trial]:
                     raise SpecError(f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} "
                                     f"Valid: {', '.join(known)}.")
                 if k not in known:  # an option the preset forwards (e.g. to its estimator): try it alone
-                    try:
-                        _check_hparams(f"{bwhere}.{k}", oname, {k: hp_axes[k][0]})
-                    except SpecError as exc:
-                        raise SpecError(f"{bwhere}.{k}: {oname}: {exc.__cause__}") from exc
+                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_axes[k][0]})
             keys = list(run_axes) + list(hp_axes)
             for combo in itertools.product(*run_axes.values(), *hp_axes.values()):
                 runv = dict(zip(keys[:len(run_axes)], combo[:len(run_axes)]))
@@ -195,6 +194,13 @@ def _check_hparams(where: str, name: str, hp: dict) -> None:
 
 def environment() -> dict:
     """Package versions, git revision, host, threads: stored with every trial."""
+    import torch
+    return {**_static_environment(), "torch_threads": torch.get_num_threads()}
+
+
+@functools.lru_cache(maxsize=1)
+def _static_environment() -> dict:
+    """What cannot change within a process (read once: it runs git twice)."""
     import importlib.metadata as md
 
     import torch
@@ -213,7 +219,6 @@ def environment() -> dict:
         rev, dirty = None, None
     return {"versions": versions, "python": sys.version.split()[0], "git_revision": rev, "git_dirty": dirty,
             "host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
