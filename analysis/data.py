@@ -215,7 +215,8 @@ def best_configs(trials: pd.DataFrame, metric: str = "final_test_acc", mode: str
     return out
 
 
-def _cell_mask(trials: pd.DataFrame, row: pd.Series, cols: Sequence[str]) -> pd.Series:
+def cell_mask(trials: pd.DataFrame, row: pd.Series, cols: Sequence[str]) -> pd.Series:
+    """Rows of ``trials`` whose ``cols`` equal ``row``'s (NaN matches NaN: an axis that does not apply)."""
     mask = pd.Series(True, index=trials.index)
     for c in cols:
         v = row[c]
@@ -244,7 +245,7 @@ def sensitivity(trials: pd.DataFrame, axis: str, metric: str = "final_test_acc",
     if aggregate == "mean":
         rows = []
         for key, g in s.groupby(within + [axis], observed=True):
-            vals = df[_cell_mask(df, pd.Series(dict(zip(within + [axis], key))), within + [axis])]
+            vals = df[cell_mask(df, pd.Series(dict(zip(within + [axis], key))), within + [axis])]
             seeds = vals[vals["status"] == "ok"].groupby("seed")[metric].mean()
             n, std = len(seeds), float(seeds.std(ddof=1)) if len(seeds) > 1 else np.nan
             rows.append({**dict(zip(within + [axis], key)), "mean": float(seeds.mean()), "std": std,
@@ -274,10 +275,10 @@ def paired_comparison(trials: pd.DataFrame, baseline: str = "sgd", metric: str =
         base = g[g["optimizer"] == baseline]
         if base.empty:
             continue
-        bvals = trials[_cell_mask(trials, base.iloc[0], ["task", "model", "optimizer"] + axes)]
+        bvals = trials[cell_mask(trials, base.iloc[0], ["task", "model", "optimizer"] + axes)]
         bseed = bvals[bvals["status"] == "ok"].set_index("seed")[metric]
         for _, row in g[g["optimizer"] != baseline].iterrows():
-            vals = trials[_cell_mask(trials, row, ["task", "model", "optimizer"] + axes)]
+            vals = trials[cell_mask(trials, row, ["task", "model", "optimizer"] + axes)]
             oseed = vals[vals["status"] == "ok"].set_index("seed")[metric]
             common = sorted(set(bseed.index) & set(oseed.index))
             d = (oseed.loc[common] - bseed.loc[common]).astype(float)

@@ -118,20 +118,15 @@ def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch"
                     mode: str = "max"):
     """Test accuracy and train loss against ``x`` (``epoch`` or ``wall_time``) for each
     optimizer's best configuration: mean over seeds with a 95 % CI band."""
-    from .data import best_configs
+    from .data import best_configs, cell_mask
     best = best_configs(trials, metric=metric, mode=mode).drop_duplicates(subset=["task", "model", "optimizer"])
-    configs = dict(zip(zip(best["task"].astype(str), best["model"].astype(str), best["optimizer"].astype(str)),
-                       [None] * len(best)))
     keep = trials.loc[trials["status"] != "failed"]
-    cfg_of = {}
+    cols = ["task", "model", "optimizer"] + hparam_columns(trials)
+    ids = set()
     for _, r in best.iterrows():
-        m = keep[(keep["task"] == r["task"]) & (keep["model"] == r["model"]) & (keep["optimizer"] == r["optimizer"])]
-        for c in hparam_columns(trials):
-            m = m[m[c].isna()] if pd.isna(r[c]) else m[m[c] == r[c]]
-        cfg_of[(str(r["task"]), str(r["model"]), str(r["optimizer"]))] = set(m["trial_id"])
-    ids = set().union(*cfg_of.values()) if cfg_of else set()
+        ids |= set(keep.loc[cell_mask(keep, r, cols), "trial_id"])
     df = epochs[epochs["trial_id"].isin(ids)].copy()
-    problems = sorted({(t, m) for t, m, _ in configs})
+    problems = sorted({(str(t), str(m)) for t, m in zip(best["task"], best["model"])})
     fig, axes = _fig(2, max(1, len(problems)), w=5.2, h=3.4)
     for j, (task, model) in enumerate(problems):
         sub = df[(df["task"] == task) & (df["model"] == model)].copy()
