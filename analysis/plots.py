@@ -90,13 +90,15 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = "final_test_
     sens = sensitivity(trials, axis, metric=metric, mode=mode, aggregate=aggregate)
     problems = list(sens.groupby(["task", "model"], observed=True))
     fig, axes = _fig(1, max(1, len(problems)), w=5.2)
+    numeric = pd.api.types.is_numeric_dtype(sens[axis])  # e.g. estimator or schedule names: categories
     if log_x is None:
-        vals = sens[axis].astype(float)
-        log_x = bool((vals > 0).all() and vals.max() / max(vals.min(), 1e-300) >= 50)
+        vals = sens[axis].astype(float) if numeric else None
+        log_x = numeric and bool((vals > 0).all() and vals.max() / max(vals.min(), 1e-300) >= 50)
     for ax, ((task, model), g) in zip(axes.flat, problems):
         for opt, h in g.groupby("optimizer", observed=True):
             h = h.sort_values(axis)
-            xs, ys, ci = h[axis].astype(float), h["mean"], h["ci95"].fillna(0)
+            xs = h[axis].astype(float) if numeric else h[axis].astype(str)
+            ys, ci = h["mean"], h["ci95"].fillna(0)
             ax.plot(xs, ys, marker="o", label=str(opt))
             ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2)
         if log_x:

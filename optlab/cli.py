@@ -132,6 +132,7 @@ def cmd_report(args) -> int:
     import warnings
 
     from .analysis import best_configs, hparam_columns, load
+    from .analysis.data import _axes_label
     from .analysis.report import write_report
     paths = write_report(args.results, args.output, title=args.title)
     with warnings.catch_warnings():
@@ -141,7 +142,7 @@ def cmd_report(args) -> int:
     axes = hparam_columns(trials)
     print("best final test accuracy per optimizer (mean +- std over seeds):")
     for _, r in best.iterrows():
-        setting = ", ".join(f"{a}={r[a]:g}" for a in axes if isinstance(r[a], float) and r[a] == r[a])
+        setting = _axes_label(r, axes)
         print(f"  {r['task']}/{r['model']}  {r['optimizer']:<18} {r['mean']:.4f} +- {r['std']:.4f}  "
               f"(n={r['n']}{', incomplete' if not r['complete'] else ''})  {setting}")
     for p in paths:

@@ -109,6 +109,16 @@ def test_sensitivity_best_and_mean():
         sensitivity(trials, "lrr")
 
 
+def test_sensitivity_plot_on_a_categorical_axis():
+    recs = [_trial("sgd-ph", s, a + (0.01 if est == "hutchinson" else 0.0), {"lr": 0.1, "estimator": est})
+            for est in ("rowsum_hvp", "hutchinson") for s, a in enumerate(ACC[("sgd-ph", 0.1)])]
+    _, trials = load(recs)
+    fig = P.sensitivity_plot(trials, "estimator")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "estimator" and ax.get_xscale() == "linear"
+    assert sorted(t.get_text() for t in ax.get_xticklabels()) == ["hutchinson", "rowsum_hvp"]
+
+
 def test_paired_comparison_matches_scipy():
     _, trials = load(_records())
     pc = paired_comparison(trials, baseline="sgd")
