@@ -90,7 +90,21 @@ def cmd_grid(args) -> int:
         return 0
     st = grid_status(spec, results=args.results)
     print(f"grid {spec.name}: {st['total']} trials -- ok {st['ok']}, diverged {st['diverged']}, "
-          f"failed {st['failed']}, running {st['running']}, missing {st['missing']}  ({st['results']})")
+          f"failed {st['failed']}, running {st['running']}, missing {st['missing']}, invalid {st['invalid']}"
+          f"  ({st['results']})")
+    ev = st.get("evaluation")
+    if ev is not None:
+        wait = f" (waiting for tuning of {', '.join(ev['waiting'])})" if ev["waiting"] else ""
+        print(f"  evaluation stage: {ev['total']} trials -- ok {ev['ok']}, diverged {ev['diverged']}, failed "
+              f"{ev['failed']}, running {ev['running']}, missing {ev['missing']}, invalid {ev['invalid']}"
+              f"{wait}")
+    if st["invalid_files"]:
+        print(f"{len(st['invalid_files'])} trial file(s) do not validate (the next `optlab grid run` moves them to "
+              "quarantine/ and reruns their trials):")
+        for line in st["invalid_files"][:20]:
+            print(f"  {line}")
+        if len(st["invalid_files"]) > 20:
+            print(f"  ... and {len(st['invalid_files']) - 20} more")
     return 0
 
 

@@ -30,8 +30,10 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -45,13 +47,22 @@ from pathlib import Path
 
 from . import api, registry
 from .hparams import closest
-from .store import Store
+from .store import CorruptRecord, Store
 from .train import RUN_KEYS, RunConfig, train
 
-__all__ = ["GridSpec", "Trial", "load_spec", "expand", "run_grid", "grid_status", "SpecError", "environment"]
+__all__ = ["GridSpec", "Trial", "load_spec", "expand", "evaluation_trials", "select_configs", "run_grid",
+           "grid_status", "SpecError", "environment"]
 
-TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results")
+TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results", "protocol")
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
+BLOCK_KEYS = ("name", "label")            # an [[optimizer]] block's own keys; the rest are hyperparameter axes
+PROTOCOL_KEYS = ("evaluation_seeds", "select")
+SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
+EVAL_SEED_BASE = 1000
+#: part of every trial id: trials run before validation splits existed (data version 1) have other ids
+DATA_VERSION = 2
 
 
 class SpecError(ValueError):
@@ -65,22 +76,41 @@ class GridSpec:
     text: str
     data: dict
 
+    @property
+    def protocol(self) -> dict | None:
+        """The two-stage protocol (``[protocol]``), resolved; None for a one-stage grid."""
+        p = self.data.get("protocol")
+        if p is None:
+            return None
+        seeds = p.get("evaluation_seeds", 20)
+        if isinstance(seeds, int):
+            seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
+        return {"evaluation_seeds": seeds, "select": p.get("select", "val_acc")}
+
 
 @dataclass(frozen=True)
 class Trial:
     id: str
     config: dict
+    arm: str = ""            # the [[optimizer]] block's label (default: the optimizer's name)
+    stage: str = "tuning"    # "tuning" or "evaluation"
+    selection: dict | None = None
 
     @property
     def label(self) -> str:
         c = self.config
         hp = ",".join(f"{k}={v}" for k, v in sorted(c["hparams"].items()))
-        return f"{c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}"
+        stage = " [eval]" if self.stage == "evaluation" else ""
+        return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{stage}"
 
 
 def trial_id(config: dict) -> str:
-    canon = json.dumps(config, sort_keys=True, default=str)
+    canon = json.dumps({**config, "_data_version": DATA_VERSION}, sort_keys=True, default=str)
     return hashlib.sha1(canon.encode()).hexdigest()[:16]
+
+
+def _type_error(where: str, key: str, value, expected: str) -> SpecError:
+    return SpecError(f"{where}.{key}: expected {expected}, got {type(value).__name__} {value!r}")
 
 
 def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
@@ -90,7 +120,12 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
         path = Path(path_or_text)
         if not path.exists():
             raise SpecError(f"grid spec {path} not found")
-        text = path.read_text(encoding="utf-8")
+        if path.is_dir():
+            raise SpecError(f"grid spec {path} is a directory; pass a .toml file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"grid spec {path} is not UTF-8 text ({exc.reason})") from exc
     where = str(path) if path else "<spec>"
     try:
         data = tomllib.loads(text)
@@ -100,8 +135,53 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
     if unknown:
         raise SpecError(f"{where}: unknown key {unknown[0]!r}.{closest(unknown[0], TOP_KEYS)} "
                         f"Valid top-level keys: {', '.join(TOP_KEYS)}.")
+    for key, typ, words in (("name", str, "a string"), ("description", str, "a string"),
+                            ("results", str, "a directory path (string)"), ("run", dict, "a [run] table"),
+                            ("protocol", dict, "a [protocol] table"),
+                            ("setting", list, "[[setting]] tables"), ("optimizer", list, "[[optimizer]] tables")):
+        if key in data and not isinstance(data[key], typ):
+            raise _type_error(where, key, data[key], words)
+    for key in ("setting", "optimizer"):
+        for i, block in enumerate(data.get(key, [])):
+            if not isinstance(block, dict):
+                raise _type_error(where, f"{key}[{i}]", block, f"a [[{key}]] table")
     name = data.get("name") or (path.stem if path else "grid")
+    if not NAME_RE.match(name) or ".." in name:
+        raise SpecError(f"{where}.name: invalid grid name {name!r}: a name is 1-100 letters, digits, '.', '_' or '-' "
+                        "(no '/', no '..'), starting with a letter or digit; results go to results/<name>/ -- "
+                        "to write elsewhere, set the `results` key to a directory")
+    _check_protocol(where, data.get("protocol"), data.get("seeds", [0]))
     return GridSpec(name, path, text, data)
+
+
+def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
+    if p is None:
+        return
+    unknown = [k for k in p if k not in PROTOCOL_KEYS]
+    if unknown:
+        raise SpecError(f"{where}.protocol.{unknown[0]}: unknown key.{closest(unknown[0], PROTOCOL_KEYS)} "
+                        f"Valid: {', '.join(PROTOCOL_KEYS)}.")
+    seeds = p.get("evaluation_seeds", 20)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 2:
+            raise SpecError(f"{where}.protocol.evaluation_seeds: invalid count {seeds}; expected >= 2 "
+                            "(a paired comparison needs seeds; >= 20 where effects are small)")
+        seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
+    elif not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                        for s in seeds)):
+        raise SpecError(f"{where}.protocol.evaluation_seeds: expected a count >= 2 or a list of integers >= 0, "
+                        f"got {seeds!r}")
+    tuning = tuning_seeds if isinstance(tuning_seeds, list) else [tuning_seeds]
+    shared = sorted(set(seeds) & set(tuning))
+    if shared:
+        raise SpecError(f"{where}.protocol.evaluation_seeds: seeds {shared} are also tuning seeds; evaluation "
+                        "needs fresh seeds (that is what makes the comparison unbiased)")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where}.protocol.evaluation_seeds: duplicate seeds in {seeds}")
+    sel = p.get("select", "val_acc")
+    if sel not in SELECT_METRICS:
+        raise SpecError(f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_METRICS)} "
+                        "(final-epoch validation metric, mean over tuning seeds)")
 
 
 LIST_VALUED = ("milestones", "betas")  # settings whose value is a list: write [[...], [...]] for an axis
@@ -117,22 +197,23 @@ def _axis(where: str, key: str, value) -> list:
 
 
 def expand(spec: GridSpec) -> list[Trial]:
-    """All trials of ``spec``, validated (unknown axes, bad values name their key)."""
+    """All tuning-stage trials of ``spec``, validated (unknown axes, bad values name their key).
+
+    Evaluation-stage trials depend on the tuning results: see :func:`evaluation_trials`.
+    """
     d = spec.data
     where = str(spec.path) if spec.path else "<spec>"
     seeds = _axis(where, "seeds", d.get("seeds", [0]))
     for s in seeds:
-        if not isinstance(s, int) or s < 0:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise SpecError(f"{where}.seeds: invalid seed {s!r}; expected integers >= 0")
     run = dict(d.get("run", {}))
     settings = d.get("setting") or [{}]
-    if not isinstance(settings, list):
-        raise SpecError(f"{where}.setting: expected [[setting]] tables")
     blocks = d.get("optimizer")
-    if not blocks or not isinstance(blocks, list):
+    if not blocks:
         raise SpecError(f"{where}: no [[optimizer]] block; add at least one, e.g.\n[[optimizer]]\nname = \"sgd-ph\"")
     trials: list[Trial] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for si, setting in enumerate(settings):
         merged = {**run, **setting}
         for k in merged:
@@ -140,16 +221,29 @@ def expand(spec: GridSpec) -> list[Trial]:
                 raise SpecError(f"{where}.{'setting[%d]' % si if k in setting else 'run'}.{k}: unknown run setting."
                                 f"{closest(k, RUN_AXES)} Valid: {', '.join(RUN_AXES)}.")
         run_axes = {k: _axis(f"{where}.run", k, v) for k, v in merged.items()}
+        for combo in itertools.product(*run_axes.values()):  # run settings first: errors name their table
+            runv = dict(zip(run_axes, combo))
+            try:
+                RunConfig.from_dict({**runv, "optimizer": "sgd"}).validate_run()
+            except (ValueError, KeyError, TypeError) as exc:
+                bad = next((k for k in runv if f"{k}=" in str(exc) or repr(k) in str(exc)), None)
+                table = f"setting[{si}]" if bad in setting or (bad is None and setting) else "run"
+                msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+                raise SpecError(f"{where}.{table}: {msg}") from exc
         for bi, block in enumerate(blocks):
             bwhere = f"{where}.optimizer[{bi}]"
             if "name" not in block:
                 raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
             oname = block["name"]
-            if oname not in api.optimizer_names():
+            if not isinstance(oname, str) or oname not in api.optimizer_names():
                 valid = api.optimizer_names()
-                raise SpecError(f"{bwhere}.name: unknown optimizer {oname!r}.{closest(oname, valid)} "
+                raise SpecError(f"{bwhere}.name: unknown optimizer {oname!r}.{closest(str(oname), valid)} "
                                 f"Valid: {', '.join(valid)}.")
-            hp_axes = {k: _axis(bwhere, k, v) for k, v in block.items() if k != "name"}
+            arm = block.get("label", oname)
+            if not isinstance(arm, str) or not NAME_RE.match(arm):
+                raise SpecError(f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
+                                "or '-' (it names this optimizer arm in comparisons)")
+            hp_axes = {k: _axis(bwhere, k, v) for k, v in block.items() if k not in BLOCK_KEYS}
             known = api.preset_hparams(oname)
             fn = (registry.items("preset").get(oname) or registry.items("baseline")[oname]).item
             open_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
@@ -172,10 +266,89 @@ def expand(spec: GridSpec) -> list[Trial]:
                         raise SpecError(f"{bwhere}: {exc}") from exc
                     c = cfg.to_dict()
                     tid = trial_id(c)
-                    if tid not in seen:
-                        seen.add(tid)
-                        trials.append(Trial(tid, c))
+                    if tid in seen:
+                        if seen[tid] != arm:
+                            raise SpecError(f"{bwhere}: arm {arm!r} repeats a configuration of arm {seen[tid]!r} "
+                                            f"({Trial(tid, c).label}); give the arms different settings")
+                        continue
+                    seen[tid] = arm
+                    trials.append(Trial(tid, c, arm=arm))
     return trials
+
+
+def selection_key(config: dict, arm: str) -> tuple[str, str, str]:
+    """What one selection is made within: (task, model, arm)."""
+    return config["task"], config["model"], arm
+
+
+def config_label(config: dict) -> str:
+    """A configuration across seeds: everything in the run config but the seed."""
+    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def select_configs(tuning: list[Trial], records: dict[str, dict], metric: str = "val_acc") -> dict:
+    """The validation-selected configuration of every (task, model, arm).
+
+    Score of a configuration: mean over its tuning seeds of the final-epoch ``metric``
+    (``val_acc`` maximised, ``val_loss`` minimised). Eligible: configurations whose seeds all
+    finished ``ok``; if none is, those with at least one ``ok`` seed (mean over those). Ties go
+    to the smallest :func:`config_label`. Test metrics are never read.
+
+    Returns ``{key: {"config", "score", "configs_tried", "tuning_seeds", "complete"}}``;
+    ``complete`` is False while some tuning trial of that key has no valid result.
+    """
+    sign = 1.0 if SELECT_METRICS[metric] == "max" else -1.0
+    groups: dict[tuple, dict[str, list]] = {}
+    for t in tuning:
+        groups.setdefault(selection_key(t.config, t.arm), {}).setdefault(config_label(t.config), []).append(t)
+    out = {}
+    for key, configs in groups.items():
+        complete = all(t.id in records for ts in configs.values() for t in ts)
+        scored = []
+        for label, ts in configs.items():
+            vals, all_ok = [], True
+            for t in ts:
+                r = records.get(t.id)
+                v = (r["metrics"][-1].get(metric) if r and r["status"] == "ok" and r["metrics"] else None)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    vals.append(float(v))
+                else:
+                    all_ok = False
+            if vals:
+                scored.append((all_ok, sign * sum(vals) / len(vals), label, ts[0].config, sum(vals) / len(vals)))
+        seeds = sorted({t.config["seed"] for ts in configs.values() for t in ts})
+        if not scored:
+            out[key] = {"config": None, "score": None, "configs_tried": len(configs), "tuning_seeds": seeds,
+                        "complete": complete}
+            continue
+        eligible = [x for x in scored if x[0]] or scored
+        best = min(eligible, key=lambda x: (-x[1], x[2]))
+        out[key] = {"config": {k: v for k, v in best[3].items() if k != "seed"}, "score": best[4],
+                    "configs_tried": len(configs), "tuning_seeds": seeds, "complete": complete}
+    return out
+
+
+def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, dict]) -> tuple[list[Trial], list[str]]:
+    """Evaluation-stage trials: each (task, model, arm)'s validation-selected configuration on the
+    protocol's fresh evaluation seeds. Returns ``(trials, waiting)``: ``waiting`` names the keys whose
+    tuning is not finished (their evaluation trials are not known yet)."""
+    proto = spec.protocol
+    if proto is None:
+        return [], []
+    sel = select_configs(tuning, records, proto["select"])
+    trials, waiting = [], []
+    for key, s in sel.items():
+        if not s["complete"]:
+            waiting.append("/".join(key))
+            continue
+        if s["config"] is None:
+            continue  # every tuning trial failed: nothing to evaluate (the report shows the failures)
+        selection = {"metric": f"final_{proto['select']}", "tuning_seeds": s["tuning_seeds"], "score": s["score"],
+                     "configs_tried": s["configs_tried"], "config": config_label({**s["config"], "seed": 0})}
+        for seed in proto["evaluation_seeds"]:
+            c = {**s["config"], "seed": seed}
+            trials.append(Trial(trial_id(c), c, arm=key[2], stage="evaluation", selection=selection))
+    return trials, waiting
 
 
 def _check_hparams(where: str, name: str, hp: dict) -> None:
@@ -242,11 +415,20 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
     try:
         if store.has(trial.id):  # finished by someone else between the check and the claim
             return trial.id, "exists"
+        path = store.trials / f"{trial.id}.json"
+        if path.exists():  # present but does not validate: keep it for inspection, rerun
+            try:
+                store.read(trial.id)
+            except CorruptRecord as exc:
+                store.quarantine(path, exc.problem)
         started = time.time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
-        res.update(id=trial.id, started=started, finished=time.time(), env=environment())
+        res.update(id=trial.id, arm=trial.arm or trial.config["optimizer"], stage=trial.stage,
+                   started=started, finished=time.time(), env=environment())
+        if trial.selection is not None:
+            res["selection"] = trial.selection
         store.write(trial.id, res)
         try:
             store.checkpoint(trial.id).unlink()
@@ -261,28 +443,68 @@ def default_results_dir(spec: GridSpec) -> Path:
     return Path(spec.data.get("results") or Path("results") / spec.name)
 
 
-def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Path | None = None,
-             retry_failed: bool = False, threads: int | None = None, progress: bool = True) -> dict:
-    """Run every missing trial of ``spec``; returns counts by outcome."""
-    if not isinstance(spec, GridSpec):
-        spec = load_spec(spec)
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"invalid workers={workers!r}; expected an integer >= 1")
-    trials = expand(spec)
-    store = Store(results or default_results_dir(spec)).init(spec.text)
-    done = store.ids()
+def _todo(store: Store, trials: list[Trial], done: dict[str, dict], retry_failed: bool) -> list[Trial]:
     todo = []
     for t in trials:
         if t.id in done:
-            if retry_failed and store.read(t.id).get("status") == "failed":
-                (store.trials / f"{t.id}.json").unlink()
+            if retry_failed and done[t.id]["status"] == "failed":
+                store.quarantine(store.trials / f"{t.id}.json", "failed; rerun by --retry-failed")
                 todo.append(t)
             continue
         todo.append(t)
+    return todo
+
+
+def _run_trials(store: Store, todo: list[Trial], workers: int, threads: int, bar, note) -> None:
+    if not todo:
+        return
+    if workers == 1:
+        _init_worker(threads)
+        for t in todo:
+            bar.set_description(f"grid: {t.label}"[:70])
+            note(run_trial(str(store.root), t)[1])
+        return
+    # forkserver: one clean server process imports torch/optlab once, workers fork from it
+    # (cheaper than spawn's import per worker, safer than forking a process with torch threads)
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
+                                "optlab.plugins.tasks", "optlab.plugins.models"])
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(threads,)) as ex:
+        pending = {ex.submit(run_trial, str(store.root), t) for t in todo}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                note(f.result()[1])
+
+
+def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Path | None = None,
+             retry_failed: bool = False, threads: int | None = None, progress: bool = True) -> dict:
+    """Run every missing trial of ``spec``; returns counts by outcome.
+
+    With a ``[protocol]``, the tuning stage runs first; then each (task, model, arm)'s
+    configuration selected on validation (:func:`select_configs`) runs on the fresh
+    evaluation seeds. Both stages are resumable: rerunning skips what is done.
+    """
+    if not isinstance(spec, GridSpec):
+        spec = load_spec(spec)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"invalid workers={workers!r}; expected an integer >= 1")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"invalid threads={threads!r}; expected an integer >= 1")
+    trials = expand(spec)
+    store = Store(results or default_results_dir(spec)).init(spec.text)
+    quarantined = store.quarantine_corrupt()
+    done, _ = store.scan()
+    todo = _todo(store, trials, done, retry_failed)
+    proto = spec.protocol
+    n_eval = len({selection_key(t.config, t.arm) for t in trials}) * len(proto["evaluation_seeds"]) if proto else 0
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
-    counts: dict[str, int] = {"skipped_complete": len(trials) - len(todo)}
+    counts: dict = {"skipped_complete": len(trials) - len(todo)}
+    if quarantined:
+        counts["quarantined"] = len(quarantined)
     from tqdm.auto import tqdm
-    bar = tqdm(total=len(trials), initial=len(trials) - len(todo), desc=f"grid {spec.name}", unit="trial",
+    bar = tqdm(total=len(trials) + n_eval, initial=len(trials) - len(todo), desc=f"grid {spec.name}", unit="trial",
                disable=not progress or os.environ.get("OPTLAB_NO_PROGRESS") == "1", dynamic_ncols=True)
 
     def note(status: str) -> None:
@@ -291,44 +513,58 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Pa
         bar.set_postfix({k: v for k, v in counts.items() if k != "skipped_complete"}, refresh=False)
 
     try:
-        if workers == 1:
-            _init_worker(threads)
-            for t in todo:
-                bar.set_description(f"grid {spec.name}: {t.label}"[:70])
-                note(run_trial(str(store.root), t)[1])
-        else:
-            # forkserver: one clean server process imports torch/optlab once, workers fork from it
-            # (cheaper than spawn's import per worker, safer than forking a process with torch threads)
-            ctx = get_context("forkserver")
-            ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
-                                        "optlab.plugins.tasks", "optlab.plugins.models"])
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                     initializer=_init_worker, initargs=(threads,)) as ex:
-                pending = {ex.submit(run_trial, str(store.root), t) for t in todo}
-                while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        note(f.result()[1])
+        _run_trials(store, todo, workers, threads, bar, note)
+        if proto is not None:
+            done, _ = store.scan()
+            etrials, waiting = evaluation_trials(spec, trials, done)
+            etodo = _todo(store, etrials, done, retry_failed)
+            counts["skipped_complete"] += len(etrials) - len(etodo)
+            bar.update(len(etrials) - len(etodo))
+            _run_trials(store, etodo, workers, threads, bar, note)
+            if waiting:
+                counts["evaluation_waiting"] = ", ".join(waiting)
     finally:
         bar.close()
     counts["results"] = str(store.root)
     return counts
 
 
+def _count(trials: list[Trial], good: dict, bad_ids: set, live: set) -> dict:
+    out = {"total": len(trials), "ok": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0, "invalid": 0}
+    for t in trials:
+        if t.id in good:
+            out[good[t.id]["status"]] += 1
+        elif t.id in live:
+            out["running"] += 1
+        elif t.id in bad_ids:
+            out["invalid"] += 1
+        else:
+            out["missing"] += 1
+    return out
+
+
 def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) -> dict:
-    """Counts of done / diverged / failed / running / missing trials of ``spec``."""
+    """Counts of done / diverged / failed / running / missing / invalid trials of ``spec``.
+
+    The top-level counts are the tuning stage's (the whole grid without a protocol);
+    ``evaluation`` holds the evaluation stage's (``waiting``: keys whose tuning is unfinished,
+    so their selected configuration is not known yet); ``invalid_files`` names every trial
+    file that does not validate.
+    """
     if not isinstance(spec, GridSpec):
         spec = load_spec(spec)
     trials = expand(spec)
     store = Store(results or default_results_dir(spec))
-    ids, live = store.ids(), store.live_claims()
-    out = {"total": len(trials), "ok": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0,
-           "results": str(store.root)}
-    for t in trials:
-        if t.id in ids:
-            out[store.read(t.id).get("status", "failed")] += 1
-        elif t.id in live:
-            out["running"] += 1
-        else:
-            out["missing"] += 1
+    good, bad = store.scan()
+    live = store.live_claims()
+    bad_ids = {exc.path.stem for exc in bad}
+    out: dict = {**_count(trials, good, bad_ids, live), "results": str(store.root)}
+    if spec.protocol is not None:
+        etrials, waiting = evaluation_trials(spec, trials, good)
+        ev = _count(etrials, good, bad_ids, live)
+        ev["total"] = len({selection_key(t.config, t.arm) for t in trials}) * len(spec.protocol["evaluation_seeds"])
+        ev["missing"] = ev["total"] - sum(ev[k] for k in ("ok", "diverged", "failed", "running", "invalid"))
+        ev["waiting"] = waiting
+        out["evaluation"] = ev
+    out["invalid_files"] = [f"{exc.path.name}: {exc.problem}" for exc in bad]
     return out

@@ -7,26 +7,122 @@ Layout::
       trials/<trial_id>.json    a completed trial (ok / diverged / failed), written atomically
       running/<trial_id>.lock   claimed by a live process (pid, host)
       checkpoints/<trial_id>.pt per-epoch checkpoint of an unfinished trial
+      quarantine/               trial files that failed validation (moved aside, kept for inspection)
+                                and checkpoints that could not be loaded safely
 
 A trial file appears only through ``os.replace`` of a fully written, fsynced
 temporary file, so a crash (even ``kill -9``) never leaves a half-written result
 that looks complete. Claims use ``O_CREAT | O_EXCL``, safe for concurrent
-workers; a claim whose process is gone (same host) is stale and is taken over.
+workers; a claim whose process is gone (same host) is stale and is taken over
+atomically (check-and-remove under a ``flock``, so of many processes racing for
+one dead claim exactly one wins).
+
+A trial file counts as complete only if it validates (:func:`validate_record`:
+one rule used by ``grid run``, ``grid status``, ``report`` and
+``analysis.load``). ``grid run`` quarantines a file that does not validate and
+reruns its trial; the read-only commands count and name such files.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "CorruptRecord", "atomic_write", "validate_record", "SCHEMA_VERSION", "STATUSES"]
+
+#: version of the trial-record format written by this code (1: records without the field)
+SCHEMA_VERSION = 2
+STATUSES = ("ok", "diverged", "failed")
 
 
 class StoreError(ValueError):
     pass
+
+
+class CorruptRecord(StoreError):
+    """A trial file that is not a valid optlab trial record (``path``, ``problem``)."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"invalid trial file {path}: {problem}")
+
+
+def _is_num(x) -> bool:
+    return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
+def validate_record(rec, trial_id: str | None = None) -> str | None:
+    """Why ``rec`` is not a valid trial record, or None if it is.
+
+    Checks the shape every reader relies on: a JSON object with a known
+    ``status``, a ``config`` naming task/model/optimizer (strings), an integer
+    seed and a ``hparams`` object, ``metrics`` as a list of objects with an
+    integer ``epoch`` and numeric values, as many epochs as configured for an
+    ``ok`` trial, an ``id`` equal to the file name, and a known schema version.
+    """
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    version = rec.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        return f"unknown schema_version {version!r} (this optlab reads 1..{SCHEMA_VERSION})"
+    status = rec.get("status")
+    if status not in STATUSES:
+        return f"unknown status {status!r}; expected one of {', '.join(STATUSES)}"
+    if trial_id is not None and rec.get("id") not in (None, trial_id):
+        return f"id {rec.get('id')!r} does not match the file name {trial_id!r}"
+    cfg = rec.get("config")
+    if not isinstance(cfg, dict):
+        return "missing 'config' object"
+    for key in ("task", "model", "optimizer"):
+        if not isinstance(cfg.get(key), str):
+            return f"config.{key} must be a string, got {cfg.get(key)!r}"
+    if not isinstance(cfg.get("seed", 0), int):
+        return f"config.seed must be an integer, got {cfg.get('seed')!r}"
+    if not isinstance(cfg.get("hparams", {}), dict):
+        return f"config.hparams must be an object, got {type(cfg.get('hparams')).__name__}"
+    metrics = rec.get("metrics")
+    if not isinstance(metrics, list):
+        return f"'metrics' must be a list, got {type(metrics).__name__}"
+    for i, m in enumerate(metrics):
+        if not isinstance(m, dict):
+            return f"metrics[{i}] must be an object, got {type(m).__name__}"
+        if not isinstance(m.get("epoch"), int) or m["epoch"] != i + 1:
+            return f"metrics[{i}].epoch must be {i + 1}, got {m.get('epoch')!r}"
+        for k, v in m.items():
+            if k != "lrs" and not _is_num(v):
+                return f"metrics[{i}].{k} must be a number, got {v!r}"
+    if status == "ok":
+        epochs = cfg.get("epochs")
+        if isinstance(epochs, int) and len(metrics) != epochs:
+            return f"status ok but {len(metrics)} of {epochs} epochs recorded"
+    if "stage" in rec and rec["stage"] not in ("tuning", "evaluation"):
+        return f"unknown stage {rec['stage']!r}; expected 'tuning' or 'evaluation'"
+    return None
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part
+    (write a temporary file beside it, fsync, ``os.replace``, fsync the directory)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _pid_alive(pid: int) -> bool:
@@ -45,6 +141,7 @@ class Store:
         self.trials = self.root / "trials"
         self.running = self.root / "running"
         self.checkpoints = self.root / "checkpoints"
+        self.quarantined = self.root / "quarantine"
 
     def init(self, spec_text: str | None = None) -> "Store":
         for d in (self.trials, self.running, self.checkpoints):
@@ -56,20 +153,7 @@ class Store:
     # ------------------------------------------------------------- writing
     @staticmethod
     def _atomic_write(path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:  # make the rename durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        atomic_write(path, text)
 
     def write(self, trial_id: str, result: dict) -> Path:
         path = self.trials / f"{trial_id}.json"
@@ -78,22 +162,28 @@ class Store:
 
     # ------------------------------------------------------------- claims
     def claim(self, trial_id: str) -> bool:
-        """Take the trial for this process; False if a live process holds it."""
+        """Take the trial for this process; False if a live process holds it.
+
+        A stale claim (its process is gone) is taken over atomically: checking and removing
+        it happens under an exclusive ``flock`` on ``running/.takeover``, so of many processes
+        racing for one dead claim exactly one removes it, and the fresh ``O_EXCL`` lock
+        then has exactly one owner.
+        """
         lock = self.running / f"{trial_id}.lock"
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
-        for _ in range(2):
+        for _ in range(3):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                if self._lock_live(lock):
-                    return False
-                try:
-                    lock.unlink()
-                except FileNotFoundError:
-                    pass
+                with open(self.running / ".takeover", "a") as guard:
+                    fcntl.flock(guard, fcntl.LOCK_EX)
+                    if self._lock_live(lock):
+                        return False
+                    lock.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(info)
+                f.flush()
             return True
         return False
 
@@ -107,6 +197,10 @@ class Store:
     def _lock_live(lock: Path) -> bool:
         try:
             info = json.loads(lock.read_text() or "{}")
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
+            return False
         except (OSError, ValueError):
             # being written right now (created, not yet filled): treat as live unless old
             try:
@@ -115,7 +209,10 @@ class Store:
                 return False
         if info.get("host") != socket.gethostname():
             return True  # cannot check another host's processes
-        return _pid_alive(int(info.get("pid", -1)))
+        try:
+            return _pid_alive(int(info.get("pid", -1)))
+        except (TypeError, ValueError):
+            return False
 
     def live_claims(self) -> set[str]:
         if not self.running.exists():
@@ -125,31 +222,86 @@ class Store:
     def checkpoint(self, trial_id: str) -> Path:
         return self.checkpoints / f"{trial_id}.pt"
 
+    # ------------------------------------------------------------- quarantine
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move ``path`` (a bad trial file or checkpoint) to ``quarantine/`` with a ``.reason`` note beside it."""
+        self.quarantined.mkdir(parents=True, exist_ok=True)
+        dest = self.quarantined / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}"
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return dest
+        atomic_write(dest.with_name(dest.name + ".reason"), reason + "\n")
+        return dest
+
     # ------------------------------------------------------------- reading
     def ids(self) -> set[str]:
+        """Ids of the trial files present (valid or not; see :meth:`scan`)."""
         if not self.trials.exists():
             return set()
         return {p.stem for p in self.trials.glob("*.json")}
 
     def has(self, trial_id: str) -> bool:
-        return (self.trials / f"{trial_id}.json").exists()
+        """True if a *valid* result of ``trial_id`` exists."""
+        try:
+            self.read(trial_id)
+        except (FileNotFoundError, CorruptRecord):
+            return False
+        return True
 
     def read(self, trial_id: str) -> dict:
-        path = self.trials / f"{trial_id}.json"
+        """The validated record of ``trial_id``; :class:`CorruptRecord` if it does not validate."""
+        return self._load(self.trials / f"{trial_id}.json")
+
+    @staticmethod
+    def _load(path: Path) -> dict:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptRecord(path, f"not UTF-8 text ({exc.reason})") from exc
+        if not text.strip():
+            raise CorruptRecord(path, "empty file")
+        try:
+            rec = json.loads(text)
         except ValueError as exc:
-            raise StoreError(f"corrupt trial file {path}: {exc}") from exc
+            raise CorruptRecord(path, f"not valid JSON ({exc})") from exc
+        problem = validate_record(rec, path.stem)
+        if problem:
+            raise CorruptRecord(path, problem)
+        return rec
+
+    def scan(self) -> tuple[dict[str, dict], list[CorruptRecord]]:
+        """Every trial file: ``({id: valid record}, [CorruptRecord for each file that does not validate])``."""
+        good, bad = {}, []
+        if self.trials.exists():
+            for path in sorted(self.trials.glob("*.json")):
+                try:
+                    good[path.stem] = self._load(path)
+                except CorruptRecord as exc:
+                    bad.append(exc)
+                except FileNotFoundError:
+                    pass  # quarantined or retried by another process meanwhile
+        return good, bad
+
+    def quarantine_corrupt(self) -> list[CorruptRecord]:
+        """Move every trial file that does not validate to ``quarantine/`` (warning for each); return them."""
+        _, bad = self.scan()
+        for exc in bad:
+            dest = self.quarantine(exc.path, exc.problem)
+            warnings.warn(f"{exc}; moved to {dest} and the trial will rerun", RuntimeWarning, stacklevel=2)
+        return bad
 
     def iter_results(self, skip_corrupt: bool = False) -> Iterator[dict]:
+        """Valid records in id order. A file that does not validate raises :class:`CorruptRecord`
+        unless ``skip_corrupt`` (then it is skipped with a warning naming it)."""
         if not self.root.exists():
             raise StoreError(f"results directory {self.root} does not exist")
         if not self.trials.exists():
             raise StoreError(f"{self.root} is not an optlab results directory (no trials/ folder); "
                              "run `optlab grid run SPEC` first")
-        for path in sorted(self.trials.glob("*.json")):
-            try:
-                yield json.loads(path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                if not skip_corrupt:
-                    raise StoreError(f"corrupt trial file {path}: {exc}") from exc
+        good, bad = self.scan()
+        if bad and not skip_corrupt:
+            raise bad[0]
+        for exc in bad:
+            warnings.warn(f"skipped {exc}", RuntimeWarning, stacklevel=2)
+        yield from good.values()

@@ -8,10 +8,12 @@ reaching the same final metrics as an uninterrupted run.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +23,7 @@ import torch
 from . import api, registry
 from .hparams import closest
 from .optimizer import RuleOptimizer
+from .store import SCHEMA_VERSION, atomic_write
 from .tasks import make_model, make_task
 
 __all__ = ["RunConfig", "train", "RUN_KEYS", "lr_factor"]
@@ -60,28 +63,50 @@ class RunConfig:
                            f"Valid: {', '.join(RUN_KEYS)}.")
         return cls(**d)
 
-    def validate(self) -> "RunConfig":
+    def validate_run(self) -> "RunConfig":
+        """Check the run settings (everything but the optimizer and its hyperparameters)."""
+        def num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def integer(x, lo):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
         for kind, name in (("task", self.task), ("model", self.model)):
+            if not isinstance(name, str):
+                raise ValueError(f"invalid {kind}={name!r}; expected a registered {kind} name (a string)")
             registry.get(kind, name)
-        if self.optimizer not in api.optimizer_names():
-            valid = api.optimizer_names()
-            raise registry.RegistryError(f"unknown optimizer {self.optimizer!r}.{closest(self.optimizer, valid)} "
-                                         f"Valid: {', '.join(valid)}.")
         checks = [
-            ("epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an integer >= 1"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 2, "an integer >= 2"),
-            ("seed", isinstance(self.seed, int) and self.seed >= 0, "an integer >= 0"),
-            ("lr_schedule", self.lr_schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
-            ("gamma", isinstance(self.gamma, (int, float)) and 0 < self.gamma <= 1, "a number in (0, 1]"),
-            ("warmup_epochs", isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs < self.epochs,
-             f"a number in [0, epochs={self.epochs})"),
-            ("engine", self.engine in ("autograd", "func"), "'autograd' or 'func'"),
+            ("epochs", lambda: integer(self.epochs, 1), "an integer >= 1"),
+            ("batch_size", lambda: integer(self.batch_size, 2), "an integer >= 2"),
+            ("seed", lambda: integer(self.seed, 0), "an integer >= 0"),
+            ("lr_schedule", lambda: self.lr_schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+            ("milestones", lambda: self.milestones is None or (isinstance(self.milestones, list)
+                                                               and all(num(m) and m >= 0 for m in self.milestones)),
+             "a list of epochs (numbers >= 0)"),
+            ("gamma", lambda: num(self.gamma) and 0 < self.gamma <= 1, "a number in (0, 1]"),
+            ("warmup_epochs", lambda: num(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+             f"a number in [0, epochs={self.epochs!r})"),
+            ("decouple", lambda: isinstance(self.decouple, bool), "true or false"),
+            ("engine", lambda: self.engine in ("autograd", "func"), "'autograd' or 'func'"),
+            ("task_options", lambda: isinstance(self.task_options, dict), "a table of task options"),
+            ("model_options", lambda: isinstance(self.model_options, dict), "a table of model options"),
+            ("hparams", lambda: isinstance(self.hparams, dict), "a table of hyperparameters"),
+            ("device", lambda: isinstance(self.device, str), "a torch device string such as 'cpu' or 'cuda'"),
         ]
-        for key, ok, valid in checks:
-            if not ok:
+        for key, ok, valid in checks:  # in order, lazily: a later check may rely on an earlier one
+            if not ok():
                 raise ValueError(f"invalid {key}={getattr(self, key)!r}; expected {valid}")
+        return self
+
+    def validate(self) -> "RunConfig":
+        self.validate_run()
+        if not isinstance(self.optimizer, str) or self.optimizer not in api.optimizer_names():
+            valid = api.optimizer_names()
+            raise registry.RegistryError(f"unknown optimizer {self.optimizer!r}.{closest(str(self.optimizer), valid)} "
+                                         f"Valid: {', '.join(valid)}.")
         lr = self.hparams.get("lr")
-        if lr is not None and (not isinstance(lr, (int, float)) or lr < 0 or not math.isfinite(lr)):
+        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0
+                               or not math.isfinite(lr)):
             raise ValueError(f"invalid lr={lr!r}; expected a finite number >= 0")
         return self
 
@@ -103,12 +128,37 @@ def lr_factor(cfg: RunConfig, epoch: float) -> float:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "data_generator", "torch_rng", "metrics", "epoch")
+
+
+def load_checkpoint(path: Path, device) -> dict | None:
+    """The checkpoint at ``path``, loaded with ``weights_only=True`` (tensors and plain containers only:
+    a pickled object cannot run code), or None if it cannot be loaded safely or is malformed -- then the
+    file is moved aside (``<name>.rejected-<time>``) with a warning and the run starts from scratch."""
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ck, dict) or any(k not in ck for k in CHECKPOINT_KEYS):
+            raise ValueError(f"not an optlab checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
+        return ck
+    except Exception as exc:  # unpickling refused, truncated zip, wrong shape: never executed, never fatal
+        _reject_checkpoint(path, exc)
+        return None
+
+
+def _reject_checkpoint(path: Path, exc: BaseException) -> Path:
+    """Move an unusable checkpoint aside (kept for inspection) and warn; the run restarts from scratch."""
+    dest = path.with_name(f"{path.name}.rejected-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.replace(path, dest)
+    text = str(exc).strip()
+    reason = text.splitlines()[0][:300] if text else ""
+    warnings.warn(f"checkpoint {path} could not be used ({type(exc).__name__}: {reason}); moved to {dest.name}, "
+                  "the run restarts from scratch", RuntimeWarning, stacklevel=3)
+    return dest
 
 
 @torch.no_grad()
@@ -134,7 +184,8 @@ def train(config: RunConfig | dict, *, checkpoint: str | Path | None = None, pro
           on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run one configuration; never raises for a failing run (status ``failed`` with the error)."""
     cfg = RunConfig.from_dict(config) if isinstance(config, dict) else config
-    result: dict[str, Any] = {"config": cfg.to_dict(), "status": "running", "error": None, "metrics": [],
+    result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "status": "running",
+                              "error": None, "metrics": [],
                               "resumed_from_epoch": None}
     t_start = time.perf_counter()
     try:
@@ -150,31 +201,91 @@ def train(config: RunConfig | dict, *, checkpoint: str | Path | None = None, pro
     return result
 
 
-def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch) -> None:
-    device = torch.device(cfg.device)
+def _jsonable(v):
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
+
+
+def describe_optimizer(cfg: RunConfig, opt) -> dict:
+    """What the run actually used, so results describe themselves (schema version 2):
+    ``hparams_resolved`` (the preset's or baseline's keyword hyperparameters with the
+    defaults of the code that ran), ``rules`` (per rule: stepper, estimator, tensors,
+    resolved group hyperparameters) and ``plugins`` (distribution -> version of every
+    loaded optlab plugin)."""
+    import inspect
+    from importlib.metadata import entry_points
+
+    entry = registry.items("preset").get(cfg.optimizer) or registry.items("baseline")[cfg.optimizer]
+    params = list(inspect.signature(entry.item).parameters.values())[1:]
+    resolved = {p.name: p.default for p in params
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
+    resolved.update(cfg.hparams)
+    rules = {}
+    for g in opt.param_groups:
+        if "rule" not in g:
+            continue
+        rule = opt.rules[g["rule"]]
+        rules[g["rule"]] = {
+            "stepper": rule.stepper.name, "estimator": rule.curvature.name if rule.curvature else None,
+            "tensors": len(g["params"]),
+            "hparams": {k: _jsonable(v) for k, v in g.items() if k not in ("params", "param_names", "rule")}}
+    pm = registry.plugin_manager()
+    plugins = {}
+    for ep in entry_points(group="optlab"):
+        if pm.get_plugin(ep.name) is not None and ep.dist is not None:
+            plugins[ep.dist.name] = ep.dist.version
+    return {"schema_version": SCHEMA_VERSION, "hparams_resolved": _jsonable(resolved), "rules": rules,
+            "optimizer_plugin": entry.plugin, "plugins": plugins}
+
+
+def _build(cfg: RunConfig, device):
+    """Fresh task, model, optimizer, lr schedule and data generator of ``cfg`` (seeded)."""
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options).to(device)
     model = make_model(cfg.model, task.info, decouple=cfg.decouple, **cfg.model_options).to(device)
     kind = "preset" if cfg.optimizer in registry.items("preset") else "baseline"
     extra = dict(engine=cfg.engine, seed=cfg.seed) if kind == "preset" else {}
     opt = api.optimizer(cfg.optimizer, model, **extra, **cfg.hparams)
-    builder = registry.items(kind)[cfg.optimizer].item
-    create_graph = bool(getattr(builder, "create_graph", False))
     iters = task.num_train_batches(cfg.batch_size)
     if iters == 0:
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {task.x_train.shape[0]} training samples of {cfg.task}")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
     data_gen = torch.Generator().manual_seed(cfg.seed)
+    return task, model, opt, sched, data_gen, iters, kind
+
+
+def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch) -> None:
+    device = torch.device(cfg.device)
+    task, model, opt, sched, data_gen, iters, kind = _build(cfg, device)
+    builder = registry.items(kind)[cfg.optimizer].item
+    create_graph = bool(getattr(builder, "create_graph", False))
     start = 0
-    if ckpt_path is not None and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        data_gen.set_state(ck["data_generator"])
-        torch.set_rng_state(ck["torch_rng"])
+    had_checkpoint = ckpt_path is not None and ckpt_path.exists()
+    ck = load_checkpoint(ckpt_path, device) if had_checkpoint else None
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            data_gen.set_state(ck["data_generator"])
+            torch.set_rng_state(ck["torch_rng"])
+            if not isinstance(ck["metrics"], list) or not isinstance(ck["epoch"], int) or \
+                    not 0 <= ck["epoch"] <= cfg.epochs or len(ck["metrics"]) != ck["epoch"]:
+                raise ValueError(f"epoch {ck['epoch']!r} and {len(ck['metrics'])} metric rows do not agree")
+        except Exception as exc:  # a checkpoint of another configuration, or damaged: restart cleanly
+            _reject_checkpoint(ckpt_path, exc)
+            task, model, opt, sched, data_gen, iters, kind = _build(cfg, device)
+            ck = None
+    result["checkpoint_rejected"] = had_checkpoint and ck is None
+    if ck is not None:
         result["metrics"] = ck["metrics"]
         start = result["resumed_from_epoch"] = ck["epoch"]
+    result.update(describe_optimizer(cfg, opt))
     result["num_params"] = sum(p.numel() for p in model.parameters())
     is_rule = isinstance(opt, RuleOptimizer)
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
@@ -222,8 +333,10 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             fb = opt.timings["forward_backward"] - t0["forward_backward"]
             curv = opt.timings["curvature"] - t0["curvature"]
             upd = opt.timings["update"] - t0["update"]
-        test_loss, test_acc = (float("nan"), float("nan")) if diverged else _evaluate(model, task, "test")
-        if not diverged and not math.isfinite(test_loss):
+        nan2 = (float("nan"), float("nan"))
+        val_loss, val_acc = nan2 if diverged else _evaluate(model, task, "val")
+        test_loss, test_acc = nan2 if diverged else _evaluate(model, task, "test")
+        if not diverged and not (math.isfinite(test_loss) and math.isfinite(val_loss)):
             diverged = True
         epoch_time = time.perf_counter() - t_epoch
         wall += epoch_time
@@ -231,8 +344,10 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen if seen and not diverged else float("nan"),
             "train_acc": correct / seen if seen else float("nan"),
+            "val_loss": val_loss, "val_acc": val_acc,
             "test_loss": test_loss, "test_acc": test_acc,
             "lr": opt.param_groups[0]["lr"],
+            "lrs": {g.get("rule", f"group{i}"): g["lr"] for i, g in enumerate(opt.param_groups)},
             "time_forward_backward": fb, "time_curvature": curv, "time_update": upd,
             "time_epoch": epoch_time, "wall_time": wall,
             "hvp_count": (opt.hvp_count - h0) if is_rule else 0,

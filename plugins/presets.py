@@ -20,6 +20,35 @@ def sgd(model, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=F
     return [Rule("all", rest(), None, api.stepper("sgd"), hp)]
 
 
+def sgd_scaled(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, channelwise_lr_scale=0.1,
+               selector="channelwise"):
+    """Control: SGD with momentum everywhere, the channel-wise parameters at ``lr * channelwise_lr_scale``.
+
+    SGD-PH's Newton step on a channel-wise parameter is the SGD-M step scaled by
+    tau/(D+eps); this control takes a constant scale instead of the curvature. If
+    it matches SGD-PH, "a smaller step on normalization parameters" explains the
+    effect, not the curvature. ``channelwise_lr_scale=0`` freezes them (``sgd-frozen``).
+    """
+    if not isinstance(channelwise_lr_scale, (int, float)) or isinstance(channelwise_lr_scale, bool) \
+            or not 0 <= channelwise_lr_scale < float("inf"):
+        raise ValueError(f"sgd-scaled: invalid channelwise_lr_scale={channelwise_lr_scale!r}; expected a finite "
+                         "number >= 0")
+    hp = dict(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    return [
+        Rule("channelwise", _selector(selector), None, api.stepper("sgd"), dict(lr=lr * channelwise_lr_scale, **hp),
+             if_empty=f"sgd-scaled: no channel-wise parameter in {type(model).__name__} (selector {selector!r}); "
+                      "the control reduces to SGD with momentum."),
+        Rule("rest", rest(), None, api.stepper("sgd"), dict(lr=lr, **hp)),
+    ]
+
+
+def sgd_frozen(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, selector="channelwise"):
+    """Control: SGD with momentum on everything but the channel-wise parameters, which stay at their
+    initial values (``sgd-scaled`` with ``channelwise_lr_scale=0``)."""
+    return sgd_scaled(model, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                      channelwise_lr_scale=0.0, selector=selector)
+
+
 def sgd_ph(model, lr=0.1, momentum=0.9, weight_decay=0.0, hessian_momentum=0.9, tau=1e-3, eps=1e-4,
            every=50, schedule="all", estimator="block_rademacher", rectify="abs", rectify_at=None,
            selector="channelwise", nesterov=False, **estimator_options):
@@ -107,5 +136,5 @@ def sophia(model, lr=1e-3, betas=(0.965, 0.99), rho=0.04, eps=1e-15, weight_deca
     return [Rule("all", rest(), est, api.stepper("clipped_newton"), hp, schedule=Schedule(every, "all"))]
 
 
-PRESETS = {"sgd": sgd, "sgd-ph": sgd_ph, "sgd-ph-reference": sgd_ph_reference,
+PRESETS = {"sgd": sgd, "sgd-scaled": sgd_scaled, "sgd-frozen": sgd_frozen, "sgd-ph": sgd_ph, "sgd-ph-reference": sgd_ph_reference,
            "adahessian": adahessian, "sophia": sophia}

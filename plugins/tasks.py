@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optlab.tasks import Task
+from optlab.tasks import Task, split_validation
 
-SPLIT_SEED = 0  # train/test splits are fixed; the run seed drives init and shuffling
+SPLIT_SEED = 0  # train/val/test splits are fixed; the run seed drives init and shuffling
 
 
-def _standardize(x_train: torch.Tensor, x_test: torch.Tensor):
+def _standardize(x_train: torch.Tensor, *others: torch.Tensor):
     """Per-feature standardization with train statistics. Features that are (nearly) constant
     in the training split are only centred: dividing by a tiny std would blow up the test
     values of features that are constant in train but not in test (digits' border pixels)."""
     mean, std = x_train.mean(0, keepdim=True), x_train.std(0, keepdim=True)
     std = torch.where(std > 1e-3, std, torch.ones_like(std))
-    return (x_train - mean) / std, (x_test - mean) / std
+    return tuple((x - mean) / std for x in (x_train, *others))
 
 
 @functools.lru_cache(maxsize=2)
@@ -32,14 +32,19 @@ def _digits_arrays(test_fraction: float):
                             random_state=SPLIT_SEED, stratify=d.target)
 
 
-def digits(seed: int = 0, test_fraction: float = 0.25) -> Task:
-    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), standardized, shape (1, 8, 8)."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"digits: invalid test_fraction={test_fraction}; expected a number in (0, 1)")
+def digits(seed: int = 0, test_fraction: float = 0.25, val_fraction: float = 0.2) -> Task:
+    """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), standardized, shape (1, 8, 8).
+
+    Stratified splits: ``test_fraction`` of all images for test, then ``val_fraction`` of the
+    rest for validation (defaults: 1078 train / 269 val / 450 test); statistics from train only."""
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"digits: invalid test_fraction={test_fraction!r}; expected a number in (0, 1)")
     xtr, xte, ytr, yte = _digits_arrays(test_fraction)
-    xtr, xte = _standardize(torch.from_numpy(xtr), torch.from_numpy(xte))
-    return Task("digits", xtr.reshape(-1, 1, 8, 8), torch.from_numpy(ytr), xte.reshape(-1, 1, 8, 8),
-                torch.from_numpy(yte), num_classes=10)
+    xtr, ytr, xva, yva = split_validation(torch.from_numpy(xtr), torch.from_numpy(ytr), val_fraction)
+    xtr, xva, xte = _standardize(xtr, xva, torch.from_numpy(xte))
+    shape = (-1, 1, 8, 8)
+    return Task("digits", xtr.reshape(shape), ytr, xte.reshape(shape), torch.from_numpy(yte), num_classes=10,
+                x_val=xva.reshape(shape), y_val=yva)
 
 
 @functools.lru_cache(maxsize=2)
@@ -52,14 +57,18 @@ def _mnist1d_arrays(num_samples: int):
     return d["x"].astype(np.float32), d["y"].astype(np.int64), d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
 
 
-def mnist1d(seed: int = 0, num_samples: int = 5000) -> Task:
-    """MNIST-1D (Greydanus 2020), generated locally by the ``mnist1d`` package: 40-sample signals, 10 classes."""
-    if num_samples < 100:
-        raise ValueError(f"mnist1d: invalid num_samples={num_samples}; expected >= 100")
+def mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0.2) -> Task:
+    """MNIST-1D (Greydanus 2020), generated locally by the ``mnist1d`` package: 40-sample signals, 10 classes.
+
+    The package's train/test split (80/20), then a stratified ``val_fraction`` of train for
+    validation (defaults: 3200 train / 800 val / 1000 test); statistics from train only."""
+    if not isinstance(num_samples, int) or num_samples < 100:
+        raise ValueError(f"mnist1d: invalid num_samples={num_samples!r}; expected an integer >= 100")
     xtr, ytr, xte, yte = _mnist1d_arrays(num_samples)
-    xtr, xte = _standardize(torch.from_numpy(xtr), torch.from_numpy(xte))
-    return Task("mnist1d", xtr.unsqueeze(1), torch.from_numpy(ytr), xte.unsqueeze(1), torch.from_numpy(yte),
-                num_classes=10)
+    xtr, ytr, xva, yva = split_validation(torch.from_numpy(xtr), torch.from_numpy(ytr), val_fraction)
+    xtr, xva, xte = _standardize(xtr, xva, torch.from_numpy(xte))
+    return Task("mnist1d", xtr.unsqueeze(1), ytr, xte.unsqueeze(1), torch.from_numpy(yte), num_classes=10,
+                x_val=xva.unsqueeze(1), y_val=yva)
 
 
 def _cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -77,7 +86,7 @@ def _cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _cifar(name: str, cls_name: str, data_dir: str | None, augment: bool) -> Task:
+def _cifar(name: str, cls_name: str, data_dir: str | None, augment: bool, val_fraction: float) -> Task:
     root = data_dir or os.environ.get("OPTLAB_DATA")
     if not root:
         raise FileNotFoundError(f"{name}: no data directory; pass data_dir=... (task option) or set OPTLAB_DATA "
@@ -100,21 +109,24 @@ def _cifar(name: str, cls_name: str, data_dir: str | None, augment: bool) -> Tas
 
     xtr, ytr = tensors(train)
     xte, yte = tensors(test)
+    xtr, ytr, xva, yva = split_validation(xtr, ytr, val_fraction)
     mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
     std = xtr.std(dim=(0, 2, 3), keepdim=True)
-    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
     return Task(name, xtr, ytr, xte, yte, num_classes=int(ytr.max()) + 1,
-                augment=_cifar_augment if augment else None)
+                augment=_cifar_augment if augment else None, x_val=xva, y_val=yva)
 
 
-def cifar10(seed: int = 0, data_dir: str | None = None, augment: bool = True) -> Task:
-    """CIFAR-10 from ``data_dir`` (or ``$OPTLAB_DATA``) in torchvision's layout; never downloaded."""
-    return _cifar("cifar10", "CIFAR10", data_dir, augment)
+def cifar10(seed: int = 0, data_dir: str | None = None, augment: bool = True, val_fraction: float = 0.1) -> Task:
+    """CIFAR-10 from ``data_dir`` (or ``$OPTLAB_DATA``) in torchvision's layout; never downloaded.
+    A stratified ``val_fraction`` of the 50,000 training images is held out for validation."""
+    return _cifar("cifar10", "CIFAR10", data_dir, augment, val_fraction)
 
 
-def cifar100(seed: int = 0, data_dir: str | None = None, augment: bool = True) -> Task:
-    """CIFAR-100 from ``data_dir`` (or ``$OPTLAB_DATA``) in torchvision's layout; never downloaded."""
-    return _cifar("cifar100", "CIFAR100", data_dir, augment)
+def cifar100(seed: int = 0, data_dir: str | None = None, augment: bool = True, val_fraction: float = 0.1) -> Task:
+    """CIFAR-100 from ``data_dir`` (or ``$OPTLAB_DATA``) in torchvision's layout; never downloaded.
+    A stratified ``val_fraction`` of the 50,000 training images is held out for validation."""
+    return _cifar("cifar100", "CIFAR100", data_dir, augment, val_fraction)
 
 
 TASKS = {"digits": digits, "mnist1d": mnist1d, "cifar10": cifar10, "cifar100": cifar100}

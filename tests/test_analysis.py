@@ -165,7 +165,8 @@ def test_figures_have_expected_axes_and_panels():
 def _store(tmp_path, records, spec=None):
     st = Store(tmp_path / "res").init(spec)
     for r in records:
-        st.write(r["id"].replace("/", "_").replace(" ", ""), r)
+        safe = r["id"].replace("/", "_").replace(" ", "")
+        st.write(safe, {**r, "id": safe})
     return st.root
 
 
@@ -212,7 +213,7 @@ def test_empty_and_corrupt_results_are_clear_errors(tmp_path):
     with pytest.raises(StoreError, match="no completed trials"):
         load(root)
     (root / "trials" / "bad.json").write_text("{not json")
-    with pytest.raises(StoreError, match=r"corrupt trial file .*bad.json"):
+    with pytest.raises(StoreError, match=r"invalid trial file .*bad.json: not valid JSON"):
         load(root)
     with pytest.raises(StoreError, match="no completed trials"):
         write_report(root, tmp_path / "rep")
