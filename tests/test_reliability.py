@@ -1,0 +1,286 @@
+"""Reliability and security of the runner and the store (issue 14): unsafe checkpoints, corrupt
+trial files, spec names that escape results/, malformed specs, concurrent stale-claim takeover."""
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from optlab.grid import SpecError, expand, grid_status, load_spec, run_grid
+from optlab.store import CorruptRecord, Store, validate_record
+from optlab.train import RunConfig, train
+
+SPEC = """
+name = "rel"
+seeds = [0]
+[run]
+epochs = 2
+batch_size = 256
+model_options = {width = 8}
+[[setting]]
+task = "digits"
+model = "mlp-bn"
+[[optimizer]]
+name = "sgd"
+lr = [0.05, 0.1]
+"""
+TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
+
+
+def _strip(metrics):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in metrics]
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _malicious_checkpoint(path: Path, marker: Path) -> None:
+    # a checkpoint-shaped dict whose metrics entry executes code when unpickled without weights_only
+    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "data_generator": torch.zeros(1),
+                "torch_rng": torch.zeros(1), "metrics": [_Payload(marker)], "epoch": 1}, path)
+
+
+def test_malicious_checkpoint_is_never_executed_and_the_run_restarts(tmp_path):
+    marker = tmp_path / "pwned"
+    ck = tmp_path / "run.pt"
+    _malicious_checkpoint(ck, marker)
+    cfg = RunConfig(task="digits", model="mlp-bn", optimizer="sgd-ph", epochs=2, batch_size=256,
+                    model_options={"width": 8})
+    with pytest.warns(RuntimeWarning, match="could not be used.*restarts from scratch"):
+        res = train(cfg, checkpoint=ck, progress=False)
+    assert not marker.exists()
+    assert res["status"] == "ok" and res["resumed_from_epoch"] is None and res["checkpoint_rejected"] is True
+    assert len(list(tmp_path.glob("run.pt.rejected-*"))) == 1  # set aside for inspection
+    clean = train(cfg, progress=False)
+    assert _strip(res["metrics"]) == _strip(clean["metrics"])
+    # the payload is real: the unsafe load this replaced would have run it
+    torch.load(next(tmp_path.glob("run.pt.rejected-*")), weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04truncated-zip"])
+def test_unreadable_checkpoint_restarts_cleanly(tmp_path, content):
+    ck = tmp_path / "run.pt"
+    ck.write_bytes(content)
+    with pytest.warns(RuntimeWarning, match="could not be used"):
+        res = train(RunConfig(task="digits", model="mlp-bn", optimizer="sgd", epochs=1, batch_size=256,
+                              model_options={"width": 8}), checkpoint=ck, progress=False)
+    assert res["status"] == "ok" and res["checkpoint_rejected"] is True
+
+
+def test_checkpoint_of_another_model_restarts_cleanly(tmp_path):
+    ck = tmp_path / "run.pt"
+    small = RunConfig(task="digits", model="mlp-bn", optimizer="sgd", epochs=1, batch_size=256,
+                      model_options={"width": 8})
+    assert train(small, checkpoint=ck, progress=False)["status"] == "ok"
+    wide = RunConfig(**{**small.to_dict(), "epochs": 2, "model_options": {"width": 16}})
+    with pytest.warns(RuntimeWarning, match="could not be used"):
+        res = train(wide, checkpoint=ck, progress=False)
+    assert res["status"] == "ok" and res["resumed_from_epoch"] is None and len(res["metrics"]) == 2
+
+
+def test_grid_run_never_executes_a_shared_checkpoint(tmp_path):
+    spec = load_spec(SPEC, is_text=True)
+    trials = expand(spec)
+    res = tmp_path / "res"
+    store = Store(res).init(spec.text)
+    marker = tmp_path / "pwned"
+    _malicious_checkpoint(store.checkpoint(trials[0].id), marker)
+    with pytest.warns(RuntimeWarning):
+        counts = run_grid(spec, results=res, progress=False)
+    assert not marker.exists() and counts["ok"] == len(trials)
+    assert store.read(trials[0].id)["checkpoint_rejected"] is True
+
+
+# ------------------------------------------------------------------ corrupt trial files
+def _valid_record(t):
+    return {"schema_version": 2, "id": t.id, "config": t.config, "status": "ok", "error": None,
+            "metrics": [{"epoch": e + 1, "test_acc": 0.5, "val_acc": 0.5} for e in range(t.config["epochs"])]}
+
+
+CORRUPT = {
+    "empty": lambda t: b"",
+    "truncated": lambda t: json.dumps(_valid_record(t)).encode()[:40],
+    "garbage": lambda t: b"\x00\xff\xfe garbage",
+    "not_utf8": lambda t: b"\xff\xfe{\"a\": 1}",
+    "a_list": lambda t: b"[1, 2, 3]",
+    "a_string": lambda t: b'"ok"',
+    "no_config": lambda t: json.dumps({"status": "ok", "metrics": []}).encode(),
+    "weird_status": lambda t: json.dumps({**_valid_record(t), "status": "weird"}).encode(),
+    "metrics_not_objects": lambda t: json.dumps({**_valid_record(t), "metrics": [[1, 2], [3]]}).encode(),
+    "too_few_epochs": lambda t: json.dumps({**_valid_record(t), "metrics": _valid_record(t)["metrics"][:1]}).encode(),
+    "other_id": lambda t: json.dumps({**_valid_record(t), "id": "0123456789abcdef"}).encode(),
+    "future_schema": lambda t: json.dumps({**_valid_record(t), "schema_version": 99}).encode(),
+    "string_metric": lambda t: json.dumps({**_valid_record(t), "metrics": [
+        {"epoch": 1, "test_acc": "high"}, {"epoch": 2, "test_acc": 0.5}]}).encode(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPT))
+def test_corrupt_trial_file_is_summarised_quarantined_and_rerun(tmp_path, kind):
+    from optlab.analysis import load
+    from optlab.analysis.report import write_report
+    spec = load_spec(SPEC, is_text=True)
+    trials = expand(spec)
+    res = tmp_path / "res"
+    run_grid(spec, results=res, progress=False)
+    store = Store(res)
+    bad = store.trials / f"{trials[0].id}.json"
+    bad.write_bytes(CORRUPT[kind](trials[0]))
+    # read-only commands: summarise, never crash, never count it as complete
+    st = grid_status(spec, results=res)
+    assert st["invalid"] == 1 and st["ok"] == len(trials) - 1 and trials[0].id in st["invalid_files"][0]
+    with pytest.warns(RuntimeWarning, match="skipped invalid trial file"):
+        _, frame = load(res, skip_corrupt=True)
+    assert trials[0].id not in set(frame["trial_id"])
+    with pytest.raises(CorruptRecord):
+        load(res)
+    write_report(res, tmp_path / "rep")
+    # grid run: quarantine (kept for inspection) and rerun
+    with pytest.warns(RuntimeWarning, match="moved to .*quarantine"):
+        counts = run_grid(spec, results=res, progress=False, retry_failed=True)
+    assert counts["quarantined"] == 1 and counts["ok"] == 1
+    kept = [p for p in (res / "quarantine").iterdir() if not p.name.endswith(".reason")]
+    assert len(kept) == 1 and kept[0].read_bytes() == CORRUPT[kind](trials[0])
+    assert store.read(trials[0].id)["status"] == "ok"
+    assert grid_status(spec, results=res)["ok"] == len(trials)
+
+
+def test_grid_status_cli_lists_invalid_files(tmp_path):
+    spec_path = tmp_path / "g.toml"
+    spec_path.write_text(SPEC)
+    res = tmp_path / "res"
+    trials = expand(load_spec(spec_path))
+    Store(res).init()
+    (res / "trials" / f"{trials[0].id}.json").write_text('{"status": "weird"}')
+    (res / "trials" / f"{trials[1].id}.json").write_text("[]")
+    out = subprocess.run([sys.executable, "-m", "optlab.cli", "grid", "status", str(spec_path), "--results",
+                          str(res)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "invalid 2" in out.stdout and "do not validate" in out.stdout and "Traceback" not in out.stderr
+    assert "expected a JSON object, got list" in out.stdout
+
+
+# ------------------------------------------------------------------ spec names and types
+@pytest.mark.parametrize("name", ["../../x", "/tmp/abs", "a/b", "..", ".hidden", "x" * 101, "sp ace"])
+def test_spec_name_cannot_write_outside_results(name):
+    with pytest.raises(SpecError, match="invalid grid name"):
+        load_spec(f"name = {json.dumps(name)}\n" + SPEC.split("\n", 2)[2], is_text=True)
+
+
+def test_results_key_chooses_a_directory(tmp_path):
+    text = SPEC.replace('name = "rel"', f'name = "rel"\nresults = "{tmp_path / "elsewhere"}"')
+    counts = run_grid(load_spec(text, is_text=True), progress=False)
+    assert counts["results"] == str(tmp_path / "elsewhere") and counts["ok"] == 2
+
+
+@pytest.mark.parametrize("edit,match", [
+    (("epochs = 2", 'epochs = "two"'), r"<spec>\.run: invalid epochs='two'; expected an integer >= 1"),
+    (('name = "rel"', "name = 5"), r"<spec>\.name: expected a string, got int 5"),
+    (("[run]\n", "run = [1]\n[xrun]\n"), r"unknown key 'xrun'|run: expected a \[run\] table"),
+    (('task = "digits"', "task = 3"), r"setting\[0\]: invalid task=3"),
+    (('batch_size = 256', 'batch_size = 1.5'), r"run: invalid batch_size=1.5"),
+    (('model_options = {width = 8}', 'model_options = 3'), r"run: invalid model_options=3"),
+    (("[[optimizer]]\nname", "optimizer = 3\n[[optimizerx]]\nname"), r"unknown key 'optimizerx'|optimizer: expected"),
+    (('seeds = [0]', 'seeds = [true]'), r"seeds: invalid seed True"),
+])
+def test_spec_type_errors_are_clear_and_attributed(edit, match):
+    with pytest.raises(SpecError, match=match):
+        expand(load_spec(SPEC.replace(*edit), is_text=True))
+
+
+def test_run_table_that_is_not_a_table():
+    text = SPEC.replace("[run]\nepochs = 2\nbatch_size = 256\nmodel_options = {width = 8}\n", "")
+    text = "run = [1]\n" + text
+    with pytest.raises(SpecError, match=r"run: expected a \[run\] table, got list"):
+        load_spec(text, is_text=True)
+
+
+# ------------------------------------------------------------------ concurrent stale-claim takeover
+def _taker(root, trial_id, barrier, out):
+    barrier.wait()
+    out.put(Store(root).claim(trial_id))
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_stale_claim_takeover_has_exactly_one_owner(tmp_path):
+    store = Store(tmp_path).init()
+    ctx = mp.get_context("fork")
+    n = 12
+    for round_ in range(5):
+        tid = f"t{round_}"
+        import socket
+        (store.running / f"{tid}.lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+        barrier, out = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_taker, args=(str(tmp_path), tid, barrier, out)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        wins = [out.get(timeout=10) for _ in range(n)]
+        assert sum(wins) == 1, f"round {round_}: {sum(wins)} owners"
+
+
+# ------------------------------------------------------------------ fuzz: malformed specs and records
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True),
+                     st.text(max_size=8), st.just("digits"), st.just("sgd"), st.just("../x"))
+_values = st.recursive(_scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(
+    st.sampled_from(["name", "lr", "epochs", "task", "model", "x", "seed"]), c, max_size=3)), max_leaves=6)
+_KEYS = ["name", "seeds", "run", "setting", "optimizer", "results", "protocol", "description", "bogus"]
+
+
+def _toml(obj) -> str:
+    """A small TOML writer for generated specs (inline tables/arrays)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v) if v == v and abs(v) != float("inf") else "nan"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v if x is not None) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items() if x is not None) + "}"
+        return '""'
+    return "\n".join(f"{k} = {val(v)}" for k, v in obj.items() if v is not None) + "\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_KEYS), _values, max_size=6))
+def test_fuzzed_specs_give_a_spec_error_never_a_traceback(spec):
+    text = _toml(spec)
+    try:
+        expand(load_spec(text, is_text=True))
+    except SpecError as exc:
+        assert str(exc)
+    except Exception as exc:  # anything else is a crash a user would see as a traceback
+        pytest.fail(f"{type(exc).__name__}: {exc}\nspec:\n{text}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_values, st.fixed_dictionaries({"status": st.sampled_from(["ok", "failed", "x"]),
+                                                  "config": _values, "metrics": _values})))
+def test_fuzzed_records_validate_or_are_rejected_with_a_reason(rec):
+    problem = validate_record(rec, "abc")
+    assert problem is None or isinstance(problem, str) and problem
