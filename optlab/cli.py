@@ -72,7 +72,13 @@ def cmd_train(args) -> int:
               f"{row['time_curvature']:.2f} upd {row['time_update']:.2f})  hvps {row['hvp_count']}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        res = train(cfg, checkpoint=args.checkpoint, on_epoch=show)
+        try:
+            res = train(cfg, checkpoint=args.checkpoint, on_epoch=show)
+        except KeyboardInterrupt:
+            where = (f"the last finished epoch is saved in {args.checkpoint}; rerun the same command to resume"
+                     if args.checkpoint else "no --checkpoint was given, so nothing was saved")
+            print(f"\ninterrupted: {where}", file=sys.stderr)
+            return 130
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1, default=str))
         print(f"wrote {args.out}")
@@ -81,11 +87,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .grid import grid_status, load_spec, run_grid
+    from .grid import GridInterrupted, grid_status, load_spec, run_grid
     spec = load_spec(args.spec)
     if args.grid_cmd == "run":
-        counts = run_grid(spec, workers=args.workers, results=args.results, retry_failed=args.retry_failed,
-                          threads=args.threads)
+        try:
+            counts = run_grid(spec, workers=args.workers, results=args.results, retry_failed=args.retry_failed,
+                              threads=args.threads)
+        except GridInterrupted as exc:
+            done = {k: v for k, v in exc.counts.items() if k not in ("results",)}
+            print(f"grid {spec.name} interrupted -> " + ", ".join(f"{k}: {v}" for k, v in done.items()),
+                  file=sys.stderr)
+            print(f"Everything finished is saved in {exc.counts['results']}; resume with: optlab grid run {args.spec}"
+                  + (f" --results {args.results}" if args.results else ""), file=sys.stderr)
+            return 130
         print("grid", spec.name, "->", ", ".join(f"{k}: {v}" for k, v in counts.items()))
         return 0
     st = grid_status(spec, results=args.results)

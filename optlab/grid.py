@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ from .hparams import closest
 from .store import CorruptRecord, Store
 from .train import RUN_KEYS, RunConfig, train
 
-__all__ = ["GridSpec", "Trial", "load_spec", "expand", "evaluation_trials", "select_configs", "run_grid",
+__all__ = ["GridSpec", "GridInterrupted", "Trial", "load_spec", "expand", "evaluation_trials", "select_configs", "run_grid",
            "grid_status", "SpecError", "environment"]
 
 TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results", "protocol")
@@ -396,10 +397,20 @@ def _static_environment() -> dict:
 
 
 # ------------------------------------------------------------------ running
-def _init_worker(threads: int) -> None:
+class GridInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a grid run; ``counts`` says what finished (everything written stays valid)."""
+
+    def __init__(self, counts: dict):
+        super().__init__("grid run interrupted")
+        self.counts = counts
+
+
+def _init_worker(threads: int, pool: bool = False) -> None:
     import torch
     torch.set_num_threads(threads)
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
+    if pool:  # Ctrl-C reaches the whole process group: the driver decides what workers do
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
@@ -469,13 +480,38 @@ def _run_trials(store: Store, todo: list[Trial], workers: int, threads: int, bar
     ctx = get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
                                 "optlab.plugins.tasks", "optlab.plugins.models"])
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(threads,)) as ex:
-        pending = {ex.submit(run_trial, str(store.root), t) for t in todo}
+    ex = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                             initializer=_init_worker, initargs=(threads, True))
+    pending = {ex.submit(run_trial, str(store.root), t) for t in todo}
+
+    def drain(block: bool) -> None:
+        nonlocal pending
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, pending = wait(pending, timeout=None if block else 0, return_when=FIRST_COMPLETED)
             for f in finished:
-                note(f.result()[1])
+                if not f.cancelled():
+                    note(f.result()[1])
+            if not block:
+                return
+
+    try:
+        drain(True)
+    except KeyboardInterrupt:
+        for f in pending:
+            f.cancel()  # trials not started yet are never handed out
+        pending = {f for f in pending if not f.cancelled()}
+        print(f"\ninterrupted: no new trials; waiting for {len(pending)} running trial(s) to finish "
+              "(Ctrl-C again to abandon them -- their last epoch checkpoints are kept)", file=sys.stderr, flush=True)
+        try:
+            drain(True)
+        except KeyboardInterrupt:
+            for proc in list(getattr(ex, "_processes", {}).values()):
+                proc.terminate()  # abandoned: no result written, the claim goes stale, the checkpoint stays
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
+        raise
+    ex.shutdown(wait=True)
 
 
 def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Path | None = None,
@@ -523,6 +559,10 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Pa
             _run_trials(store, etodo, workers, threads, bar, note)
             if waiting:
                 counts["evaluation_waiting"] = ", ".join(waiting)
+    except KeyboardInterrupt as exc:
+        bar.close()
+        counts["results"] = str(store.root)
+        raise GridInterrupted(counts) from exc
     finally:
         bar.close()
     counts["results"] = str(store.root)
