@@ -145,6 +145,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 "not be averaged. Build it from the DDP model (optlab.optimizer(name, DDP(model))), or call "
                 "opt.distribute(ddp_model) after wrapping (optlab.integrations.lightning does this for "
                 "Lightning); opt.distribute(None) if each process deliberately trains its own model.")
+
+    def _check_ddp_forward(self) -> None:
         if self._replicas is not None and self._replicas.forwards == 0:
             raise RuntimeError(
                 f"{self.name}: no forward pass of the DistributedDataParallel model ran since the last step; "
@@ -285,6 +287,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                     for p in params:
                         if p.grad is not None:
                             p.grad = p.grad.detach()
+        self._check_ddp_forward()
         if scale is not None:  # GradScaler: the gradients (and their graph) carry the loss scale
             inv = 1.0 / scale
             for p in params:
