@@ -63,6 +63,11 @@ class BackwardCapture(TorchFunctionMode):
         return self.losses[0] if len(self.losses) == 1 else torch.stack(self.losses).sum()
 
 
+def grad_marks(params) -> list:
+    """Identity and version of every ``p.grad``: a closure ran ``backward()`` iff they change."""
+    return [None if p.grad is None else (id(p.grad), p.grad._version) for p in params]
+
+
 def grads_written(params) -> bool:
     return any(p.grad is not None for p in params)
 
@@ -110,8 +115,7 @@ class ClosureStyles:
         params = self._params()
         loss = None
         if closure is not None:
-            for p in params:
-                p.grad = None
+            marks = grad_marks(params)
             with torch.enable_grad():
                 if self.create_graph:
                     with BackwardCapture() as cap:
@@ -122,13 +126,15 @@ class ClosureStyles:
             if captured is not None:  # torch-standard closure, backward deferred to here
                 captured.backward(create_graph=True)
                 loss = captured
-            elif grads_written(params):  # torch-standard closure: its backward already ran
-                loss = split_closure_result(result)[0]
-            else:  # forward-only closure
+            elif grad_marks(params) != marks:  # torch-standard closure: its backward already ran
+                loss = None if result is None else split_closure_result(result)[0]
+            else:  # forward-only closure: p.grad is set to this loss's gradient
                 loss = split_closure_result(result)[0]
                 if not loss.requires_grad:
                     raise ValueError(f"{name}: the loss returned by the closure does not require grad and the "
                                      "closure ran no backward(); the closures it takes:\n" + STYLES)
+                for p in params:
+                    p.grad = None
                 loss.backward(create_graph=self.create_graph)
         elif self.create_graph:
             missing = [p for p in params if p.grad is not None and p.grad.grad_fn is None and p.requires_grad]

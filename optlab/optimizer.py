@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distributed
-from .closures import STYLES, BackwardCapture, _check_max_grad_norm, grads_written
+from .closures import STYLES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
 from .hvp import get_engine, split_closure_result
 from .rules import Rule, Schedule, partition
 
@@ -143,8 +143,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 f"{self.name}: torch.distributed is initialized with {dist.get_world_size()} processes but the "
                 "optimizer does not know the DistributedDataParallel model, so gradients and curvature would "
                 "not be averaged. Build it from the DDP model (optlab.optimizer(name, DDP(model))), or call "
-                "opt.distribute(ddp_model) after wrapping (optlab.integrations.lightning does this for "
-                "Lightning); opt.distribute(None) if each process deliberately trains its own model.")
+                "opt.distribute(ddp_model) after wrapping (for Lightning: "
+                "callbacks=[optlab.integrations.lightning.OptlabCallback()]); opt.distribute(None) if each process deliberately trains its own model.")
 
     def _check_ddp_forward(self) -> None:
         if self._replicas is not None and self._replicas.forwards == 0:
@@ -248,10 +248,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         curvature: dict[int, dict[int, torch.Tensor]] = {}
         graph_grads = None  # gradients that carry a double-backward graph, for the autograd engine
         if closure is not None:
-            for p in params:  # overwritten below; freeing them first keeps one set of gradients alive
-                p.grad = None
+            marks = grad_marks(params)
             if refresh:
-                loss, outputs = self._refresh_forward(closure, params, replicas)
+                loss, outputs = self._refresh_forward(closure, params, replicas, marks)
+                for p in params:  # overwritten below; freeing them first keeps one set of gradients alive
+                    p.grad = None
                 create_graph = self._engine.needs_graph
                 graph_grads = list(torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True))
                 grads = [None if g is None else g.detach() for g in graph_grads]
@@ -264,11 +265,13 @@ class RuleOptimizer(torch.optim.Optimizer):
             else:
                 with torch.enable_grad():
                     result = closure()
-                if grads_written(params):  # torch-standard closure: its backward ran (through DDP's reducer)
+                if grad_marks(params) != marks:  # torch-standard closure: its backward ran (DDP's reducer)
                     loss = None if result is None else split_closure_result(result)[0]
-                else:
+                else:  # forward-only closure: p.grad is set to this loss's gradient
                     loss, outputs = split_closure_result(result)
                     self._check_loss(loss)
+                    for p in params:
+                        p.grad = None
                     loss.backward()
         else:
             if self.needs_closure and not grads_written(params):
@@ -336,7 +339,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise ValueError("the loss returned by the closure does not require grad; "
                              "did the closure run under torch.no_grad()?")
 
-    def _refresh_forward(self, closure, params, replicas):
+    def _refresh_forward(self, closure, params, replicas, marks):
         """Run the closure for a refresh step: under ``no_sync`` with DDP, with any
         ``loss.backward()`` it calls captured (torch-standard style) instead of run."""
         sync = replicas.no_sync() if replicas is not None else contextlib.nullcontext()
@@ -348,6 +351,13 @@ class RuleOptimizer(torch.optim.Optimizer):
                     f"{self.name}: engine='func' re-runs the closure to take Hessian-vector products, so the "
                     "closure must not call backward(); pass a forward-only closure or use engine='autograd'. "
                     "The styles:\n" + STYLES)
+            if grads_written(params):
+                raise RuntimeError(
+                    f"{self.name}: the closure calls backward() without zeroing the gradients first, i.e. it "
+                    "accumulates onto earlier gradients, and this step refreshes curvature from one loss. "
+                    "Call opt.zero_grad() in the closure, or accumulate in the backward-first style "
+                    "(loss.backward(create_graph=opt.needs_graph()) per micro-batch, then opt.step()). "
+                    "The styles:\n" + STYLES)
             loss = cap.loss
             outputs = None
             try:
@@ -355,7 +365,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             except (TypeError, ValueError):
                 outputs = None
         else:
-            if grads_written(params):
+            if grad_marks(params) != marks:
                 raise RuntimeError(
                     f"{self.name}: the closure computed gradients with torch.autograd.backward(); on a curvature "
                     "step the optimizer needs the loss's graph. Call loss.backward() (intercepted on such steps) "
