@@ -74,12 +74,16 @@ def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
 
 
 def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: int | None = None,
-              **hparams) -> torch.optim.Optimizer:
+              max_grad_norm: float | None = None, process_group=None, **hparams) -> torch.optim.Optimizer:
     """``optlab.optimizer("sgd-ph", model, lr=0.1, ...)``: a real ``torch.optim.Optimizer``.
 
     Presets (built from rules) return a :class:`RuleOptimizer`; baselines return
-    whatever optimizer their plugin builds. ``engine`` picks the HVP engine
-    (``"autograd"`` or ``"func"``); ``seed`` seeds stochastic estimators.
+    their plugin's optimizer, given the same step styles (forward-only closure,
+    torch-standard closure, backward-first; see :mod:`optlab.closures`).
+    ``model`` may be ``DistributedDataParallel`` (see :mod:`optlab.distributed`).
+    ``engine`` picks the HVP engine (``"autograd"`` or ``"func"``); ``seed`` seeds
+    stochastic estimators; ``max_grad_norm`` clips the gradient norm before the
+    update (``opt.last_grad_norm`` is the norm before clipping).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optlab.optimizer needs the nn.Module whose parameters it optimizes; "
@@ -87,8 +91,30 @@ def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: in
     kind, fn = _lookup(name)
     _check_kwargs(name, fn, hparams)
     if kind == "baseline":
-        return fn(model, **hparams)
-    return RuleOptimizer(model, fn(model, **hparams), engine=engine, seed=seed, name=name)
+        from .closures import closure_mix_in
+        from .distributed import unwrap
+
+        module, ddp = unwrap(model)
+        create_graph = bool(getattr(fn, "create_graph", False))
+        if create_graph and ddp is not None:
+            raise NotImplementedError(
+                f"{name} reads a double-backward graph from p.grad on every step, which DistributedDataParallel "
+                "cannot carry. Use an optlab preset instead (e.g. 'adahessian', 'sophia'): they average "
+                "gradients and curvature over ranks themselves.")
+        if process_group is not None:
+            raise ValueError(f"{name}: process_group applies to optlab presets only; a baseline under DDP "
+                             "relies on DDP's own gradient averaging.")
+        opt = fn(module, **hparams)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise TypeError(f"baseline {name!r} returned {type(opt).__name__}, not a torch.optim.Optimizer")
+        return closure_mix_in(opt, create_graph=create_graph, max_grad_norm=max_grad_norm)
+    return RuleOptimizer(model, fn(_unwrapped(model), **hparams), engine=engine, seed=seed, name=name,
+                         max_grad_norm=max_grad_norm, process_group=process_group)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    from .distributed import unwrap
+    return unwrap(model)[0]
 
 
 def explain(model: nn.Module, name: str, *, file=None, **hparams) -> list[dict]:

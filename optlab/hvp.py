@@ -132,7 +132,9 @@ class CurvatureContext:
     def _need_outputs(self, outputs):
         if outputs is None:
             raise ValueError("this curvature estimator needs the model outputs: make the closure return "
-                             "(loss, outputs), e.g. lambda: (F.cross_entropy(out := model(x), y), out)")
+                             "(loss, outputs), e.g. lambda: (F.cross_entropy(out := model(x), y), out). The torch-standard "
+                             "and backward-first step styles pass no outputs: use an HVP-based estimator there "
+                             "(e.g. estimator='hutchinson').")
         return outputs
 
     def hvp(self, vs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
