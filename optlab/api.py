@@ -85,12 +85,19 @@ def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: in
     stochastic estimators; ``max_grad_norm`` clips the gradient norm before the
     update (``opt.last_grad_norm`` is the norm before clipping).
     """
+    if not isinstance(name, str):
+        raise TypeError(f"optlab.optimizer: the first argument is the optimizer's name, a string such as "
+                        f"'sgd-ph'; got {type(name).__name__} {name!r}. Valid: {', '.join(optimizer_names())}.")
     if not isinstance(model, nn.Module):
         raise TypeError(f"optlab.optimizer needs the nn.Module whose parameters it optimizes; "
                         f"got {type(model).__name__}")
     kind, fn = _lookup(name)
     _check_kwargs(name, fn, hparams)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"{name}: {type(_unwrapped(model)).__name__} has no trainable parameter (none with "
+                         "requires_grad=True); there is nothing to optimize")
     if kind == "baseline":
+        _check_baseline_hparams(name, hparams)
         from .closures import closure_mix_in
         from .distributed import unwrap
 
@@ -110,6 +117,25 @@ def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: in
         return closure_mix_in(opt, create_graph=create_graph, max_grad_norm=max_grad_norm)
     return RuleOptimizer(model, fn(_unwrapped(model), **hparams), engine=engine, seed=seed, name=name,
                          max_grad_norm=max_grad_norm, process_group=process_group)
+
+
+def _check_baseline_hparams(name: str, hparams: dict) -> None:
+    """The checks presets get from their declarations, for baselines' common hyperparameters:
+    lr and weight decay finite and >= 0, momentum and betas in [0, 1), eps > 0."""
+    import math
+
+    def real(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    rules = {"lr": (lambda x: real(x) and x >= 0, "a finite number >= 0"),
+             "weight_decay": (lambda x: real(x) and x >= 0, "a finite number >= 0"),
+             "momentum": (lambda x: real(x) and 0 <= x < 1, "a number in [0, 1)"),
+             "eps": (lambda x: real(x) and x > 0, "a finite number > 0"),
+             "betas": (lambda x: isinstance(x, (list, tuple)) and len(x) == 2
+                       and all(real(b) and 0 <= b < 1 for b in x), "two numbers in [0, 1)")}
+    for key, (ok, valid) in rules.items():
+        if key in hparams and not ok(hparams[key]):
+            raise ValueError(f"{name}: invalid {key}={hparams[key]!r}; expected {valid}.")
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

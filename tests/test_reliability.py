@@ -284,3 +284,26 @@ def test_fuzzed_specs_give_a_spec_error_never_a_traceback(spec):
 def test_fuzzed_records_validate_or_are_rejected_with_a_reason(rec):
     problem = validate_record(rec, "abc")
     assert problem is None or isinstance(problem, str) and problem
+
+
+# ------------------------------------------------------------------ bad optimizer calls
+@pytest.mark.parametrize("name,hp,match", [
+    ("torch-sgd", {"lr": float("nan")}, r"torch-sgd: invalid lr=nan; expected a finite number >= 0"),
+    ("torch-sgd", {"lr": float("inf")}, r"invalid lr=inf"),
+    ("torch-sgd", {"momentum": 1.0}, r"invalid momentum=1.0; expected a number in \[0, 1\)"),
+    ("torch-adamw", {"betas": (0.9, 1.5)}, r"invalid betas=\(0.9, 1.5\)"),
+    ("torch-adamw", {"weight_decay": -1}, r"invalid weight_decay=-1"),
+])
+def test_baselines_validate_like_presets(name, hp, match):
+    import optlab
+    with pytest.raises(ValueError, match=match):
+        optlab.optimizer(name, torch.nn.Linear(2, 2), **hp)
+
+
+def test_wrong_name_type_and_frozen_model_are_clear_errors():
+    import optlab
+    with pytest.raises(TypeError, match="first argument is the optimizer's name.*got NoneType None.*Valid: "):
+        optlab.optimizer(None, torch.nn.Linear(2, 2))
+    for name in ("sgd", "sgd-ph", "torch-sgd"):
+        with pytest.raises(ValueError, match="has no trainable parameter"):
+            optlab.optimizer(name, torch.nn.Linear(2, 2).requires_grad_(False))
