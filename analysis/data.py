@@ -199,7 +199,7 @@ def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str
     and evaluation seeds of one configuration are never pooled). ``n`` counts
     the seeds that finished ``ok`` and enter the mean; ``n_diverged``,
     ``n_failed`` and ``n_missing`` (against ``expected_seeds``, default: the most
-    seeds any cell has) make incomplete cells visible; ``complete`` is False for them.
+    seeds any cell of the same stage has) make incomplete cells visible; ``complete`` is False for them.
     """
     _check_metric(trials, metric)
     by = list(by) if by is not None else [*WITHIN, "stage"] + hparam_columns(trials)
@@ -215,7 +215,12 @@ def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    exp = expected_seeds or int(out["n_seeds"].max())
+    if expected_seeds:
+        exp = expected_seeds
+    elif "stage" in by:  # tuning and evaluation stages have their own seed lists
+        exp = out.groupby("stage", observed=True)["n_seeds"].transform("max")
+    else:
+        exp = int(out["n_seeds"].max())
     out["n_missing"] = (exp - out["n_seeds"]).clip(lower=0)
     out["complete"] = (out["n"] == exp)
     out.attrs["metric"] = metric
@@ -303,7 +308,8 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = 
                      "report_metric": report, **_seed_stats(g, report, prefix="report_")})
     if biased:
         warnings.warn(SelectionBiasWarning(
-            f"no validation metric {metric!r} in {', '.join(biased)} (legacy results): selected on "
+            f"no validation metric {metric!r} in {', '.join(biased[:4])}"
+            f"{f' and {len(biased) - 4} more' if len(biased) > 4 else ''} (legacy results): selected on "
             f"{metric.replace('val_', 'test_', 1)!r} instead -- selected on test: biased"), stacklevel=2)
     out = pd.DataFrame(rows)
     out.attrs.update(metric=metric, report=report, stage=stage)

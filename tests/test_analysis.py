@@ -201,6 +201,11 @@ def test_report_has_every_section_and_figure(tmp_path):
     assert html.count("<img ") == len(pngs) and "data:image/png;base64," in html
     assert all(f"figures/{p.name}" in md for p in pngs)
     assert "diverged" in md and "http" not in html.replace("http-equiv", "")  # offline: nothing fetched
+    # legacy records: no validation metric, no evaluation seeds -- the verdict says both loudly
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    assert "Selected on test: biased" in verdict and "Selection-biased comparison" in verdict
+    assert "tuning (selection-biased)" in verdict and "±0.50" in verdict
+    assert "legacy trial(s)" in md
 
 
 def test_report_on_an_incomplete_grid_lists_missing_trials(tmp_path):
@@ -472,15 +477,6 @@ def test_report_leads_with_the_verdict_and_escapes_html(tmp_path):
     assert "selected on final validation accuracy" in md  # captions say what was selected on what
 
 
-def test_report_on_legacy_results_says_selection_biased(tmp_path):
-    root = _store(tmp_path, _records())
-    _, md_path = write_report(root, tmp_path / "rep", margin=0.01)
-    verdict = md_path.read_text().split("## Verdict")[1].split("## ")[0]
-    assert "Selected on test: biased" in verdict and "Selection-biased comparison" in verdict
-    assert "tuning (selection-biased)" in verdict and "±1.00" in verdict
-    assert "legacy trial(s)" in md_path.read_text()
-
-
 def test_cli_report_prints_the_verdict_table(tmp_path, capsys):
     from optlab.cli import main
     root = _store(tmp_path, _protocol_records())
@@ -490,5 +486,10 @@ def test_cli_report_prints_the_verdict_table(tmp_path, capsys):
     assert "verdict (final_test_acc, configurations selected on final_val_acc; margin +-1 pp" in out
     assert "better" in out and "equivalent" in out and "WARNING: unequal tuning budgets" in out
     assert (tmp_path / "rep" / "report.md").exists()
-    assert main(["report", str(root), "-o", str(tmp_path / "rep2"), "--baseline", "adam"]) == 0
-    assert "baseline 'adam' is not in the results" in capsys.readouterr().out
+
+
+def test_report_without_the_baseline_says_so():
+    from optlab.analysis.report import _verdict_section
+    _, trials = load(_protocol_records(scaled=False))
+    sec, cmp = _verdict_section(trials, "adam", ("sgd-scaled",), 0.005, 0.05, "final_val_acc", "final_test_acc")
+    assert cmp.empty and "baseline `adam` is not in these results (optimizers: sgd, sgd-ph)" in sec.warnings[0]
