@@ -32,12 +32,14 @@ class BudgetWarning(UserWarning):
 
 
 def budgets(trials: pd.DataFrame) -> pd.DataFrame:
-    """Tuning budget per task/model/optimizer: ``configs`` tried (distinct configurations with
-    a tuning-stage trial, whatever their status), ``trials`` and ``seeds``; ``equal`` is False
-    where optimizers of the same task/model had different budgets."""
+    """Tuning budget per task/model/arm (an ``[[optimizer]]`` block: its ``label``, default the
+    optimizer's name): ``configs`` tried (distinct configurations with a tuning-stage trial, whatever
+    their status), ``trials`` and ``seeds``; ``equal`` is False where arms of the same task/model had
+    different budgets."""
     tun = trials[trials["stage"] == "tuning"]
     out = (tun.groupby(list(WITHIN), observed=True)
-           .agg(configs=("config", "nunique"), trials=("trial_id", "size"), seeds=("seed", "nunique"))
+           .agg(optimizer=("optimizer", "first"), configs=("config_key", "nunique"), trials=("trial_id", "size"),
+                seeds=("seed", "nunique"))
            .reset_index())
     out["equal"] = out.groupby(["task", "model"], observed=True)["configs"].transform("nunique") == 1
     return out
@@ -55,12 +57,12 @@ def expected_max_curve(trials: pd.DataFrame, metric: str = SELECT_METRIC) -> pd.
     rows = []
     for key, cell in tun.groupby(list(WITHIN), observed=True, sort=True):
         used = selection_metric(cell, metric)
-        scores = cell[cell["status"] == "ok"].groupby("config")[used].mean().dropna()
+        scores = cell[cell["status"] == "ok"].groupby("config_key")[used].mean().dropna()
         if scores.empty:
             continue
         ns = np.arange(1, len(scores) + 1)
         curve = S.expected_max(scores.to_numpy(), ns)
-        rows += [{**dict(zip(WITHIN, key)), "n": int(n), "expected_max": float(e), "configs": cell["config"].nunique(),
+        rows += [{**dict(zip(WITHIN, key)), "n": int(n), "expected_max": float(e), "configs": cell["config_key"].nunique(),
                   "scored": len(scores), "selected_on": used} for n, e in zip(ns, curve)]
     out = pd.DataFrame(rows)
     if len(out):
@@ -82,7 +84,10 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
                 metric: str = REPORT_METRIC, select: str = SELECT_METRIC, margin: float = DEFAULT_MARGIN,
                 alpha: float = 0.05, mode: str = "max", n_resamples: int = S.DEFAULT_RESAMPLES,
                 ci_method: str = "BCa", seed: int = 0) -> pd.DataFrame:
-    """Each optimizer against the baseline and the controls, per task/model: one row a comparison.
+    """Each optimizer arm against the baseline and the controls, per task/model: one row a comparison.
+
+    ``baseline`` and ``controls`` name arms (an unlabelled ``[[optimizer]]`` block's arm is the
+    optimizer's name); column ``arm`` is the compared arm, ``optimizer`` its preset.
 
     Configurations are selected on ``select`` (validation, tuning seeds); the
     difference ``optimizer - reference`` of ``metric`` (test) is paired by seed
@@ -96,9 +101,9 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
     Controls absent from the results are skipped; a missing baseline is an error.
     Unequal tuning budgets raise a :class:`BudgetWarning`.
     """
-    present = sorted(trials["optimizer"].astype(str).unique())
+    present = sorted(trials["arm"].astype(str).unique())
     if baseline not in present:
-        raise KeyError(f"baseline {baseline!r} not in results; optimizers: {', '.join(present)}")
+        raise KeyError(f"baseline {baseline!r} not in results; optimizer arms: {', '.join(present)}")
     if not margin > 0:
         raise ValueError(f"invalid margin={margin!r}; expected a positive number (0.005 = 0.5 pp)")
     controls = [c for c in controls if c in present]
@@ -107,11 +112,11 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
     bud = budgets(trials).set_index(list(WITHIN))["configs"]
     rows = []
     for (task, model), g in best.groupby(["task", "model"], observed=True, sort=True):
-        here = [str(o) for o in g["optimizer"]]
+        here = [str(o) for o in g["arm"]]
         for opt, ref, kind in _pairs(here, baseline, controls):
             if ref not in here:
                 continue
-            side = {o: sel[(sel["task"] == task) & (sel["model"] == model) & (sel["optimizer"] == o)]
+            side = {o: sel[(sel["task"] == task) & (sel["model"] == model) & (sel["arm"] == o)]
                     for o in (opt, ref)}
             ok = {o: s[(s["status"] == "ok")].dropna(subset=[metric]).groupby("seed")[metric].mean()
                   for o, s in side.items()}
@@ -121,9 +126,10 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
             r = S.paired(ok[opt].loc[common].to_numpy(), ok[ref].loc[common].to_numpy(), margin=margin,
                          alpha=alpha, n_resamples=n_resamples, ci_method=ci_method, seed=seed)
             b_opt, b_ref = int(bud.get((task, model, opt), 0)), int(bud.get((task, model, ref), 0))
-            pick = {o: g[g["optimizer"] == o].iloc[0] for o in (opt, ref)}
+            pick = {o: g[g["arm"] == o].iloc[0] for o in (opt, ref)}
             rows.append({
-                "task": task, "model": model, "optimizer": opt, "reference": ref, "kind": kind,
+                "task": task, "model": model, "arm": opt, "optimizer": pick[opt]["optimizer"], "reference": ref,
+                "kind": kind,
                 "metric": metric, "stage": stage, "selection_biased": stage != "evaluation"
                 or bool(pick[opt]["selection_biased"] or pick[ref]["selection_biased"]),
                 "selected_on": ", ".join(sorted({pick[opt]["selected_on"], pick[ref]["selected_on"]})),
@@ -147,7 +153,7 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
     if len(unequal):
         warnings.warn(BudgetWarning(
             "unequal tuning budgets (configurations tried): " + "; ".join(
-                f"{r.task}/{r.model} {r.optimizer} {r.budget} vs {r.reference} {r.reference_budget}"
+                f"{r.task}/{r.model} {r.arm} {r.budget} vs {r.reference} {r.reference_budget}"
                 for r in unequal.itertuples()) + " -- the larger search has more chances to win by luck; "
             "compare at equal budget with expected_max_curve"), stacklevel=2)
     out.attrs.update(margin=margin, alpha=alpha, baseline=baseline, controls=list(controls), metric=metric,

@@ -31,20 +31,23 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from optlab.grid import config_label
 from optlab.store import Store, StoreError
 
 __all__ = ["load", "summarize", "best_configs", "sensitivity", "performance_profile", "hparam_columns",
            "expected_trials", "selection_metric", "MetricError", "SelectionBiasWarning", "SELECT_METRIC",
            "REPORT_METRIC"]
 
-ID_COLS = ["trial_id", "task", "model", "optimizer", "seed", "status", "stage", "config"]
+ID_COLS = ["trial_id", "task", "model", "optimizer", "arm", "seed", "status", "stage", "config",
+           "config_key"]
 RUN_COLS = ["epochs", "batch_size", "lr_schedule", "warmup_epochs", "decouple", "engine"]
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "time_forward_backward",
            "time_curvature", "time_update", "time_epoch", "wall_time", "hvp_count", "vjp_count"]
 #: what selection reads by default, and what is reported for the selected configurations
 SELECT_METRIC = "final_val_acc"
 REPORT_METRIC = "final_test_acc"
-WITHIN = ("task", "model", "optimizer")
+#: one selection (and one side of a comparison) per task, model and optimizer arm
+WITHIN = ("task", "model", "arm")
 
 
 class MetricError(KeyError):
@@ -102,9 +105,11 @@ def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False) -> tu
         hp = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in hp.items()}
         hp_names |= set(hp)
         run = {k: cfg.get(k) for k in RUN_COLS}
+        arm = r.get("arm") or opt
         ident = {"trial_id": r.get("id"), "task": cfg["task"], "model": cfg["model"], "optimizer": opt,
+                 "arm": arm,
                  "seed": cfg.get("seed", 0), "status": r.get("status", "failed"), "stage": r.get("stage", "tuning"),
-                 "config": _config_label(opt, cfg.get("hparams", {}), run)}
+                 "config": _config_label(arm, cfg.get("hparams", {}), run), "config_key": config_label(cfg)}
         metrics = r.get("metrics") or []
         for m in metrics:
             erows.append({**ident, **hp, **run, **{k: m.get(k, np.nan) for k in METRICS}, "epoch": m.get("epoch")})
@@ -155,7 +160,7 @@ def _mean(xs) -> float:
 
 
 def _dtypes(df: pd.DataFrame, hp_names) -> pd.DataFrame:
-    for c in ("task", "model", "optimizer", "status", "lr_schedule", "engine"):
+    for c in ("task", "model", "optimizer", "arm", "status", "lr_schedule", "engine"):
         if c in df:
             df[c] = df[c].astype("category")
     for c in hp_names:
@@ -173,14 +178,21 @@ def hparam_columns(df: pd.DataFrame) -> list[str]:
 
 
 def expected_trials(results: str | Path) -> list[dict] | None:
-    """The grid's trials (from ``RESULTS/spec.toml``), or None if the spec is not there."""
+    """The grid's trials (from ``RESULTS/spec.toml``): the tuning stage, and the evaluation-stage trials
+    already determined by finished tuning (as ``grid status`` counts them); None without a spec."""
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid import expand, load_spec
+    from optlab.grid import evaluation_trials, expand, load_spec
     try:
-        return [{"trial_id": t.id, **t.config} for t in expand(load_spec(spec_path))]
-    except Exception:
+        spec = load_spec(spec_path)
+        trials = expand(spec)
+        if spec.protocol is not None:
+            good, _ = Store(results).scan()
+            trials += evaluation_trials(spec, trials, good)[0]
+        return [{"trial_id": t.id, "arm": t.arm or t.config["optimizer"], "stage": t.stage, **t.config}
+                for t in trials]
+    except Exception:  # a spec this optlab cannot expand (e.g. a plugin is missing): no expectations
         return None
 
 
@@ -195,14 +207,14 @@ def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str
               expected_seeds: int | None = None) -> pd.DataFrame:
     """Mean, std, SEM and 95 % CI (Student t) over seeds per cell of ``by``.
 
-    ``by`` defaults to task, model, optimizer, stage and the grid axes (tuning
+    ``by`` defaults to task, model, arm, optimizer, stage and the grid axes (tuning
     and evaluation seeds of one configuration are never pooled). ``n`` counts
     the seeds that finished ``ok`` and enter the mean; ``n_diverged``,
     ``n_failed`` and ``n_missing`` (against ``expected_seeds``, default: the most
     seeds any cell of the same stage has) make incomplete cells visible; ``complete`` is False for them.
     """
     _check_metric(trials, metric)
-    by = list(by) if by is not None else [*WITHIN, "stage"] + hparam_columns(trials)
+    by = list(by) if by is not None else [*WITHIN, "optimizer", "stage"] + hparam_columns(trials)
     for c in by:
         if c not in trials:
             raise MetricError(f"unknown column {c!r} in by=")
@@ -258,15 +270,17 @@ def selection_metric(cell: pd.DataFrame, metric: str) -> str:
 
 def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = "max",
                  within: Sequence[str] = WITHIN, report: str = REPORT_METRIC, stage: str | None = "tuning",
-                 tol: float = 1e-12) -> pd.DataFrame:
-    """The configuration selected in each ``within`` cell, by the grid runner's rule.
+                 tol: float = 0.0) -> pd.DataFrame:
+    """The configuration selected in each ``within`` cell (task, model, arm), by the grid runner's
+    rule (:func:`optlab.grid.select_configs`).
 
     Among the ``stage`` trials of a cell, a configuration is *eligible* when
     all of its seeds finished ``ok`` (with a finite ``metric``) and it has as
     many seeds as the cell's most complete configuration. The eligible one
     with the best seed-mean of ``metric`` wins; if none is eligible, the best
-    mean over ok seeds; ties (within ``tol``) go to the first config label in
-    sorted order (``n_tied`` counts the configurations that tied).
+    mean over ok seeds; ties (within ``tol``) go to the smallest
+    :func:`optlab.grid.config_label` (``config_key``; ``n_tied`` counts the
+    configurations that tied).
 
     ``metric`` is a validation metric by default; ``report`` (test) is only
     reported for the winner (``report_mean``/``report_std``/``report_ci95``).
@@ -285,12 +299,15 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = 
         used = selection_metric(cell, metric)
         if used != metric:
             biased.append("/".join(map(str, key if isinstance(key, tuple) else (key,))))
-        full = cell.groupby("config")["seed"].nunique().max()
+        full = cell.groupby("config_key")["seed"].nunique().max()
         cands = []
-        for label, g in cell.groupby("config", sort=True):
+        for _, g in cell.groupby("config_key", sort=True):
+            g = g.sort_values("seed")
             st = _seed_stats(g, used)
+            vals = [float(v) for v in g.loc[g["status"] == "ok", used].dropna()]
+            st["mean"] = sum(vals) / len(vals) if vals else np.nan  # summed as the runner does: equal ties
             eligible = st["n"] == len(g) and g["seed"].nunique() == full
-            cands.append((label, g, st, eligible))
+            cands.append((g["config"].iloc[0], g, st, eligible))
         pool = [c for c in cands if c[3]] or [c for c in cands if c[2]["n"] > 0]
         if not pool:
             continue
@@ -300,7 +317,9 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = 
         label, g, st, eligible = tied[0]
         first = g.iloc[0]
         rows.append({**dict(zip(within, key if isinstance(key, tuple) else (key,))),
-                     **{c: first[c] for c in keep}, "config": label, "stage": stage or "any", **st,
+                     **({"optimizer": first["optimizer"]} if "optimizer" not in within else {}),
+                     **{c: first[c] for c in keep}, "config": label, "config_key": first["config_key"],
+                     "stage": stage or "any", **st,
                      "n_seeds": g["seed"].nunique(), "n_diverged": int(g["diverged"].sum()),
                      "n_failed": int(g["failed"].sum()), "n_missing": int(full - g["seed"].nunique()),
                      "complete": st["n"] == full, "eligible": eligible, "n_configs": len(cands),
@@ -344,15 +363,15 @@ def selected_trials(trials: pd.DataFrame, selected: pd.DataFrame, within: Sequen
         cell = trials[cell_mask(trials, row, list(within))]
         ev = cell[cell["stage"] == "evaluation"]
         if len(ev):
-            if row["config"] in set(ev["config"]):
-                ev = ev[ev["config"] == row["config"]]
+            if row["config_key"] in set(ev["config_key"]):
+                ev = ev[ev["config_key"] == row["config_key"]]
             else:
                 warnings.warn(SelectionMismatchWarning(
                     f"{'/'.join(str(row[c]) for c in within)}: evaluation trials ran "
                     f"{', '.join(sorted(set(ev['config'])))} but validation selects {row['config']}"), stacklevel=2)
             parts.append(ev.assign(from_stage="evaluation"))
         else:
-            parts.append(cell[(cell["stage"] == "tuning") & (cell["config"] == row["config"])]
+            parts.append(cell[(cell["stage"] == "tuning") & (cell["config_key"] == row["config_key"])]
                          .assign(from_stage="tuning"))
     return pd.concat(parts) if parts else trials.iloc[0:0].assign(from_stage=[])
 
@@ -375,11 +394,12 @@ def sensitivity(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mo
         return best_configs(df, metric=metric, mode=mode, within=[*WITHIN, axis], report=report)
     _check_metric(df, metric)
     rows = []
-    for key, g in df.groupby([*WITHIN, axis], observed=True):
+    keys = [*WITHIN, "optimizer", axis]
+    for key, g in df.groupby(keys, observed=True):
         used = selection_metric(g, metric)
         ok = g[g["status"] == "ok"]
         per_seed = ok.groupby("seed")[list(dict.fromkeys([used, report]))].mean().assign(status="ok")
-        rows.append({**dict(zip([*WITHIN, axis], key)), **_seed_stats(per_seed, used),
+        rows.append({**dict(zip(keys, key)), **_seed_stats(per_seed, used),
                      **_seed_stats(per_seed, report, prefix="report_"), "selected_on": used})
     return pd.DataFrame(rows)
 
@@ -403,18 +423,18 @@ def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode:
     """
     best = best_configs(trials, metric=metric, mode=mode, report=report)
     sel = selected_trials(trials, best)
-    means = sel[sel["status"] == "ok"].groupby(list(WITHIN), observed=True)[report].mean().reset_index()
+    means = sel[sel["status"] == "ok"].groupby([*WITHIN, "optimizer"], observed=True)[report].mean().reset_index()
     means["cost"] = (1 - means[report]) if mode == "max" else means[report]
     means["problem"] = means["task"].astype(str) + "/" + means["model"].astype(str)
     ratios = []
     for _, g in means.groupby("problem"):
         m = g["cost"].min()
         for _, r in g.iterrows():
-            ratios.append({"problem": r["problem"], "optimizer": r["optimizer"],
+            ratios.append({"problem": r["problem"], "arm": r["arm"], "optimizer": r["optimizer"],
                            "ratio": r["cost"] / m if m > 0 else (1.0 if r["cost"] == m else np.inf)})
     rdf = pd.DataFrame(ratios)
     n_problems = rdf["problem"].nunique()
     taus = list(taus) if taus is not None else sorted(set([1.0] + list(np.linspace(1, max(2.0, rdf["ratio"].replace(np.inf, np.nan).max() * 1.05), 50))))
-    rows = [{"optimizer": o, "tau": t, "rho": float((g["ratio"] <= t).sum() / n_problems)}
-            for o, g in rdf.groupby("optimizer", observed=True) for t in taus]
+    rows = [{"arm": a, "optimizer": g["optimizer"].iloc[0], "tau": t,
+             "rho": float((g["ratio"] <= t).sum() / n_problems)} for a, g in rdf.groupby("arm", observed=True) for t in taus]
     return pd.DataFrame(rows)

@@ -101,7 +101,7 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRI
         vals = sens[axis].astype(float) if numeric else None
         log_x = numeric and bool((vals > 0).all() and vals.max() / max(vals.min(), 1e-300) >= 50)
     for ax, ((task, model), g) in zip(axes.flat, problems):
-        for opt, h in g.groupby("optimizer", observed=True):
+        for opt, h in g.groupby("arm", observed=True):
             h = h.sort_values(axis)
             xs = h[axis].astype(float) if numeric else h[axis].astype(str)
             ys, ci = h["mean"], h["ci95"].fillna(0)
@@ -137,7 +137,7 @@ def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch"
     fig, axes = _fig(2, max(1, len(problems)), w=5.2, h=3.4)
     for j, (task, model) in enumerate(problems):
         sub = df[(df["task"] == task) & (df["model"] == model)].copy()
-        sub["optimizer"] = sub["optimizer"].astype(str)
+        sub["optimizer"] = sub["arm"].astype(str)
         if x == "wall_time":  # seeds differ in time: bin to the per-epoch mean time
             sub["wall_time"] = sub.groupby(["optimizer", "epoch"])["wall_time"].transform("mean")
         for i, (y, lab) in enumerate((("test_acc", "test accuracy"), ("train_loss", "train loss"))):
@@ -158,8 +158,8 @@ def cost_bars(trials: pd.DataFrame):
     """Mean per-epoch time split into forward-backward, curvature and update, per optimizer."""
     cols = {"time_forward_backward": "forward-backward", "time_curvature": "curvature", "time_update": "update"}
     df = trials[trials["status"] != "failed"]
-    g = df.groupby(["task", "model", "optimizer"], observed=True)[list(cols)].mean().reset_index()
-    g["label"] = g["optimizer"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
+    g = df.groupby(["task", "model", "arm"], observed=True)[list(cols)].mean().reset_index()
+    g["label"] = g["arm"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
     fig, axes = _fig(1, 1, w=max(5.0, 1.3 * len(g) + 2), h=4.0)
     ax = axes[0, 0]
     bottom = np.zeros(len(g))
@@ -179,7 +179,7 @@ def profile_plot(profile: pd.DataFrame):
     """Dolan-Moré performance profile (from ``performance_profile``)."""
     fig, axes = _fig(1, 1, w=5.5)
     ax = axes[0, 0]
-    for opt, g in profile.groupby("optimizer", observed=True):
+    for opt, g in profile.groupby("arm", observed=True):
         ax.step(g["tau"], g["rho"], where="post", label=str(opt))
     ax.set_xlabel("tau (cost ratio to the best optimizer)")
     ax.set_ylabel("fraction of problems within tau")
@@ -197,7 +197,7 @@ def expected_max_plot(curve: pd.DataFrame):
     problems = list(curve.groupby(["task", "model"], observed=True))
     fig, axes = _fig(1, max(1, len(problems)), w=5.2)
     for ax, ((task, model), g) in zip(axes.flat, problems):
-        g = g.assign(optimizer=g["optimizer"].astype(str))
+        g = g.assign(optimizer=g["arm"].astype(str))
         sns.lineplot(data=g, x="n", y="expected_max", hue="optimizer", marker="o", markersize=4, ax=ax)
         ax.axvline(g.loc[g["budget_matched"], "n"].min(), color="grey", ls=":", lw=1.5)
         if g["n"].max() >= 20:

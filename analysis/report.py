@@ -60,7 +60,7 @@ def verdict_table(cmp: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.DataFrame({
         "task": cmp["task"].astype(str) + "/" + cmp["model"].astype(str),
-        "optimizer": cmp["optimizer"], "vs": cmp["reference"],
+        "optimizer": cmp["arm"], "vs": cmp["reference"],
         "Δ (pp)": cmp["mean_diff"].map(_pp),
         "95 % CI (pp)": [f"[{_pp(lo)}, {_pp(hi)}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
         "verdict": cmp["verdict"], "seeds": cmp["n_pairs"],
@@ -74,7 +74,7 @@ def verdict_table(cmp: pd.DataFrame) -> pd.DataFrame:
 
 def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: float, alpha: float,
                      select: str, metric: str) -> tuple[_Section, pd.DataFrame]:
-    opts = sorted(trials["optimizer"].astype(str).unique())
+    opts = sorted(trials["arm"].astype(str).unique())
     present = [c for c in controls if c in opts]
     sec = _Section("Verdict", (
         f"Each optimizer against the baseline `{baseline}`"
@@ -105,7 +105,7 @@ def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: floa
     if (cmp["stage"] == "tuning").any():
         sec.warnings.append(
             "Selection-biased comparison: these results have no evaluation-stage trials for "
-            + ", ".join(sorted(set(cmp.loc[cmp["stage"] == "tuning", "optimizer"].astype(str))
+            + ", ".join(sorted(set(cmp.loc[cmp["stage"] == "tuning", "arm"].astype(str))
                                | set(cmp.loc[cmp["stage"] == "tuning", "reference"].astype(str))))
             + ", so the differences are measured on the same tuning seeds that selected each configuration "
             "(a winner's curse that favours the optimizer with the larger search). Add evaluation seeds to the "
@@ -153,17 +153,17 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
     if not bud["equal"].all():
         uneq = bud[~bud["equal"]]
         sec.warnings.append("Unequal tuning budgets: " + "; ".join(
-            f"{t}/{m}: " + ", ".join(f"{o} {c}" for o, c in zip(g["optimizer"], g["configs"]))
+            f"{t}/{m}: " + ", ".join(f"{o} {c}" for o, c in zip(g["arm"], g["configs"]))
             for (t, m), g in uneq.groupby(["task", "model"], observed=True)) + ". Read the expected maximum "
             "at equal n, not the best configurations.")
-    sec.tables.append(("Tuning budget", _table(bud, ["task", "model", "optimizer", "configs", "seeds", "trials",
-                                                     "equal"])))
+    sec.tables.append(("Tuning budget", _table(bud, ["task", "model", "arm", "optimizer", "configs", "seeds",
+                                                     "trials", "equal"])))
     curve = C.expected_max_curve(trials, metric=select)
     if len(curve):
         rows = []
         for (t, m, o), g in curve.groupby(list(D.WITHIN), observed=True):
             matched = g.loc[g["budget_matched"], "expected_max"]
-            rows.append({"task": t, "model": m, "optimizer": o, "configs": g["configs"].iloc[0],
+            rows.append({"task": t, "model": m, "arm": o, "configs": g["configs"].iloc[0],
                          "n matched": int(g.loc[g["budget_matched"], "n"].iloc[0]) if len(matched) else math.nan,
                          "E[max] at n matched": matched.iloc[0] if len(matched) else math.nan,
                          "E[max] at n=1 (mean)": g["expected_max"].iloc[0],
@@ -196,7 +196,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
         best = D.best_configs(trials, metric=select, report=metric)
     if len(best):
         sec.tables.append((f"Selected configuration per optimizer (on {sel_lab}, tuning seeds; test reported "
-                           "for it)", _table(best, ["task", "model", "optimizer"] + axes + [
+                           "for it)", _table(best, ["task", "model", "arm", "optimizer"] + axes + [
                                "selected_on", "mean", "std", "n", "n_missing", "n_diverged", "eligible",
                                "n_configs", "n_tied", "report_mean", "report_std"],
                                rename={"mean": "val mean", "std": "val std", "report_mean": "test mean",
@@ -236,7 +236,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
                    "averaged silently over fewer seeds.")
     if len(summ):
         summ = summ.sort_values(["task", "model", "stage", "mean"], ascending=[True, True, False, False])
-        sec.tables.append(("", _table(summ, ["task", "model", "optimizer", "stage"] + axes +
+        sec.tables.append(("", _table(summ, ["task", "model", "arm", "stage"] + axes +
                                       ["mean", "std", "sem", "ci95", "n", "n_missing", "n_diverged", "n_failed"])))
     sections.append(sec)
 
@@ -262,7 +262,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
                     continue
                 figure(sec, P.sensitivity_plot(trials, a, metric=select), f"sensitivity_{a}",
                        f"Sensitivity to {a}: {sel_lab}, tuning seeds, selected on it.")
-                sec.tables.append((f"{a}", _table(s, ["task", "model", "optimizer", a, "selected_on", "mean", "ci95",
+                sec.tables.append((f"{a}", _table(s, ["task", "model", "arm", a, "selected_on", "mean", "ci95",
                                                       "n", "report_mean"],
                                                   rename={"mean": "val mean", "report_mean": "test mean"})))
             sections.append(sec)
@@ -273,7 +273,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
                        "the seeds paired and the configurations compared.")
         if len(cmp):
             sec.tables.append(("", _table(cmp, [
-                "task", "model", "optimizer", "reference", "stage", "n_pairs", "n_unpaired", "mean", "reference_mean",
+                "task", "model", "arm", "reference", "stage", "n_pairs", "n_unpaired", "mean", "reference_mean",
                 "mean_diff", "ci_low", "ci_high", "sd_diff", "p_value", "p_wilcoxon", "p_holm", "p_tost",
                 "p_tost_holm", "mde", "verdict", "seeds", "config", "reference_config"])))
         sections.append(sec)
@@ -290,7 +290,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
 
         sec = _Section("Cost", "Mean seconds per epoch by phase, as recorded by the runner (all trials).")
         figure(sec, P.cost_bars(trials), "cost", "Per-epoch time split.")
-        cost = trials.groupby(["task", "model", "optimizer"], observed=True)[
+        cost = trials.groupby(["task", "model", "arm"], observed=True)[
             ["time_epoch", "time_forward_backward", "time_curvature", "time_update", "hvp_count"]].mean().reset_index()
         sec.tables.append(("", _table(cost)))
         sections.append(sec)
@@ -307,7 +307,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
     rows = [{"trial": r["trial_id"], "status": r["status"], "stage": r["stage"], "config": r["config"],
              "seed": r["seed"], "error": (r["error"] or "")[:200]} for _, r in bad.iterrows()]
     rows += [{"trial": m["trial_id"], "status": "running" if m["trial_id"] in live else "missing",
-              "stage": m.get("stage", "tuning"), "config": D._config_label(m["optimizer"], m["hparams"], m),
+              "stage": m.get("stage", "tuning"), "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
               "seed": m["seed"], "error": ""} for m in missing]
     if rows:
         sec.tables.append(("", pd.DataFrame(rows)))

@@ -240,7 +240,7 @@ def test_empty_and_corrupt_results_are_clear_errors(tmp_path):
 
 # ----------------------------------------------------------------- schema 2: validation, stages, budgets, verdicts
 def _v2(opt, seed, val, test, hp=None, stage="tuning", status="ok", task="digits", model="cnn-bn", epochs=3,
-        resolved=None, error=None):
+        resolved=None, error=None, arm=None):
     hp = dict(hp or {})
     metrics = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "train_acc": 0.95, "val_loss": 1.0 - val,
                 "val_acc": val - 0.01 * (epochs - 1 - e), "test_loss": 1.0 - test,
@@ -251,7 +251,8 @@ def _v2(opt, seed, val, test, hp=None, stage="tuning", status="ok", task="digits
         metrics[-1].update(train_loss=float("nan"), val_acc=float("nan"), test_acc=float("nan"))
     cfg = {"task": task, "model": model, "optimizer": opt, "hparams": hp, "seed": seed, "epochs": epochs,
            "batch_size": 64, "lr_schedule": "cosine", "warmup_epochs": 0.0, "decouple": False, "engine": "autograd"}
-    rec = {"schema_version": 2, "id": f"{stage}-{opt}-{task}-{json.dumps(hp, sort_keys=True)}-{seed}",
+    rec = {"schema_version": 2, "id": f"{stage}-{arm or opt}-{task}-{json.dumps(hp, sort_keys=True)}-{seed}",
+           "arm": arm or opt,
            "status": status, "error": error if error is not None else (None if status == "ok" else "non-finite loss"),
            "config": cfg, "stage": stage, "hparams_resolved": {"momentum": 0.9, "weight_decay": 0.0,
                                                                **(resolved or {}), **hp},
@@ -375,6 +376,30 @@ def test_selection_rule_eligibility_fallback_and_ties():
     assert best["lr"].iloc[0] == 0.05 and best["n_tied"].iloc[0] == 2 and best["selected_on"].iloc[0] == "final_val_acc"
 
 
+def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
+    from optlab.grid import Trial, config_label, select_configs
+    rng = np.random.default_rng(3)
+    recs = []
+    for arm, fixed in (("sgd-ph-a", {"every": 1}), ("sgd-ph-b", {"every": 50})):
+        for lr in (0.03, 0.1, 0.3):
+            for seed in range(3):  # discrete accuracies
+                st = "diverged" if rng.uniform() < 0.15 else "ok"
+                recs.append(_v2("sgd-ph", seed, float(rng.integers(90, 93)) / 100, 0.9, {"lr": lr, **fixed},
+                                arm=arm, status=st))
+    for lr, vals in ((0.03, [0.95] * 3), (0.1, [0.95] * 3), (0.3, [0.9] * 3)):  # a tie
+        recs += [_v2("sgd", seed, v, 0.9, {"lr": lr}) for seed, v in enumerate(vals)]
+    _, trials = load(recs)
+    best = best_configs(trials)
+    assert sorted(best["arm"]) == ["sgd", "sgd-ph-a", "sgd-ph-b"]  # one selection per arm, not per optimizer
+    assert (best[best["arm"] != "sgd"]["optimizer"] == "sgd-ph").all() and (best["n_configs"] == 3).all()
+    runner = select_configs([Trial(r["id"], r["config"], arm=r["arm"]) for r in recs], {r["id"]: r for r in recs})
+    for _, row in best.iterrows():
+        chosen = runner[(row["task"], row["model"], row["arm"])]["config"]
+        assert row["config_key"] == config_label(chosen)
+    sgd = best[best["arm"] == "sgd"].iloc[0]
+    assert sgd["n_tied"] == 2 and sgd["lr"] == 0.03  # the tie-break was exercised
+
+
 def test_legacy_results_select_on_test_with_a_warning():
     _, trials = load(_records())
     with pytest.warns(SelectionBiasWarning, match="selected on test: biased"):
@@ -449,10 +474,10 @@ def test_evaluation_trials_of_another_config_warn():
 
 def test_budgets_and_expected_max_curve():
     _, trials = load(_protocol_records())
-    bud = budgets(trials).set_index("optimizer")
+    bud = budgets(trials).set_index("arm")
     assert bud.loc["sgd", "configs"] == 2 and bud.loc["sgd-scaled", "configs"] == 1 and not bud["equal"].any()
     curve = expected_max_curve(trials)
-    sgd = curve[curve["optimizer"] == "sgd"]
+    sgd = curve[curve["arm"] == "sgd"]
     assert sgd["expected_max"].tolist() == pytest.approx(S.expected_max([0.95, 0.90], [1, 2]).tolist())
     assert sgd["expected_max"].iloc[1] == pytest.approx(0.95 * 0.75 + 0.90 * 0.25)
     assert curve.loc[curve["budget_matched"], "n"].unique().tolist() == [1]
