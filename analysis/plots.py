@@ -127,7 +127,7 @@ def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch"
     """Test accuracy and train loss against ``x`` (``epoch`` or ``wall_time``) for each
     optimizer's configuration selected on ``metric`` (validation): mean over the seeds
     that stand for it (evaluation seeds where there are any, :func:`selected_trials`)
-    with a 95 % CI band."""
+    with a band of ±1.96 standard errors (a normal-approximation 95 % interval; no bootstrap per point)."""
     best = best_configs(trials, metric=metric, mode=mode)
     sel = selected_trials(trials, best)
     ids = set(sel.loc[sel["status"] != "failed", "trial_id"])
@@ -142,14 +142,14 @@ def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch"
             sub["wall_time"] = sub.groupby(["optimizer", "epoch"])["wall_time"].transform("mean")
         for i, (y, lab) in enumerate((("test_acc", "test accuracy"), ("train_loss", "train loss"))):
             ax = axes[i, j]
-            sns.lineplot(data=sub, x=x, y=y, hue="optimizer", errorbar=("ci", 95), ax=ax, marker="o", markersize=4)
+            sns.lineplot(data=sub, x=x, y=y, hue="optimizer", errorbar=("se", 1.96), ax=ax, marker="o", markersize=4)
             ax.set_ylabel(lab)
             ax.set_xlabel("wall-clock time (s)" if x == "wall_time" else "epoch")
             if y == "train_loss":
                 ax.set_yscale("log")
             ax.set_title(f"{task}/{model}" if i == 0 else "")
     fig.suptitle(f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (configuration selected on "
-                 f"{_label(metric)}; {' + '.join(stages)} seeds; band: 95 % CI over seeds)", y=1.02)
+                 f"{_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)", y=1.02)
     fig.tight_layout()
     return fig
 

@@ -8,9 +8,11 @@ word. :func:`expected_max` is the budget-aware "expected validation
 performance" curve of Dodge et al. (2019), *Show Your Work*, EMNLP.
 
 Degenerate cases are answered, not raised: with fewer than two pairs every
-statistic is NaN; with zero spread (all differences equal) the t-based tests
-have a limit (p = 0 for a non-zero mean difference, 1 for zero) and the
-bootstrap interval is the single point.
+statistic is NaN; with zero spread (all differences equal -- common with
+discrete accuracies and few seeds) the t statistic is undefined and the exact
+sign test stands in for it (all n differences on one side: p = 0.5^n
+one-sided, 2 * 0.5^n two-sided; so 2 identical differences never make a
+significant result), the MDE is NaN and the bootstrap interval is the point.
 """
 from __future__ import annotations
 
@@ -66,21 +68,21 @@ def bootstrap_ci(d, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPL
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
-def _t_limit(mean: float, popmean: float, alternative: str) -> float:
-    """p-value of a t-test whose sample has zero spread (the limit of t -> +-inf, or t = 0)."""
-    diff = mean - popmean
+def _sign_test_equal(value: float, popmean: float, n: int, alternative: str) -> float:
+    """Exact sign-test p-value for n differences all equal to ``value`` (a t-test is undefined there)."""
+    diff = value - popmean
+    if diff == 0:
+        return 1.0
     if alternative == "two-sided":
-        return 1.0 if diff == 0 else 0.0
-    if alternative == "greater":
-        return 0.0 if diff > 0 else 1.0
-    return 0.0 if diff < 0 else 1.0
+        return min(1.0, 2 * 0.5 ** n)
+    return 0.5 ** n if (diff > 0) == (alternative == "greater") else 1.0
 
 
 def _t_pvalue(d: np.ndarray, popmean: float, alternative: str) -> float:
     if len(d) < 2:
         return math.nan
     if np.ptp(d) == 0:
-        return _t_limit(float(d[0]), popmean, alternative)
+        return _sign_test_equal(float(d[0]), popmean, len(d), alternative)
     return float(stats.ttest_1samp(d, popmean, alternative=alternative).pvalue)
 
 
@@ -128,10 +130,8 @@ def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float =
     ``P(|T| > t_{1-alpha/2, n-1}) = power`` with ``T ~ nct(n - 1, delta sqrt(n) / sd)``.
     (For large n it tends to the normal approximation ``(z_{1-alpha/2} + z_power) sd / sqrt(n)``.)
     """
-    if n < 2 or not math.isfinite(sd):
+    if n < 2 or not math.isfinite(sd) or sd == 0:  # no spread observed: no basis for a power calculation
         return math.nan
-    if sd == 0:
-        return 0.0
     df = n - 1
     tcrit = stats.t.ppf(1 - alpha / 2, df)
 
