@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from . import stats as S
-from .data import REPORT_METRIC, SELECT_METRIC, WITHIN, best_configs, selected_trials, selection_metric
+from .data import (REPORT_METRIC, SELECT_METRIC, WITHIN, best_configs, direction, selected_trials,
+                   selection_metric)
 
 __all__ = ["budgets", "expected_max_curve", "comparisons", "paired_comparison", "BudgetWarning",
            "DEFAULT_MARGIN", "DEFAULT_CONTROLS"]
@@ -82,7 +83,7 @@ def _pairs(optimizers: Sequence[str], baseline: str, controls: Sequence[str]):
 
 def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[str] = DEFAULT_CONTROLS,
                 metric: str = REPORT_METRIC, select: str = SELECT_METRIC, margin: float = DEFAULT_MARGIN,
-                alpha: float = 0.05, mode: str = "max", n_resamples: int = S.DEFAULT_RESAMPLES,
+                alpha: float = 0.05, mode: str | None = None, n_resamples: int = S.DEFAULT_RESAMPLES,
                 ci_method: str = "BCa", seed: int = 0) -> pd.DataFrame:
     """Each optimizer arm against the baseline and the controls, per task/model: one row a comparison.
 
@@ -97,7 +98,8 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
     (``ci_method``, ``n_resamples``, fixed ``seed``), ``p_value`` (paired t),
     ``p_wilcoxon``, ``p_holm`` (Holm over all rows), ``p_tost`` / ``p_tost_holm``
     (equivalence within +-``margin``), ``mde`` (alpha, power 0.8), budgets and
-    ``verdict`` (:func:`stats.verdict` on the Holm-adjusted p-values).
+    ``verdict`` (:func:`stats.verdict` on the Holm-adjusted p-values; "better" is higher for
+    accuracies, lower for losses). ``mode`` is the selection's direction (None: from ``select``'s name).
     Controls absent from the results are skipped; a missing baseline is an error.
     Unequal tuning budgets raise a :class:`BudgetWarning`.
     """
@@ -148,7 +150,7 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
     out["p_holm"] = S.holm(out["p_value"].to_numpy())
     out["p_tost_holm"] = S.holm(out["p_tost"].to_numpy())
     out["verdict"] = [S.verdict(r.mean_diff, (r.ci_low, r.ci_high), r.p_holm, r.p_tost_holm, alpha=alpha,
-                                higher_is_better=mode == "max") for r in out.itertuples()]
+                                higher_is_better=direction(metric) == "max") for r in out.itertuples()]
     unequal = out[~out["budget_equal"]]
     if len(unequal):
         warnings.warn(BudgetWarning(
@@ -161,7 +163,7 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
     return out
 
 
-def paired_comparison(trials: pd.DataFrame, baseline: str = "sgd", metric: str = REPORT_METRIC, mode: str = "max",
-                      select: str = SELECT_METRIC, **kw) -> pd.DataFrame:
+def paired_comparison(trials: pd.DataFrame, baseline: str = "sgd", metric: str = REPORT_METRIC,
+                      mode: str | None = None, select: str = SELECT_METRIC, **kw) -> pd.DataFrame:
     """Every optimizer against ``baseline`` only (:func:`comparisons` without controls)."""
     return comparisons(trials, baseline=baseline, controls=(), metric=metric, select=select, mode=mode, **kw)

@@ -253,9 +253,13 @@ def _check_metric(trials: pd.DataFrame, metric: str) -> None:
         raise MetricError(f"unknown metric {metric!r}; available: {', '.join(avail)}")
 
 
-def _check_mode(mode: str) -> None:
+def direction(metric: str, mode: str | None = None) -> str:
+    """``mode`` checked, or inferred from the metric's name: ``"min"`` for losses, else ``"max"``."""
+    if mode is None:
+        return "min" if "loss" in metric else "max"
     if mode not in ("max", "min"):
-        raise ValueError(f"invalid mode={mode!r}; expected 'max' or 'min'")
+        raise ValueError(f"invalid mode={mode!r}; expected 'max', 'min' or None (from the metric's name)")
+    return mode
 
 
 def selection_metric(cell: pd.DataFrame, metric: str) -> str:
@@ -268,7 +272,7 @@ def selection_metric(cell: pd.DataFrame, metric: str) -> str:
     return metric
 
 
-def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = "max",
+def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | None = None,
                  within: Sequence[str] = WITHIN, report: str = REPORT_METRIC, stage: str | None = "tuning",
                  tol: float = 0.0) -> pd.DataFrame:
     """The configuration selected in each ``within`` cell (task, model, arm), by the grid runner's
@@ -277,7 +281,7 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = 
     Among the ``stage`` trials of a cell, a configuration is *eligible* when
     all of its seeds finished ``ok`` (with a finite ``metric``) and it has as
     many seeds as the cell's most complete configuration. The eligible one
-    with the best seed-mean of ``metric`` wins; if none is eligible, the best
+    with the best seed-mean of ``metric`` (``mode``: max, min, or None -- min for losses) wins; if none is eligible, the best
     mean over ok seeds; ties (within ``tol``) go to the smallest
     :func:`optlab.grid.config_label` (``config_key``; ``n_tied`` counts the
     configurations that tied).
@@ -288,7 +292,7 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = 
     test counterpart with a :class:`SelectionBiasWarning`
     (``selection_biased=True``, ``selected_on`` names the metric read).
     """
-    _check_mode(mode)
+    mode = direction(metric, mode)
     _check_metric(trials, metric)
     _check_metric(trials, report)
     df = trials[trials["stage"] == stage] if stage else trials
@@ -376,7 +380,7 @@ def selected_trials(trials: pd.DataFrame, selected: pd.DataFrame, within: Sequen
     return pd.concat(parts) if parts else trials.iloc[0:0].assign(from_stage=[])
 
 
-def sensitivity(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str = "max",
+def sensitivity(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str | None = None,
                 aggregate: str = "best", report: str = REPORT_METRIC) -> pd.DataFrame:
     """``metric`` (validation, tuning stage) as a function of ``axis`` per task/model/optimizer.
 
@@ -410,21 +414,20 @@ def _axes_label(row: pd.Series, axes: Sequence[str]) -> str:
                      for a in axes if not (isinstance(row[a], float) and math.isnan(row[a]))) or "-"
 
 
-def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str = "max",
+def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | None = None,
                         taus: Sequence[float] | None = None, report: str = REPORT_METRIC) -> pd.DataFrame:
     """Dolan-Moré performance profiles over problems (task/model pairs).
 
     Each optimizer's configuration is selected on ``metric`` (validation);
     its cost per problem is the seed-mean of ``report`` (test) over the
     trials that stand for it (:func:`selected_trials`: evaluation seeds when
-    there are any): ``1 - report`` for accuracies with ``mode="max"``, else
-    the value. ``rho(tau)`` is the fraction of problems where the optimizer's
+    there are any): ``1 - report`` for accuracies, the value for losses. ``rho(tau)`` is the fraction of problems where the optimizer's
     cost is within ``tau`` times the best optimizer's.
     """
     best = best_configs(trials, metric=metric, mode=mode, report=report)
     sel = selected_trials(trials, best)
     means = sel[sel["status"] == "ok"].groupby([*WITHIN, "optimizer"], observed=True)[report].mean().reset_index()
-    means["cost"] = (1 - means[report]) if mode == "max" else means[report]
+    means["cost"] = (1 - means[report]) if direction(report) == "max" else means[report]
     means["problem"] = means["task"].astype(str) + "/" + means["model"].astype(str)
     ratios = []
     for _, g in means.groupby("problem"):

@@ -47,7 +47,7 @@ def save(fig, path_stem: str | Path) -> list[Path]:
 
 
 def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metric: str = SELECT_METRIC,
-             mode: str = "max"):
+             mode: str | None = None):
     """One heatmap per optimizer (and task/model) of ``metric`` (validation, tuning seeds) over ``x`` x ``y``.
 
     Each cell is the configuration :func:`best_configs` selects among those with
@@ -89,7 +89,7 @@ def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metri
     return fig
 
 
-def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str = "max",
+def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str | None = None,
                      aggregate: str = "best", log_x: bool | None = None):
     """``metric`` (validation, tuning seeds) vs one axis per optimizer, mean with a 95 % CI band over seeds
     (:func:`sensitivity`: other axes at their best on ``metric``, or averaged)."""
@@ -123,7 +123,7 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRI
 
 
 def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch", metric: str = SELECT_METRIC,
-                    mode: str = "max"):
+                    mode: str | None = None):
     """Test accuracy and train loss against ``x`` (``epoch`` or ``wall_time``) for each
     optimizer's configuration selected on ``metric`` (validation): mean over the seeds
     that stand for it (evaluation seeds where there are any, :func:`selected_trials`)

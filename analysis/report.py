@@ -50,24 +50,29 @@ class _Section:
         self.pre: str | None = None
 
 
-def _pp(x: float) -> str:
-    return "–" if not math.isfinite(x) else f"{100 * x:+.2f}"
+def _units(metric: str) -> tuple[float, str]:
+    """Scale and unit of differences of ``metric``: percentage points for accuracies, else as is."""
+    return (100.0, " (pp)") if metric.endswith("_acc") else (1.0, "")
 
 
 def verdict_table(cmp: pd.DataFrame) -> pd.DataFrame:
-    """The report's first table from :func:`compare.comparisons`: differences in percentage points."""
+    """The report's first table from :func:`compare.comparisons` (accuracy differences in percentage points)."""
     if cmp.empty:
         return pd.DataFrame()
+    k, unit = _units(cmp.attrs.get("metric", "final_test_acc"))
+
+    def num(x: float, sign: str = "+") -> str:
+        return "–" if not math.isfinite(x) else f"{k * x:{sign}.{2 if k == 100 else 4}f}"
     return pd.DataFrame({
         "task": cmp["task"].astype(str) + "/" + cmp["model"].astype(str),
         "optimizer": cmp["arm"], "vs": cmp["reference"],
-        "Δ (pp)": cmp["mean_diff"].map(_pp),
-        "95 % CI (pp)": [f"[{_pp(lo)}, {_pp(hi)}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
+        f"Δ{unit}": cmp["mean_diff"].map(num),
+        f"95 % CI{unit}": [f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
         "verdict": cmp["verdict"], "seeds": cmp["n_pairs"],
         "budgets": [f"{a} vs {b}" + ("" if a == b else " (!)") for a, b in zip(cmp["budget"], cmp["reference_budget"])],
         "p (Holm)": cmp["p_holm"].map(_fmt), "p TOST (Holm)": cmp["p_tost_holm"].map(_fmt),
-        "MDE (pp)": cmp["mde"].map(lambda x: _pp(x).lstrip("+")),
-        "margin (pp)": cmp["margin"].map(lambda x: f"±{100 * x:.2f}"),
+        f"MDE{unit}": cmp["mde"].map(lambda x: num(x, "")),
+        f"margin{unit}": cmp["margin"].map(lambda x: "±" + num(x, "")),
         "stage": [st + (" (selection-biased)" if b else "") for st, b in zip(cmp["stage"], cmp["selection_biased"])],
     })
 
@@ -79,12 +84,14 @@ def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: floa
     sec = _Section("Verdict", (
         f"Each optimizer against the baseline `{baseline}`"
         + (f" and the controls {', '.join(f'`{c}`' for c in present)}" if present else "")
-        + f", per task/model. Δ = optimizer − reference of {P._label(metric)} in percentage points (pp), "
+        + f", per task/model. Δ = optimizer − reference of {P._label(metric)}"
+        + (" in percentage points (pp)" if _units(metric)[0] == 100 else "") + ", "
         f"paired by seed; each optimizer at the one configuration selected on {P._label(select)} over its "
         f"tuning seeds. 95 % CI: BCa bootstrap over seeds ({S.DEFAULT_RESAMPLES} resamples, fixed seed). "
         f"Verdict: **better**/**worse** = paired t-test significant at α = {alpha} after Holm correction across "
         f"all comparisons of this table AND the CI excludes 0; **equivalent** = the equivalence test (TOST, "
-        f"Holm-adjusted) puts the difference within ±{100 * margin:.2f} pp (the margin, `--margin`); "
+        f"Holm-adjusted) puts the difference within ±{_units(metric)[0] * margin:g}"
+        + (" pp" if _units(metric)[0] == 100 else "") + " (the margin, `--margin`); "
         "**inconclusive** = neither: the seeds cannot tell -- MDE is the smallest true difference this many "
         "seeds detect with 80 % power. Budgets: configurations each side tried while tuning."))
     if baseline not in opts:

@@ -185,7 +185,8 @@ def cmd_report(args) -> int:
                    select=args.select, metric=args.metric)
     paths = write_report(args.results, args.output, title=args.title, **options)
     _, trials = load(args.results, skip_corrupt=True)
-    print(f"verdict ({args.metric}, configurations selected on {args.select}; margin +-{100 * args.margin:g} pp, "
+    margin = f"{100 * args.margin:g} pp" if args.metric.endswith("_acc") else f"{args.margin:g}"
+    print(f"verdict ({args.metric}, configurations selected on {args.select}; margin +-{margin}, "
           f"alpha {args.alpha}, Holm across comparisons):")
     if args.baseline not in set(trials["optimizer"].astype(str)):
         print(f"  no comparison: baseline {args.baseline!r} is not in the results "
@@ -193,7 +194,7 @@ def cmd_report(args) -> int:
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cmp = comparisons(trials, **{k: v for k, v in options.items()})
+            cmp = comparisons(trials, **options)
         with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
             print(verdict_table(cmp).to_string(index=False) if len(cmp) else "  (nothing to compare)")
         for w in {str(w.message) for w in caught if issubclass(w.category, UserWarning)}:

@@ -450,6 +450,12 @@ def test_comparisons_on_evaluation_seeds_match_scipy_with_holm_and_verdicts():
     eq = pairs[("sgd-scaled", "sgd")]
     assert eq.verdict == "equivalent" and eq.p_tost_holm < 0.05 and not eq.budget_equal
     assert "sgd-frozen" not in set(cmp["reference"])  # absent control: skipped
+    # losses: selected on the lowest validation loss, "better" is a lower test loss
+    with pytest.warns(BudgetWarning):
+        loss = comparisons(trials, controls=(), metric="final_test_loss", select="final_val_loss")
+    loss = loss[loss["arm"] == "sgd-ph"]
+    assert loss["config"].tolist() == [r.config] and loss["mean_diff"].iloc[0] == pytest.approx(-(a - b).mean())
+    assert loss["verdict"].tolist() == ["better"]
 
 
 def test_comparisons_without_evaluation_seeds_are_marked_selection_biased():
