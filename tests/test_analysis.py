@@ -524,3 +524,27 @@ def test_report_without_the_baseline_says_so():
     _, trials = load(_protocol_records(scaled=False))
     sec, cmp = _verdict_section(trials, "adam", ("sgd-scaled",), 0.005, 0.05, "final_val_acc", "final_test_acc")
     assert cmp.empty and "baseline `adam` is not in these results (optimizers: sgd, sgd-ph)" in sec.warnings[0]
+
+
+def test_real_two_stage_grid_analysis_agrees_with_the_runner(tmp_path):
+    """The runner's records (real training, tiny): the analysis selects what the runner evaluated,
+    compares on the evaluation seeds, and reads the resolved hyperparameters the trials recorded."""
+    from optlab.grid import load_spec, run_grid
+    spec = load_spec('name = "two-stage"\nseeds = [0, 1]\n[protocol]\nevaluation_seeds = [100, 101, 102]\n'
+                     '[run]\nepochs = 1\nbatch_size = 256\nmodel_options = {width = 8}\n'
+                     '[[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n'
+                     '[[optimizer]]\nname = "sgd"\nlr = [0.05, 0.2]\n'
+                     '[[optimizer]]\nname = "sgd"\nlabel = "sgd-slow"\nlr = [0.01, 0.02]\n', is_text=True)
+    run_grid(spec, results=tmp_path / "res", progress=False)
+    records = list(Store(tmp_path / "res").iter_results())
+    _, trials = load(records)
+    assert not trials["legacy"].any() and (trials["schema_version"] == 2).all()
+    assert trials["momentum"].notna().all() and trials["final_val_acc"].notna().all()
+    best = best_configs(trials)
+    ev = trials[trials["stage"] == "evaluation"]
+    assert sorted(ev["seed"].unique()) == [100, 101, 102] and sorted(best["arm"]) == ["sgd", "sgd-slow"]
+    for _, row in best.iterrows():  # the configuration the runner evaluated is the one validation selects here
+        assert set(ev.loc[ev["arm"] == row["arm"], "selection_config"]) == {row["config_key"]}
+    cmp = comparisons(trials)
+    assert cmp["stage"].tolist() == ["evaluation"] and cmp["n_pairs"].tolist() == [3]
+    assert cmp["arm"].tolist() == ["sgd-slow"] and cmp["optimizer"].tolist() == ["sgd"]
