@@ -63,8 +63,9 @@ def expected_max_curve(trials: pd.DataFrame, metric: str = SELECT_METRIC) -> pd.
             continue
         ns = np.arange(1, len(scores) + 1)
         curve = S.expected_max(scores.to_numpy(), ns)
-        rows += [{**dict(zip(WITHIN, key)), "n": int(n), "expected_max": float(e), "configs": cell["config_key"].nunique(),
-                  "scored": len(scores), "selected_on": used} for n, e in zip(ns, curve)]
+        rows += [{**dict(zip(WITHIN, key)), "n": int(n), "expected_max": float(e),
+                  "configs": cell["config_key"].nunique(), "scored": len(scores), "selected_on": used}
+                 for n, e in zip(ns, curve)]
     out = pd.DataFrame(rows)
     if len(out):
         smallest = out.groupby(["task", "model"], observed=True)["scored"].transform("min")

@@ -281,8 +281,9 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | 
     Among the ``stage`` trials of a cell, a configuration is *eligible* when
     all of its seeds finished ``ok`` (with a finite ``metric``) and it has as
     many seeds as the cell's most complete configuration. The eligible one
-    with the best seed-mean of ``metric`` (``mode``: max, min, or None -- min for losses) wins; if none is eligible, the best
-    mean over ok seeds; ties (within ``tol``) go to the smallest
+    with the best seed-mean of ``metric`` wins (``mode``: "max", "min", or
+    None: min for losses); if none is eligible, the best mean over ok seeds;
+    ties (within ``tol``) go to the smallest
     :func:`optlab.grid.config_label` (``config_key``; ``n_tied`` counts the
     configurations that tied).
 
@@ -421,8 +422,9 @@ def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode:
     Each optimizer's configuration is selected on ``metric`` (validation);
     its cost per problem is the seed-mean of ``report`` (test) over the
     trials that stand for it (:func:`selected_trials`: evaluation seeds when
-    there are any): ``1 - report`` for accuracies, the value for losses. ``rho(tau)`` is the fraction of problems where the optimizer's
-    cost is within ``tau`` times the best optimizer's.
+    there are any): ``1 - report`` for accuracies, the value for losses.
+    ``rho(tau)`` is the fraction of problems where the arm's cost is within
+    ``tau`` times the best arm's.
     """
     best = best_configs(trials, metric=metric, mode=mode, report=report)
     sel = selected_trials(trials, best)
@@ -437,7 +439,10 @@ def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode:
                            "ratio": r["cost"] / m if m > 0 else (1.0 if r["cost"] == m else np.inf)})
     rdf = pd.DataFrame(ratios)
     n_problems = rdf["problem"].nunique()
-    taus = list(taus) if taus is not None else sorted(set([1.0] + list(np.linspace(1, max(2.0, rdf["ratio"].replace(np.inf, np.nan).max() * 1.05), 50))))
+    if taus is None:
+        top = max(2.0, rdf["ratio"].replace(np.inf, np.nan).max() * 1.05)
+        taus = sorted(set([1.0] + list(np.linspace(1, top, 50))))
     rows = [{"arm": a, "optimizer": g["optimizer"].iloc[0], "tau": t,
-             "rho": float((g["ratio"] <= t).sum() / n_problems)} for a, g in rdf.groupby("arm", observed=True) for t in taus]
+             "rho": float((g["ratio"] <= t).sum() / n_problems)}
+            for a, g in rdf.groupby("arm", observed=True) for t in taus]
     return pd.DataFrame(rows)

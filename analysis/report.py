@@ -265,7 +265,7 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
                     s = D.sensitivity(trials, a, metric=select, report=metric)
                 except (KeyError, ValueError):
                     continue
-                if s.empty or s[a].nunique() < 2:
+                if s.empty or s.groupby(list(D.WITHIN), observed=True)[a].nunique().max() < 2:  # no arm varies it
                     continue
                 figure(sec, P.sensitivity_plot(trials, a, metric=select), f"sensitivity_{a}",
                        f"Sensitivity to {a}: {sel_lab}, tuning seeds, selected on it.")
@@ -314,7 +314,8 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
     rows = [{"trial": r["trial_id"], "status": r["status"], "stage": r["stage"], "config": r["config"],
              "seed": r["seed"], "error": (r["error"] or "")[:200]} for _, r in bad.iterrows()]
     rows += [{"trial": m["trial_id"], "status": "running" if m["trial_id"] in live else "missing",
-              "stage": m.get("stage", "tuning"), "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
+              "stage": m.get("stage", "tuning"),
+              "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
               "seed": m["seed"], "error": ""} for m in missing]
     if rows:
         sec.tables.append(("", pd.DataFrame(rows)))
