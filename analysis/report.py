@@ -111,7 +111,7 @@ def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: floa
             sec.warnings.append(str(w.message))
     if (cmp["stage"] == "tuning").any():
         sec.warnings.append(
-            "Selection-biased comparison: these results have no evaluation-stage trials for "
+            "Selection-biased comparison: these results have no evaluation-stage trials (yet) for "
             + ", ".join(sorted(set(cmp.loc[cmp["stage"] == "tuning", "arm"].astype(str))
                                | set(cmp.loc[cmp["stage"] == "tuning", "reference"].astype(str))))
             + ", so the differences are measured on the same tuning seeds that selected each configuration "
