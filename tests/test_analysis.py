@@ -526,6 +526,7 @@ def test_report_without_the_baseline_says_so():
     assert cmp.empty and "baseline `adam` is not in these results (optimizers: sgd, sgd-ph)" in sec.warnings[0]
 
 
+@pytest.mark.slow
 def test_real_two_stage_grid_analysis_agrees_with_the_runner(tmp_path):
     """The runner's records (real training, tiny): the analysis selects what the runner evaluated,
     compares on the evaluation seeds, and reads the resolved hyperparameters the trials recorded."""
