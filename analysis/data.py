@@ -1,39 +1,61 @@
-"""Results -> tidy pandas frames, seed statistics, best configurations, comparisons.
+"""Results -> tidy pandas frames, seed statistics, validation-based selection.
 
 ``load(results)`` returns ``(epochs, trials)``:
 
 * ``epochs``: one row per trial x epoch -- identity columns (``trial_id, task,
-  model, optimizer, seed, status, config``), one column per hyperparameter
-  (flattened names; a preset's default filled in where the trial left it
-  unset, NaN where it does not apply), run settings, and every metric;
-* ``trials``: one row per trial -- final and best metrics, totals (wall time,
-  HVPs, time split), ``diverged``/``failed`` flags and the error text.
+  model, optimizer, seed, status, stage, config``), one column per
+  hyperparameter (flattened names; NaN where it does not apply), run settings,
+  and every metric;
+* ``trials``: one row per trial -- final and best metrics (validation and
+  test), totals (wall time, HVPs, time split), ``diverged``/``failed`` flags,
+  the error text, ``stage``, ``schema_version`` and ``legacy``.
 
-``config`` identifies a configuration across seeds (everything but the seed).
+Hyperparameters a trial left unset are filled from the record's own
+``hparams_resolved`` (what the optimizer ran with, schema 2). Only records
+without it (``legacy=True``) get today's preset defaults -- which may differ
+from what they ran with.
+
+``config`` identifies a configuration across seeds and stages (everything but
+the seed). **Selection** (:func:`best_configs`, :func:`sensitivity`) reads a
+validation metric of tuning-stage trials only; test metrics are reported for
+what validation selected.
 """
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from optlab.grid import config_label
 from optlab.store import Store, StoreError
 
-__all__ = ["load", "summarize", "best_configs", "sensitivity", "paired_comparison", "performance_profile",
-           "hparam_columns", "expected_trials", "MetricError"]
+__all__ = ["load", "summarize", "best_configs", "sensitivity", "performance_profile", "hparam_columns",
+           "expected_trials", "selection_metric", "MetricError", "SelectionBiasWarning", "SELECT_METRIC",
+           "REPORT_METRIC"]
 
-ID_COLS = ["trial_id", "task", "model", "optimizer", "seed", "status", "config"]
+ID_COLS = ["trial_id", "task", "model", "optimizer", "arm", "seed", "status", "stage", "config",
+           "config_key"]
 RUN_COLS = ["epochs", "batch_size", "lr_schedule", "warmup_epochs", "decouple", "engine"]
-METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr", "time_forward_backward", "time_curvature",
-           "time_update", "time_epoch", "wall_time", "hvp_count", "vjp_count"]
+METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "time_forward_backward",
+           "time_curvature", "time_update", "time_epoch", "wall_time", "hvp_count", "vjp_count"]
+#: what selection reads by default, and what is reported for the selected configurations
+SELECT_METRIC = "final_val_acc"
+REPORT_METRIC = "final_test_acc"
+#: one selection (and one side of a comparison) per task, model and optimizer arm
+WITHIN = ("task", "model", "arm")
 
 
 class MetricError(KeyError):
     pass
+
+
+class SelectionBiasWarning(UserWarning):
+    """A selection had to read test metrics (legacy results without validation metrics)."""
 
 
 def _preset_defaults(name: str) -> dict:
@@ -48,6 +70,10 @@ def _config_label(optimizer: str, hp: dict, run: dict) -> str:
     parts = [f"{k}={hp[k]}" for k in sorted(hp)]
     parts += [f"{k}={run[k]}" for k in RUN_COLS if k in run]
     return f"{optimizer}(" + ", ".join(parts) + ")"
+
+
+def _scalars(hp: dict) -> dict:
+    return {k: v for k, v in hp.items() if v is None or isinstance(v, (int, float, str, bool, list, tuple))}
 
 
 def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,37 +95,46 @@ def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False) -> tu
             opt = cfg["optimizer"]
         except (KeyError, TypeError) as exc:
             raise StoreError(f"trial {r.get('id', '?')}: not an optlab trial record (missing {exc})") from exc
-        if opt not in defaults_cache:
-            defaults_cache[opt] = _preset_defaults(opt)
-        hp = {**defaults_cache[opt], **{k: v for k, v in cfg.get("hparams", {}).items()}}
+        resolved = r.get("hparams_resolved")
+        legacy = not isinstance(resolved, dict)
+        if legacy:  # old record: today's defaults, which may not be what it ran with (legacy=True says so)
+            if opt not in defaults_cache:
+                defaults_cache[opt] = _preset_defaults(opt)
+            resolved = defaults_cache[opt]
+        hp = {**_scalars(resolved), **cfg.get("hparams", {})}
         hp = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) else v) for k, v in hp.items()}
         hp_names |= set(hp)
         run = {k: cfg.get(k) for k in RUN_COLS}
+        arm = r.get("arm") or opt
         ident = {"trial_id": r.get("id"), "task": cfg["task"], "model": cfg["model"], "optimizer": opt,
-                 "seed": cfg.get("seed", 0), "status": r.get("status", "failed"),
-                 "config": _config_label(opt, cfg.get("hparams", {}), run)}
+                 "arm": arm,
+                 "seed": cfg.get("seed", 0), "status": r.get("status", "failed"), "stage": r.get("stage", "tuning"),
+                 "config": _config_label(arm, cfg.get("hparams", {}), run), "config_key": config_label(cfg)}
         metrics = r.get("metrics") or []
         for m in metrics:
             erows.append({**ident, **hp, **run, **{k: m.get(k, np.nan) for k in METRICS}, "epoch": m.get("epoch")})
-        ok_rows = [m for m in metrics if _finite(m.get("test_acc"))]
-        last = metrics[-1] if metrics else {}
-        best = max(ok_rows, key=lambda m: m["test_acc"]) if ok_rows else {}
-        status = ident["status"]
+        last = metrics[-1] if metrics and ident["status"] == "ok" else {}
+        best_test = _best_epoch(metrics, "test_acc")
+        best_val = _best_epoch(metrics, "val_acc")
+        selection = r.get("selection") or {}
         trows.append({
             **ident, **hp, **run,
+            "schema_version": int(r.get("schema_version", 1)), "legacy": legacy,
             "epochs_run": len(metrics),
-            "final_test_acc": last.get("test_acc", np.nan) if status == "ok" else np.nan,
-            "final_test_loss": last.get("test_loss", np.nan) if status == "ok" else np.nan,
-            "final_train_loss": last.get("train_loss", np.nan) if status == "ok" else np.nan,
-            "final_train_acc": last.get("train_acc", np.nan) if status == "ok" else np.nan,
-            "best_test_acc": best.get("test_acc", np.nan), "best_epoch": best.get("epoch", np.nan),
+            **{f"final_{k}": last.get(k, np.nan) for k in ("val_acc", "val_loss", "test_acc", "test_loss",
+                                                           "train_loss", "train_acc")},
+            "best_val_acc": best_val.get("val_acc", np.nan), "best_val_epoch": best_val.get("epoch", np.nan),
+            "test_acc_at_best_val": best_val.get("test_acc", np.nan),
+            "best_test_acc": best_test.get("test_acc", np.nan), "best_epoch": best_test.get("epoch", np.nan),
             "wall_time": sum(m.get("time_epoch", 0.0) for m in metrics),
             "time_forward_backward": _mean([m.get("time_forward_backward") for m in metrics]),
             "time_curvature": _mean([m.get("time_curvature") for m in metrics]),
             "time_update": _mean([m.get("time_update") for m in metrics]),
             "time_epoch": _mean([m.get("time_epoch") for m in metrics]),
             "hvp_count": sum(m.get("hvp_count", 0) or 0 for m in metrics),
-            "diverged": status == "diverged", "failed": status == "failed", "error": r.get("error"),
+            "diverged": ident["status"] == "diverged", "failed": ident["status"] == "failed", "error": r.get("error"),
+            "selection_config": selection.get("config"), "selection_metric": selection.get("metric"),
+            "plugins": ", ".join(f"{k}={v}" for k, v in sorted((r.get("plugins") or {}).items())) or None,
             "host": (r.get("env") or {}).get("host"), "git_revision": (r.get("env") or {}).get("git_revision"),
         })
     trials = _dtypes(pd.DataFrame(trows), hp_names)
@@ -107,6 +142,12 @@ def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False) -> tu
     trials.attrs["hparams"] = sorted(hp_names)
     epochs.attrs["hparams"] = sorted(hp_names)
     return epochs, trials
+
+
+def _best_epoch(metrics: list[dict], key: str) -> dict:
+    """The epoch with the highest finite ``key`` (first one on ties), or {}."""
+    rows = [m for m in metrics if _finite(m.get(key))]
+    return max(rows, key=lambda m: m[key]) if rows else {}
 
 
 def _finite(x) -> bool:
@@ -119,7 +160,7 @@ def _mean(xs) -> float:
 
 
 def _dtypes(df: pd.DataFrame, hp_names) -> pd.DataFrame:
-    for c in ("task", "model", "optimizer", "status", "lr_schedule", "engine"):
+    for c in ("task", "model", "optimizer", "arm", "status", "lr_schedule", "engine"):
         if c in df:
             df[c] = df[c].astype("category")
     for c in hp_names:
@@ -137,14 +178,21 @@ def hparam_columns(df: pd.DataFrame) -> list[str]:
 
 
 def expected_trials(results: str | Path) -> list[dict] | None:
-    """The grid's trials (from ``RESULTS/spec.toml``), or None if the spec is not there."""
+    """The grid's trials (from ``RESULTS/spec.toml``): the tuning stage, and the evaluation-stage trials
+    already determined by finished tuning (as ``grid status`` counts them); None without a spec."""
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid import expand, load_spec
+    from optlab.grid import evaluation_trials, expand, load_spec
     try:
-        return [{"trial_id": t.id, **t.config} for t in expand(load_spec(spec_path))]
-    except Exception:
+        spec = load_spec(spec_path)
+        trials = expand(spec)
+        if spec.protocol is not None:
+            good, _ = Store(results).scan()
+            trials += evaluation_trials(spec, trials, good)[0]
+        return [{"trial_id": t.id, "arm": t.arm or t.config["optimizer"], "stage": t.stage, **t.config}
+                for t in trials]
+    except Exception:  # a spec this optlab cannot expand (e.g. a plugin is missing): no expectations
         return None
 
 
@@ -155,63 +203,140 @@ def _ci95(std: float, n: int) -> float:
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
-def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str = "final_test_acc",
+def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str = REPORT_METRIC,
               expected_seeds: int | None = None) -> pd.DataFrame:
     """Mean, std, SEM and 95 % CI (Student t) over seeds per cell of ``by``.
 
-    ``n`` counts the seeds that finished ``ok`` and enter the mean; ``n_diverged``,
+    ``by`` defaults to task, model, arm, optimizer, stage and the grid axes (tuning
+    and evaluation seeds of one configuration are never pooled). ``n`` counts
+    the seeds that finished ``ok`` and enter the mean; ``n_diverged``,
     ``n_failed`` and ``n_missing`` (against ``expected_seeds``, default: the most
-    seeds any cell has) make incomplete cells visible; ``complete`` is False for them.
+    seeds any cell of the same stage has) make incomplete cells visible; ``complete`` is False for them.
     """
-    if metric not in trials:
-        raise MetricError(f"unknown metric {metric!r}; available: {', '.join(c for c in trials.columns if c.startswith(('final_', 'best_', 'time_', 'wall')))}")
-    by = list(by) if by is not None else ["task", "model", "optimizer"] + hparam_columns(trials)
-    df = trials.copy()
+    _check_metric(trials, metric)
+    by = list(by) if by is not None else [*WITHIN, "optimizer", "stage"] + hparam_columns(trials)
     for c in by:
-        if c not in df:
+        if c not in trials:
             raise MetricError(f"unknown column {c!r} in by=")
     rows = []
-    for key, g in df.groupby(by, observed=True, dropna=False, sort=True):
+    for key, g in trials.groupby(by, observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        ok = g[g["status"] == "ok"][metric].dropna()
-        n, std = len(ok), float(ok.std(ddof=1)) if len(ok) > 1 else np.nan
-        rows.append({**dict(zip(by, key)), "n": n, "n_seeds": g["seed"].nunique(),
+        rows.append({**dict(zip(by, key)), **_seed_stats(g, metric), "n_seeds": g["seed"].nunique(),
                      "n_diverged": int(g["diverged"].sum()), "n_failed": int(g["failed"].sum()),
-                     "mean": float(ok.mean()) if n else np.nan, "std": std,
-                     "sem": std / math.sqrt(n) if n > 1 else np.nan, "ci95": _ci95(std, n),
                      "seeds": ",".join(map(str, sorted(g["seed"].unique())))})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    exp = expected_seeds or int(out["n_seeds"].max())
+    if expected_seeds:
+        exp = expected_seeds
+    elif "stage" in by:  # tuning and evaluation stages have their own seed lists
+        exp = out.groupby("stage", observed=True)["n_seeds"].transform("max")
+    else:
+        exp = int(out["n_seeds"].max())
     out["n_missing"] = (exp - out["n_seeds"]).clip(lower=0)
     out["complete"] = (out["n"] == exp)
     out.attrs["metric"] = metric
     return out
 
 
-def best_configs(trials: pd.DataFrame, metric: str = "final_test_acc", mode: str = "max",
-                 within: Sequence[str] = ("task", "model", "optimizer"), tol: float = 1e-12) -> pd.DataFrame:
-    """The best configuration per ``within`` cell by the seed-mean of ``metric``.
+def _seed_stats(g: pd.DataFrame, metric: str, prefix: str = "") -> dict:
+    """Mean, std, SEM, Student-t 95 % CI half-width and n of ``metric`` over ``g``'s ok trials."""
+    ok = g.loc[g["status"] == "ok", metric].dropna().astype(float)
+    n, std = len(ok), float(ok.std(ddof=1)) if len(ok) > 1 else np.nan
+    return {f"{prefix}mean": float(ok.mean()) if n else np.nan, f"{prefix}std": std,
+            f"{prefix}sem": std / math.sqrt(n) if n > 1 else np.nan, f"{prefix}ci95": _ci95(std, n), f"{prefix}n": n}
 
-    Ties (means within ``tol``) are all returned with ``tie=True``; each row
-    carries its seed spread (std, ci95, n). Cells with no finished seed are
-    skipped; incomplete cells can win but show ``complete=False``.
-    """
+
+def _check_metric(trials: pd.DataFrame, metric: str) -> None:
+    if metric not in trials:
+        avail = [c for c in trials.columns if c.startswith(("final_", "best_", "time_", "wall", "test_acc_at"))]
+        raise MetricError(f"unknown metric {metric!r}; available: {', '.join(avail)}")
+
+
+def direction(metric: str, mode: str | None = None) -> str:
+    """``mode`` checked, or inferred from the metric's name: ``"min"`` for losses, else ``"max"``."""
+    if mode is None:
+        return "min" if "loss" in metric else "max"
     if mode not in ("max", "min"):
-        raise ValueError(f"invalid mode={mode!r}; expected 'max' or 'min'")
-    s = summarize(trials, by=list(within) + hparam_columns(trials), metric=metric)
-    if s.empty:
-        return s
-    s = s[s["n"] > 0]
-    rows = []
-    for _, g in s.groupby(list(within), observed=True):
-        best = g["mean"].max() if mode == "max" else g["mean"].min()
-        winners = g[(g["mean"] - best).abs() <= tol].copy()
-        winners["tie"] = len(winners) > 1
-        rows.append(winners)
-    out = pd.concat(rows, ignore_index=True) if rows else s.iloc[0:0]
-    out.attrs["metric"] = metric
+        raise ValueError(f"invalid mode={mode!r}; expected 'max', 'min' or None (from the metric's name)")
+    return mode
+
+
+def selection_metric(cell: pd.DataFrame, metric: str) -> str:
+    """The metric a selection within ``cell`` reads: ``metric``, or -- only for legacy
+    results that have no validation metric -- its test counterpart (biased)."""
+    ok = cell[cell["status"] == "ok"]
+    test = metric.replace("val_", "test_", 1) if "val_" in metric else None
+    if test and test in cell and ok[metric].isna().all() and ok[test].notna().any():
+        return test
+    return metric
+
+
+def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | None = None,
+                 within: Sequence[str] = WITHIN, report: str = REPORT_METRIC, stage: str | None = "tuning",
+                 tol: float = 0.0) -> pd.DataFrame:
+    """The configuration selected in each ``within`` cell (task, model, arm), by the grid runner's
+    rule (:func:`optlab.grid.select_configs`).
+
+    Among the ``stage`` trials of a cell, a configuration is *eligible* when
+    all of its seeds finished ``ok`` (with a finite ``metric``) and it has as
+    many seeds as the cell's most complete configuration. The eligible one
+    with the best seed-mean of ``metric`` wins (``mode``: "max", "min", or
+    None: min for losses); if none is eligible, the best mean over ok seeds;
+    ties (within ``tol``) go to the smallest
+    :func:`optlab.grid.config_label` (``config_key``; ``n_tied`` counts the
+    configurations that tied).
+
+    ``metric`` is a validation metric by default; ``report`` (test) is only
+    reported for the winner (``report_mean``/``report_std``/``report_ci95``).
+    Cells of legacy results without validation metrics are selected on the
+    test counterpart with a :class:`SelectionBiasWarning`
+    (``selection_biased=True``, ``selected_on`` names the metric read).
+    """
+    mode = direction(metric, mode)
+    _check_metric(trials, metric)
+    _check_metric(trials, report)
+    df = trials[trials["stage"] == stage] if stage else trials
+    axes = hparam_columns(trials)
+    keep = [c for c in axes + RUN_COLS if c in df and c not in within]
+    rows, biased = [], []
+    for key, cell in df.groupby(list(within), observed=True, sort=True):
+        used = selection_metric(cell, metric)
+        if used != metric:
+            biased.append("/".join(map(str, key if isinstance(key, tuple) else (key,))))
+        full = cell.groupby("config_key")["seed"].nunique().max()
+        cands = []
+        for _, g in cell.groupby("config_key", sort=True):
+            g = g.sort_values("seed")
+            st = _seed_stats(g, used)
+            vals = [float(v) for v in g.loc[g["status"] == "ok", used].dropna()]
+            st["mean"] = sum(vals) / len(vals) if vals else np.nan  # summed as the runner does: equal ties
+            eligible = st["n"] == len(g) and g["seed"].nunique() == full
+            cands.append((g["config"].iloc[0], g, st, eligible))
+        pool = [c for c in cands if c[3]] or [c for c in cands if c[2]["n"] > 0]
+        if not pool:
+            continue
+        means = np.array([c[2]["mean"] for c in pool])
+        best = means.max() if mode == "max" else means.min()
+        tied = [c for c, m in zip(pool, means) if abs(m - best) <= tol]
+        label, g, st, eligible = tied[0]
+        first = g.iloc[0]
+        rows.append({**dict(zip(within, key if isinstance(key, tuple) else (key,))),
+                     **({"optimizer": first["optimizer"]} if "optimizer" not in within else {}),
+                     **{c: first[c] for c in keep}, "config": label, "config_key": first["config_key"],
+                     "stage": stage or "any", **st,
+                     "n_seeds": g["seed"].nunique(), "n_diverged": int(g["diverged"].sum()),
+                     "n_failed": int(g["failed"].sum()), "n_missing": int(full - g["seed"].nunique()),
+                     "complete": st["n"] == full, "eligible": eligible, "n_configs": len(cands),
+                     "n_tied": len(tied), "selected_on": used, "selection_biased": used != metric,
+                     "report_metric": report, **_seed_stats(g, report, prefix="report_")})
+    if biased:
+        warnings.warn(SelectionBiasWarning(
+            f"no validation metric {metric!r} in {', '.join(biased[:4])}"
+            f"{f' and {len(biased) - 4} more' if len(biased) > 4 else ''} (legacy results): selected on "
+            f"{metric.replace('val_', 'test_', 1)!r} instead -- selected on test: biased"), stacklevel=2)
+    out = pd.DataFrame(rows)
+    out.attrs.update(metric=metric, report=report, stage=stage)
     return out
 
 
@@ -224,72 +349,63 @@ def cell_mask(trials: pd.DataFrame, row: pd.Series, cols: Sequence[str]) -> pd.S
     return mask
 
 
-def sensitivity(trials: pd.DataFrame, axis: str, metric: str = "final_test_acc", mode: str = "max",
-                aggregate: str = "best") -> pd.DataFrame:
-    """``metric`` as a function of ``axis`` per task/model/optimizer.
+class SelectionMismatchWarning(UserWarning):
+    """The evaluation-stage trials ran a configuration other than the one validation selects here."""
 
-    ``aggregate="best"``: at each axis value, the other axes at their best
-    (seed-mean); ``"mean"``: averaged over the other axes' settings.
+
+def selected_trials(trials: pd.DataFrame, selected: pd.DataFrame, within: Sequence[str] = WITHIN) -> pd.DataFrame:
+    """The trials that stand for each selected configuration in comparisons and curves.
+
+    Per ``within`` cell: its evaluation-stage trials (fresh seeds) if it has
+    any, else the tuning trials of the selected ``config`` (whose seeds also
+    chose it: selection-biased). Column ``from_stage`` says which. Evaluation
+    trials of a configuration other than the selected one raise a
+    :class:`SelectionMismatchWarning` (the runner and this analysis disagree)
+    and are used as they are.
+    """
+    parts = []
+    for _, row in selected.iterrows():
+        cell = trials[cell_mask(trials, row, list(within))]
+        ev = cell[cell["stage"] == "evaluation"]
+        if len(ev):
+            if row["config_key"] in set(ev["config_key"]):
+                ev = ev[ev["config_key"] == row["config_key"]]
+            else:
+                warnings.warn(SelectionMismatchWarning(
+                    f"{'/'.join(str(row[c]) for c in within)}: evaluation trials ran "
+                    f"{', '.join(sorted(set(ev['config'])))} but validation selects {row['config']}"), stacklevel=2)
+            parts.append(ev.assign(from_stage="evaluation"))
+        else:
+            parts.append(cell[(cell["stage"] == "tuning") & (cell["config_key"] == row["config_key"])]
+                         .assign(from_stage="tuning"))
+    return pd.concat(parts) if parts else trials.iloc[0:0].assign(from_stage=[])
+
+
+def sensitivity(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str | None = None,
+                aggregate: str = "best", report: str = REPORT_METRIC) -> pd.DataFrame:
+    """``metric`` (validation, tuning stage) as a function of ``axis`` per task/model/optimizer.
+
+    ``aggregate="best"``: at each axis value, the configuration that
+    :func:`best_configs` selects among those with that value ("other axes at
+    their best" -- on validation); ``"mean"``: averaged over the other axes'
+    settings per seed. ``report_*`` columns give ``report`` (test) for the same trials.
     """
     if axis not in trials:
         raise MetricError(f"unknown axis {axis!r}; grid axes: {', '.join(hparam_columns(trials))}")
     if aggregate not in ("best", "mean"):
         raise ValueError(f"invalid aggregate={aggregate!r}; expected 'best' or 'mean'")
-    df = trials[trials[axis].notna()]
-    others = [c for c in hparam_columns(df) if c != axis]
-    within = ["task", "model", "optimizer"]
-    s = summarize(df, by=within + [axis] + others, metric=metric)
-    if s.empty:
-        return s
-    s = s[s["n"] > 0]
-    if aggregate == "mean":
-        rows = []
-        for key, g in s.groupby(within + [axis], observed=True):
-            vals = df[cell_mask(df, pd.Series(dict(zip(within + [axis], key))), within + [axis])]
-            seeds = vals[vals["status"] == "ok"].groupby("seed")[metric].mean()
-            n, std = len(seeds), float(seeds.std(ddof=1)) if len(seeds) > 1 else np.nan
-            rows.append({**dict(zip(within + [axis], key)), "mean": float(seeds.mean()), "std": std,
-                         "ci95": _ci95(std, n), "n": n})
-        return pd.DataFrame(rows)
-    idx = s.groupby(within + [axis], observed=True)["mean"].idxmax() if mode == "max" else \
-        s.groupby(within + [axis], observed=True)["mean"].idxmin()
-    return s.loc[idx.values].reset_index(drop=True)
-
-
-def paired_comparison(trials: pd.DataFrame, baseline: str = "sgd", metric: str = "final_test_acc",
-                      mode: str = "max") -> pd.DataFrame:
-    """Seed-paired differences (optimizer - baseline) at each one's best configuration.
-
-    Per task/model: mean difference, its 95 % CI and a paired t-test p-value over
-    the seeds both finished. Requires the baseline in the results.
-    """
-    from scipy import stats
-    if baseline not in set(trials["optimizer"].astype(str)):
-        raise MetricError(f"baseline {baseline!r} not in results; optimizers: "
-                          f"{', '.join(sorted(trials['optimizer'].astype(str).unique()))}")
-    best = best_configs(trials, metric=metric, mode=mode)
-    best = best.drop_duplicates(subset=["task", "model", "optimizer"])
-    axes = hparam_columns(trials)
+    df = trials[trials[axis].notna() & (trials["stage"] == "tuning")]
+    if aggregate == "best":
+        return best_configs(df, metric=metric, mode=mode, within=[*WITHIN, axis], report=report)
+    _check_metric(df, metric)
     rows = []
-    for (task, model), g in best.groupby(["task", "model"], observed=True):
-        base = g[g["optimizer"] == baseline]
-        if base.empty:
-            continue
-        bvals = trials[cell_mask(trials, base.iloc[0], ["task", "model", "optimizer"] + axes)]
-        bseed = bvals[bvals["status"] == "ok"].set_index("seed")[metric]
-        for _, row in g[g["optimizer"] != baseline].iterrows():
-            vals = trials[cell_mask(trials, row, ["task", "model", "optimizer"] + axes)]
-            oseed = vals[vals["status"] == "ok"].set_index("seed")[metric]
-            common = sorted(set(bseed.index) & set(oseed.index))
-            d = (oseed.loc[common] - bseed.loc[common]).astype(float)
-            n = len(d)
-            std = float(d.std(ddof=1)) if n > 1 else np.nan
-            p = float(stats.ttest_rel(oseed.loc[common], bseed.loc[common]).pvalue) if n > 1 and std > 0 else np.nan
-            rows.append({"task": task, "model": model, "optimizer": row["optimizer"], "baseline": baseline,
-                         "n_pairs": n, "mean_diff": float(d.mean()) if n else np.nan, "std_diff": std,
-                         "ci95": _ci95(std, n), "p_value": p, "setting": _axes_label(row, axes),
-                         "baseline_setting": _axes_label(base.iloc[0], axes),
-                         "config": vals["config"].iloc[0], "baseline_config": bvals["config"].iloc[0]})
+    keys = [*WITHIN, "optimizer", axis]
+    for key, g in df.groupby(keys, observed=True):
+        used = selection_metric(g, metric)
+        ok = g[g["status"] == "ok"]
+        per_seed = ok.groupby("seed")[list(dict.fromkeys([used, report]))].mean().assign(status="ok")
+        rows.append({**dict(zip(keys, key)), **_seed_stats(per_seed, used),
+                     **_seed_stats(per_seed, report, prefix="report_"), "selected_on": used})
     return pd.DataFrame(rows)
 
 
@@ -299,27 +415,34 @@ def _axes_label(row: pd.Series, axes: Sequence[str]) -> str:
                      for a in axes if not (isinstance(row[a], float) and math.isnan(row[a]))) or "-"
 
 
-def performance_profile(trials: pd.DataFrame, metric: str = "final_test_acc", mode: str = "max",
-                        taus: Sequence[float] | None = None) -> pd.DataFrame:
+def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | None = None,
+                        taus: Sequence[float] | None = None, report: str = REPORT_METRIC) -> pd.DataFrame:
     """Dolan-Moré performance profiles over problems (task/model pairs).
 
-    Cost per problem and optimizer: the best seed-mean error (``1 - metric`` for
-    accuracies with ``mode="max"``, else the metric). ``rho(tau)`` is the
-    fraction of problems where the optimizer's cost is within ``tau`` times the
-    best optimizer's.
+    Each optimizer's configuration is selected on ``metric`` (validation);
+    its cost per problem is the seed-mean of ``report`` (test) over the
+    trials that stand for it (:func:`selected_trials`: evaluation seeds when
+    there are any): ``1 - report`` for accuracies, the value for losses.
+    ``rho(tau)`` is the fraction of problems where the arm's cost is within
+    ``tau`` times the best arm's.
     """
-    best = best_configs(trials, metric=metric, mode=mode).drop_duplicates(subset=["task", "model", "optimizer"])
-    best = best.assign(cost=(1 - best["mean"]) if mode == "max" else best["mean"])
-    best["problem"] = best["task"].astype(str) + "/" + best["model"].astype(str)
+    best = best_configs(trials, metric=metric, mode=mode, report=report)
+    sel = selected_trials(trials, best)
+    means = sel[sel["status"] == "ok"].groupby([*WITHIN, "optimizer"], observed=True)[report].mean().reset_index()
+    means["cost"] = (1 - means[report]) if direction(report) == "max" else means[report]
+    means["problem"] = means["task"].astype(str) + "/" + means["model"].astype(str)
     ratios = []
-    for _, g in best.groupby("problem"):
+    for _, g in means.groupby("problem"):
         m = g["cost"].min()
         for _, r in g.iterrows():
-            ratios.append({"problem": r["problem"], "optimizer": r["optimizer"],
+            ratios.append({"problem": r["problem"], "arm": r["arm"], "optimizer": r["optimizer"],
                            "ratio": r["cost"] / m if m > 0 else (1.0 if r["cost"] == m else np.inf)})
     rdf = pd.DataFrame(ratios)
     n_problems = rdf["problem"].nunique()
-    taus = list(taus) if taus is not None else sorted(set([1.0] + list(np.linspace(1, max(2.0, rdf["ratio"].replace(np.inf, np.nan).max() * 1.05), 50))))
-    rows = [{"optimizer": o, "tau": t, "rho": float((g["ratio"] <= t).sum() / n_problems)}
-            for o, g in rdf.groupby("optimizer", observed=True) for t in taus]
+    if taus is None:
+        top = max(2.0, rdf["ratio"].replace(np.inf, np.nan).max() * 1.05)
+        taus = sorted(set([1.0] + list(np.linspace(1, top, 50))))
+    rows = [{"arm": a, "optimizer": g["optimizer"].iloc[0], "tau": t,
+             "rho": float((g["ratio"] <= t).sum() / n_problems)}
+            for a, g in rdf.groupby("arm", observed=True) for t in taus]
     return pd.DataFrame(rows)

@@ -13,12 +13,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .data import hparam_columns, sensitivity, summarize  # noqa: E402
+from .data import (SELECT_METRIC, WITHIN, best_configs, hparam_columns, selected_trials,  # noqa: E402
+                   sensitivity)
 
-__all__ = ["heatmaps", "sensitivity_plot", "training_curves", "cost_bars", "profile_plot", "save", "STYLE"]
+__all__ = ["heatmaps", "sensitivity_plot", "training_curves", "cost_bars", "profile_plot", "expected_max_plot",
+           "save", "STYLE"]
 
 STYLE = {"style": "whitegrid", "context": "notebook", "palette": "colorblind"}
 METRIC_LABELS = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
+                 "final_val_acc": "final validation accuracy", "best_val_acc": "best validation accuracy",
+                 "final_val_loss": "final validation loss", "val_acc": "validation accuracy",
                  "final_test_loss": "final test loss", "final_train_loss": "final train loss",
                  "test_acc": "test accuracy", "train_loss": "train loss", "test_loss": "test loss"}
 
@@ -42,28 +46,27 @@ def save(fig, path_stem: str | Path) -> list[Path]:
     return out
 
 
-def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metric: str = "final_test_acc",
-             mode: str = "max"):
-    """One heatmap per optimizer (and task/model) of ``metric`` over ``x`` x ``y``.
+def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metric: str = SELECT_METRIC,
+             mode: str | None = None):
+    """One heatmap per optimizer (and task/model) of ``metric`` (validation, tuning seeds) over ``x`` x ``y``.
 
-    Other axes at their best; one colour scale for all panels; the best cell is
-    outlined. Cells show the seed-mean and (n) when seeds are missing.
+    Each cell is the configuration :func:`best_configs` selects among those with
+    that ``x``, ``y`` (other axes at their best on ``metric``); one colour scale
+    for all panels; the optimizer's selected configuration is outlined. Cells
+    show the seed-mean and (n) when seeds are missing.
     """
     for c in (x, y):
         if c not in trials:
             raise KeyError(f"heatmaps: no column {c!r}; grid axes: {', '.join(hparam_columns(trials))}")
     df = trials[trials[x].notna() & trials[y].notna()]
-    s = summarize(df, by=["task", "model", "optimizer", x, y] + [c for c in hparam_columns(df) if c not in (x, y)],
-                  metric=metric)
-    s = s[s["n"] > 0]
-    pick = s.groupby(["task", "model", "optimizer", x, y], observed=True)["mean"]
-    s = s.loc[(pick.idxmax() if mode == "max" else pick.idxmin()).values]
-    panels = list(s.groupby(["task", "model", "optimizer"], observed=True))
+    s = best_configs(df, metric=metric, mode=mode, within=[*WITHIN, x, y])
+    chosen = best_configs(df, metric=metric, mode=mode).set_index(list(WITHIN))
+    panels = list(s.groupby(list(WITHIN), observed=True))
     ncols = min(3, max(1, len(panels)))
     nrows = math.ceil(len(panels) / ncols) if panels else 1
     fig, axes = _fig(nrows, ncols)
     vmin, vmax = (s["mean"].min(), s["mean"].max()) if len(s) else (0, 1)
-    for ax, ((task, model, opt), g) in zip(axes.flat, panels):
+    for ax, (key, g) in zip(axes.flat, panels):
         table = g.pivot(index=y, columns=x, values="mean").sort_index(ascending=False)
         nmat = g.pivot(index=y, columns=x, values="n").reindex_like(table)
         annot = table.map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
@@ -71,22 +74,25 @@ def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metri
         annot = annot.where(nmat >= full, annot + nmat.map(lambda n: f"\n(n={int(n)})" if pd.notna(n) else ""))
         sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=annot, fmt="", cbar=True,
                     cbar_kws={"label": _label(metric)}, linewidths=0.5, annot_kws={"fontsize": 8})
-        best = table.stack().idxmax() if mode == "max" else table.stack().idxmin()
-        r, c = list(table.index).index(best[0]), list(table.columns).index(best[1])
+        pick = chosen.loc[key]
+        r, c = list(table.index).index(pick[y]), list(table.columns).index(pick[x])
         ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.5))
+        task, model, opt = key
         ax.set_title(f"{opt} -- {task}/{model}")
         ax.set_xlabel(x)
         ax.set_ylabel(y)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"{_label(metric)} over {x} x {y} (other axes at their best; red: best cell)", y=1.02)
+    fig.suptitle(f"{_label(metric)} (tuning seeds) over {x} x {y}; other axes at their best on it; "
+                 "red: the selected configuration", y=1.02)
     fig.tight_layout()
     return fig
 
 
-def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = "final_test_acc", mode: str = "max",
+def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str | None = None,
                      aggregate: str = "best", log_x: bool | None = None):
-    """``metric`` vs one axis per optimizer, mean with a 95 % CI band over seeds."""
+    """``metric`` (validation, tuning seeds) vs one axis per optimizer, mean with a 95 % CI band over seeds
+    (:func:`sensitivity`: other axes at their best on ``metric``, or averaged)."""
     sens = sensitivity(trials, axis, metric=metric, mode=mode, aggregate=aggregate)
     problems = list(sens.groupby(["task", "model"], observed=True))
     fig, axes = _fig(1, max(1, len(problems)), w=5.2)
@@ -95,7 +101,7 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = "final_test_
         vals = sens[axis].astype(float) if numeric else None
         log_x = numeric and bool((vals > 0).all() and vals.max() / max(vals.min(), 1e-300) >= 50)
     for ax, ((task, model), g) in zip(axes.flat, problems):
-        for opt, h in g.groupby("optimizer", observed=True):
+        for opt, h in g.groupby("arm", observed=True):
             h = h.sort_values(axis)
             xs = h[axis].astype(float) if numeric else h[axis].astype(str)
             ys, ci = h["mean"], h["ci95"].fillna(0)
@@ -110,41 +116,40 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = "final_test_
         ax.set_ylabel(_label(metric))
         ax.set_title(f"{task}/{model}")
         ax.legend(title="optimizer", fontsize=8)
-    how = "other axes at their best" if aggregate == "best" else "averaged over other axes"
-    fig.suptitle(f"Sensitivity to {axis} ({how}; band: 95 % CI over seeds)", y=1.02)
+    how = "other axes at their best on it" if aggregate == "best" else "averaged over other axes"
+    fig.suptitle(f"Sensitivity to {axis}: {_label(metric)}, tuning seeds ({how}; band: 95 % CI over seeds)", y=1.02)
     fig.tight_layout()
     return fig
 
 
-def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch", metric: str = "final_test_acc",
-                    mode: str = "max"):
+def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch", metric: str = SELECT_METRIC,
+                    mode: str | None = None):
     """Test accuracy and train loss against ``x`` (``epoch`` or ``wall_time``) for each
-    optimizer's best configuration: mean over seeds with a 95 % CI band."""
-    from .data import best_configs, cell_mask
-    best = best_configs(trials, metric=metric, mode=mode).drop_duplicates(subset=["task", "model", "optimizer"])
-    keep = trials.loc[trials["status"] != "failed"]
-    cols = ["task", "model", "optimizer"] + hparam_columns(trials)
-    ids = set()
-    for _, r in best.iterrows():
-        ids |= set(keep.loc[cell_mask(keep, r, cols), "trial_id"])
+    optimizer's configuration selected on ``metric`` (validation): mean over the seeds
+    that stand for it (evaluation seeds where there are any, :func:`selected_trials`)
+    with a band of ±1.96 standard errors (a normal-approximation 95 % interval; no bootstrap per point)."""
+    best = best_configs(trials, metric=metric, mode=mode)
+    sel = selected_trials(trials, best)
+    ids = set(sel.loc[sel["status"] != "failed", "trial_id"])
+    stages = sorted(set(sel["from_stage"]))
     df = epochs[epochs["trial_id"].isin(ids)].copy()
     problems = sorted({(str(t), str(m)) for t, m in zip(best["task"], best["model"])})
     fig, axes = _fig(2, max(1, len(problems)), w=5.2, h=3.4)
     for j, (task, model) in enumerate(problems):
         sub = df[(df["task"] == task) & (df["model"] == model)].copy()
-        sub["optimizer"] = sub["optimizer"].astype(str)
+        sub["optimizer"] = sub["arm"].astype(str)
         if x == "wall_time":  # seeds differ in time: bin to the per-epoch mean time
             sub["wall_time"] = sub.groupby(["optimizer", "epoch"])["wall_time"].transform("mean")
         for i, (y, lab) in enumerate((("test_acc", "test accuracy"), ("train_loss", "train loss"))):
             ax = axes[i, j]
-            sns.lineplot(data=sub, x=x, y=y, hue="optimizer", errorbar=("ci", 95), ax=ax, marker="o", markersize=4)
+            sns.lineplot(data=sub, x=x, y=y, hue="optimizer", errorbar=("se", 1.96), ax=ax, marker="o", markersize=4)
             ax.set_ylabel(lab)
             ax.set_xlabel("wall-clock time (s)" if x == "wall_time" else "epoch")
             if y == "train_loss":
                 ax.set_yscale("log")
             ax.set_title(f"{task}/{model}" if i == 0 else "")
-    fig.suptitle(f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (best config per optimizer; "
-                 "band: 95 % CI over seeds)", y=1.02)
+    fig.suptitle(f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (configuration selected on "
+                 f"{_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)", y=1.02)
     fig.tight_layout()
     return fig
 
@@ -153,8 +158,8 @@ def cost_bars(trials: pd.DataFrame):
     """Mean per-epoch time split into forward-backward, curvature and update, per optimizer."""
     cols = {"time_forward_backward": "forward-backward", "time_curvature": "curvature", "time_update": "update"}
     df = trials[trials["status"] != "failed"]
-    g = df.groupby(["task", "model", "optimizer"], observed=True)[list(cols)].mean().reset_index()
-    g["label"] = g["optimizer"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
+    g = df.groupby(["task", "model", "arm"], observed=True)[list(cols)].mean().reset_index()
+    g["label"] = g["arm"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
     fig, axes = _fig(1, 1, w=max(5.0, 1.3 * len(g) + 2), h=4.0)
     ax = axes[0, 0]
     bottom = np.zeros(len(g))
@@ -174,12 +179,32 @@ def profile_plot(profile: pd.DataFrame):
     """Dolan-Moré performance profile (from ``performance_profile``)."""
     fig, axes = _fig(1, 1, w=5.5)
     ax = axes[0, 0]
-    for opt, g in profile.groupby("optimizer", observed=True):
+    for opt, g in profile.groupby("arm", observed=True):
         ax.step(g["tau"], g["rho"], where="post", label=str(opt))
     ax.set_xlabel("tau (cost ratio to the best optimizer)")
     ax.set_ylabel("fraction of problems within tau")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(title="optimizer")
     ax.set_title("Performance profile")
+    fig.tight_layout()
+    return fig
+
+
+def expected_max_plot(curve: pd.DataFrame):
+    """Expected best validation score vs configurations tried, per optimizer (from
+    :func:`optlab.analysis.compare.expected_max_curve`; Dodge et al. 2019); dotted line: the
+    smallest budget of the task/model, where optimizers compare at equal budget."""
+    problems = list(curve.groupby(["task", "model"], observed=True))
+    fig, axes = _fig(1, max(1, len(problems)), w=5.2)
+    for ax, ((task, model), g) in zip(axes.flat, problems):
+        g = g.assign(optimizer=g["arm"].astype(str))
+        sns.lineplot(data=g, x="n", y="expected_max", hue="optimizer", marker="o", markersize=4, ax=ax)
+        ax.axvline(g.loc[g["budget_matched"], "n"].min(), color="grey", ls=":", lw=1.5)
+        if g["n"].max() >= 20:
+            ax.set_xscale("log")
+        ax.set_xlabel("configurations tried (n)")
+        ax.set_ylabel(f"expected best {_label(str(g['selected_on'].iloc[0]))}")
+        ax.set_title(f"{task}/{model}")
+    fig.suptitle("Expected maximum over n random configurations (Dodge et al. 2019); dotted: equal budget", y=1.02)
     fig.tight_layout()
     return fig

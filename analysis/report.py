@@ -6,6 +6,7 @@ import base64
 import datetime as _dt
 import html
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import pandas as pd
 
 from optlab.store import Store, StoreError
 
+from . import compare as C
 from . import data as D
 from . import plots as P
+from . import stats as S
 
-__all__ = ["write_report", "build_sections"]
+__all__ = ["write_report", "build_sections", "verdict_table"]
 
 AXES_ORDER = ["lr", "weight_decay", "hessian_momentum", "tau", "eps", "every", "momentum"]
 
@@ -32,20 +35,100 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table(df: pd.DataFrame, cols: list[str] | None = None) -> pd.DataFrame:
+def _table(df: pd.DataFrame, cols: list[str] | None = None, rename: dict | None = None) -> pd.DataFrame:
     df = df[[c for c in (cols or df.columns) if c in df]].copy()
-    return df.map(_fmt) if len(df) else df
+    df = df.map(_fmt) if len(df) else df
+    return df.rename(columns=rename or {})
 
 
 class _Section:
     def __init__(self, title: str, text: str = ""):
         self.title, self.text = title, text
+        self.warnings: list[str] = []   # shown loudly, before the tables
         self.tables: list[tuple[str, pd.DataFrame]] = []
         self.figures: list[tuple[str, str, str]] = []   # (caption, png path, svg path)
         self.pre: str | None = None
 
 
-def build_sections(results: str | Path, fig_dir: Path) -> tuple[str, list[_Section]]:
+def _units(metric: str) -> tuple[float, str]:
+    """Scale and unit of differences of ``metric``: percentage points for accuracies, else as is."""
+    return (100.0, " (pp)") if metric.endswith("_acc") else (1.0, "")
+
+
+def verdict_table(cmp: pd.DataFrame) -> pd.DataFrame:
+    """The report's first table from :func:`compare.comparisons` (accuracy differences in percentage points)."""
+    if cmp.empty:
+        return pd.DataFrame()
+    k, unit = _units(cmp.attrs.get("metric", "final_test_acc"))
+
+    def num(x: float, sign: str = "+") -> str:
+        return "–" if not math.isfinite(x) else f"{k * x:{sign}.{2 if k == 100 else 4}f}"
+    return pd.DataFrame({
+        "task": cmp["task"].astype(str) + "/" + cmp["model"].astype(str),
+        "optimizer": cmp["arm"], "vs": cmp["reference"],
+        f"Δ{unit}": cmp["mean_diff"].map(num),
+        f"95 % CI{unit}": [f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
+        "verdict": cmp["verdict"], "seeds": cmp["n_pairs"],
+        "budgets": [f"{a} vs {b}" + ("" if a == b else " (!)") for a, b in zip(cmp["budget"], cmp["reference_budget"])],
+        "p (Holm)": cmp["p_holm"].map(_fmt), "p TOST (Holm)": cmp["p_tost_holm"].map(_fmt),
+        f"MDE{unit}": cmp["mde"].map(lambda x: num(x, "")),
+        f"margin{unit}": cmp["margin"].map(lambda x: "±" + num(x, "")),
+        "stage": [st + (" (selection-biased)" if b else "") for st, b in zip(cmp["stage"], cmp["selection_biased"])],
+    })
+
+
+def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: float, alpha: float,
+                     select: str, metric: str) -> tuple[_Section, pd.DataFrame]:
+    opts = sorted(trials["arm"].astype(str).unique())
+    present = [c for c in controls if c in opts]
+    sec = _Section("Verdict", (
+        f"Each optimizer against the baseline `{baseline}`"
+        + (f" and the controls {', '.join(f'`{c}`' for c in present)}" if present else "")
+        + f", per task/model. Δ = optimizer − reference of {P._label(metric)}"
+        + (" in percentage points (pp)" if _units(metric)[0] == 100 else "") + ", "
+        f"paired by seed; each optimizer at the one configuration selected on {P._label(select)} over its "
+        f"tuning seeds. 95 % CI: BCa bootstrap over seeds ({S.DEFAULT_RESAMPLES} resamples, fixed seed). "
+        f"Verdict: **better**/**worse** = paired t-test significant at α = {alpha} after Holm correction across "
+        f"all comparisons of this table AND the CI excludes 0; **equivalent** = the equivalence test (TOST, "
+        f"Holm-adjusted) puts the difference within ±{_units(metric)[0] * margin:g}"
+        + (" pp" if _units(metric)[0] == 100 else "") + " (the margin, `--margin`); "
+        "**inconclusive** = neither: the seeds cannot tell -- MDE is the smallest true difference this many "
+        "seeds detect with 80 % power. Budgets: configurations each side tried while tuning."))
+    if baseline not in opts:
+        sec.warnings.append(f"No comparison: the baseline `{baseline}` is not in these results (optimizers: "
+                            f"{', '.join(opts)}); choose one with `--baseline`.")
+        return sec, pd.DataFrame()
+    missing = [c for c in controls if c not in opts]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cmp = C.comparisons(trials, baseline=baseline, controls=controls, margin=margin, alpha=alpha,
+                            select=select, metric=metric)
+    if cmp.empty:
+        sec.warnings.append(f"No comparison: no task/model has both `{baseline}` and another optimizer.")
+        return sec, cmp
+    for w in caught:
+        if issubclass(w.category, (C.BudgetWarning, D.SelectionMismatchWarning)):
+            sec.warnings.append(str(w.message))
+    if (cmp["stage"] == "tuning").any():
+        sec.warnings.append(
+            "Selection-biased comparison: these results have no evaluation-stage trials (yet) for "
+            + ", ".join(sorted(set(cmp.loc[cmp["stage"] == "tuning", "arm"].astype(str))
+                               | set(cmp.loc[cmp["stage"] == "tuning", "reference"].astype(str))))
+            + ", so the differences are measured on the same tuning seeds that selected each configuration "
+            "(a winner's curse that favours the optimizer with the larger search). Add evaluation seeds to the "
+            "grid spec for an unbiased comparison.")
+    if cmp["selected_on"].str.contains("test").any():
+        sec.warnings.append("Selected on test: biased. Some results have no validation metric (legacy records); "
+                            "their configurations were selected on the test metric they are compared on.")
+    if missing:
+        sec.text += f" Controls not in these results: {', '.join(missing)}."
+    sec.tables.append(("", verdict_table(cmp)))
+    return sec, cmp
+
+
+def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
+                   controls=C.DEFAULT_CONTROLS, margin: float = C.DEFAULT_MARGIN, alpha: float = 0.05,
+                   select: str = D.SELECT_METRIC, metric: str = D.REPORT_METRIC) -> tuple[str, list[_Section]]:
     results = Path(results)
     store = Store(results)
     records = list(store.iter_results(skip_corrupt=True))
@@ -55,29 +138,80 @@ def build_sections(results: str | Path, fig_dir: Path) -> tuple[str, list[_Secti
     axes = D.hparam_columns(trials)
     sections: list[_Section] = []
     fig_dir.mkdir(parents=True, exist_ok=True)
+    sel_lab = P._label(select)
 
     def figure(sec: _Section, fig, name: str, caption: str) -> None:
         png, svg = P.save(fig, fig_dir / name)
         plt.close(fig)
         sec.figures.append((caption, str(png), str(svg)))
 
-    # --- overview / status
+    # --- 1. the verdict
+    sec, cmp = _verdict_section(trials, baseline, controls, margin, alpha, select, metric)
+    sections.append(sec)
+
+    # --- 2. budgets and the expected-maximum curve
+    bud = C.budgets(trials)
+    sec = _Section("Budgets and expected maximum", (
+        "Configurations tried per optimizer while tuning (`configs`). A larger search finds a luckier "
+        "best configuration, so optimizers tuned with unequal budgets are not compared fairly by their best "
+        f"configurations. The expected maximum (Dodge et al. 2019) is the expected best {sel_lab} (seed-mean, "
+        "tuning seeds) after n configurations drawn at random from those tried: compare optimizers at the same n "
+        "(`n matched` = the smallest budget of the task/model)."))
+    if not bud["equal"].all():
+        uneq = bud[~bud["equal"]]
+        sec.warnings.append("Unequal tuning budgets: " + "; ".join(
+            f"{t}/{m}: " + ", ".join(f"{o} {c}" for o, c in zip(g["arm"], g["configs"]))
+            for (t, m), g in uneq.groupby(["task", "model"], observed=True)) + ". Read the expected maximum "
+            "at equal n, not the best configurations.")
+    sec.tables.append(("Tuning budget", _table(bud, ["task", "model", "arm", "optimizer", "configs", "seeds",
+                                                     "trials", "equal"])))
+    curve = C.expected_max_curve(trials, metric=select)
+    if len(curve):
+        rows = []
+        for (t, m, o), g in curve.groupby(list(D.WITHIN), observed=True):
+            matched = g.loc[g["budget_matched"], "expected_max"]
+            rows.append({"task": t, "model": m, "arm": o, "configs": g["configs"].iloc[0],
+                         "n matched": int(g.loc[g["budget_matched"], "n"].iloc[0]) if len(matched) else math.nan,
+                         "E[max] at n matched": matched.iloc[0] if len(matched) else math.nan,
+                         "E[max] at n=1 (mean)": g["expected_max"].iloc[0],
+                         "E[max] at own budget": g["expected_max"].iloc[-1], "selected_on": g["selected_on"].iloc[0]})
+        sec.tables.append(("Expected best validation score", _table(pd.DataFrame(rows))))
+        figure(sec, P.expected_max_plot(curve), "expected_max",
+               f"Expected best {sel_lab} (tuning seeds) vs configurations tried; dotted line: equal budget.")
+    sections.append(sec)
+
+    # --- overview / status and the selected configurations
     expected = D.expected_trials(results)
     done = set(trials["trial_id"])
     missing = [t for t in (expected or []) if t["trial_id"] not in done]
     live = store.live_claims()
     counts = trials["status"].astype(str).value_counts().to_dict()
+    stages = trials["stage"].astype(str).value_counts().to_dict()
     total = len(expected) if expected is not None else len(trials)
     sec = _Section("Overview", f"{len(trials)} of {total} trials have results: "
                    + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                    + (f"; {len(missing)} missing ({len([m for m in missing if m['trial_id'] in live])} running now)"
-                      if expected is not None else "") + ".")
-    best_metric = "final_test_acc"
-    best = D.best_configs(trials, metric=best_metric)
+                      if expected is not None else "") + ". Stages: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())) + ".")
+    n_legacy = int(trials["legacy"].sum())
+    if n_legacy:
+        sec.warnings.append(f"{n_legacy} legacy trial(s) (no schema version 2 / no resolved hyperparameters): "
+                            "the hyperparameters they left unset are shown with today's preset defaults, which "
+                            "may differ from what they ran with (column `legacy`).")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", D.SelectionBiasWarning)
+        best = D.best_configs(trials, metric=select, report=metric)
     if len(best):
-        sec.tables.append(("Best configuration per optimizer (final test accuracy, mean over seeds)",
-                           _table(best, ["task", "model", "optimizer"] + axes + ["mean", "std", "ci95", "n",
-                                                                                 "n_missing", "n_diverged", "tie"])))
+        sec.tables.append((f"Selected configuration per optimizer (on {sel_lab}, tuning seeds; test reported "
+                           "for it)", _table(best, ["task", "model", "arm", "optimizer"] + axes + [
+                               "selected_on", "mean", "std", "n", "n_missing", "n_diverged", "eligible",
+                               "n_configs", "n_tied", "report_mean", "report_std"],
+                               rename={"mean": "val mean", "std": "val std", "report_mean": "test mean",
+                                       "report_std": "test std"})))
+        sec.text += (" `val mean`: the selection score; `eligible`: every tuning seed finished ok (otherwise the "
+                     "best mean over finished seeds won); `n_tied`: configurations whose score tied with the winner "
+                     "(this replaces the old `tie` column: the first configuration label in sorted order wins, "
+                     "as in the grid runner); `test mean`: reported, never selected on.")
     sections.append(sec)
 
     spec = results / "spec.toml"
@@ -92,84 +226,97 @@ def build_sections(results: str | Path, fig_dir: Path) -> tuple[str, list[_Secti
             env_rows.setdefault(k, set()).add(str(env.get(k)))
         for pkg, v in (env.get("versions") or {}).items():
             env_rows.setdefault(pkg, set()).add(v)
+        env_rows.setdefault("schema_version", set()).add(str(r.get("schema_version", "1 (legacy)")))
+        for pkg, v in (r.get("plugins") or {}).items():
+            env_rows.setdefault(f"plugin {pkg}", set()).add(str(v))
     sec = _Section("Environment", "Values recorded with the trials (several values: trials ran in different "
                    "environments).")
     sec.tables.append(("", pd.DataFrame([{"item": k, "value": ", ".join(sorted(v))} for k, v in env_rows.items()])))
     sections.append(sec)
 
     # --- summary
-    summ = D.summarize(trials, metric=best_metric)
-    sec = _Section("Summary over seeds", "Final test accuracy per configuration: mean, standard deviation, "
-                   "standard error and 95 % confidence interval (Student t) over seeds that finished; "
+    summ = D.summarize(trials, metric=metric)
+    sec = _Section("Summary over seeds", f"{P._label(metric).capitalize()} per configuration and stage "
+                   "(description only: nothing is selected here): mean, standard deviation, standard error and "
+                   "95 % confidence interval (Student t) over seeds that finished; "
                    "`n_missing`/`n_diverged`/`n_failed` show cells that are incomplete -- they are never "
                    "averaged silently over fewer seeds.")
     if len(summ):
-        summ = summ.sort_values(["task", "model", "mean"], ascending=[True, True, False])
-        sec.tables.append(("", _table(summ, ["task", "model", "optimizer"] + axes +
+        summ = summ.sort_values(["task", "model", "stage", "mean"], ascending=[True, True, False, False])
+        sec.tables.append(("", _table(summ, ["task", "model", "arm", "stage"] + axes +
                                       ["mean", "std", "sem", "ci95", "n", "n_missing", "n_diverged", "n_failed"])))
     sections.append(sec)
 
     # --- heatmaps and sensitivity
-    if "lr" in axes and "weight_decay" in axes:
-        sec = _Section("Learning rate x weight decay")
-        figure(sec, P.heatmaps(trials, "lr", "weight_decay", metric=best_metric), "heatmap_lr_wd",
-               "Final test accuracy over lr x weight decay, one panel per optimizer, one colour scale.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", D.SelectionBiasWarning)
+        if "lr" in axes and "weight_decay" in axes:
+            sec = _Section("Learning rate x weight decay")
+            figure(sec, P.heatmaps(trials, "lr", "weight_decay", metric=select), "heatmap_lr_wd",
+                   f"{sel_lab.capitalize()} (tuning seeds) over lr x weight decay, other axes at their best on it; "
+                   "one panel per optimizer, one colour scale; red: the configuration selected on it.")
+            sections.append(sec)
+        sens_axes = [a for a in AXES_ORDER if a in axes] + [a for a in axes if a not in AXES_ORDER]
+        if sens_axes:
+            sec = _Section("Sensitivity", f"Each axis with the other axes at their best on {sel_lab} (tuning "
+                           "seeds, seed-mean); band: 95 % CI. `test mean` is reported for the same configurations.")
+            for a in sens_axes:
+                try:
+                    s = D.sensitivity(trials, a, metric=select, report=metric)
+                except (KeyError, ValueError):
+                    continue
+                if s.empty or s.groupby(list(D.WITHIN), observed=True)[a].nunique().max() < 2:  # no arm varies it
+                    continue
+                figure(sec, P.sensitivity_plot(trials, a, metric=select), f"sensitivity_{a}",
+                       f"Sensitivity to {a}: {sel_lab}, tuning seeds, selected on it.")
+                sec.tables.append((f"{a}", _table(s, ["task", "model", "arm", a, "selected_on", "mean", "ci95",
+                                                      "n", "report_mean"],
+                                                  rename={"mean": "val mean", "report_mean": "test mean"})))
+            sections.append(sec)
+
+        # --- comparison details
+        sec = _Section("Comparison details", "Every statistic behind the verdict table: paired t and Wilcoxon "
+                       "signed-rank p-values (unadjusted), Holm-adjusted p, TOST p, SD of the seed differences, "
+                       "the seeds paired and the configurations compared.")
+        if len(cmp):
+            sec.tables.append(("", _table(cmp, [
+                "task", "model", "arm", "reference", "stage", "n_pairs", "n_unpaired", "mean", "reference_mean",
+                "mean_diff", "ci_low", "ci_high", "sd_diff", "p_value", "p_wilcoxon", "p_holm", "p_tost",
+                "p_tost_holm", "mde", "verdict", "seeds", "config", "reference_config"])))
         sections.append(sec)
-    sens_axes = [a for a in AXES_ORDER if a in axes] + [a for a in axes if a not in AXES_ORDER]
-    if sens_axes:
-        sec = _Section("Sensitivity", "Each axis with the other axes at their best (seed-mean); band: 95 % CI.")
-        for a in sens_axes:
-            try:
-                s = D.sensitivity(trials, a, metric=best_metric)
-            except (KeyError, ValueError):
-                continue
-            if s.empty or s[a].nunique() < 2:
-                continue
-            figure(sec, P.sensitivity_plot(trials, a, metric=best_metric), f"sensitivity_{a}",
-                   f"Sensitivity to {a}.")
-            sec.tables.append((f"{a}", _table(s, ["task", "model", "optimizer", a, "mean", "ci95", "n"])))
+
+        # --- curves, cost, profile
+        stage_word = "evaluation seeds where present, else tuning seeds"
+        sec = _Section("Training curves", f"Each optimizer's configuration selected on {sel_lab}; curves over "
+                       f"{stage_word}.")
+        figure(sec, P.training_curves(epochs, trials, x="epoch", metric=select), "curves_epoch",
+               f"Against epochs (selected on {sel_lab}; {stage_word}).")
+        figure(sec, P.training_curves(epochs, trials, x="wall_time", metric=select), "curves_time",
+               f"Against wall-clock time (selected on {sel_lab}; {stage_word}).")
         sections.append(sec)
 
-    # --- paired comparison
-    opts = sorted(trials["optimizer"].astype(str).unique())
-    baseline = "sgd" if "sgd" in opts else ("torch-sgd" if "torch-sgd" in opts else None)
-    sec = _Section("Paired comparison", "Seed-paired difference of final test accuracy (optimizer - baseline), "
-                   "each at its best configuration; 95 % CI and paired t-test over common seeds.")
-    if baseline and len(opts) > 1:
-        pc = D.paired_comparison(trials, baseline=baseline, metric=best_metric)
-        sec.tables.append((f"baseline: {baseline}", _table(pc, ["task", "model", "optimizer", "baseline", "n_pairs",
-                                                                 "mean_diff", "ci95", "p_value", "setting",
-                                                                 "baseline_setting"])))
-    else:
-        sec.text += " (Needs a baseline optimizer `sgd` and at least one other optimizer.)"
-    sections.append(sec)
-
-    # --- curves, cost, profile
-    sec = _Section("Training curves")
-    figure(sec, P.training_curves(epochs, trials, x="epoch"), "curves_epoch", "Against epochs.")
-    figure(sec, P.training_curves(epochs, trials, x="wall_time"), "curves_time", "Against wall-clock time.")
-    sections.append(sec)
-
-    sec = _Section("Cost", "Mean seconds per epoch by phase, as recorded by the runner.")
-    figure(sec, P.cost_bars(trials), "cost", "Per-epoch time split.")
-    cost = trials.groupby(["task", "model", "optimizer"], observed=True)[
-        ["time_epoch", "time_forward_backward", "time_curvature", "time_update", "hvp_count"]].mean().reset_index()
-    sec.tables.append(("", _table(cost)))
-    sections.append(sec)
-
-    if trials.groupby(["task", "model"], observed=True).ngroups > 1:
-        sec = _Section("Performance profile", "Dolan-Moré profile of final test error across task/model problems.")
-        figure(sec, P.profile_plot(D.performance_profile(trials, metric=best_metric)), "profile", "")
+        sec = _Section("Cost", "Mean seconds per epoch by phase, as recorded by the runner (all trials).")
+        figure(sec, P.cost_bars(trials), "cost", "Per-epoch time split.")
+        cost = trials.groupby(["task", "model", "arm"], observed=True)[
+            ["time_epoch", "time_forward_backward", "time_curvature", "time_update", "hvp_count"]].mean().reset_index()
+        sec.tables.append(("", _table(cost)))
         sections.append(sec)
+
+        if trials.groupby(["task", "model"], observed=True).ngroups > 1:
+            sec = _Section("Performance profile", f"Dolan-Moré profile of {P._label(metric)} error across task/model "
+                           f"problems, each optimizer at its configuration selected on {sel_lab} ({stage_word}).")
+            figure(sec, P.profile_plot(D.performance_profile(trials, metric=select, report=metric)), "profile", "")
+            sections.append(sec)
 
     # --- problems
     bad = trials[trials["status"] != "ok"]
     sec = _Section("Missing, failed and diverged trials")
-    rows = [{"trial": r["trial_id"], "status": r["status"], "config": r["config"], "seed": r["seed"],
-             "error": (r["error"] or "")[:200]} for _, r in bad.iterrows()]
+    rows = [{"trial": r["trial_id"], "status": r["status"], "stage": r["stage"], "config": r["config"],
+             "seed": r["seed"], "error": (r["error"] or "")[:200]} for _, r in bad.iterrows()]
     rows += [{"trial": m["trial_id"], "status": "running" if m["trial_id"] in live else "missing",
-              "config": D._config_label(m["optimizer"], m["hparams"], m), "seed": m["seed"], "error": ""}
-             for m in missing]
+              "stage": m.get("stage", "tuning"),
+              "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
+              "seed": m["seed"], "error": ""} for m in missing]
     if rows:
         sec.tables.append(("", pd.DataFrame(rows)))
     else:
@@ -188,6 +335,7 @@ table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px} th,td{border:
 th{background:#f2f5fa} td:first-child,th:first-child{text-align:left} tr:nth-child(even){background:#fafafa}
 pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px} figure{margin:1em 0} img{max-width:100%}
 figcaption{color:#555;font-size:13px} nav a{margin-right:1em} .meta{color:#666;font-size:13px}
+.warn{background:#fff3cd;border-left:5px solid #d9534f;padding:.5em 1em}
 """
 
 
@@ -195,14 +343,18 @@ def _anchor(t: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in t.lower())
 
 
-def write_report(results: str | Path, output: str | Path | None = None, title: str | None = None) -> list[Path]:
-    """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``output``."""
+def write_report(results: str | Path, output: str | Path | None = None, title: str | None = None,
+                 **options) -> list[Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``output``.
+
+    ``options`` go to :func:`build_sections`: ``baseline``, ``controls``, ``margin``, ``alpha``,
+    ``select`` (the validation metric selection reads), ``metric`` (the test metric compared)."""
     results = Path(results)
     out = Path(output) if output else results / "report"
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto_title, sections = build_sections(results, out / "figures")
+        auto_title, sections = build_sections(results, out / "figures", **options)
     title = title or auto_title
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -214,16 +366,20 @@ def write_report(results: str | Path, output: str | Path | None = None, title: s
     for s in sections:
         h.append(f"<h2 id='{_anchor(s.title)}'>{html.escape(s.title)}</h2>")
         md += [f"## {s.title}", ""]
+        for w in s.warnings:
+            h.append(f"<p class='warn'><b>WARNING</b>: {html.escape(w).replace('`', '')}</p>")
+            md += [f"> **WARNING**: {_md_escape(w)}", ""]
         if s.text:
-            h.append(f"<p>{html.escape(s.text).replace('`', '')}</p>")
-            md += [s.text, ""]
+            h.append(f"<p>{_bold(html.escape(s.text)).replace('`', '')}</p>")
+            md += [_md_escape(s.text), ""]
         if s.pre is not None:
             h.append(f"<pre>{html.escape(s.pre)}</pre>")
-            md += ["```toml", s.pre.rstrip(), "```", ""]
+            fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", s.pre)), default=0))
+            md += [f"{fence}toml", s.pre.rstrip(), fence, ""]
         for cap, t in s.tables:
             if cap:
                 h.append(f"<h3>{html.escape(cap)}</h3>")
-                md += [f"**{cap}**", ""]
+                md += [f"**{_md_escape(cap)}**", ""]
             h.append(t.to_html(index=False, escape=True, border=0))
             md += [_md_table(t), ""]
         for cap, png, _svg in s.figures:
@@ -238,11 +394,21 @@ def write_report(results: str | Path, output: str | Path | None = None, title: s
     return [html_path, md_path]
 
 
+def _md_escape(text: str) -> str:
+    """Markdown text with raw HTML neutralised (an error message may contain ``<script>``)."""
+    return html.escape(str(text), quote=False)
+
+
+def _bold(text: str) -> str:
+    """``**word**`` -> ``<b>word</b>`` for the HTML version of a section text."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+
+
 def _md_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(empty)_"
-    cols = [str(c) for c in df.columns]
-    esc = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    cols = [_md_escape(c) for c in df.columns]
+    esc = lambda v: _md_escape(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)

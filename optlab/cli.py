@@ -25,6 +25,23 @@ def _kv(items: list[str]) -> dict:
     return out
 
 
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive number, e.g. 0.005")
+    return v
+
+
+def _probability(text: str) -> float:
+    v = _positive(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number in (0, 1), e.g. 0.05")
+    return v
+
+
 def cmd_plugins(args) -> int:
     from . import registry
     errors = registry.load_errors()
@@ -159,20 +176,29 @@ def cmd_diagnose(args) -> int:
 def cmd_report(args) -> int:
     import warnings
 
-    from .analysis import best_configs, hparam_columns, load
-    from .analysis.data import _axes_label
-    from .analysis.report import write_report
-    paths = write_report(args.results, args.output, title=args.title)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, trials = load(args.results, skip_corrupt=True)
-        best = best_configs(trials)
-    axes = hparam_columns(trials)
-    print("best final test accuracy per optimizer (mean +- std over seeds):")
-    for _, r in best.iterrows():
-        setting = _axes_label(r, axes)
-        print(f"  {r['task']}/{r['model']}  {r['optimizer']:<18} {r['mean']:.4f} +- {r['std']:.4f}  "
-              f"(n={r['n']}{', incomplete' if not r['complete'] else ''})  {setting}")
+    import pandas as pd
+
+    from .analysis import comparisons, load
+    from .analysis.report import verdict_table, write_report
+    controls = tuple(c.strip() for c in args.controls.split(",") if c.strip())
+    options = dict(baseline=args.baseline, controls=controls, margin=args.margin, alpha=args.alpha,
+                   select=args.select, metric=args.metric)
+    paths = write_report(args.results, args.output, title=args.title, **options)
+    _, trials = load(args.results, skip_corrupt=True)
+    margin = f"{100 * args.margin:g} pp" if args.metric.endswith("_acc") else f"{args.margin:g}"
+    print(f"verdict ({args.metric}, configurations selected on {args.select}; margin +-{margin}, "
+          f"alpha {args.alpha}, Holm across comparisons):")
+    if args.baseline not in set(trials["optimizer"].astype(str)):
+        print(f"  no comparison: baseline {args.baseline!r} is not in the results "
+              f"(optimizers: {', '.join(sorted(trials['optimizer'].astype(str).unique()))})")
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cmp = comparisons(trials, **options)
+        with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
+            print(verdict_table(cmp).to_string(index=False) if len(cmp) else "  (nothing to compare)")
+        for w in {str(w.message) for w in caught if issubclass(w.category, UserWarning)}:
+            print(f"WARNING: {w}")
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -242,10 +268,24 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", default="reports/diagnose")
     sp.set_defaults(fn=cmd_diagnose)
 
-    sp = sub.add_parser("report", help="HTML + Markdown report of a results directory")
-    sp.add_argument("results")
-    sp.add_argument("-o", "--output", default=None, help="output directory (default RESULTS/report)")
-    sp.add_argument("--title", default=None)
+    sp = sub.add_parser("report", help="HTML + Markdown report of a results directory, led by the verdict table")
+    sp.add_argument("results", help="results directory (written by `optlab grid run`)")
+    sp.add_argument("-o", "--output", default=None, help="output directory (default: RESULTS/report)")
+    sp.add_argument("--title", default=None, help="report title (default: from the results directory name)")
+    sp.add_argument("--baseline", default="sgd",
+                    help="optimizer every other one is compared with (default: %(default)s)")
+    sp.add_argument("--controls", default="sgd-scaled,sgd-frozen",
+                    help="comma-separated control optimizers, compared with every optimizer; absent ones are "
+                         "skipped (default: %(default)s)")
+    sp.add_argument("--margin", type=_positive, default=0.005,
+                    help="equivalence margin of the TOST verdict, in metric units (default: %(default)s = 0.5 "
+                         "percentage points of accuracy)")
+    sp.add_argument("--alpha", type=_probability, default=0.05,
+                    help="significance level, Holm-corrected across the comparisons (default: %(default)s)")
+    sp.add_argument("--select", default="final_val_acc",
+                    help="validation metric each optimizer's configuration is selected on (default: %(default)s)")
+    sp.add_argument("--metric", default="final_test_acc",
+                    help="test metric the verdict compares (default: %(default)s)")
     sp.set_defaults(fn=cmd_report)
 
     args = p.parse_args(argv)

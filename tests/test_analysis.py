@@ -1,15 +1,27 @@
-"""Analysis layer on synthetic results with known statistics; figures; the report."""
+"""Analysis layer on synthetic results with known statistics; figures; the report.
+
+``_trial`` builds legacy records (no schema version, no validation metrics: selection falls back to
+test, with a warning that the legacy tests silence); ``_v2`` builds schema-2 records with validation
+metrics, stages and resolved hyperparameters.
+"""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from optlab.analysis import best_configs, load, paired_comparison, performance_profile, sensitivity, summarize
+from optlab.analysis import (best_configs, budgets, comparisons, expected_max_curve, load, paired_comparison,
+                             performance_profile, selected_trials, sensitivity, summarize)
 from optlab.analysis import plots as P
+from optlab.analysis import stats as S
+from optlab.analysis.compare import BudgetWarning
+from optlab.analysis.data import SelectionBiasWarning, SelectionMismatchWarning
 from optlab.analysis.report import write_report
 from optlab.store import Store, StoreError
+
+pytestmark = pytest.mark.filterwarnings("ignore::optlab.analysis.data.SelectionBiasWarning")
 
 
 def _trial(opt, seed, acc, hp=None, status="ok", task="digits", model="cnn-bn", epochs=3):
@@ -85,8 +97,9 @@ def test_best_configs_and_ties():
     recs = _records() + [_trial("sgd", s, a, {"lr": 0.2}) for s, a in enumerate(ACC[("sgd", 0.1)])]
     _, trials = load(recs)
     b = best_configs(trials)
+    # one winner per optimizer (the runner's rule): the tie goes to the first config label in sorted order
     tied = b[b["optimizer"] == "sgd"]
-    assert len(tied) == 2 and tied["tie"].all()
+    assert len(tied) == 1 and tied["n_tied"].iloc[0] == 2 and tied["lr"].iloc[0] == 0.1
     bmin = best_configs(trials, metric="final_test_loss", mode="min")
     assert set(bmin["optimizer"]) == {"sgd", "sgd-ph"}
     with pytest.raises(ValueError, match="mode"):
@@ -179,14 +192,20 @@ def test_report_has_every_section_and_figure(tmp_path):
     root = _store(tmp_path, recs)
     html_path, md_path = write_report(root, tmp_path / "rep")
     html, md = html_path.read_text(), md_path.read_text()
-    for section in ("Overview", "Grid specification", "Environment", "Summary over seeds", "Learning rate x weight decay",
-                    "Sensitivity", "Paired comparison", "Training curves", "Cost", "Missing, failed and diverged trials"):
+    for section in ("Verdict", "Budgets and expected maximum", "Overview", "Grid specification", "Environment",
+                    "Summary over seeds", "Learning rate x weight decay", "Sensitivity", "Comparison details",
+                    "Training curves", "Cost", "Missing, failed and diverged trials"):
         assert f"## {section}" in md and f">{section}</h2>" in html
     pngs = sorted((tmp_path / "rep" / "figures").glob("*.png"))
     assert len(pngs) >= 5 and len(list((tmp_path / "rep" / "figures").glob("*.svg"))) == len(pngs)
     assert html.count("<img ") == len(pngs) and "data:image/png;base64," in html
     assert all(f"figures/{p.name}" in md for p in pngs)
     assert "diverged" in md and "http" not in html.replace("http-equiv", "")  # offline: nothing fetched
+    # legacy records: no validation metric, no evaluation seeds -- the verdict says both loudly
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    assert "Selected on test: biased" in verdict and "Selection-biased comparison" in verdict
+    assert "tuning (selection-biased)" in verdict and "±0.50" in verdict
+    assert "legacy trial(s)" in md
 
 
 def test_report_on_an_incomplete_grid_lists_missing_trials(tmp_path):
@@ -217,3 +236,316 @@ def test_empty_and_corrupt_results_are_clear_errors(tmp_path):
         load(root)
     with pytest.raises(StoreError, match="no completed trials"):
         write_report(root, tmp_path / "rep")
+
+
+# ----------------------------------------------------------------- schema 2: validation, stages, budgets, verdicts
+def _v2(opt, seed, val, test, hp=None, stage="tuning", status="ok", task="digits", model="cnn-bn", epochs=3,
+        resolved=None, error=None, arm=None):
+    hp = dict(hp or {})
+    metrics = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "train_acc": 0.95, "val_loss": 1.0 - val,
+                "val_acc": val - 0.01 * (epochs - 1 - e), "test_loss": 1.0 - test,
+                "test_acc": test - 0.01 * (epochs - 1 - e), "lr": 0.1, "lrs": {"rest": 0.1},
+                "time_forward_backward": 0.5, "time_curvature": 0.0, "time_update": 0.1, "time_epoch": 0.7,
+                "wall_time": 0.7 * (e + 1), "hvp_count": 0, "vjp_count": 0} for e in range(epochs)]
+    if status == "diverged":
+        metrics[-1].update(train_loss=float("nan"), val_acc=float("nan"), test_acc=float("nan"))
+    cfg = {"task": task, "model": model, "optimizer": opt, "hparams": hp, "seed": seed, "epochs": epochs,
+           "batch_size": 64, "lr_schedule": "cosine", "warmup_epochs": 0.0, "decouple": False, "engine": "autograd"}
+    rec = {"schema_version": 2, "id": f"{stage}-{arm or opt}-{task}-{json.dumps(hp, sort_keys=True)}-{seed}",
+           "arm": arm or opt,
+           "status": status, "error": error if error is not None else (None if status == "ok" else "non-finite loss"),
+           "config": cfg, "stage": stage, "hparams_resolved": {"momentum": 0.9, "weight_decay": 0.0,
+                                                               **(resolved or {}), **hp},
+           "plugins": {"optlab": "0.1.0"}, "metrics": metrics,
+           "env": {"host": "h", "git_revision": "abc", "versions": {"torch": "2.13.0"}}}
+    if stage == "evaluation":
+        rec["selection"] = {"metric": "final_val_acc", "tuning_seeds": [0, 1, 2], "score": val, "configs_tried": 2,
+                            "config": f"{opt}{hp}"}
+    return rec
+
+
+def _final(recs, opt, key, **hp):
+    return [r for r in recs if r["config"]["optimizer"] == opt and all(r["config"]["hparams"].get(k) == v
+                                                                       for k, v in hp.items())]
+
+
+def test_load_v2_fills_hparams_from_the_record_not_todays_presets():
+    recs = [_v2("sgd-ph", s, 0.9, 0.9, {"lr": 0.1}, resolved={"tau": 0.05, "hessian_momentum": 0.5}) for s in range(2)]
+    recs += [_trial("sgd-ph", 0, 0.9, {"lr": 0.1})]  # legacy: today's defaults, flagged
+    epochs, trials = load(recs)
+    new, old = trials[~trials["legacy"]], trials[trials["legacy"]]
+    assert (new["tau"] == 0.05).all() and (new["hessian_momentum"] == 0.5).all()
+    assert (new["schema_version"] == 2).all() and (new["stage"] == "tuning").all()
+    assert len(old) == 1 and old["tau"].iloc[0] == 1e-3 and old["schema_version"].iloc[0] == 1
+    assert new["final_val_acc"].iloc[0] == pytest.approx(0.9) and math.isnan(old["final_val_acc"].iloc[0])
+    assert new["test_acc_at_best_val"].iloc[0] == pytest.approx(0.9) and new["plugins"].iloc[0] == "optlab=0.1.0"
+    assert {"val_acc", "val_loss", "stage"} <= set(epochs.columns)
+
+
+def _random_results(rng, test_rng, eval_seeds=()):
+    """Tuning grid (3 seeds) of three optimizers with random validation and (independently) random test
+    metrics; evaluation seeds for the configurations validation selects when ``eval_seeds``."""
+    grid = {"sgd": [{"lr": lr, "weight_decay": wd} for lr in (0.03, 0.1, 0.3) for wd in (0.0, 5e-4)],
+            "sgd-ph": [{"lr": lr, "weight_decay": wd, "hessian_momentum": hm} for lr in (0.03, 0.1, 0.3)
+                       for wd in (0.0, 5e-4) for hm in (0.0, 0.9)],
+            "sgd-scaled": [{"lr": lr, "weight_decay": wd} for lr in (0.1, 0.3) for wd in (0.0, 5e-4)]}
+    recs = []
+    for opt, configs in grid.items():
+        for hp in configs:
+            effect = rng.uniform(0.85, 0.95)
+            for seed in range(3):
+                recs.append(_v2(opt, seed, effect + rng.normal(0, 0.005), test_rng.uniform(0.8, 1.0), hp))
+    if eval_seeds:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, trials = load(recs)
+            chosen = best_configs(trials)
+        for _, row in chosen.iterrows():
+            hp = next(h for h in grid[row["optimizer"]] if all(row[k] == v for k, v in h.items()))
+            recs += [_v2(row["optimizer"], s, 0.9, test_rng.uniform(0.8, 1.0), hp, stage="evaluation")
+                     for s in eval_seeds]
+    return recs
+
+
+def _selections(recs):
+    """Every selection the analysis layer makes, as comparable plain values."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BudgetWarning)
+        warnings.simplefilter("ignore", SelectionMismatchWarning)  # after val is changed: runner disagrees
+        epochs, trials = load(recs)
+        best = best_configs(trials)
+        out = {"best": best[["task", "model", "optimizer", "config"]].astype(str).values.tolist()}
+        for axis in ("lr", "weight_decay", "hessian_momentum"):
+            s = sensitivity(trials, axis)
+            out[f"sens_{axis}"] = s[["optimizer", axis, "config"]].astype(str).values.tolist()
+            out[f"sens_mean_{axis}"] = sensitivity(trials, axis, aggregate="mean")["mean"].round(12).tolist()
+        cells = best_configs(trials, within=["task", "model", "optimizer", "lr", "weight_decay"])
+        out["heatmap_cells"] = cells[["optimizer", "lr", "weight_decay", "config"]].astype(str).values.tolist()
+        out["curves_and_profile_trials"] = sorted(selected_trials(trials, best)["trial_id"])
+        cmp = comparisons(trials, baseline="sgd", controls=("sgd-scaled",))
+        out["compared"] = cmp[["optimizer", "reference", "config", "reference_config", "seeds"]].values.tolist()
+        out["expected_max"] = expected_max_curve(trials)["expected_max"].round(12).tolist()
+    return out
+
+
+@pytest.mark.parametrize("eval_seeds", [(), (10, 11, 12, 13)])
+def test_selection_never_reads_test_metrics(eval_seeds):
+    recs = _random_results(np.random.default_rng(0), np.random.default_rng(1), eval_seeds)
+    base = _selections(recs)
+    for scramble in range(3):  # test metrics scrambled: permuted across trials, or redrawn at random
+        rng = np.random.default_rng(100 + scramble)
+        scrambled = json.loads(json.dumps(recs))
+        tests = [m["test_acc"] for r in scrambled for m in r["metrics"]]
+        perm = rng.permutation(tests) if scramble == 0 else rng.uniform(0.0, 1.0, len(tests))
+        it = iter(perm)
+        for r in scrambled:
+            for m in r["metrics"]:
+                m["test_acc"], m["test_loss"] = float(next(it)), float(rng.uniform(0, 3))
+        assert _selections(scrambled) == base
+    # ... while changing the validation metric of one configuration does change the selection
+    _, trials = load(recs)
+    chosen = best_configs(trials)
+    loser = trials[(trials["optimizer"] == "sgd") & ~trials["config"].isin(chosen["config"])]["config"].iloc[0]
+    changed = json.loads(json.dumps(recs))
+    for r, (_, row) in zip(changed, trials.iterrows()):
+        if row["config"] == loser and r["stage"] == "tuning":
+            for m in r["metrics"]:
+                m["val_acc"] = 0.999
+    moved = _selections(changed)
+    assert moved["best"] != base["best"] and [loser] == [c for *_, c in moved["best"] if c.startswith("sgd(")]
+    assert moved["expected_max"] != base["expected_max"] and moved["compared"] != base["compared"]
+
+
+def test_selection_rule_eligibility_fallback_and_ties():
+    def trials_of(spec):
+        recs = [_v2("sgd", seed, val, 0.5, {"lr": lr}, status=st)
+                for lr, rows in spec.items() for seed, (val, st) in enumerate(rows)]
+        return load(recs)[1]
+    ok3 = [(0.90, "ok")] * 3
+    # lr=0.2 has the higher mean over its finished seeds, but a diverged seed: not eligible
+    best = best_configs(trials_of({0.1: ok3, 0.2: [(0.95, "ok"), (0.95, "ok"), (0.95, "diverged")]}))
+    assert best["lr"].iloc[0] == 0.1 and best["eligible"].iloc[0] and best["n_configs"].iloc[0] == 2
+    # none eligible: the best mean over ok seeds
+    best = best_configs(trials_of({0.1: [(0.90, "ok"), (0.9, "diverged")], 0.2: [(0.95, "ok"), (0.9, "failed")]}))
+    assert best["lr"].iloc[0] == 0.2 and not best["eligible"].iloc[0]
+    # a configuration missing a seed is not eligible either
+    best = best_configs(trials_of({0.1: ok3, 0.2: [(0.95, "ok")] * 2}))
+    assert best["lr"].iloc[0] == 0.1
+    # ties: the first config label in sorted order ("sgd(lr=0.05, ..." < "sgd(lr=0.1, ...")
+    best = best_configs(trials_of({0.1: ok3, 0.05: ok3, 0.3: [(0.8, "ok")] * 3}))
+    assert best["lr"].iloc[0] == 0.05 and best["n_tied"].iloc[0] == 2 and best["selected_on"].iloc[0] == "final_val_acc"
+
+
+def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
+    from optlab.grid import Trial, config_label, select_configs
+    rng = np.random.default_rng(3)
+    recs = []
+    for arm, fixed in (("sgd-ph-a", {"every": 1}), ("sgd-ph-b", {"every": 50})):
+        for lr in (0.03, 0.1, 0.3):
+            for seed in range(3):  # discrete accuracies
+                st = "diverged" if rng.uniform() < 0.15 else "ok"
+                recs.append(_v2("sgd-ph", seed, float(rng.integers(90, 93)) / 100, 0.9, {"lr": lr, **fixed},
+                                arm=arm, status=st))
+    for lr, vals in ((0.03, [0.95] * 3), (0.1, [0.95] * 3), (0.3, [0.9] * 3)):  # a tie
+        recs += [_v2("sgd", seed, v, 0.9, {"lr": lr}) for seed, v in enumerate(vals)]
+    _, trials = load(recs)
+    best = best_configs(trials)
+    assert sorted(best["arm"]) == ["sgd", "sgd-ph-a", "sgd-ph-b"]  # one selection per arm, not per optimizer
+    assert (best[best["arm"] != "sgd"]["optimizer"] == "sgd-ph").all() and (best["n_configs"] == 3).all()
+    runner = select_configs([Trial(r["id"], r["config"], arm=r["arm"]) for r in recs], {r["id"]: r for r in recs})
+    for _, row in best.iterrows():
+        chosen = runner[(row["task"], row["model"], row["arm"])]["config"]
+        assert row["config_key"] == config_label(chosen)
+    sgd = best[best["arm"] == "sgd"].iloc[0]
+    assert sgd["n_tied"] == 2 and sgd["lr"] == 0.03  # the tie-break was exercised
+
+
+def test_legacy_results_select_on_test_with_a_warning():
+    _, trials = load(_records())
+    with pytest.warns(SelectionBiasWarning, match="selected on test: biased"):
+        best = best_configs(trials)
+    assert (best["selected_on"] == "final_test_acc").all() and best["selection_biased"].all()
+
+
+def _protocol_records(eval_=True, scaled=True, mismatch=False):
+    """sgd and sgd-ph: 2 configurations, 3 tuning seeds; validation prefers sgd lr=0.1 and sgd-ph lr=0.3
+    while test would prefer the others; evaluation seeds 100..104 with known test accuracies."""
+    recs = []
+    for opt, good in (("sgd", 0.1), ("sgd-ph", 0.3)):
+        for lr in (0.1, 0.3):
+            recs += [_v2(opt, s, 0.95 if lr == good else 0.90, 0.80 if lr == good else 0.99, {"lr": lr})
+                     for s in range(3)]
+    if scaled:
+        recs += [_v2("sgd-scaled", s, 0.93, 0.9, {"lr": 0.1}) for s in range(3)]
+    if eval_:
+        for s, (a, d, e) in enumerate(zip(EVAL["sgd"], EVAL["sgd-ph"], EVAL["sgd-scaled"])):
+            recs.append(_v2("sgd", 100 + s, 0.95, a, {"lr": 0.3 if mismatch else 0.1}, stage="evaluation"))
+            recs.append(_v2("sgd-ph", 100 + s, 0.95, d, {"lr": 0.3}, stage="evaluation"))
+            if scaled:
+                recs.append(_v2("sgd-scaled", 100 + s, 0.93, e, {"lr": 0.1}, stage="evaluation"))
+    return recs
+
+
+EVAL = {"sgd": [0.90, 0.91, 0.92, 0.93, 0.94], "sgd-ph": [0.911, 0.921, 0.929, 0.941, 0.951],
+        "sgd-scaled": [0.9004, 0.9097, 0.9203, 0.9298, 0.9401]}
+
+
+def test_comparisons_on_evaluation_seeds_match_scipy_with_holm_and_verdicts():
+    _, trials = load(_protocol_records())
+    with pytest.warns(BudgetWarning, match="sgd-scaled 1 vs sgd 2"):
+        cmp = comparisons(trials, baseline="sgd", controls=("sgd-scaled", "sgd-frozen"), margin=0.005)
+    pairs = {(r.optimizer, r.reference): r for r in cmp.itertuples()}
+    assert set(pairs) == {("sgd-ph", "sgd"), ("sgd-ph", "sgd-scaled"), ("sgd-scaled", "sgd")}
+    r = pairs[("sgd-ph", "sgd")]
+    a, b = np.array(EVAL["sgd-ph"]), np.array(EVAL["sgd"])
+    assert r.stage == "evaluation" and not r.selection_biased and r.n_pairs == 5 and r.seeds == "100,101,102,103,104"
+    assert r.mean_diff == pytest.approx((a - b).mean()) and r.p_value == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert r.p_wilcoxon == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert (r.ci_low, r.ci_high) == pytest.approx(S.bootstrap_ci(a - b))
+    assert r.config.startswith("sgd-ph(lr=0.3") and r.reference_config.startswith("sgd(lr=0.1")
+    assert r.budget == 2 and r.reference_budget == 2 and r.budget_equal
+    assert r.mde == pytest.approx(S.min_detectable_effect((a - b).std(ddof=1), 5))
+    assert cmp["p_holm"].tolist() == pytest.approx(S.holm(cmp["p_value"]).tolist())
+    assert r.verdict == "better"
+    eq = pairs[("sgd-scaled", "sgd")]
+    assert eq.verdict == "equivalent" and eq.p_tost_holm < 0.05 and not eq.budget_equal
+    assert "sgd-frozen" not in set(cmp["reference"])  # absent control: skipped
+    # losses: selected on the lowest validation loss, "better" is a lower test loss
+    with pytest.warns(BudgetWarning):
+        loss = comparisons(trials, controls=(), metric="final_test_loss", select="final_val_loss")
+    loss = loss[loss["arm"] == "sgd-ph"]
+    assert loss["config"].tolist() == [r.config] and loss["mean_diff"].iloc[0] == pytest.approx(-(a - b).mean())
+    assert loss["verdict"].tolist() == ["better"]
+
+
+def test_comparisons_without_evaluation_seeds_are_marked_selection_biased():
+    _, trials = load(_protocol_records(eval_=False, scaled=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # equal budgets: no warning
+        cmp = comparisons(trials)
+    r = cmp.iloc[0]
+    assert r["stage"] == "tuning" and r["selection_biased"] and r["n_pairs"] == 3
+    assert r["mean_diff"] == pytest.approx(0.0)  # both selected configs have test 0.80 on the tuning seeds
+    with pytest.raises(KeyError, match="baseline 'adam' not in results"):
+        comparisons(trials, baseline="adam")
+    with pytest.raises(ValueError, match="invalid margin=-0.1"):
+        comparisons(trials, margin=-0.1)
+
+
+def test_evaluation_trials_of_another_config_warn():
+    _, trials = load(_protocol_records(scaled=False, mismatch=True))
+    with pytest.warns(SelectionMismatchWarning, match="validation selects sgd\\(lr=0.1"):
+        comparisons(trials)
+
+
+def test_budgets_and_expected_max_curve():
+    _, trials = load(_protocol_records())
+    bud = budgets(trials).set_index("arm")
+    assert bud.loc["sgd", "configs"] == 2 and bud.loc["sgd-scaled", "configs"] == 1 and not bud["equal"].any()
+    curve = expected_max_curve(trials)
+    sgd = curve[curve["arm"] == "sgd"]
+    assert sgd["expected_max"].tolist() == pytest.approx(S.expected_max([0.95, 0.90], [1, 2]).tolist())
+    assert sgd["expected_max"].iloc[1] == pytest.approx(0.95 * 0.75 + 0.90 * 0.25)
+    assert curve.loc[curve["budget_matched"], "n"].unique().tolist() == [1]
+    fig = P.expected_max_plot(curve)
+    assert fig.axes[0].get_xlabel() == "configurations tried (n)" and "validation" in fig.axes[0].get_ylabel()
+
+
+def test_report_leads_with_the_verdict_and_escapes_html(tmp_path):
+    recs = _protocol_records()
+    recs.append(_v2("sgd", 2, 0.5, 0.5, {"lr": 0.03}, status="failed", error="<script>alert(1)</script> & more"))
+    root = _store(tmp_path, recs)
+    html_path, md_path = write_report(root, tmp_path / "rep")
+    html, md = html_path.read_text(), md_path.read_text()
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings[:2] == ["## Verdict", "## Budgets and expected maximum"]
+    verdict = md.split("## Verdict")[1].split("## ")[0]
+    assert "| digits/cnn-bn | sgd-ph | sgd |" in verdict and "better" in verdict and "equivalent" in verdict
+    assert "±0.50" in verdict and "WARNING" in verdict and "unequal tuning budgets" in verdict
+    assert "selection-biased" not in verdict.split("**WARNING**")[-1].split("\n|")[0]
+    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in md
+    assert "<script>" not in html
+    assert "selected on final validation accuracy" in md  # captions say what was selected on what
+
+
+def test_cli_report_prints_the_verdict_table(tmp_path, capsys):
+    from optlab.cli import main
+    root = _store(tmp_path, _protocol_records())
+    assert main(["report", str(root), "-o", str(tmp_path / "rep"), "--margin", "0.01", "--controls",
+                 "sgd-scaled,nope"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict (final_test_acc, configurations selected on final_val_acc; margin +-1 pp" in out
+    assert "better" in out and "equivalent" in out and "WARNING: unequal tuning budgets" in out
+    assert (tmp_path / "rep" / "report.md").exists()
+
+
+def test_report_without_the_baseline_says_so():
+    from optlab.analysis.report import _verdict_section
+    _, trials = load(_protocol_records(scaled=False))
+    sec, cmp = _verdict_section(trials, "adam", ("sgd-scaled",), 0.005, 0.05, "final_val_acc", "final_test_acc")
+    assert cmp.empty and "baseline `adam` is not in these results (optimizers: sgd, sgd-ph)" in sec.warnings[0]
+
+
+@pytest.mark.slow
+def test_real_two_stage_grid_analysis_agrees_with_the_runner(tmp_path):
+    """The runner's records (real training, tiny): the analysis selects what the runner evaluated,
+    compares on the evaluation seeds, and reads the resolved hyperparameters the trials recorded."""
+    from optlab.grid import load_spec, run_grid
+    spec = load_spec('name = "two-stage"\nseeds = [0, 1]\n[protocol]\nevaluation_seeds = [100, 101, 102]\n'
+                     '[run]\nepochs = 1\nbatch_size = 256\nmodel_options = {width = 8}\n'
+                     '[[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n'
+                     '[[optimizer]]\nname = "sgd"\nlr = [0.05, 0.2]\n'
+                     '[[optimizer]]\nname = "sgd"\nlabel = "sgd-slow"\nlr = [0.01, 0.02]\n', is_text=True)
+    run_grid(spec, results=tmp_path / "res", progress=False)
+    records = list(Store(tmp_path / "res").iter_results())
+    _, trials = load(records)
+    assert not trials["legacy"].any() and (trials["schema_version"] == 2).all()
+    assert trials["momentum"].notna().all() and trials["final_val_acc"].notna().all()
+    best = best_configs(trials)
+    ev = trials[trials["stage"] == "evaluation"]
+    assert sorted(ev["seed"].unique()) == [100, 101, 102] and sorted(best["arm"]) == ["sgd", "sgd-slow"]
+    for _, row in best.iterrows():  # the configuration the runner evaluated is the one validation selects here
+        assert set(ev.loc[ev["arm"] == row["arm"], "selection_config"]) == {row["config_key"]}
+    cmp = comparisons(trials)
+    assert cmp["stage"].tolist() == ["evaluation"] and cmp["n_pairs"].tolist() == [3]
+    assert cmp["arm"].tolist() == ["sgd-slow"] and cmp["optimizer"].tolist() == ["sgd"]
