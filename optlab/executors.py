@@ -147,7 +147,7 @@ class RayExecutor:
     def run(self, root: str, trials: Sequence, threads: int | None = None) -> Iterator[tuple[str, str]]:
         import ray
         threads = threads or self.default_threads()
-        started_here = False
+        started_here, tmp = False, None
         if not ray.is_initialized():
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
@@ -170,6 +170,9 @@ class RayExecutor:
         finally:
             if started_here:
                 ray.shutdown()
+            if tmp:
+                import shutil
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ------------------------------------------------------------------- submitit
@@ -212,24 +215,34 @@ class SubmititExecutor:
     def default_threads(self) -> int:
         return self.cpus_per_task
 
+    def slurm_parameters(self) -> dict:
+        """The ``#SBATCH`` parameters of each job (submitit's ``SlurmExecutor`` names)."""
+        params = dict(job_name="optlab", time=self.time_min, nodes=1, ntasks_per_node=1,
+                      cpus_per_task=self.cpus_per_task, array_parallelism=self.array_parallelism)
+        if self.gpus_per_task:
+            params["gpus_per_node"] = self.gpus_per_task
+        if self.partition:
+            params["partition"] = self.partition
+        if self.mem_gb:
+            params["mem"] = f"{self.mem_gb:g}GB"
+        if self.slurm:
+            params["additional_parameters"] = dict(self.slurm)
+        return params
+
     def _executor(self, root: str):
         import shutil
 
         import submitit
         cluster = self.cluster or ("slurm" if shutil.which("sbatch") else "local")
-        folder = Path(self.folder) if self.folder else Path(root) / "submitit"
-        ex = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
-        params = dict(timeout_min=self.time_min, cpus_per_task=self.cpus_per_task, name="optlab")
+        folder = (Path(self.folder) if self.folder else Path(root) / "submitit") / "%j"
         if cluster == "slurm":
-            params.update(slurm_array_parallelism=self.array_parallelism, gpus_per_node=self.gpus_per_task,
-                          tasks_per_node=1, nodes=1)
-            if self.partition:
-                params["slurm_partition"] = self.partition
-            if self.mem_gb:
-                params["mem_gb"] = self.mem_gb
-            if self.slurm:
-                params["slurm_additional_parameters"] = dict(self.slurm)
-        ex.update_parameters(**params)
+            ex = submitit.SlurmExecutor(folder=folder)
+            ex.update_parameters(**self.slurm_parameters())
+        elif cluster == "local":
+            ex = submitit.LocalExecutor(folder=folder)
+            ex.update_parameters(timeout_min=self.time_min)
+        else:
+            ex = submitit.DebugExecutor(folder=folder)
         return ex
 
     def run(self, root: str, trials: Sequence, threads: int | None = None) -> Iterator[tuple[str, str]]:
