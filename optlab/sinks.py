@@ -130,7 +130,12 @@ class TensorBoardSink:
                     w.add_scalar(k, v, global_step=int(row.get("epoch", 0)))
             final = {f"final/{k}": v for k, v in (scalar_metrics(metrics[-1]) if metrics else {}).items()}
             params = {k: v for k, v in flat_params(record).items() if isinstance(v, (int, float, str, bool))}
-            w.add_hparams(params, final or {"final/none": 0.0}, run_name=".")
+            # the HParams plugin's summaries through this writer (add_hparams would open a second event file)
+            from torch.utils.tensorboard.summary import hparams
+            for summary in hparams(params, final):
+                w.file_writer.add_summary(summary)
+            for k, v in final.items():
+                w.add_scalar(k, v, global_step=int(metrics[-1].get("epoch", 0)))
 
     def close(self) -> None:
         pass
@@ -140,8 +145,9 @@ class TensorBoardSink:
 class MLflowSink:
     """One MLflow run per trial (tag ``optlab.trial_id``), in ``experiment`` at ``tracking_uri``.
 
-    ``tracking_uri`` defaults to ``sqlite:///RESULTS/mlflow.db``; a directory path or
-    ``file:`` URI uses MLflow's file store. Browse with
+    ``tracking_uri`` defaults to ``sqlite:///RESULTS/mlflow.db`` (any MLflow URI works: a
+    tracking server's ``http://...``; MLflow 3's ``file:`` store is in maintenance mode and
+    needs ``MLFLOW_ALLOW_FILE_STORE=true``). Browse with
     ``mlflow ui --backend-store-uri sqlite:///RESULTS/mlflow.db``.
     """
 
