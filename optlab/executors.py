@@ -183,7 +183,8 @@ class SubmititExecutor:
     testing a spec), ``"debug"`` (in this process) or ``None`` (SLURM when
     ``sbatch`` is on the PATH, else local). ``partition``, ``time_min`` (the job's
     time limit), ``gpus_per_task``, ``cpus_per_task``, ``mem_gb``,
-    ``array_parallelism`` (jobs running at once) and ``slurm`` (extra
+    ``array_parallelism`` (jobs running at once; on ``local`` also capped at
+    CPUs / ``cpus_per_task``) and ``slurm`` (extra
     ``#SBATCH`` parameters, e.g. ``{account = "lab"}``) map to submitit's SLURM
     parameters. Job logs and pickles go to ``folder`` (default
     ``RESULTS/submitit``), which like the results must be on a filesystem the
@@ -251,13 +252,29 @@ class SubmititExecutor:
         if not trials:
             return
         ex = self._executor(root)
-        jobs = ex.map_array(_run_trial, [root] * len(trials), trials, [threads] * len(trials))
-        pending = dict(zip(jobs, trials))
+        if isinstance(ex, __import__("submitit").SlurmExecutor):
+            # one job array; SLURM runs at most array_parallelism of it at once
+            jobs = ex.map_array(_run_trial, [root] * len(trials), trials, [threads] * len(trials))
+            yield from self._wait(dict(zip(jobs, trials)))
+            return
+        # local / debug: submitit starts every job at once, so keep at most `slots` running here
+        slots = min(self.array_parallelism, max(1, (os.cpu_count() or 1) // self.cpus_per_task))
+        queue, pending = list(trials), {}
+        while queue or pending:
+            while queue and len(pending) < slots:
+                t = queue.pop(0)
+                pending[ex.submit(_run_trial, root, t, threads)] = t
+            yield from self._wait(pending, first_only=True)
+
+    def _wait(self, pending: dict, first_only: bool = False) -> Iterator[tuple[str, str]]:
+        """Yield finished jobs' outcomes (all of them, or at least one when ``first_only``)."""
         while pending:
             done = [j for j in pending if j.done()]
             for j in done:
                 t = pending.pop(j)
                 yield _outcome(t, j.result)
+            if done and first_only:
+                return
             if pending and not done:
                 time.sleep(self.poll_s)
 
