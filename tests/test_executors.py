@@ -49,7 +49,7 @@ def _check_store(root, trials, outcomes):
     for t in trials:
         rec = json.loads((Path(root) / "trials" / f"{t.id}.json").read_text())
         assert rec["config"] == t.config and rec["status"] == "ok" and len(rec["metrics"]) == 1
-    assert not list((Path(root) / "running").iterdir())  # every claim released
+    assert not list((Path(root) / "running").glob("*.lock"))  # every claim released
 
 
 def test_registered_through_the_plugin_registry():
@@ -198,7 +198,7 @@ def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_
             assert (res / "trials" / f).read_text() == text  # completed files untouched
         resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
         assert any(r["resumed_from_epoch"] for r in resumed)  # the killed trial continued from its checkpoint
-        assert not list((res / "running").iterdir()) and not list((res / "checkpoints").glob("*.pt"))
+        assert not list((res / "running").glob("*.lock")) and not list((res / "checkpoints").glob("*.pt"))
     finally:
         _kill_tagged(tag)
 
