@@ -94,13 +94,49 @@ class LocalExecutor:
         ctx = get_context("forkserver")
         ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
                                     "optlab.plugins.tasks", "optlab.plugins.models"])
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx) as ex:
-            pending = {ex.submit(_run_trial, root, t, threads): t for t in trials}
+        ex = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(trials))), mp_context=ctx,
+                                 initializer=_pool_worker_init)
+        pending = {ex.submit(_run_trial, root, t, threads): t for t in trials}
+
+        def drain():
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
                     t = pending.pop(f)
-                    yield _outcome(t, f.result)
+                    if not f.cancelled():
+                        yield _outcome(t, f.result)
+
+        # Ctrl-C: the first stops handing out trials and waits for the running ones (their results
+        # still come back); the second abandons them (no result written, claims go stale,
+        # checkpoints stay) -- the driver decides, the workers ignore SIGINT
+        try:
+            yield from drain()
+        except KeyboardInterrupt:
+            for f in list(pending):
+                if f.cancel():  # not started yet: never handed out
+                    pending.pop(f)
+            print(f"\ninterrupted: no new trials; waiting for {len(pending)} running trial(s) to finish "
+                  "(Ctrl-C again to abandon them -- their last epoch checkpoints are kept)", file=sys.stderr,
+                  flush=True)
+            try:
+                yield from drain()
+            except KeyboardInterrupt:
+                for proc in list(getattr(ex, "_processes", {}).values()):
+                    proc.terminate()
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
+            ex.shutdown(wait=True)
+            raise
+        except BaseException:  # the consumer stopped early (GeneratorExit) or failed: leave nothing running
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
+
+
+def _pool_worker_init() -> None:
+    import signal
+    os.environ["OPTLAB_NO_PROGRESS"] = "1"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the driver decides
 
 
 def _outcome(trial, result_fn) -> tuple[str, str]:

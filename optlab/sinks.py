@@ -24,7 +24,8 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["CSVSink", "TensorBoardSink", "MLflowSink", "WandbSink", "SINKS", "make_sinks", "export", "SinkError",
+__all__ = ["CSVSink", "TensorBoardSink", "MLflowSink", "WandbSink", "SINKS", "check_sinks", "make_sinks", "export",
+           "SinkError",
            "scalar_metrics", "flat_params"]
 
 
@@ -171,7 +172,7 @@ class MLflowSink:
         return bool(runs)
 
     def write(self, record: dict) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
         tid = record["id"]
         if self._has(tid):
             return
@@ -233,8 +234,11 @@ class WandbSink:
 SINKS = {"csv": CSVSink, "tensorboard": TensorBoardSink, "mlflow": MLflowSink, "wandb": WandbSink}
 
 
-def make_sinks(root: str | Path, table: dict | None, where: str = "sinks") -> list:
-    """Sinks from a spec's ``[sinks]`` table: ``{name: {option: value}}`` (``true`` = default options)."""
+def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, dict]]:
+    """A spec's ``[sinks]`` table -> ``[(cls, options)]``; unknown sinks and options are named with the valid ones.
+
+    ``{name: {option: value}}``; ``true`` means default options, ``false`` leaves the sink out.
+    """
     import inspect
 
     from . import registry
@@ -245,24 +249,28 @@ def make_sinks(root: str | Path, table: dict | None, where: str = "sinks") -> li
         raise SinkError(f"{where}: expected a table of sinks, e.g. [sinks.tensorboard]; got {table!r}")
     out = []
     for name, opts in table.items():
-        cls = registry.items("sink").get(name)
-        if cls is None:
+        entry = registry.items("sink").get(name)
+        if entry is None:
             valid = sorted(registry.items("sink"))
             raise SinkError(f"{where}.{name}: unknown sink.{closest(name, valid)} Valid: {', '.join(valid)}.")
-        cls = cls.item
-        if opts is True or opts == {}:
-            opts = {}
-        elif opts is False:
+        if opts is False:
             continue
-        elif not isinstance(opts, dict):
+        if opts is True:
+            opts = {}
+        if not isinstance(opts, dict):
             raise SinkError(f"{where}.{name}: expected true or a table of options; got {opts!r}")
-        valid = [n for n in inspect.signature(cls).parameters if n not in ("self", "root")]
+        valid = [n for n in inspect.signature(entry.item).parameters if n not in ("self", "root")]
         for k in opts:
             if k not in valid:
                 raise SinkError(f"{where}.{name}.{k}: unknown option.{closest(k, valid)} "
                                 f"Valid: {', '.join(valid) or '(none)'}.")
-        out.append(cls(root, **opts))
+        out.append((entry.item, dict(opts)))
     return out
+
+
+def make_sinks(root: str | Path, table: dict | None, where: str = "sinks") -> list:
+    """The sinks of a spec's ``[sinks]`` table, opened on the results directory ``root``."""
+    return [cls(root, **opts) for cls, opts in check_sinks(table, where)]
 
 
 def export(records: Iterable[dict], sinks: list) -> int:
