@@ -243,10 +243,39 @@ def _axis(where: str, key: str, value) -> list:
     return vals
 
 
-def expand(spec: GridSpec) -> list[Trial]:
+def search_settings(spec: GridSpec):
+    """The spec's ``[search]`` table, resolved (:class:`optlab.search.SearchSettings`)."""
+    from .search import SearchError, parse_search
+    try:
+        return parse_search(str(spec.path) if spec.path else "<spec>", spec.data.get("search"))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def _block_configs(spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict,
+                   optuna_configs: dict[int, list[dict]] | None) -> list[dict]:
+    """The hyperparameter configurations of one ``[[optimizer]]`` block under the spec's sampler."""
+    from .search import SearchError, parse_space, sample_configs, stream_seed
+    search = search_settings(spec)
+    try:
+        space = parse_space(bwhere, hp_block, search.sampler, LIST_VALUED)
+        if search.sampler == "grid":
+            return sample_configs(space, "grid")
+        if search.sampler == "optuna":  # adaptive: the configurations asked so far (run_grid asks for more)
+            return list((optuna_configs or {}).get(bi, []))
+        return sample_configs(space, search.sampler, n=search.trials, seed=stream_seed(search.seed, bi, arm))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) -> list[Trial]:
     """All tuning-stage trials of ``spec``, validated (unknown axes, bad values name their key).
 
-    Evaluation-stage trials depend on the tuning results: see :func:`evaluation_trials`.
+    The hyperparameter configurations of each ``[[optimizer]]`` block come from the spec's
+    ``[search]`` sampler (:mod:`optlab.search`; default ``grid``, the product of the lists);
+    for ``optuna`` they are the configurations its studies asked so far (``optuna_configs``,
+    by block index; :func:`run_grid` asks for more). Evaluation-stage trials depend on the
+    tuning results: see :func:`evaluation_trials`.
     """
     d = spec.data
     where = str(spec.path) if spec.path else "<spec>"
@@ -290,20 +319,21 @@ def expand(spec: GridSpec) -> list[Trial]:
             if not isinstance(arm, str) or not NAME_RE.match(arm):
                 raise SpecError(f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
                                 "or '-' (it names this optimizer arm in comparisons)")
-            hp_axes = {k: _axis(bwhere, k, v) for k, v in block.items() if k not in BLOCK_KEYS}
+            hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
             known = api.preset_hparams(oname)
             fn = (registry.items("preset").get(oname) or registry.items("baseline")[oname]).item
             open_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-            for k in hp_axes:
+            for k in hp_block:
                 if k not in known and not open_kw:
                     raise SpecError(f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} "
                                     f"Valid: {', '.join(known)}.")
-                if k not in known:  # an option the preset forwards (e.g. to its estimator): try it alone
-                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_axes[k][0]})
-            keys = list(run_axes) + list(hp_axes)
-            for combo in itertools.product(*run_axes.values(), *hp_axes.values()):
-                runv = dict(zip(keys[:len(run_axes)], combo[:len(run_axes)]))
-                hp = dict(zip(keys[len(run_axes):], combo[len(run_axes):]))
+            hp_configs = _block_configs(spec, bi, bwhere, arm, hp_block, optuna_configs)
+            for k in hp_block:
+                if k not in known and hp_configs:  # an option the preset forwards (e.g. to its estimator): alone
+                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_configs[0][k]})
+            for runv, hp in itertools.product([dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())],
+                                              hp_configs):
+                hp = {k: hp[k] for k in hp_block}  # the block's order
                 _check_hparams(bwhere, oname, hp)
                 for seed in seeds:
                     cfg = RunConfig.from_dict({**runv, "optimizer": oname, "hparams": hp, "seed": seed})
