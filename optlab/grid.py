@@ -628,8 +628,10 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results
                              "array_parallelism)")
         extra["workers"] = workers
     ex = _executor_from_table(where, table, name=executor, extra=extra)
-    trials = expand(spec)
+    search = search_settings(spec)
     store = Store(results or default_results_dir(spec)).init(spec.text)
+    studies = _optuna_studies(spec, store, search) if search.sampler == "optuna" else None
+    trials = expand(spec, {bi: s.configs() for bi, s in studies.items()} if studies else None)
     quarantined = store.quarantine_corrupt()
     done, _ = store.scan()
     todo = _todo(store, trials, done, retry_failed)
@@ -644,11 +646,14 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results
         sinks = make_sinks(store.root, spec.data.get("sinks"), f"{spec.path or '<spec>'}.sinks")
     except SinkError as exc:
         raise SpecError(str(exc)) from exc
-    rep = _Reporter(spec, store, len(trials) + n_eval, len(trials) - len(todo), progress, sinks)
+    total = (_optuna_total(spec, search) if studies else len(trials)) + n_eval
+    rep = _Reporter(spec, store, total, len(trials) - len(todo), progress, sinks)
     try:
         for rec in done.values():  # sinks catch up with the store (each skips trials it already holds)
             rep.to_sinks(rec)
         _run_trials(store, todo, ex, threads, rep)
+        if studies:  # adaptive search: rounds of asked configurations until every block's budget is spent
+            trials = _optuna_tuning(spec, store, studies, search, ex, threads, rep, retry_failed)
         if proto is not None:
             done, _ = store.scan()
             etrials, waiting = evaluation_trials(spec, trials, done)
@@ -664,6 +669,71 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results
     finally:
         rep.close()
     return _merge(counts, rep.counts, store)
+
+
+def _optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
+    """``{block index: (arm, search space, hparam keys in block order)}`` for the optuna sampler."""
+    from .search import SearchError, parse_space
+    where = str(spec.path) if spec.path else "<spec>"
+    out = {}
+    for bi, block in enumerate(spec.data.get("optimizer") or []):
+        hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
+        try:
+            space = parse_space(f"{where}.optimizer[{bi}]", hp_block, "optuna", LIST_VALUED)
+        except SearchError as exc:
+            raise SpecError(str(exc)) from exc
+        out[bi] = (block.get("label", block.get("name")), space, list(hp_block))
+    return out
+
+
+def _optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) -> dict:
+    """One Optuna study per optimizer block in ``RESULTS/optuna.db`` (created or resumed)."""
+    from .search import OptunaSearch, SearchError, stream_seed
+    db = store.root / "optuna.db"
+    if not create and not db.exists():
+        return {}
+    out = {}
+    for bi, (arm, space, _) in _optuna_spaces(spec).items():
+        try:
+            out[bi] = OptunaSearch(space, db, f"{spec.name}/{bi}-{arm}", search.trials,
+                                   seed=stream_seed(search.seed, bi, arm), direction=search.direction,
+                                   batch=search.batch, pruning=search.pruning)
+        except SearchError as exc:
+            raise SpecError(str(exc)) from exc
+    return out
+
+
+def _optuna_total(spec: GridSpec, search) -> int:
+    """Tuning trials once every study has spent its budget (trials per configuration x budget)."""
+    from .search import sample_configs
+    one = {bi: sample_configs(space, "random", n=1, seed=0) for bi, (_, space, _) in _optuna_spaces(spec).items()}
+    return len(expand(spec, one)) * search.trials
+
+
+def _optuna_tuning(spec: GridSpec, store: Store, studies: dict, search, ex, threads, rep, retry_failed) -> list[Trial]:
+    """Ask each block's study for configurations, run their trials, tell each configuration's mean
+    final ``search.metric`` (over its seeds and settings), until every budget is spent."""
+    spaces = _optuna_spaces(spec)
+    while True:
+        asked = {bi: s.ask() for bi, s in studies.items()}
+        if not any(asked.values()):
+            break
+        round_trials = expand(spec, {bi: [hp for _, hp in a] for bi, a in asked.items()})
+        done, _ = store.scan()
+        _run_trials(store, _todo(store, round_trials, done, retry_failed), ex, threads, rep)
+        done, _ = store.scan()
+        for bi, a in asked.items():
+            arm, _, keys = spaces[bi]
+            for number, hp in a:
+                hp = {k: hp[k] for k in keys}
+                ts = [t for t in round_trials if t.arm == arm and t.config["hparams"] == hp]
+                if any(t.id not in done for t in ts):
+                    continue  # held by another live process: its study trial stays open for a later run
+                vals = [r["metrics"][-1].get(search.metric) for r in (done[t.id] for t in ts)
+                        if r["status"] == "ok" and r["metrics"]]
+                vals = [float(v) for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+                studies[bi].tell(number, sum(vals) / len(vals) if vals else None)
+    return expand(spec, {bi: s.configs() for bi, s in studies.items()})
 
 
 def _merge(counts: dict, finished: dict, store: Store) -> dict:
@@ -698,8 +768,12 @@ def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) 
     """
     if not isinstance(spec, GridSpec):
         spec = load_spec(spec)
-    trials = expand(spec)
     store = Store(results or default_results_dir(spec))
+    search = search_settings(spec)
+    if search.sampler == "optuna":  # the configurations the studies asked so far
+        trials = expand(spec, {bi: s.configs() for bi, s in _optuna_studies(spec, store, search, create=False).items()})
+    else:
+        trials = expand(spec)
     good, bad = store.scan()
     live = store.live_claims()
     bad_ids = {exc.path.stem for exc in bad}

@@ -23,7 +23,10 @@ and a ``[search]`` table picks the sampler::
   space-filling as in AlgoPerf's tuning rulesets (Kasimbeg et al. 2024; Halton 1964), mapped
   through each dimension's inverse CDF.
 * ``optuna`` -- TPE (Bergstra et al. 2011; ``optuna.samplers.TPESampler``), asked in rounds
-  of ``batch`` configurations, told the objective of each finished configuration. The
+  of ``batch`` configurations per optimizer block, told the objective of each: the final-epoch
+  ``metric`` (default ``val_acc``, ``direction = "maximize"``; never a test metric) averaged
+  over the configuration's seeds and settings; a configuration with no finite value
+  (diverged / failed everywhere) is told as failed and counts against the budget. The
   study lives in SQLite (``RESULTS/optuna.db``) and a rerun resumes it: finished trials
   count against the budget, trials asked but never told (driver killed) are asked again
   with the same parameters. Pruning is off (``pruning = true`` would enable a median
@@ -159,7 +162,7 @@ class SearchSettings:
     sampler: str = "grid"
     trials: int | None = None
     seed: int = 0
-    metric: str = "test_acc"
+    metric: str = "val_acc"
     direction: str = "maximize"
     batch: int = 1
     pruning: bool = False
@@ -247,6 +250,12 @@ class OptunaSearch:
             storage=url, study_name=study_name, direction=direction, load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed),
             pruner=optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner())
+        # a resumed study must not replay the random stream of its first session (it would ask for the
+        # same configurations again): seed by the history length -- still deterministic given seed + history
+        n = len(self.study.get_trials(deepcopy=False))
+        if n:
+            self.study.sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, n])
+                                                                     .generate_state(1)[0]))
         self._handed: set[int] = set()
 
     def _distributions(self) -> dict:
@@ -296,6 +305,10 @@ class OptunaSearch:
             self.study.tell(number, state=st.FAIL)
         else:
             self.study.tell(number, float(value))
+
+    def configs(self) -> list[dict]:
+        """Every configuration the study has asked for (any state), in order."""
+        return [{**self.fixed, **t.params} for t in self.study.get_trials(deepcopy=False)]
 
     def best(self) -> tuple[dict, float] | None:
         try:

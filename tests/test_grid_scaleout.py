@@ -100,3 +100,55 @@ def test_train_threads_and_plain_logs(tmp_path):
     assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("epoch")] == ["1", "2"]
     bad = _cli("train", "--threads", "0", "--epochs", "1")
     assert bad.returncode == 2 and "invalid --threads 0" in bad.stderr
+
+
+SEARCH_SPEC = """
+name = "srch"
+seeds = [0, 1]
+[run]
+epochs = 1
+batch_size = 256
+model_options = {width = 8}
+[[setting]]
+task = "digits"
+model = "mlp-bn"
+[[optimizer]]
+name = "sgd"
+lr = {log_uniform = [0.01, 0.5]}
+momentum = [0.0, 0.9]
+"""
+
+
+def test_random_and_halton_give_each_optimizer_its_budget_deterministically():
+    for sampler in ("random", "halton"):
+        text = SEARCH_SPEC + f'[[optimizer]]\nname = "sgd-ph"\nlr = {{uniform = [0.01, 0.5]}}\n' \
+                             f'[search]\nsampler = "{sampler}"\ntrials = 5\nseed = 3\n'
+        trials = expand(load_spec(text, is_text=True))
+        assert [t.id for t in trials] == [t.id for t in expand(load_spec(text, is_text=True))]
+        per_arm = {a: {json.dumps(t.config["hparams"], sort_keys=True) for t in trials if t.arm == a}
+                   for a in ("sgd", "sgd-ph")}
+        assert {a: len(c) for a, c in per_arm.items()} == {"sgd": 5, "sgd-ph": 5}  # equal budgets
+        assert len(trials) == 2 * 5 * 2  # x seeds
+        assert all(0.01 <= t.config["hparams"]["lr"] <= 0.5 for t in trials)
+        assert {t.config["hparams"]["momentum"] for t in trials if t.arm == "sgd"} <= {0.0, 0.9}
+
+
+def test_optuna_search_runs_its_budget_tells_validation_means_and_resumes(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    res = tmp_path / "res"
+    text = SEARCH_SPEC + '[search]\nsampler = "optuna"\ntrials = 3\nbatch = 2\n'
+    counts = run_grid(load_spec(text, is_text=True), results=res, progress=False)
+    assert counts["ok"] == 3 * 2
+    study = optuna.load_study(study_name="srch/0-sgd", storage=f"sqlite:///{res / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3
+    recs = [json.loads(p.read_text()) for p in (res / "trials").glob("*.json")]
+    for t in done:  # the value told is the mean final validation accuracy over the configuration's seeds
+        mine = [r for r in recs if r["config"]["hparams"] == t.params]
+        assert len(mine) == 2
+        assert t.value == pytest.approx(sum(r["metrics"][-1]["val_acc"] for r in mine) / 2)
+    assert grid_status(load_spec(text, is_text=True), results=res)["ok"] == 6
+    again = run_grid(load_spec(text, is_text=True), results=res, progress=False)
+    assert again["skipped_complete"] == 6 and "ok" not in again  # the study resumed with its budget spent
+    more = run_grid(load_spec(text.replace("trials = 3", "trials = 4"), is_text=True), results=res, progress=False)
+    assert more["ok"] == 2 and more["skipped_complete"] == 6  # a larger budget continues the same study
