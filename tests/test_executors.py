@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -121,17 +120,6 @@ def test_ray_options_are_checked():
         make_executor("ray", adress="auto")
 
 
-_DRIVER = textwrap.dedent("""
-    import sys
-    from optlab.executors import make_executor
-    from optlab.grid import expand, load_spec
-    from optlab.store import Store
-    spec = load_spec(sys.argv[1])
-    store = Store(sys.argv[2]).init(spec.text)
-    todo = [t for t in expand(spec) if not store.has(t.id)]
-    for tid, status in make_executor(sys.argv[3], **eval(sys.argv[4])).run(str(store.root), todo, threads=1):
-        print(tid, status, flush=True)
-""")
 
 
 def _kill_tagged(tag: str) -> list[str]:
@@ -161,9 +149,8 @@ def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_
                     .replace("lr = [0.05, 0.1]", "lr = [0.02, 0.05, 0.1]").replace("seeds = [0]", "seeds = [0, 1]"))
     trials = expand(load_spec(spec))
     res = tmp_path / "res"
-    driver = tmp_path / "driver.py"
-    driver.write_text(_DRIVER)
-    cmd = [sys.executable, str(driver), str(spec), str(res), "ray", "dict(num_cpus=2)"]
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--executor", "ray",
+           "-E", "num_cpus=2", "--threads", "1"]
     tag = uuid.uuid4().hex
     env = {**os.environ, "OPTLAB_TEST_TAG": tag}
     try:
@@ -190,7 +177,7 @@ def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_
         assert 0 < len(before) < len(trials)
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        statuses = [line.split()[1] for line in rerun.stdout.splitlines()]
+        statuses = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("[")]  # one per trial
         assert sorted(statuses) == ["ok"] * (len(trials) - len(before))
         after = _files(res)
         assert after == sorted(f"{t.id}.json" for t in trials)
