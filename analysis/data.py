@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -50,8 +51,21 @@ def _config_label(optimizer: str, hp: dict, run: dict) -> str:
     return f"{optimizer}(" + ", ".join(parts) + ")"
 
 
-def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``."""
+def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False,
+         cache: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``.
+
+    A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.results_cache`),
+    rebuilt whenever a trial file is added, changed or removed; ``cache=False`` (or
+    ``OPTLAB_NO_CACHE=1``) always builds from the JSON files.
+    """
+    if cache and isinstance(results, (str, Path)) and os.environ.get("OPTLAB_NO_CACHE") != "1" \
+            and (Path(results) / "trials").is_dir():
+        from optlab.results_cache import cached_frames
+        from optlab.store import SCHEMA_VERSION
+        return cached_frames(results, lambda: load(results, skip_corrupt, cache=False), key_of=load,
+                             options={"skip_corrupt": skip_corrupt, "schema": SCHEMA_VERSION,
+                                      "pandas": pd.__version__})
     if isinstance(results, (str, Path)):
         records = list(Store(results).iter_results(skip_corrupt=skip_corrupt))
         if not records:

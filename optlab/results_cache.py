@@ -88,8 +88,13 @@ def cached_frames(root: str | Path, build: Callable[[], tuple], names: tuple[str
         tmp.write_text(key)
         os.replace(tmp, key_file)
     except Exception as exc:  # a cache that cannot be written is no error: the frames are correct anyway
-        for p in cache.glob(f".*.tmp{os.getpid()}"):
-            p.unlink(missing_ok=True)
+        try:
+            for p in cache.glob(f".*.tmp{os.getpid()}"):
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):  # a read-only results directory: silently uncached
+            return frames
         warnings.warn(f"results cache not written ({type(exc).__name__}: {str(exc)[:200]})", RuntimeWarning,
                       stacklevel=2)
     return frames

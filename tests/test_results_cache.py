@@ -54,7 +54,7 @@ def results(tmp_path):
 def _cached(root, calls):
     def build():
         calls.append(1)
-        return load(root)
+        return load(root, cache=False)
     return cached_frames(root, build, options={"skip_corrupt": False}, key_of=data.load)
 
 
@@ -67,7 +67,7 @@ def test_cache_serves_identical_frames_until_a_file_changes(results):
     store, trials = results
     calls = []
     first = _cached(store.root, calls)
-    _same(first, load(store.root))
+    _same(first, load(store.root, cache=False))
     assert calls == [1] and (store.root / ".cache" / "epochs.parquet").exists()
     _same(_cached(store.root, calls), first)
     assert calls == [1]  # served from Parquet
@@ -81,7 +81,7 @@ def test_cache_serves_identical_frames_until_a_file_changes(results):
     store.write(trials[0].id, rec)
     again = _cached(store.root, calls)
     assert calls == [1, 1, 1]
-    _same(again, load(store.root))
+    _same(again, load(store.root, cache=False))
     # a removed trial -> rebuilt
     (store.trials / f"{trials[1].id}.json").unlink()
     gone = _cached(store.root, calls)
@@ -104,7 +104,7 @@ def test_options_and_builder_source_are_part_of_the_key(results):
     store, _ = results
     calls = []
     _cached(store.root, calls)
-    cached_frames(store.root, lambda: (calls.append(1), load(store.root, skip_corrupt=True))[1],
+    cached_frames(store.root, lambda: (calls.append(1), load(store.root, skip_corrupt=True, cache=False))[1],
                   options={"skip_corrupt": True}, key_of=data.load)
     assert calls == [1, 1]
 
@@ -116,3 +116,13 @@ def test_a_frame_parquet_cannot_hold_exactly_is_not_cached(results):
         out = cached_frames(store.root, lambda: (mixed, mixed), key_of=data.load)
     assert out[0] is mixed and not (store.root / ".cache" / "frames.key").exists()
     assert not [p for p in (store.root / ".cache").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_analysis_load_uses_the_cache_and_matches_the_json(results):
+    store, trials = results
+    cached = load(store.root)
+    assert (store.root / ".cache" / "frames.key").exists()
+    _same(cached, load(store.root, cache=False))
+    _same(load(store.root), cached)  # served from Parquet
+    store.write(trials[-1].id, _record(trials[-1]))
+    assert trials[-1].id in set(load(store.root)[1]["trial_id"])  # rebuilt for the new file
