@@ -10,7 +10,9 @@ from its record (inside ``run_trial``: training plus writing). Reported per exec
 * wall: the driver's wall time for the whole grid, start-up (pool / Ray instance) included;
 * startup: time until the first trial *started* (pool fork, Ray instance, worker imports);
 * overhead per trial = (wall x slots - sum of trial times) / trials: what the backend adds to
-  each trial (scheduling, serialisation, process start, idle slots at the tail).
+  each trial (scheduling, serialisation, process start, idle slots at the tail);
+* after startup: the same from the first trial's start on (the per-trial cost without the
+  one-off start of the pool / Ray instance).
 """
 from __future__ import annotations
 
@@ -68,15 +70,17 @@ def main():
             busy = sum(x["finished"] - x["started"] for x in recs)
             first = min(x["started"] for x in recs) - t0
             row = dict(wall=wall, startup=first, busy=busy, per_trial=(wall * slots - busy) / len(trials),
-                       trial=busy / len(trials))
+                       steady=((wall - first) * slots - busy) / len(trials), trial=busy / len(trials))
             rows[name].append(row)
             print(f"round {r + 1} {name:<9} {len(trials)} trials: wall {wall:6.2f}s  startup {first:5.2f}s  "
-                  f"mean trial {row['trial']:5.2f}s  overhead/trial {row['per_trial']:5.2f}s")
+                  f"mean trial {row['trial']:5.2f}s  overhead/trial {row['per_trial']:5.2f}s "
+                  f"(after startup {row['steady']:5.2f}s)")
     print(f"\nmedians over {args.rounds} round(s), {len(trials)} trials, {slots} slots x 1 thread:")
     for name, rs in rows.items():
         med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
         print(f"  {name:<9} wall {med['wall']:6.2f}s  startup {med['startup']:5.2f}s  mean trial {med['trial']:5.2f}s  "
-              f"overhead per trial {med['per_trial']:5.2f}s")
+              f"overhead per trial {med['per_trial']:5.2f}s (after startup {med['steady']:5.2f}s)")
+    print(f"load average during the run: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
