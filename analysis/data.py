@@ -155,9 +155,9 @@ def expected_trials(results: str | Path) -> list[dict] | None:
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid import expand, load_spec
-    try:
-        return [{"trial_id": t.id, **t.config} for t in expand(load_spec(spec_path))]
+    from optlab.grid import load_spec, tuning_trials
+    try:  # tuning_trials: for an optuna search, the configurations its studies asked
+        return [{"trial_id": t.id, **t.config} for t in tuning_trials(load_spec(spec_path), results)]
     except Exception:
         return None
 

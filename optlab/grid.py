@@ -48,8 +48,8 @@ from .hparams import closest
 from .store import CorruptRecord, Store
 from .train import RUN_KEYS, RunConfig, train
 
-__all__ = ["GridSpec", "GridInterrupted", "Trial", "load_spec", "expand", "evaluation_trials", "select_configs", "run_grid",
-           "grid_status", "SpecError", "environment"]
+__all__ = ["GridSpec", "GridInterrupted", "Trial", "load_spec", "expand", "tuning_trials", "evaluation_trials",
+           "select_configs", "run_grid", "grid_status", "SpecError", "environment"]
 
 TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results", "protocol", "search",
             "executor", "sinks")
@@ -736,6 +736,16 @@ def _optuna_tuning(spec: GridSpec, store: Store, studies: dict, search, ex, thre
     return expand(spec, {bi: s.configs() for bi, s in studies.items()})
 
 
+def tuning_trials(spec: GridSpec, results: str | Path) -> list[Trial]:
+    """The tuning trials of ``spec`` known for the results directory ``results``: :func:`expand`,
+    and for ``optuna`` search the configurations its studies there have asked so far."""
+    search = search_settings(spec)
+    if search.sampler != "optuna":
+        return expand(spec)
+    studies = _optuna_studies(spec, Store(results), search, create=False)
+    return expand(spec, {bi: s.configs() for bi, s in studies.items()})
+
+
 def _merge(counts: dict, finished: dict, store: Store) -> dict:
     out = dict(counts)
     for k, v in finished.items():
@@ -769,11 +779,7 @@ def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) 
     if not isinstance(spec, GridSpec):
         spec = load_spec(spec)
     store = Store(results or default_results_dir(spec))
-    search = search_settings(spec)
-    if search.sampler == "optuna":  # the configurations the studies asked so far
-        trials = expand(spec, {bi: s.configs() for bi, s in _optuna_studies(spec, store, search, create=False).items()})
-    else:
-        trials = expand(spec)
+    trials = tuning_trials(spec, store.root)
     good, bad = store.scan()
     live = store.live_claims()
     bad_ids = {exc.path.stem for exc in bad}

@@ -147,6 +147,8 @@ def test_optuna_search_runs_its_budget_tells_validation_means_and_resumes(tmp_pa
         assert len(mine) == 2
         assert t.value == pytest.approx(sum(r["metrics"][-1]["val_acc"] for r in mine) / 2)
     assert grid_status(load_spec(text, is_text=True), results=res)["ok"] == 6
+    from optlab.analysis import expected_trials
+    assert len(expected_trials(res)) == 6  # the report knows the trials the studies asked for
     again = run_grid(load_spec(text, is_text=True), results=res, progress=False)
     assert again["skipped_complete"] == 6 and "ok" not in again  # the study resumed with its budget spent
     more = run_grid(load_spec(text.replace("trials = 3", "trials = 4"), is_text=True), results=res, progress=False)
