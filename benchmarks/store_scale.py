@@ -10,7 +10,7 @@ of about the size a real trial writes. Timed, each in a fresh subprocess (cold i
 included, as a user sees it) and in-process (warm, the function alone):
 
 * ``optlab grid status SPEC``
-* ``optlab.analysis.load(RESULTS)``
+* ``optlab.analysis.load(RESULTS)``: from the JSON files, building the Parquet cache, and from it
 * ``optlab report RESULTS`` (CLI; plots and tables)
 """
 from __future__ import annotations
@@ -115,16 +115,21 @@ def main():
                                                 "--results", str(root)])
     from optlab.grid import grid_status
     timed("grid_status() (in-process)", fn=lambda: grid_status(spec_path, results=root))
-    timed("`python -c 'analysis.load'` (subprocess)",
-          [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}); print(len(e), len(t))"])
+    import shutil
+
     from optlab.analysis import load
-    timed("analysis.load() (in-process, 1st)", fn=lambda: load(root))
-    timed("analysis.load() (in-process, 2nd)", fn=lambda: load(root))
+    shutil.rmtree(root / ".cache", ignore_errors=True)
+    timed("analysis.load(cache=False) (in-process)", fn=lambda: load(root, cache=False))
+    timed("analysis.load() building the Parquet cache", fn=lambda: load(root))
+    timed("analysis.load() from the cache (in-process)", fn=lambda: load(root))
+    timed("`python -c 'analysis.load'` cached (subprocess)",
+          [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}); print(len(e), len(t))"])
+    timed("`python -c 'analysis.load'` uncached (subprocess)",
+          [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}, cache=False)"])
     if not args.no_report:
         timed("`optlab report` (subprocess)", [py, "-m", "optlab.cli", "report", str(root), "-o",
                                                str(root / "report")])
     if not args.keep:
-        import shutil
         shutil.rmtree(root, ignore_errors=True)
         spec_path.unlink(missing_ok=True)
 
