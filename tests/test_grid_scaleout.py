@@ -73,12 +73,13 @@ def test_executor_table_runs_the_grid_and_sinks_catch_up_from_the_store(tmp_path
         run_grid(spec, results=res, progress=False, workers=2)
 
 
-def test_cli_ray_executor_logs_one_line_per_trial_without_carriage_returns(tmp_path):
-    pytest.importorskip("ray")
+def test_cli_logs_one_line_per_trial_without_carriage_returns(tmp_path):
+    # (the same run on the ray executor through the CLI: the slow kill -9 test in test_executors.py)
     spec = tmp_path / "g.toml"
     spec.write_text(SPEC + "[sinks.csv]\n")
     res = tmp_path / "res"
-    out = _cli("grid", "run", str(spec), "--results", str(res), "--executor", "ray", "-E", "num_cpus=2")
+    out = _cli("grid", "run", str(spec), "--results", str(res), "--executor", "local", "--workers", "2",
+               "--threads", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == 2 and all(" ok " in line and "sgd[lr=" in line for line in lines), out.stdout
