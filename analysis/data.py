@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -76,8 +77,21 @@ def _scalars(hp: dict) -> dict:
     return {k: v for k, v in hp.items() if v is None or isinstance(v, (int, float, str, bool, list, tuple))}
 
 
-def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``."""
+def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False,
+         cache: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``.
+
+    A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.results_cache`),
+    rebuilt whenever a trial file is added, changed or removed; ``cache=False`` (or
+    ``OPTLAB_NO_CACHE=1``) always builds from the JSON files.
+    """
+    if cache and isinstance(results, (str, Path)) and os.environ.get("OPTLAB_NO_CACHE") != "1" \
+            and (Path(results) / "trials").is_dir():
+        from optlab.results_cache import cached_frames
+        from optlab.store import SCHEMA_VERSION
+        return cached_frames(results, lambda: load(results, skip_corrupt, cache=False), key_of=load,
+                             options={"skip_corrupt": skip_corrupt, "schema": SCHEMA_VERSION,
+                                      "pandas": pd.__version__})
     if isinstance(results, (str, Path)):
         records = list(Store(results).iter_results(skip_corrupt=skip_corrupt))
         if not records:
@@ -183,10 +197,10 @@ def expected_trials(results: str | Path) -> list[dict] | None:
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid import evaluation_trials, expand, load_spec
-    try:
+    from optlab.grid import evaluation_trials, load_spec, tuning_trials
+    try:  # tuning_trials: for an optuna search, the configurations its studies asked
         spec = load_spec(spec_path)
-        trials = expand(spec)
+        trials = tuning_trials(spec, results)
         if spec.protocol is not None:
             good, _ = Store(results).scan()
             trials += evaluation_trials(spec, trials, good)[0]

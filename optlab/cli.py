@@ -87,10 +87,16 @@ def cmd_train(args) -> int:
               f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
               f"time {row['time_epoch']:.2f}s (fb {row['time_forward_backward']:.2f} curv "
               f"{row['time_curvature']:.2f} upd {row['time_update']:.2f})  hvps {row['hvp_count']}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"invalid --threads {args.threads}; expected an integer >= 1")
+        import torch
+        torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
-            res = train(cfg, checkpoint=args.checkpoint, on_epoch=show)
+            # the per-batch bar only on a terminal: in a log, the per-epoch lines alone
+            res = train(cfg, checkpoint=args.checkpoint, on_epoch=show, progress=sys.stderr.isatty())
         except KeyboardInterrupt:
             where = (f"the last finished epoch is saved in {args.checkpoint}; rerun the same command to resume"
                      if args.checkpoint else "no --checkpoint was given, so nothing was saved")
@@ -107,9 +113,21 @@ def cmd_grid(args) -> int:
     from .grid import GridInterrupted, grid_status, load_spec, run_grid
     spec = load_spec(args.spec)
     if args.grid_cmd == "run":
+        options = _kv(args.executor_option)
+        chosen = args.executor or (spec.data.get("executor") or {}).get("name", "local")
+        for flag, key, applies in (("address", "address", ("ray",)), ("partition", "partition", ("submitit",)),
+                                   ("time_min", "time_min", ("submitit",)),
+                                   ("gpus", {"ray": "gpus_per_trial", "submitit": "gpus_per_task"}, ("ray", "submitit"))):
+            value = getattr(args, flag)
+            if value is None:
+                continue
+            if chosen not in applies:
+                raise ValueError(f"--{flag.replace('_', '-')} applies to executor {' / '.join(applies)}, "
+                                 f"not {chosen!r} (choose one with --executor)")
+            options[key[chosen] if isinstance(key, dict) else key] = value
         try:
             counts = run_grid(spec, workers=args.workers, results=args.results, retry_failed=args.retry_failed,
-                              threads=args.threads)
+                              threads=args.threads, executor=args.executor, executor_options=options)
         except GridInterrupted as exc:
             done = {k: v for k, v in exc.counts.items() if k not in ("results",)}
             print(f"grid {spec.name} interrupted -> " + ", ".join(f"{k}: {v}" for k, v in done.items()),
@@ -238,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--warmup-epochs", type=float, default=0.0)
     sp.add_argument("--engine", default="autograd", choices=["autograd", "func"])
     sp.add_argument("--device", default="cpu")
+    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
     sp.add_argument("--out", help="write the result (config, metrics, status) as JSON")
     sp.set_defaults(fn=cmd_train)
@@ -246,8 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     gsub = sp.add_subparsers(dest="grid_cmd", required=True)
     g = gsub.add_parser("run", help="run the missing trials of SPEC (resumable)")
     g.add_argument("spec")
-    g.add_argument("--workers", type=int, default=1)
-    g.add_argument("--threads", type=int, default=None, help="torch threads per worker (default cores/workers)")
+    g.add_argument("--workers", type=int, default=None, help="local executor: parallel worker processes (default 1)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads per trial (default: local cores/workers; ray cpus_per_trial; submitit "
+                        "cpus_per_task)")
+    g.add_argument("--executor", default=None, help="where trials run: local (default), ray, submitit, or a "
+                   "plugin's executor; overrides the spec's [executor] name")
+    g.add_argument("--address", default=None, help="ray: cluster address ('auto', 'ray://host:10001'); "
+                   "default a local Ray instance")
+    g.add_argument("--partition", default=None, help="submitit: SLURM partition")
+    g.add_argument("--time-min", type=int, default=None, help="submitit: SLURM time limit per trial (minutes)")
+    g.add_argument("--gpus", type=int, default=None, help="ray / submitit: GPUs per trial")
+    g.add_argument("-E", "--executor-option", action="append", metavar="KEY=VALUE",
+                   help="any other executor option, JSON value (e.g. -E cpus_per_trial=2)")
     g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
     g.add_argument("--retry-failed", action="store_true")
     g.set_defaults(fn=cmd_grid)

@@ -34,16 +34,13 @@ import math
 import os
 import platform
 import re
-import signal
 import socket
 import subprocess
 import sys
 import time
 import tomllib
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from . import api, registry
@@ -51,10 +48,11 @@ from .hparams import closest
 from .store import CorruptRecord, Store
 from .train import RUN_KEYS, RunConfig, train
 
-__all__ = ["GridSpec", "GridInterrupted", "Trial", "load_spec", "expand", "evaluation_trials", "select_configs", "run_grid",
-           "grid_status", "SpecError", "environment"]
+__all__ = ["GridSpec", "GridInterrupted", "Trial", "load_spec", "expand", "tuning_trials", "evaluation_trials",
+           "select_configs", "run_grid", "grid_status", "SpecError", "environment"]
 
-TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results", "protocol")
+TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results", "protocol", "search",
+            "executor", "sinks")
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
 BLOCK_KEYS = ("name", "label")            # an [[optimizer]] block's own keys; the rest are hyperparameter axes
 PROTOCOL_KEYS = ("evaluation_seeds", "select")
@@ -138,7 +136,8 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
                         f"Valid top-level keys: {', '.join(TOP_KEYS)}.")
     for key, typ, words in (("name", str, "a string"), ("description", str, "a string"),
                             ("results", str, "a directory path (string)"), ("run", dict, "a [run] table"),
-                            ("protocol", dict, "a [protocol] table"),
+                            ("protocol", dict, "a [protocol] table"), ("search", dict, "a [search] table"),
+                            ("executor", dict, "an [executor] table"), ("sinks", dict, "a [sinks] table"),
                             ("setting", list, "[[setting]] tables"), ("optimizer", list, "[[optimizer]] tables")):
         if key in data and not isinstance(data[key], typ):
             raise _type_error(where, key, data[key], words)
@@ -152,7 +151,54 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
                         "(no '/', no '..'), starting with a letter or digit; results go to results/<name>/ -- "
                         "to write elsewhere, set the `results` key to a directory")
     _check_protocol(where, data.get("protocol"), data.get("seeds", [0]))
+    _check_scaleout(where, data)
     return GridSpec(name, path, text, data)
+
+
+def _check_scaleout(where: str, data: dict) -> None:
+    """``[search]``, ``[executor]`` and ``[sinks]``: unknown names and options named with the valid ones."""
+    from .search import SearchError, parse_search
+    try:
+        parse_search(where, data.get("search"))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+    ex = data.get("executor")
+    if ex is not None:
+        _executor_from_table(f"{where}.executor", ex, build=False)
+    sinks = data.get("sinks")
+    if sinks is not None:
+        from .sinks import SinkError, check_sinks
+        try:
+            check_sinks(sinks, f"{where}.sinks")
+        except SinkError as exc:
+            raise SpecError(str(exc)) from exc
+
+
+def _executor_from_table(where: str, table: dict, name: str | None = None, extra: dict | None = None,
+                         build: bool = True):
+    """The executor of an ``[executor]`` table (``name`` plus options), ``name``/``extra`` overriding it."""
+    from .executors import ExecutorError, executor_options, make_executor
+    table = dict(table or {})
+    spec_name = table.pop("name", "local")
+    if not isinstance(spec_name, str):
+        raise SpecError(f"{where}.name: expected a string (one of {', '.join(sorted(registry.items('executor')))}), "
+                        f"got {spec_name!r}")
+    chosen = name or spec_name
+    options = table if chosen == spec_name else {}  # the spec's options belong to the spec's executor
+    options = {**options, **(extra or {})}
+    try:
+        if not build:
+            cls = registry.get("executor", chosen)
+            valid = executor_options(cls)
+            for k in options:
+                if k not in valid:
+                    raise ExecutorError(f"{where}.{k}: unknown option of executor {chosen!r}.{closest(k, valid)} "
+                                        f"Valid: {', '.join(valid) or '(none)'}.")
+            return None
+        return make_executor(chosen, where=where, **options)
+    except (ExecutorError, registry.RegistryError) as exc:
+        msg = str(exc)
+        raise SpecError(msg if msg.startswith(where) else f"{where}.name: {msg}") from exc
 
 
 def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
@@ -197,10 +243,39 @@ def _axis(where: str, key: str, value) -> list:
     return vals
 
 
-def expand(spec: GridSpec) -> list[Trial]:
+def search_settings(spec: GridSpec):
+    """The spec's ``[search]`` table, resolved (:class:`optlab.search.SearchSettings`)."""
+    from .search import SearchError, parse_search
+    try:
+        return parse_search(str(spec.path) if spec.path else "<spec>", spec.data.get("search"))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def _block_configs(spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict,
+                   optuna_configs: dict[int, list[dict]] | None) -> list[dict]:
+    """The hyperparameter configurations of one ``[[optimizer]]`` block under the spec's sampler."""
+    from .search import SearchError, parse_space, sample_configs, stream_seed
+    search = search_settings(spec)
+    try:
+        space = parse_space(bwhere, hp_block, search.sampler, LIST_VALUED)
+        if search.sampler == "grid":
+            return sample_configs(space, "grid")
+        if search.sampler == "optuna":  # adaptive: the configurations asked so far (run_grid asks for more)
+            return list((optuna_configs or {}).get(bi, []))
+        return sample_configs(space, search.sampler, n=search.trials, seed=stream_seed(search.seed, bi, arm))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) -> list[Trial]:
     """All tuning-stage trials of ``spec``, validated (unknown axes, bad values name their key).
 
-    Evaluation-stage trials depend on the tuning results: see :func:`evaluation_trials`.
+    The hyperparameter configurations of each ``[[optimizer]]`` block come from the spec's
+    ``[search]`` sampler (:mod:`optlab.search`; default ``grid``, the product of the lists);
+    for ``optuna`` they are the configurations its studies asked so far (``optuna_configs``,
+    by block index; :func:`run_grid` asks for more). Evaluation-stage trials depend on the
+    tuning results: see :func:`evaluation_trials`.
     """
     d = spec.data
     where = str(spec.path) if spec.path else "<spec>"
@@ -244,20 +319,21 @@ def expand(spec: GridSpec) -> list[Trial]:
             if not isinstance(arm, str) or not NAME_RE.match(arm):
                 raise SpecError(f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
                                 "or '-' (it names this optimizer arm in comparisons)")
-            hp_axes = {k: _axis(bwhere, k, v) for k, v in block.items() if k not in BLOCK_KEYS}
+            hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
             known = api.preset_hparams(oname)
             fn = (registry.items("preset").get(oname) or registry.items("baseline")[oname]).item
             open_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
-            for k in hp_axes:
+            for k in hp_block:
                 if k not in known and not open_kw:
                     raise SpecError(f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} "
                                     f"Valid: {', '.join(known)}.")
-                if k not in known:  # an option the preset forwards (e.g. to its estimator): try it alone
-                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_axes[k][0]})
-            keys = list(run_axes) + list(hp_axes)
-            for combo in itertools.product(*run_axes.values(), *hp_axes.values()):
-                runv = dict(zip(keys[:len(run_axes)], combo[:len(run_axes)]))
-                hp = dict(zip(keys[len(run_axes):], combo[len(run_axes):]))
+            hp_configs = _block_configs(spec, bi, bwhere, arm, hp_block, optuna_configs)
+            for k in hp_block:
+                if k not in known and hp_configs:  # an option the preset forwards (e.g. to its estimator): alone
+                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_configs[0][k]})
+            for runv, hp in itertools.product([dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())],
+                                              hp_configs):
+                hp = {k: hp[k] for k in hp_block}  # the block's order
                 _check_hparams(bwhere, oname, hp)
                 for seed in seeds:
                     cfg = RunConfig.from_dict({**runv, "optimizer": oname, "hparams": hp, "seed": seed})
@@ -405,14 +481,6 @@ class GridInterrupted(KeyboardInterrupt):
         self.counts = counts
 
 
-def _init_worker(threads: int, pool: bool = False) -> None:
-    import torch
-    torch.set_num_threads(threads)
-    os.environ["OPTLAB_NO_PROGRESS"] = "1"
-    if pool:  # Ctrl-C reaches the whole process group: the driver decides what workers do
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
     """Run one trial into the store (claim, train with checkpoints, write, release)."""
     import torch
@@ -466,57 +534,78 @@ def _todo(store: Store, trials: list[Trial], done: dict[str, dict], retry_failed
     return todo
 
 
-def _run_trials(store: Store, todo: list[Trial], workers: int, threads: int, bar, note) -> None:
+class _Reporter:
+    """Progress of a grid run: a tqdm bar on a terminal; otherwise (a log file, CI, a pipe) one line per
+    finished trial, no carriage returns. Also feeds each finished trial's stored record to the sinks."""
+
+    def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list):
+        from tqdm.auto import tqdm
+        self.store, self.total, self.n, self.sinks = store, total, initial, sinks
+        self.counts: dict = {}
+        self.tty = sys.stdout.isatty() and os.environ.get("OPTLAB_NO_PROGRESS") != "1"
+        self.lines = progress and not self.tty
+        self.bar = tqdm(total=total, initial=initial, desc=f"grid {spec.name}", unit="trial",
+                        disable=not (progress and self.tty), dynamic_ncols=True)
+        self._sink_errors: set[str] = set()
+
+    def finished(self, trial: Trial, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.n += 1
+        self.bar.update(1)
+        self.bar.set_postfix(self.counts, refresh=False)
+        rec = None
+        if status in ("ok", "diverged", "failed") and (self.sinks or self.lines):
+            try:
+                rec = self.store.read(trial.id)
+            except (OSError, ValueError):
+                rec = None
+        if self.lines:
+            secs = f"  {rec['finished'] - rec['started']:.1f}s" if rec and rec.get("started") else ""
+            print(f"[{self.n}/{self.total}] {status:<8} {trial.label}{secs}", flush=True)
+        if rec is not None:
+            self.to_sinks(rec)
+
+    def to_sinks(self, rec: dict) -> None:
+        for sink in self.sinks:
+            try:
+                sink.write(rec)
+            except Exception as exc:  # a sink never stops a grid: the store has the result
+                key = type(sink).__name__
+                if key not in self._sink_errors:
+                    self._sink_errors.add(key)
+                    warnings.warn(f"sink {key} failed ({type(exc).__name__}: {exc}); the store still has every "
+                                  "result: rerun `optlab grid run` to replay it into the sinks", RuntimeWarning)
+
+    def skipped(self, n: int) -> None:
+        self.n += n
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:
+                pass
+
+
+def _run_trials(store: Store, todo: list[Trial], ex, threads: int | None, rep: _Reporter) -> None:
     if not todo:
         return
-    if workers == 1:
-        _init_worker(threads)
-        for t in todo:
-            bar.set_description(f"grid: {t.label}"[:70])
-            note(run_trial(str(store.root), t)[1])
-        return
-    # forkserver: one clean server process imports torch/optlab once, workers fork from it
-    # (cheaper than spawn's import per worker, safer than forking a process with torch threads)
-    ctx = get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
-                                "optlab.plugins.tasks", "optlab.plugins.models"])
-    ex = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(threads, True))
-    pending = {ex.submit(run_trial, str(store.root), t) for t in todo}
-
-    def drain(block: bool) -> None:
-        nonlocal pending
-        while pending:
-            finished, pending = wait(pending, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-            for f in finished:
-                if not f.cancelled():
-                    note(f.result()[1])
-            if not block:
-                return
-
-    try:
-        drain(True)
-    except KeyboardInterrupt:
-        for f in pending:
-            f.cancel()  # trials not started yet are never handed out
-        pending = {f for f in pending if not f.cancelled()}
-        print(f"\ninterrupted: no new trials; waiting for {len(pending)} running trial(s) to finish "
-              "(Ctrl-C again to abandon them -- their last epoch checkpoints are kept)", file=sys.stderr, flush=True)
-        try:
-            drain(True)
-        except KeyboardInterrupt:
-            for proc in list(getattr(ex, "_processes", {}).values()):
-                proc.terminate()  # abandoned: no result written, the claim goes stale, the checkpoint stays
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-        ex.shutdown(wait=True)
-        raise
-    ex.shutdown(wait=True)
+    by_id = {t.id: t for t in todo}
+    for tid, status in ex.run(str(store.root), todo, threads):
+        rep.finished(by_id[tid], status)
 
 
-def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Path | None = None,
-             retry_failed: bool = False, threads: int | None = None, progress: bool = True) -> dict:
+def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results: str | Path | None = None,
+             retry_failed: bool = False, threads: int | None = None, progress: bool = True,
+             executor: str | None = None, executor_options: dict | None = None) -> dict:
     """Run every missing trial of ``spec``; returns counts by outcome.
+
+    Trials run on the spec's ``[executor]`` (default ``local``) or ``executor`` with
+    ``executor_options`` (:mod:`optlab.executors`; ``workers`` is the local pool's size).
+    Every finished trial is mirrored into the spec's ``[sinks]`` (:mod:`optlab.sinks`), and
+    trials already in the store are replayed into them first, so sinks catch up after a crash.
 
     With a ``[protocol]``, the tuning stage runs first; then each (task, model, arm)'s
     configuration selected on validation (:func:`select_configs`) runs on the fresh
@@ -524,49 +613,145 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int = 1, results: str | Pa
     """
     if not isinstance(spec, GridSpec):
         spec = load_spec(spec)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
         raise ValueError(f"invalid workers={workers!r}; expected an integer >= 1")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"invalid threads={threads!r}; expected an integer >= 1")
-    trials = expand(spec)
+    where = f"{spec.path or '<spec>'}.executor"
+    table = spec.data.get("executor") or {}
+    chosen = executor or table.get("name", "local")
+    extra = dict(executor_options or {})
+    if workers is not None:
+        if chosen != "local":
+            raise ValueError(f"--workers sizes the local process pool; executor {chosen!r} takes its parallelism "
+                             "from its own options (ray: the cluster's CPUs / cpus_per_trial; submitit: "
+                             "array_parallelism)")
+        extra["workers"] = workers
+    ex = _executor_from_table(where, table, name=executor, extra=extra)
+    search = search_settings(spec)
     store = Store(results or default_results_dir(spec)).init(spec.text)
+    studies = _optuna_studies(spec, store, search) if search.sampler == "optuna" else None
+    trials = expand(spec, {bi: s.configs() for bi, s in studies.items()} if studies else None)
     quarantined = store.quarantine_corrupt()
     done, _ = store.scan()
     todo = _todo(store, trials, done, retry_failed)
     proto = spec.protocol
     n_eval = len({selection_key(t.config, t.arm) for t in trials}) * len(proto["evaluation_seeds"]) if proto else 0
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or ex.default_threads()
     counts: dict = {"skipped_complete": len(trials) - len(todo)}
     if quarantined:
         counts["quarantined"] = len(quarantined)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=len(trials) + n_eval, initial=len(trials) - len(todo), desc=f"grid {spec.name}", unit="trial",
-               disable=not progress or os.environ.get("OPTLAB_NO_PROGRESS") == "1", dynamic_ncols=True)
-
-    def note(status: str) -> None:
-        counts[status] = counts.get(status, 0) + 1
-        bar.update(1)
-        bar.set_postfix({k: v for k, v in counts.items() if k != "skipped_complete"}, refresh=False)
-
+    from .sinks import SinkError, make_sinks
     try:
-        _run_trials(store, todo, workers, threads, bar, note)
+        sinks = make_sinks(store.root, spec.data.get("sinks"), f"{spec.path or '<spec>'}.sinks")
+    except SinkError as exc:
+        raise SpecError(str(exc)) from exc
+    total = (_optuna_total(spec, search) if studies else len(trials)) + n_eval
+    rep = _Reporter(spec, store, total, len(trials) - len(todo), progress, sinks)
+    try:
+        for rec in done.values():  # sinks catch up with the store (each skips trials it already holds)
+            rep.to_sinks(rec)
+        _run_trials(store, todo, ex, threads, rep)
+        if studies:  # adaptive search: rounds of asked configurations until every block's budget is spent
+            trials = _optuna_tuning(spec, store, studies, search, ex, threads, rep, retry_failed)
         if proto is not None:
             done, _ = store.scan()
             etrials, waiting = evaluation_trials(spec, trials, done)
             etodo = _todo(store, etrials, done, retry_failed)
             counts["skipped_complete"] += len(etrials) - len(etodo)
-            bar.update(len(etrials) - len(etodo))
-            _run_trials(store, etodo, workers, threads, bar, note)
+            rep.skipped(len(etrials) - len(etodo))
+            _run_trials(store, etodo, ex, threads, rep)
             if waiting:
                 counts["evaluation_waiting"] = ", ".join(waiting)
     except KeyboardInterrupt as exc:
-        bar.close()
-        counts["results"] = str(store.root)
-        raise GridInterrupted(counts) from exc
+        rep.close()
+        raise GridInterrupted(_merge(counts, rep.counts, store)) from exc
     finally:
-        bar.close()
-    counts["results"] = str(store.root)
-    return counts
+        rep.close()
+    return _merge(counts, rep.counts, store)
+
+
+def _optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
+    """``{block index: (arm, search space, hparam keys in block order)}`` for the optuna sampler."""
+    from .search import SearchError, parse_space
+    where = str(spec.path) if spec.path else "<spec>"
+    out = {}
+    for bi, block in enumerate(spec.data.get("optimizer") or []):
+        hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
+        try:
+            space = parse_space(f"{where}.optimizer[{bi}]", hp_block, "optuna", LIST_VALUED)
+        except SearchError as exc:
+            raise SpecError(str(exc)) from exc
+        out[bi] = (block.get("label", block.get("name")), space, list(hp_block))
+    return out
+
+
+def _optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) -> dict:
+    """One Optuna study per optimizer block in ``RESULTS/optuna.db`` (created or resumed)."""
+    from .search import OptunaSearch, SearchError, stream_seed
+    db = store.root / "optuna.db"
+    if not create and not db.exists():
+        return {}
+    out = {}
+    for bi, (arm, space, _) in _optuna_spaces(spec).items():
+        try:
+            out[bi] = OptunaSearch(space, db, f"{spec.name}/{bi}-{arm}", search.trials,
+                                   seed=stream_seed(search.seed, bi, arm), direction=search.direction,
+                                   batch=search.batch, pruning=search.pruning)
+        except SearchError as exc:
+            raise SpecError(str(exc)) from exc
+    return out
+
+
+def _optuna_total(spec: GridSpec, search) -> int:
+    """Tuning trials once every study has spent its budget (trials per configuration x budget)."""
+    from .search import sample_configs
+    one = {bi: sample_configs(space, "random", n=1, seed=0) for bi, (_, space, _) in _optuna_spaces(spec).items()}
+    return len(expand(spec, one)) * search.trials
+
+
+def _optuna_tuning(spec: GridSpec, store: Store, studies: dict, search, ex, threads, rep, retry_failed) -> list[Trial]:
+    """Ask each block's study for configurations, run their trials, tell each configuration's mean
+    final ``search.metric`` (over its seeds and settings), until every budget is spent."""
+    spaces = _optuna_spaces(spec)
+    while True:
+        asked = {bi: s.ask() for bi, s in studies.items()}
+        if not any(asked.values()):
+            break
+        round_trials = expand(spec, {bi: [hp for _, hp in a] for bi, a in asked.items()})
+        done, _ = store.scan()
+        _run_trials(store, _todo(store, round_trials, done, retry_failed), ex, threads, rep)
+        done, _ = store.scan()
+        for bi, a in asked.items():
+            arm, _, keys = spaces[bi]
+            for number, hp in a:
+                hp = {k: hp[k] for k in keys}
+                ts = [t for t in round_trials if t.arm == arm and t.config["hparams"] == hp]
+                if any(t.id not in done for t in ts):
+                    continue  # held by another live process: its study trial stays open for a later run
+                vals = [r["metrics"][-1].get(search.metric) for r in (done[t.id] for t in ts)
+                        if r["status"] == "ok" and r["metrics"]]
+                vals = [float(v) for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+                studies[bi].tell(number, sum(vals) / len(vals) if vals else None)
+    return expand(spec, {bi: s.configs() for bi, s in studies.items()})
+
+
+def tuning_trials(spec: GridSpec, results: str | Path) -> list[Trial]:
+    """The tuning trials of ``spec`` known for the results directory ``results``: :func:`expand`,
+    and for ``optuna`` search the configurations its studies there have asked so far."""
+    search = search_settings(spec)
+    if search.sampler != "optuna":
+        return expand(spec)
+    studies = _optuna_studies(spec, Store(results), search, create=False)
+    return expand(spec, {bi: s.configs() for bi, s in studies.items()})
+
+
+def _merge(counts: dict, finished: dict, store: Store) -> dict:
+    out = dict(counts)
+    for k, v in finished.items():
+        out[k] = out.get(k, 0) + v
+    out["results"] = str(store.root)
+    return out
 
 
 def _count(trials: list[Trial], good: dict, bad_ids: set, live: set) -> dict:
@@ -593,8 +778,8 @@ def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) 
     """
     if not isinstance(spec, GridSpec):
         spec = load_spec(spec)
-    trials = expand(spec)
     store = Store(results or default_results_dir(spec))
+    trials = tuning_trials(spec, store.root)
     good, bad = store.scan()
     live = store.live_claims()
     bad_ids = {exc.path.stem for exc in bad}

@@ -126,3 +126,40 @@ def optlab_register_baselines(register):
         def optlab_register_baselines(register):
             register("adamw", lambda model, lr=1e-3: torch.optim.AdamW(model.parameters(), lr=lr))
     """
+
+
+@hookspec
+def optlab_register_executors(register):
+    """Register grid executors (where trials run: a process pool, a cluster, a scheduler).
+
+    ``register(name, cls)``: ``cls(**options)`` (options from the spec's ``[executor]``
+    table or CLI flags) has ``run(root, trials, threads)`` yielding ``(trial_id, status)``
+    as each trial finishes. Each trial must run as ``optlab.grid.run_trial(root, trial,
+    threads)`` in a process that sees ``root`` (results reach the store through the
+    shared filesystem, never through the driver); ``status`` is what it returned, or
+    ``"error"`` if the backend lost the trial. See :mod:`optlab.executors`.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_executors(register):
+            register("threads", ThreadPoolTrialExecutor)
+    """
+
+
+@hookspec
+def optlab_register_sinks(register):
+    """Register metric sinks (extra destinations for finished trials' metrics).
+
+    ``register(name, cls)``: ``cls(root, **options)`` (options from the spec's
+    ``[sinks.NAME]`` table) has ``write(record)``, called once per finished trial with
+    the trial's stored JSON record, and ``close()``. The JSON store stays the source of
+    truth: a sink only mirrors it, so a sink's ``write`` must tolerate the same trial
+    twice. See :mod:`optlab.sinks`.
+
+    Example::
+
+        @hookimpl
+        def optlab_register_sinks(register):
+            register("stdout", PrintFinalAccuracy)
+    """

@@ -37,6 +37,8 @@ KINDS = {
     "task": "optlab_register_tasks",
     "model": "optlab_register_models",
     "baseline": "optlab_register_baselines",
+    "executor": "optlab_register_executors",
+    "sink": "optlab_register_sinks",
 }
 BUILTINS = "optlab.plugins.builtins"
 

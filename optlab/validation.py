@@ -107,5 +107,12 @@ def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
         params = list(inspect.signature(item).parameters.values())
         if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
             _fail(kind, name, plugin, "first argument must be the model: fn(model, **hparams)")
+    elif kind in ("executor", "sink"):
+        method, shape = {"executor": ("run", "run(root, trials, threads) yielding (trial_id, status)"),
+                         "sink": ("write", "write(record) and close()")}[kind]
+        if not inspect.isclass(item) or not callable(getattr(item, method, None)):
+            _fail(kind, name, plugin, f"must be a class with {shape}")
+        if kind == "sink" and not callable(getattr(item, "close", None)):
+            _fail(kind, name, plugin, f"must be a class with {shape}")
     elif not callable(item):
         _fail(kind, name, plugin, "must be callable")

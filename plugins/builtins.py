@@ -49,3 +49,17 @@ def optlab_register_baselines(register):
     from . import baselines
     for name, fn in baselines.BASELINES.items():
         register(name, fn)
+
+
+@hookimpl
+def optlab_register_executors(register):
+    from optlab import executors
+    for name, cls in executors.EXECUTORS.items():
+        register(name, cls)
+
+
+@hookimpl
+def optlab_register_sinks(register):
+    from optlab import sinks
+    for name, cls in sinks.SINKS.items():
+        register(name, cls)
