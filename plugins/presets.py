@@ -55,9 +55,9 @@ def sgd_ph(model, lr=0.1, momentum=0.9, weight_decay=0.0, hessian_momentum=0.9, 
     """SGD-PH: diagonal Newton on channel-wise parameters, SGD-momentum on the rest.
 
     Default refresh: every tensor's H_kk 1 every 50 steps from one block-Rademacher
-    HVP -- the cheapest schedule whose accuracy was statistically indistinguishable
-    from refreshing every step (experiments/refresh-interval.toml, see
-    docs/performance.md). The paper's schedule is ``estimator="rowsum_hvp",
+    HVP, at SGD's step cost. With 20 evaluation seeds it was not shown worse than
+    refreshing every step, nor shown equivalent within 0.5 pp (docs/evidence.md,
+    experiments/paper-ablation.toml); no schedule beat SGD-M there. The paper's schedule is ``estimator="rowsum_hvp",
     schedule="round_robin", every=1`` (and its exact code is ``sgd-ph-reference``).
 
     ``estimator`` is any registered curvature estimator; extra keyword arguments
