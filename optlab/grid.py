@@ -150,7 +150,10 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
         raise SpecError(f"{where}.name: invalid grid name {name!r}: a name is 1-100 letters, digits, '.', '_' or '-' "
                         "(no '/', no '..'), starting with a letter or digit; results go to results/<name>/ -- "
                         "to write elsewhere, set the `results` key to a directory")
-    _check_protocol(where, data.get("protocol"), data.get("seeds", [0]))
+    seeds = data.get("seeds", [0])
+    if not (isinstance(seeds, list) or isinstance(seeds, int)) or isinstance(seeds, bool):
+        raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
+    _check_protocol(where, data.get("protocol"), seeds)
     _check_scaleout(where, data)
     return GridSpec(name, path, text, data)
 
@@ -219,7 +222,7 @@ def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
         raise SpecError(f"{where}.protocol.evaluation_seeds: expected a count >= 2 or a list of integers >= 0, "
                         f"got {seeds!r}")
     tuning = tuning_seeds if isinstance(tuning_seeds, list) else [tuning_seeds]
-    shared = sorted(set(seeds) & set(tuning))
+    shared = sorted(set(seeds) & {s for s in tuning if isinstance(s, int)})
     if shared:
         raise SpecError(f"{where}.protocol.evaluation_seeds: seeds {shared} are also tuning seeds; evaluation "
                         "needs fresh seeds (that is what makes the comparison unbiased)")
