@@ -222,49 +222,66 @@ def cmd_report(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="optlab", description="Compound optimizers assembled from plugins.")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, off switches)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``optlab`` argument parser (every option has a help text; tested)."""
+    p = argparse.ArgumentParser(prog="optlab", description="Compound optimizers assembled from plugins.",
+                                formatter_class=_Help)
     p.add_argument("--strict", action="store_true", help="a plugin that fails to load is fatal")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    sub.add_parser("plugins", help="list every registered plugin item and its plugin").set_defaults(fn=cmd_plugins)
+    sub.add_parser("plugins", formatter_class=_Help, help="list every registered plugin item and its plugin").set_defaults(fn=cmd_plugins)
 
     def model_args(sp):
-        sp.add_argument("--task", default="digits")
-        sp.add_argument("--model", default="cnn-bn")
+        sp.add_argument("--task", default="digits", help="registered task (`optlab plugins` lists them)")
+        sp.add_argument("--model", default="cnn-bn", help="registered model")
         sp.add_argument("--decouple", action="store_true", help="weight-normalize conv/linear layers")
-        sp.add_argument("--task-option", action="append", metavar="KEY=VALUE")
-        sp.add_argument("--model-option", action="append", metavar="KEY=VALUE")
+        sp.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                        help="task option, JSON value (e.g. val_fraction=0.1); repeatable")
+        sp.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                        help="model option, JSON value (e.g. width=32); repeatable")
 
-    sp = sub.add_parser("explain", help="show which rule every parameter goes to")
+    sp = sub.add_parser("explain", formatter_class=_Help, help="show which rule every parameter goes to")
     model_args(sp)
-    sp.add_argument("--optimizer", default="sgd-ph")
-    sp.add_argument("--hp", action="append", metavar="KEY=VALUE")
+    sp.add_argument("--optimizer", default="sgd-ph", help="preset or baseline")
+    sp.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, JSON value; repeatable")
     sp.set_defaults(fn=cmd_explain)
 
-    sp = sub.add_parser("train", help="one training run with per-epoch metrics")
+    sp = sub.add_parser("train", formatter_class=_Help, help="one training run with per-epoch metrics")
     model_args(sp)
-    sp.add_argument("--optimizer", default="sgd-ph")
+    sp.add_argument("--optimizer", default="sgd-ph", help="preset or baseline")
     for key in ("lr", "momentum", "weight-decay", "hessian-momentum", "tau", "eps"):
-        sp.add_argument(f"--{key}", type=float, default=None)
+        sp.add_argument(f"--{key}", type=float, default=None,
+                        help=f"{key.replace('-', '_')} (unset: the optimizer's default)")
     sp.add_argument("--hp", action="append", metavar="KEY=VALUE", help="any other hyperparameter, JSON value")
-    sp.add_argument("--epochs", type=int, default=10)
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "multistep", "cosine"])
-    sp.add_argument("--milestones", type=float, nargs="*", default=None)
-    sp.add_argument("--warmup-epochs", type=float, default=0.0)
-    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"])
-    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--epochs", type=int, default=10, help="training epochs")
+    sp.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
+    sp.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and estimators")
+    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "multistep", "cosine"],
+                    help="learning-rate schedule over epochs")
+    sp.add_argument("--milestones", type=float, nargs="*", default=None,
+                    help="multistep: epochs where lr is multiplied by 0.1 (default: epochs/2, 3*epochs/4)")
+    sp.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup (epochs)")
+    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"],
+                    help="HVP engine: autograd double backward, or torch.func jvp(grad)")
+    sp.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
     sp.add_argument("--out", help="write the result (config, metrics, status) as JSON")
     sp.set_defaults(fn=cmd_train)
 
-    sp = sub.add_parser("grid", help="run or inspect an ablation grid")
+    sp = sub.add_parser("grid", formatter_class=_Help, help="run or inspect an ablation grid")
     gsub = sp.add_subparsers(dest="grid_cmd", required=True)
-    g = gsub.add_parser("run", help="run the missing trials of SPEC (resumable)")
-    g.add_argument("spec")
+    g = gsub.add_parser("run", formatter_class=_Help, help="run the missing trials of SPEC (resumable)")
+    g.add_argument("spec", help="grid spec (TOML), e.g. experiments/quickstart.toml")
     g.add_argument("--workers", type=int, default=None, help="local executor: parallel worker processes (default 1)")
     g.add_argument("--threads", type=int, default=None,
                    help="torch threads per trial (default: local cores/workers; ray cpus_per_trial; submitit "
@@ -279,26 +296,26 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-E", "--executor-option", action="append", metavar="KEY=VALUE",
                    help="any other executor option, JSON value (e.g. -E cpus_per_trial=2)")
     g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
-    g.add_argument("--retry-failed", action="store_true")
+    g.add_argument("--retry-failed", action="store_true", help="rerun trials whose status is failed")
     g.set_defaults(fn=cmd_grid)
-    g = gsub.add_parser("status", help="done/running/missing/failed counts")
-    g.add_argument("spec")
-    g.add_argument("--results", default=None)
+    g = gsub.add_parser("status", formatter_class=_Help, help="done/running/missing/failed counts")
+    g.add_argument("spec", help="grid spec (TOML)")
+    g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
     g.set_defaults(fn=cmd_grid)
 
-    sp = sub.add_parser("diagnose", help="is the partial Hessian diagonal? estimator errors and costs")
+    sp = sub.add_parser("diagnose", formatter_class=_Help, help="is the partial Hessian diagonal? estimator errors and costs")
     model_args(sp)
-    sp.add_argument("--batch-size", type=int, default=128)
-    sp.add_argument("--selector", default="channelwise")
-    sp.add_argument("--max-block", type=int, default=4096)
-    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"])
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--batch-size", type=int, default=128, help="samples in the measured batch")
+    sp.add_argument("--selector", default="channelwise", help="which parameters' blocks to measure")
+    sp.add_argument("--max-block", type=int, default=4096, help="skip tensors larger than this (dense block cost)")
+    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"], help="HVP engine")
+    sp.add_argument("--seed", type=int, default=0, help="seed of model init and estimators")
     sp.add_argument("--warmup-steps", type=int, default=0, help="SGD steps before measuring")
-    sp.add_argument("--float64", action="store_true")
-    sp.add_argument("--out", default="reports/diagnose")
+    sp.add_argument("--float64", action="store_true", help="measure in float64")
+    sp.add_argument("--out", default="reports/diagnose", help="folder for the CSV and figure")
     sp.set_defaults(fn=cmd_diagnose)
 
-    sp = sub.add_parser("report", help="HTML + Markdown report of a results directory, led by the verdict table")
+    sp = sub.add_parser("report", formatter_class=_Help, help="HTML + Markdown report of a results directory, led by the verdict table")
     sp.add_argument("results", help="results directory (written by `optlab grid run`)")
     sp.add_argument("-o", "--output", default=None, help="output directory (default: RESULTS/report)")
     sp.add_argument("--title", default=None, help="report title (default: from the results directory name)")
@@ -318,7 +335,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="test metric the verdict compares (default: %(default)s)")
     sp.set_defaults(fn=cmd_report)
 
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.strict:
         import os
 
