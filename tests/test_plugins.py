@@ -249,3 +249,113 @@ print("conformant")
     rep = subprocess.run([sys.executable, "-m", "optlab.cli", "report", str(tmp_path / "res"), "-o", str(tmp_path / "rep")],
                          capture_output=True, text=True)
     assert rep.returncode == 0 and (tmp_path / "rep" / "report.html").exists(), rep.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ the kit names what fails
+class _Shaped(optlab.CurvatureEstimator):
+    """Exact rowsum (H_kk 1) with one defect chosen by ``mode``."""
+    name = "shaped"
+    target = "hessian_rowsum"
+    mode = "ok"
+
+    def estimate(self, ctx, indices, group, generator):
+        out = {k: ctx.hvp({k: torch.ones_like(ctx.params[k])})[k] for k in indices}
+        if self.mode == "shape":
+            out[1] = out[1][:-1]
+        elif self.mode == "dtype":
+            out[1] = out[1].float()
+        elif self.mode == "nan":
+            out[1] = out[1].clone()
+            out[1][2] = float("nan")
+        elif self.mode == "missing":
+            del out[1]
+        return out
+
+
+@pytest.mark.parametrize("mode,match", [
+    ("shape", r"_Shaped on mlp_bn1d \(autograd\): estimate\(\) returned Tensor \(5,\) torch.float64 for '1.bias'; "
+              r"expected a tensor of shape \(6,\) and dtype torch.float64"),
+    ("dtype", r"returned Tensor \(6,\) torch.float32 for '1.bias'; expected a tensor of shape \(6,\) and dtype torch.float64"),
+    ("nan", r"non-finite values for '1.bias' at 1 entry: first \[2\] = \[nan\]"),
+    ("missing", r"returned no estimate for \['1.bias'\]"),
+])
+def test_check_estimator_names_the_tensor_and_entries_that_fail(mode, match):
+    bad = type("_Shaped", (_Shaped,), {"mode": mode})
+    check_estimator(type("_Shaped", (_Shaped,), {"mode": "ok"}), problems=("mlp_bn1d",))
+    with pytest.raises(ValueError, match=match):
+        check_estimator(bad, problems=("mlp_bn1d",))
+
+
+def test_check_selector_sees_layernorm_and_groupnorm_and_rejects_an_empty_selection():
+    from torch import nn
+
+    from optlab.selectors import by_predicate
+    bn_only = by_predicate(lambda n, p, m: isinstance(m, nn.modules.batchnorm._BatchNorm), "bn only")
+    all_norms = lambda n, p, m: isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))  # noqa: E731
+    check_selector(optlab.selector("norm"), reference=all_norms)
+    with pytest.raises(AssertionError, match=r"bn only.* on ln_mlp: selected \[\], the reference selects \['1.weight', '1.bias'\]"):
+        check_selector(bn_only, reference=all_norms)
+    layer_norm = by_predicate(lambda n, p, m: isinstance(m, nn.LayerNorm), "layernorm")
+    check_selector(layer_norm)  # selects something only on ln_mlp: passes
+    with pytest.raises(AssertionError, match="selected no parameter on any of"):
+        check_selector(layer_norm, problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"))
+    check_selector(optlab.selector("nothing"), allow_empty=True)
+
+
+# ------------------------------------------------------------------ items run under what they declare
+class _FuncOnly(optlab.CurvatureEstimator):
+    """H_kk 1 that insists on the func engine (as an estimator using torch.func transforms would)."""
+    name = "func_only"
+    target = "hessian_rowsum"
+    requires = {"engine": "func"}
+
+    def estimate(self, ctx, indices, group, generator):
+        if ctx.engine != "func":
+            raise RuntimeError(f"func_only needs engine='func', got {ctx.engine!r}")
+        return {k: ctx.hvp({k: torch.ones_like(ctx.params[k])})[k] for k in indices}
+
+
+class _ReadsOutputs(optlab.CurvatureEstimator):
+    """diag(GGN) from output VJPs: needs the closure to return (loss, outputs)."""
+    name = "reads_outputs"
+    target = "ggn_diag"
+    requires = {"closure": "loss_outputs"}
+
+    def estimate(self, ctx, indices, group, generator):
+        from optlab.plugins.estimators import _output_sqrt_rows
+        jt = ctx.output_vjp_batched(_output_sqrt_rows(ctx.outputs, "cross_entropy"))
+        return {k: jt[k].pow(2).sum(0) for k in indices}
+
+
+def _plugin_with(cls):
+    class P:
+        @hookimpl
+        def optlab_register_estimators(register):
+            register(cls.name, cls)
+    return P
+
+
+@pytest.mark.parametrize("cls", [_FuncOnly, _ReadsOutputs])
+def test_items_are_validated_and_checked_under_what_they_declare(fresh_registry, monkeypatch, cls):
+    monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
+    check_estimator(cls, problems=("mlp_bn1d", "wn_linear"), rtol=1e-8)
+    registry.register_plugin(_plugin_with(cls), "declares")
+    assert registry.get("estimator", cls.name) is cls
+    undeclared = type(cls.__name__, (cls,), {"requires": {}})
+    with pytest.raises(Exception, match="needs engine='func'|needs the model outputs"):
+        check_estimator(undeclared, problems=("mlp_bn1d",))
+    registry.register_plugin(_plugin_with(type("U", (undeclared,), {"name": "undeclared"})), "undeclared")
+    hint = "needs engine='func'" if cls is _FuncOnly else r"declare requires = \{'closure': 'loss_outputs'\}"
+    with pytest.raises(PluginError, match=rf"estimator 'undeclared' rejected: estimate\(\) raised .*{hint}"):
+        registry.items("estimator")
+
+
+def test_a_malformed_requires_declaration_is_rejected(fresh_registry, monkeypatch):
+    monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
+    bad = type("Bad", (_FuncOnly,), {"name": "bad_requires", "requires": {"engin": "func"}})
+    registry.register_plugin(_plugin_with(bad), "p")
+    with pytest.raises(PluginError, match=r"rejected: requires: unknown requirement 'engin'. Did you mean 'engine'\? "
+                                          r"Valid: engine, closure."):
+        registry.items("estimator")
+    with pytest.raises(ValueError, match=r"requires\['engine'\]: unknown engine 'jax'.*Valid: autograd, func"):
+        check_estimator(type("B", (_FuncOnly,), {"requires": {"engine": "jax"}}))
