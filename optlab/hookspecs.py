@@ -40,8 +40,10 @@ def optlab_register_estimators(register):
     """Register curvature estimators.
 
     ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.CurvatureEstimator`
-    (``name``, ``hparams``, ``stochastic``, ``estimate(ctx, indices, group, generator)``
-    returning ``{index: tensor shaped like the parameter}``).
+    (``name``, ``hparams``, ``stochastic``, ``target``, ``requires``,
+    ``estimate(ctx, indices, group, generator)`` returning ``{index: tensor shaped like
+    the parameter}``). ``requires`` (e.g. ``{"engine": "func"}`` or
+    ``{"closure": "loss_outputs"}``) is what validation and the conformance kit run it under.
 
     Example::
 
@@ -101,13 +103,14 @@ def optlab_register_models(register):
     """Register model constructors.
 
     ``register(name, fn)``: ``fn(task_info: dict, **options) -> nn.Module`` where
-    ``task_info`` has ``input_shape`` and ``num_classes``.
+    ``task_info`` has ``input_shape``, ``num_classes`` and ``name``. The runner always
+    passes ``decouple=<bool>``: accept it (``optlab.decouple(model)`` when true).
 
     Example::
 
         @hookimpl
         def optlab_register_models(register):
-            register("tiny-mlp", lambda info: nn.Sequential(nn.Flatten(), nn.LazyLinear(info["num_classes"])))
+            register("tiny-mlp", lambda info, decouple=False: nn.Sequential(nn.Flatten(), nn.LazyLinear(info["num_classes"])))
     """
 
 

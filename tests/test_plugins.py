@@ -40,6 +40,13 @@ def test_every_hook_is_documented_with_its_signature():
     assert set(registry.KINDS.values()) == set(HOOKS)
 
 
+def test_the_hook_reference_is_generated_from_the_hookspecs():
+    from optlab import hookdocs
+    assert set(f.__name__ for f in hookdocs.hooks()) == set(HOOKS)
+    assert (ROOT / "docs" / "plugin-hooks.md").read_text() == hookdocs.render(), \
+        "docs/plugin-hooks.md is stale: run `python -m optlab.hookdocs > docs/plugin-hooks.md`"
+
+
 def test_builtins_come_through_the_entry_point():
     from importlib.metadata import entry_points
     eps = {ep.name: ep.value for ep in entry_points(group="optlab")}
