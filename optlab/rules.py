@@ -56,12 +56,19 @@ class Stepper:
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, HParam]] = {}
     needs_curvature: ClassVar[bool] = False
+    #: if True, ``step`` also receives ``loss=``: the step's loss (detached scalar, at the
+    #: parameters before this update) -- for adaptive damping and trust regions
+    needs_loss: ClassVar[bool] = False
     #: what the stepper needs to run (see :data:`REQUIREMENTS`); validation and the kit run it so
     requires: ClassVar[dict[str, str]] = {}
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor | None],
              states: list[dict], group: Mapping[str, Any], *,
-             curvature: list[torch.Tensor | None] | None = None, rule_step: int = 0) -> None:
+             curvature: list[torch.Tensor | None] | None = None, rule_step: int = 0,
+             loss: torch.Tensor | None = None) -> None:
+        """Update ``params`` in place. ``curvature[i]``: a fresh estimate on refresh steps,
+        else ``None``; ``rule_step``: this rule's step count from 1; ``loss``: the step's
+        loss, passed only to steppers with ``needs_loss = True``."""
         raise NotImplementedError
 
 

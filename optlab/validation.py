@@ -85,7 +85,8 @@ def _smoke_stepper(name: str, plugin: str, cls) -> None:
     group = {k: v.default for k, v in cls.hparams.items()}
     group.setdefault("lr", 0.1)
     try:
-        cls().step(params, grads, [{} for _ in params], group, curvature=curv, rule_step=1)
+        extra = {"loss": torch.tensor(1.0, dtype=torch.float64)} if getattr(cls, "needs_loss", False) else {}
+        cls().step(params, grads, [{} for _ in params], group, curvature=curv, rule_step=1, **extra)
     except Exception as exc:
         _fail("stepper", name, plugin, f"step() raised {type(exc).__name__}: {exc}")
     for p, b in zip(params, before):
@@ -107,7 +108,8 @@ def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
         if not (inspect.isclass(item) and issubclass(item, Stepper)):
             _fail(kind, name, plugin, "must be a subclass of optlab.Stepper")
         _check_hparams(kind, name, plugin, item)
-        _check_method(kind, name, plugin, item, "step", ["self", "params", "grads", "states", "group"])
+        _check_method(kind, name, plugin, item, "step", ["self", "params", "grads", "states", "group"]
+                      + (["loss"] if getattr(item, "needs_loss", False) else []))
         if plugin != "builtins":
             _smoke_stepper(name, plugin, item)
     elif kind in ("preset", "baseline"):
