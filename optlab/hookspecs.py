@@ -58,8 +58,9 @@ def optlab_register_steppers(register):
     """Register steppers.
 
     ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.Stepper`
-    (``name``, ``hparams``, ``needs_curvature``,
-    ``step(params, grads, states, group, *, curvature, rule_step)``, in place).
+    (``name``, ``hparams``, ``needs_curvature``, ``needs_loss``, ``requires``,
+    ``step(params, grads, states, group, *, curvature, rule_step)``, in place; with
+    ``needs_loss = True`` also ``loss=``, the step's loss).
 
     Example::
 

@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from .closures import BackwardCapture, split_closure_result
+from .hparams import unknown_name
 
 __all__ = ["CurvatureContext", "AutogradEngine", "FuncEngine", "ENGINES", "get_engine",
            "frozen_batchnorm_stats", "split_closure_result"]
@@ -335,4 +336,4 @@ def get_engine(name: str):
     try:
         return ENGINES[name]
     except KeyError:
-        raise ValueError(f"unknown HVP engine {name!r}; valid: {', '.join(ENGINES)}") from None
+        raise ValueError(unknown_name("HVP engine", name, ENGINES)) from None

@@ -237,7 +237,7 @@ def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path)
                            "-c", str(ROOT / "constraints.txt"), "-e", str(pkg)], capture_output=True, text=True)
     assert inst.returncode == 0, inst.stderr[-2000:]
     listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True)
-    for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef"):
+    for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef", "fd_rowsum", "levenberg_newton", "sgd-lm"):
         assert re.search(rf"\b{re.escape(item)}\s+fisher\b", listing.stdout), listing.stdout
     check = subprocess.run([sys.executable, "-c", """
 from optlab.testing import check_estimator, check_stepper, empirical_fisher_reference
