@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import registry
-from .hparams import closest
+from .hparams import unknown_name
 from .optimizer import RuleOptimizer
 from .rules import CurvatureEstimator, Rule, Stepper
 from .selectors import Selector, named_parameters_with_owner
@@ -49,8 +49,7 @@ def _lookup(name: str):
     if name in baselines:
         return "baseline", baselines[name].item
     valid = optimizer_names()
-    raise registry.RegistryError(f"unknown optimizer {name!r}.{closest(name, valid)} "
-                                 f"Valid: {', '.join(valid)}.")
+    raise registry.RegistryError(unknown_name("optimizer", name, valid))
 
 
 def _check_kwargs(name: str, fn, hparams: dict) -> None:
@@ -61,8 +60,7 @@ def _check_kwargs(name: str, fn, hparams: dict) -> None:
     valid = [p.name for p in params]
     for k in hparams:
         if k not in valid:
-            raise TypeError(f"{name}: unknown hyperparameter {k!r}.{closest(k, valid)} "
-                            f"Valid: {', '.join(valid)}.")
+            raise TypeError(f"{name}: " + unknown_name("hyperparameter", k, valid))
 
 
 def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:

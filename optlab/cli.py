@@ -83,8 +83,11 @@ def cmd_train(args) -> int:
                     device=args.device, milestones=args.milestones)
 
     def show(row):
+        lrs = row.get("lrs") or {}
+        lr = (f"lr {row['lr']:.4g}" if len(set(lrs.values())) <= 1
+              else "lr " + " ".join(f"{k}={v:.4g}" for k, v in lrs.items()))  # every rule's lr
         print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-              f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  lr {row['lr']:.4g}  "
+              f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  {lr}  "
               f"time {row['time_epoch']:.2f}s (fb {row['time_forward_backward']:.2f} curv "
               f"{row['time_curvature']:.2f} upd {row['time_update']:.2f})  hvps {row['hvp_count']}")
     if args.threads is not None:
@@ -235,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``optlab`` argument parser (every option has a help text; tested)."""
     p = argparse.ArgumentParser(prog="optlab", description="Compound optimizers assembled from plugins.",
                                 formatter_class=_Help)
-    p.add_argument("--strict", action="store_true", help="a plugin that fails to load is fatal")
+    p.add_argument("--strict", action="store_true",
+                   help="a plugin that fails to load, or an item that fails validation, is fatal "
+                        "(otherwise reported and skipped); same as OPTLAB_STRICT_PLUGINS=1")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     sub.add_parser("plugins", formatter_class=_Help, help="list every registered plugin item and its plugin").set_defaults(fn=cmd_plugins)

@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
-from .hvp import split_closure_result
 
 __all__ = ["BackwardCapture", "STYLES", "closure_mix_in", "ClosureStyles", "clip_grad_norm"]
 
@@ -29,6 +28,23 @@ STYLES = """\
                     opt.step(closure)
   backward-first:   loss = loss_fn(model(x), y)
                     loss.backward(create_graph=opt.needs_graph()); opt.step()"""
+
+
+def split_closure_result(result) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A closure returns the scalar loss, or ``(loss, outputs)`` when an estimator
+    needs the model outputs (the Gauss-Newton family)."""
+    outputs = None
+    if isinstance(result, (tuple, list)):
+        if len(result) != 2:
+            raise TypeError("the closure must return the loss or a pair (loss, outputs); "
+                            f"got a sequence of length {len(result)}")
+        result, outputs = result
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"the closure must return the loss as a scalar tensor; got {type(result).__name__}")
+    if result.numel() != 1:
+        raise ValueError(f"the loss must be a scalar; got a tensor of shape {tuple(result.shape)} "
+                         "(reduce it, e.g. with .mean())")
+    return result.reshape(()), outputs
 
 
 class BackwardCapture(TorchFunctionMode):

@@ -227,6 +227,15 @@ class AveragedHVPContext(CurvatureContext):
         avg = self.replicas.average([out[k] for k in keys], [out[k] for k in keys])
         return dict(zip(keys, avg))
 
+    def loss_and_grad_at(self, deltas, *, grad=True):
+        """:meth:`CurvatureContext.loss_and_grad_at` of the global batch: loss and gradient averaged over ranks."""
+        loss, grads = self.inner.loss_and_grad_at(deltas, grad=grad)
+        keys = list(grads)
+        avg = self.replicas.average([loss.reshape(1)] + [grads[k] for k in keys],
+                                    [loss.reshape(1)] + [grads[k] for k in keys])
+        self.eval_count = self.inner.eval_count
+        return avg[0].reshape(()), dict(zip(keys, avg[1:]))
+
     def _local_outputs_only(self):
         if self._cross_rank_norm:
             raise NotImplementedError(

@@ -40,8 +40,10 @@ def optlab_register_estimators(register):
     """Register curvature estimators.
 
     ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.CurvatureEstimator`
-    (``name``, ``hparams``, ``stochastic``, ``estimate(ctx, indices, group, generator)``
-    returning ``{index: tensor shaped like the parameter}``).
+    (``name``, ``hparams``, ``stochastic``, ``target``, ``requires``,
+    ``estimate(ctx, indices, group, generator)`` returning ``{index: tensor shaped like
+    the parameter}``). ``requires`` (e.g. ``{"engine": "func"}`` or
+    ``{"closure": "loss_outputs"}``) is what validation and the conformance kit run it under.
 
     Example::
 
@@ -56,8 +58,9 @@ def optlab_register_steppers(register):
     """Register steppers.
 
     ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.Stepper`
-    (``name``, ``hparams``, ``needs_curvature``,
-    ``step(params, grads, states, group, *, curvature, rule_step)``, in place).
+    (``name``, ``hparams``, ``needs_curvature``, ``needs_loss``, ``requires``,
+    ``step(params, grads, states, group, *, curvature, rule_step)``, in place; with
+    ``needs_loss = True`` also ``loss=``, the step's loss).
 
     Example::
 
@@ -101,13 +104,14 @@ def optlab_register_models(register):
     """Register model constructors.
 
     ``register(name, fn)``: ``fn(task_info: dict, **options) -> nn.Module`` where
-    ``task_info`` has ``input_shape`` and ``num_classes``.
+    ``task_info`` has ``input_shape``, ``num_classes`` and ``name``. The runner always
+    passes ``decouple=<bool>``: accept it (``optlab.decouple(model)`` when true).
 
     Example::
 
         @hookimpl
         def optlab_register_models(register):
-            register("tiny-mlp", lambda info: nn.Sequential(nn.Flatten(), nn.LazyLinear(info["num_classes"])))
+            register("tiny-mlp", lambda info, decouple=False: nn.Sequential(nn.Flatten(), nn.LazyLinear(info["num_classes"])))
     """
 
 

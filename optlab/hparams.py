@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 __all__ = [
-    "HParam", "validate", "resolve", "closest",
+    "HParam", "validate", "resolve", "closest", "unknown_name",
     "nonneg", "positive", "unit_interval", "choice", "positive_int", "optional",
 ]
 
@@ -59,9 +59,24 @@ def optional(spec: HParam) -> HParam:
     return HParam(spec.default, lambda x: x is None or spec.check(x), spec.valid + " or None", spec.doc)
 
 
-def closest(name: str, options) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+def closest(name: str, options: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the option closest to ``name`` (difflib ratio >= 0.5), else ``""``."""
+    match = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def unknown_name(what: str, name: Any, valid: Iterable[str], *, valid_label: str = "Valid",
+                 sort: bool = False) -> str:
+    """The one message for a name that is not among ``valid``::
+
+        unknown <what> <name!r>. Did you mean 'x'? <valid_label>: a, b, c.
+
+    Callers raise it with their own exception type, e.g.
+    ``raise ValueError(unknown_name("engine", name, ENGINES))``.
+    """
+    options = [str(o) for o in valid]
+    listed = sorted(options) if sort else options
+    return f"unknown {what} {name!r}.{closest(str(name), options)} {valid_label}: {', '.join(listed)}."
 
 
 def validate(owner: str, name: str, value: Any, spec: HParam) -> Any:
@@ -74,11 +89,7 @@ def resolve(owner: str, specs: Mapping[str, HParam], given: Mapping[str, Any]) -
     """Defaults of ``specs`` overridden by ``given``; unknown names and bad values raise."""
     unknown = [k for k in given if k not in specs]
     if unknown:
-        k = unknown[0]
-        raise TypeError(
-            f"{owner}: unknown hyperparameter {k!r}.{closest(k, specs)} "
-            f"Valid: {', '.join(sorted(specs))}."
-        )
+        raise TypeError(f"{owner}: " + unknown_name("hyperparameter", unknown[0], specs, sort=True))
     out = {}
     for k, spec in specs.items():
         out[k] = validate(owner, k, given.get(k, spec.default), spec)

@@ -27,6 +27,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
+from .closures import BackwardCapture, split_closure_result
+from .hparams import unknown_name
+
 __all__ = ["CurvatureContext", "AutogradEngine", "FuncEngine", "ENGINES", "get_engine",
            "frozen_batchnorm_stats", "split_closure_result"]
 
@@ -65,23 +68,6 @@ def _explain_forward_ad() -> Iterator[None]:
             "torch's weight_norm use optlab.decouple(), which writes it in primitive ops.") from exc
 
 
-def split_closure_result(result) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A closure returns the scalar loss, or ``(loss, outputs)`` when an estimator
-    needs the model outputs (the Gauss-Newton family)."""
-    outputs = None
-    if isinstance(result, (tuple, list)):
-        if len(result) != 2:
-            raise TypeError("the closure must return the loss or a pair (loss, outputs); "
-                            f"got a sequence of length {len(result)}")
-        result, outputs = result
-    if not isinstance(result, torch.Tensor):
-        raise TypeError(f"the closure must return the loss as a scalar tensor; got {type(result).__name__}")
-    if result.numel() != 1:
-        raise ValueError(f"the loss must be a scalar; got a tensor of shape {tuple(result.shape)} "
-                         "(reduce it, e.g. with .mean())")
-    return result.reshape(()), outputs
-
-
 def _batched_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotangents: list[torch.Tensor],
                   chunk_size: int | None) -> list[torch.Tensor]:
     """``sum_o (d outputs_o / d input)^T c_o`` for each of ``n`` stacked cotangents ``c``.
@@ -114,6 +100,59 @@ class CurvatureContext:
         self.hvp_count = 0
         #: number of output-Jacobian-transpose products (Gauss-Newton estimators)
         self.vjp_count = 0
+        #: number of loss (and gradient) evaluations at perturbed parameters (:meth:`loss_and_grad_at`)
+        self.eval_count = 0
+        self._model: nn.Module | None = None
+        self._closure: Callable | None = None
+
+    def _bind(self, model: nn.Module | None, closure: Callable | None) -> "CurvatureContext":
+        self._model, self._closure = model, closure
+        return self
+
+    def loss_and_grad_at(self, deltas: dict[int, torch.Tensor], *, grad: bool = True
+                         ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The step's loss at perturbed parameters, ``L(theta + delta)``, and its gradient there.
+
+        ``deltas`` maps rule-local indices to perturbations shaped like those
+        parameters (the support ``S``); every other parameter keeps its value. Returns
+        the detached scalar loss and ``{i: dL/dp_i (theta + delta)}`` for ``i`` in ``S``
+        (``{}`` with ``grad=False``). The closure is re-run on the step's batch with
+        the perturbed tensors swapped in by ``torch.func.functional_call``: the
+        parameters themselves, their ``.grad`` and the step's graph are untouched, and
+        BatchNorm uses the batch statistics with running statistics frozen (as the
+        ``func`` engine does). Works on both engines and with every closure style (a
+        ``loss.backward()`` inside the closure is intercepted, not run, and ``.grad`` is
+        restored after a ``zero_grad()`` in it); needs a closure
+        (not the backward-first style). For finite-difference and line-search
+        estimators, e.g. ``H_kk 1 ~ (g_k(theta + h 1_k) - g_k(theta - h 1_k)) / 2h``.
+        Each call adds one to ``eval_count``.
+        """
+        if self._closure is None or self._model is None:
+            raise ValueError("loss_and_grad_at() re-runs the step's closure, and this step has none (the "
+                             "backward-first style): call opt.step(closure) with a closure that runs the forward "
+                             "pass and returns the loss")
+        idx = list(deltas)
+        for i in idx:
+            p, d = self.params[i], deltas[i]
+            if not isinstance(d, torch.Tensor) or d.shape != p.shape:
+                raise ValueError(f"loss_and_grad_at: the perturbation of {self.names[i]!r} must be a tensor of shape "
+                                 f"{tuple(p.shape)}; got {type(d).__name__} {tuple(getattr(d, 'shape', ()))}")
+        point = [(self.params[i].detach() + deltas[i].to(self.params[i].dtype)).requires_grad_(grad) for i in idx]
+        wrapper = _ClosureModule(self._model, self._closure)
+        swap = {"model." + self.names[i]: t for i, t in zip(idx, point)}
+        saved = [(p, p.grad) for p in self._model.parameters()]  # a closure's zero_grad() must not clear them
+        try:
+            with torch.enable_grad(), frozen_batchnorm_stats(self._model), BackwardCapture() as cap:
+                result = functional_call(wrapper, swap, (), strict=False)
+        finally:
+            for p, g in saved:
+                p.grad = g
+        loss = cap.loss if cap.loss is not None else split_closure_result(result)[0]
+        self.eval_count += 1
+        if not grad:
+            return loss.detach(), {}
+        gs = torch.autograd.grad(loss, point, allow_unused=True)
+        return loss.detach(), {i: torch.zeros_like(t) if g is None else g.detach() for i, t, g in zip(idx, point, gs)}
 
     @property
     def outputs(self) -> torch.Tensor:
@@ -277,7 +316,7 @@ class AutogradEngine:
             with torch.enable_grad(), frozen_batchnorm_stats(model):
                 loss, outputs = split_closure_result(closure())
                 grads = list(torch.autograd.grad(loss, params, create_graph=True, allow_unused=True))
-        return _AutogradContext(params, names, grads, outputs, loss)
+        return _AutogradContext(params, names, grads, outputs, loss)._bind(model, closure)
 
 
 class FuncEngine:
@@ -287,7 +326,7 @@ class FuncEngine:
     needs_graph = False
 
     def context(self, *, model, closure, params, names, grads=None, outputs=None, loss=None) -> CurvatureContext:
-        return _FuncContext(params, names, model, closure)
+        return _FuncContext(params, names, model, closure)._bind(model, closure)
 
 
 ENGINES = {"autograd": AutogradEngine(), "func": FuncEngine()}
@@ -297,4 +336,4 @@ def get_engine(name: str):
     try:
         return ENGINES[name]
     except KeyError:
-        raise ValueError(f"unknown HVP engine {name!r}; valid: {', '.join(ENGINES)}") from None
+        raise ValueError(unknown_name("HVP engine", name, ENGINES)) from None

@@ -35,7 +35,7 @@ from torch import nn
 from . import distributed
 from .closures import STYLES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
 from .hvp import get_engine, split_closure_result
-from .rules import Rule, Schedule, partition
+from .rules import Rule, Schedule, check_estimate, partition
 
 __all__ = ["RuleOptimizer"]
 
@@ -327,8 +327,16 @@ class RuleOptimizer(torch.optim.Optimizer):
                     for i, s in enumerate(states):
                         if curv[i] is not None:
                             s["curvature_step"] = st["step"]
+                extra = {}
+                if rule.stepper.needs_loss:  # loss-aware steppers (adaptive damping, trust regions)
+                    if loss is None:
+                        raise RuntimeError(
+                            f"{self.name}: stepper {rule.stepper.name!r} of rule {rule.name!r} needs the step's loss "
+                            "(needs_loss = True), but this step has none: call opt.step(closure) with a closure "
+                            "that returns the loss. The styles:\n" + STYLES)
+                    extra["loss"] = loss.detach()
                 rule.stepper.step(params, [p.grad for p in params], states, group,
-                                  curvature=curv, rule_step=st["step"])
+                                  curvature=curv, rule_step=st["step"], **extra)
         self.timings["update"] += time.perf_counter() - t2
         if replicas is not None:
             replicas.forwards = 0
@@ -415,16 +423,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             st["generator"] = gen.get_state()
         st["hvp_count"] += ctx.hvp_count
         st["vjp_count"] += ctx.vjp_count
-        missing = [group["param_names"][i] for i in idx if i not in est]
-        if missing:
-            raise RuntimeError(f"estimator {rule.curvature.name!r} returned no estimate for {missing}")
-        for i, t in est.items():
-            if not isinstance(t, torch.Tensor) or t.shape != params[i].shape or t.dtype != params[i].dtype:
-                raise RuntimeError(
-                    f"estimator {rule.curvature.name!r} returned {type(t).__name__} "
-                    f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', '')} for {group['param_names'][i]!r}; "
-                    f"expected a tensor of shape {tuple(params[i].shape)} and dtype {params[i].dtype}")
-        est = {i: t.detach() for i, t in est.items()}
+        est = check_estimate(est, idx, params, group["param_names"], who=f"estimator {rule.curvature.name!r}",
+                             finite=False)  # non-finite curvature is the stepper's to rectify
         if self._replicas is not None:  # identical on every rank (a no-op for HVP-only estimators)
             keys = sorted(est)
             est = dict(zip(keys, self._replicas.average([est[i] for i in keys], [params[i] for i in keys])))
@@ -473,3 +473,7 @@ class _ScaledHVPContext:
 
     def dense_block(self, indices, chunk_size=None):
         return self._inner.dense_block(indices, chunk_size=chunk_size) * self._inv
+
+    def loss_and_grad_at(self, deltas, *, grad=True):
+        loss, grads = self._inner.loss_and_grad_at(deltas, grad=grad)
+        return loss * self._inv, {i: g * self._inv for i, g in grads.items()}

@@ -8,8 +8,9 @@ uses. Environment switches:
 * ``OPTLAB_PLUGINS=a,b`` -- load only the entry points with these names
   (``builtins`` is always loaded).
 * ``OPTLAB_TRACE_HOOKS=1`` -- print every hook call to stderr.
-* ``OPTLAB_STRICT_PLUGINS=1`` -- a plugin that fails to import is fatal
-  (otherwise it is reported as a warning and skipped).
+* ``OPTLAB_STRICT_PLUGINS=1`` (or ``optlab --strict``) -- a plugin that fails to
+  import, or an item that fails validation, is fatal (otherwise it is reported
+  as a warning, listed by :func:`load_errors`, and skipped).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import pluggy
 
 from . import hookspecs
 from .hparams import closest
+from .validation import PluginError, validate_item
 
 __all__ = ["KINDS", "Entry", "get", "items", "plugin_manager", "register_plugin", "reset", "load_errors"]
 
@@ -99,7 +101,8 @@ def plugin_manager() -> pluggy.PluginManager:
 
 
 def load_errors() -> list[str]:
-    plugin_manager()
+    """Plugins that failed to load and items that failed validation (and were skipped)."""
+    _collect()
     return list(_errors)
 
 
@@ -123,6 +126,7 @@ def _collect() -> dict[str, dict[str, Entry]]:
         return _items
     pm = plugin_manager()
     trace = _truthy("OPTLAB_TRACE_HOOKS")
+    strict = _truthy("OPTLAB_STRICT_PLUGINS")
     out: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
     for kind, hook_name in KINDS.items():
         hook = getattr(pm.hook, hook_name)
@@ -140,8 +144,15 @@ def _collect() -> dict[str, dict[str, Entry]]:
                     other = out[_kind][name].plugin
                     raise RegistryError(f"{_kind} {name!r} is registered by two plugins: "
                                         f"{other!r} and {_plugin!r}; rename one of them.")
-                from .validation import validate_item
-                validate_item(_kind, name, item, _plugin)
+                try:
+                    validate_item(_kind, name, item, _plugin)
+                except PluginError as exc:  # one bad item must not take every command down
+                    if strict:
+                        raise
+                    _errors.append(str(exc))
+                    warnings.warn(f"{exc} -- skipped (set OPTLAB_STRICT_PLUGINS=1 or pass --strict to make "
+                                  "this fatal)", RuntimeWarning, stacklevel=2)
+                    return
                 out[_kind][name] = Entry(_kind, name, item, _plugin)
 
             impl.function(register)

@@ -17,10 +17,32 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import nn
 
-from .hparams import HParam, choice, optional, positive_int, resolve
+from .hparams import HParam, choice, optional, positive_int, resolve, unknown_name
 from .selectors import Rest, Selector, named_parameters_with_owner
 
-__all__ = ["Stepper", "CurvatureEstimator", "Schedule", "Rule", "partition", "SCHEDULE_HPARAMS"]
+__all__ = ["Stepper", "CurvatureEstimator", "Schedule", "Rule", "partition", "SCHEDULE_HPARAMS",
+           "REQUIREMENTS", "EstimateError", "check_estimate", "check_requires"]
+
+#: what an item may declare in ``requires`` and the values each key takes:
+#: ``engine`` -- the HVP engine it needs (``ctx`` methods that only one engine offers);
+#: ``closure`` -- ``"loss_outputs"`` if it reads the model outputs, so the closure must return
+#: ``(loss, outputs)`` (Gauss-Newton estimators), ``"loss"`` (the default) if the loss suffices.
+REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "engine": ("autograd", "func"),
+    "closure": ("loss", "loss_outputs"),
+}
+
+
+def check_requires(requires: Any) -> dict[str, str]:
+    """Validate an item's ``requires`` declaration against :data:`REQUIREMENTS`; returns it as a dict."""
+    if not isinstance(requires, Mapping):
+        raise ValueError(f"requires must be a dict such as {{'engine': 'func'}}; got {requires!r}")
+    for key, value in requires.items():
+        if key not in REQUIREMENTS:
+            raise ValueError(unknown_name("requirement", key, REQUIREMENTS))
+        if value not in REQUIREMENTS[key]:
+            raise ValueError(f"requires[{key!r}]: " + unknown_name(key, value, REQUIREMENTS[key]))
+    return dict(requires)
 
 
 class Stepper:
@@ -34,10 +56,19 @@ class Stepper:
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, HParam]] = {}
     needs_curvature: ClassVar[bool] = False
+    #: if True, ``step`` also receives ``loss=``: the step's loss (detached scalar, at the
+    #: parameters before this update) -- for adaptive damping and trust regions
+    needs_loss: ClassVar[bool] = False
+    #: what the stepper needs to run (see :data:`REQUIREMENTS`); validation and the kit run it so
+    requires: ClassVar[dict[str, str]] = {}
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor | None],
              states: list[dict], group: Mapping[str, Any], *,
-             curvature: list[torch.Tensor | None] | None = None, rule_step: int = 0) -> None:
+             curvature: list[torch.Tensor | None] | None = None, rule_step: int = 0,
+             loss: torch.Tensor | None = None) -> None:
+        """Update ``params`` in place. ``curvature[i]``: a fresh estimate on refresh steps,
+        else ``None``; ``rule_step``: this rule's step count from 1; ``loss``: the step's
+        loss, passed only to steppers with ``needs_loss = True``."""
         raise NotImplementedError
 
 
@@ -53,12 +84,56 @@ class CurvatureEstimator:
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, HParam]] = {}
     stochastic: ClassVar[bool] = False
-    #: what the estimator targets, for docs and diagnostics
+    #: the dense reference the estimate is checked against by :func:`optlab.testing.check_estimator`:
+    #: ``"hessian_diag"``, ``"hessian_rowsum"`` (per-tensor block row sums ``H_kk 1``), ``"ggn_diag"``,
+    #: ``"empirical_fisher_diag"``, or ``""`` (pass ``reference=`` to the kit)
     target: ClassVar[str] = ""
+    #: what the estimator needs to run, e.g. ``{"engine": "func"}`` or ``{"closure": "loss_outputs"}``
+    #: (see :data:`REQUIREMENTS`); registration validation and the conformance kit run it so
+    requires: ClassVar[dict[str, str]] = {}
 
     def estimate(self, ctx, indices: list[int], group: Mapping[str, Any],
                  generator: torch.Generator | None) -> dict[int, torch.Tensor]:
         raise NotImplementedError
+
+
+class EstimateError(ValueError):
+    """An estimator returned something that is not ``{index: tensor shaped like the parameter}``."""
+
+
+def check_estimate(out: Any, indices: list[int], params: list[torch.Tensor], names: list[str], *,
+                   who: str = "", finite: bool = True) -> dict[int, torch.Tensor]:
+    """Check what ``CurvatureEstimator.estimate`` returned for the rule-local ``indices``.
+
+    It must be a dict with a tensor for every index asked for, each with its
+    parameter's shape and dtype, and (``finite=True``) finite entries. The
+    :class:`EstimateError` names ``who`` (e.g. ``"estimator 'x'"``), the tensor
+    and, for non-finite values, the first offending entries. Returns
+    ``{i: tensor.detach()}`` for the indices asked for.
+    """
+    pre = f"{who}: " if who else ""
+    if not isinstance(out, Mapping):
+        raise EstimateError(f"{pre}estimate() must return {{index: tensor}} for the indices asked for "
+                            f"({list(indices)}); got {type(out).__name__}")
+    missing = [names[i] for i in indices if i not in out]
+    if missing:
+        raise EstimateError(f"{pre}estimate() returned no estimate for {missing} (asked for indices "
+                            f"{list(indices)}, got {sorted(out, key=str)})")
+    for i in indices:
+        t, p = out[i], params[i]
+        if not isinstance(t, torch.Tensor) or t.shape != p.shape or t.dtype != p.dtype:
+            raise EstimateError(
+                f"{pre}estimate() returned {type(t).__name__} {tuple(getattr(t, 'shape', ()))} "
+                f"{getattr(t, 'dtype', '')} for {names[i]!r}; expected a tensor of shape {tuple(p.shape)} "
+                f"and dtype {p.dtype} (one tensor shaped like each parameter)")
+        if finite:
+            bad = (~torch.isfinite(t.detach())).nonzero()
+            if len(bad):
+                entries = [tuple(e) if len(e) > 1 else e[0] for e in bad[:5].tolist()]
+                values = t.detach()[tuple(bad[:5].T)].tolist()
+                raise EstimateError(f"{pre}estimate() returned non-finite values for {names[i]!r} at "
+                                    f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'}: first {entries} = {values}")
+    return {i: out[i].detach() for i in indices}
 
 
 SCHEDULE_HPARAMS: dict[str, HParam] = {
@@ -123,7 +198,6 @@ def partition(model: nn.Module, rules: list[Rule]) -> list[dict]:
     if len(rest_rules) > 1:
         raise ValueError(f"at most one rule may use rest(); got {[r.name for r in rest_rules]}")
 
-    owner: dict[str, str] = {}
     members: dict[str, list] = {r.name: [] for r in rules}
     for info in named_parameters_with_owner(model):
         if not info.param.requires_grad:
@@ -138,7 +212,6 @@ def partition(model: nn.Module, rules: list[Rule]) -> list[dict]:
                                  f"in {type(info.owner).__name__}) is matched by no rule "
                                  f"{names}; add a rule with selector rest().")
             hits = [rest_rules[0].name]
-        owner[info.name] = hits[0]
         members[hits[0]].append(info)
 
     groups = []

@@ -1,11 +1,13 @@
 """Tasks: in-memory data sets with a loss, batched deterministically."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from .hparams import unknown_name
 
 __all__ = ["Task", "make_task", "make_model", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION"]
 
@@ -42,9 +44,27 @@ def split_validation(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: in
 class Task:
     """A classification task held as tensors: train, validation and test splits.
 
-    The validation split is carved from the training data (:func:`split_validation`);
-    selection (best configurations, early choices) reads it, the test split is only
-    reported. ``augment(x, generator)`` (optional) is applied to each training batch.
+    Fields:
+
+    * ``x_train, y_train`` -- what the optimizer trains on (mini-batches from
+      :meth:`train_batches`); ``x_val, y_val`` -- selection (best configurations,
+      early choices) reads only these; ``x_test, y_test`` -- only reported. A task
+      function may leave ``x_val``/``y_val`` as ``None``: :func:`make_task` then carves
+      a stratified split from the training data (:func:`split_validation`).
+    * ``num_classes`` -- size of the model's output; with ``input_shape`` (a property,
+      ``x_train.shape[1:]``) it forms ``info``, what model constructors receive.
+    * ``loss_fn(outputs, y, reduction="mean")`` -- the training loss (also called with
+      ``reduction="sum"`` for evaluation); ``loss`` -- its name, ``"cross_entropy"`` or
+      ``"mse"``, which the runner passes to estimators that declare a ``loss``
+      hyperparameter (the Gauss-Newton family; :func:`optlab.train.use_task_loss`).
+    * ``augment(x, generator)`` -- optional, applied to each training batch; draw only
+      from ``generator``.
+
+    The task function's ``seed`` drives only run-level randomness (e.g. random
+    augmentation streams or a procedurally generated data set that should vary per
+    run); train/val/test splits should be fixed (the built-ins use fixed split seeds),
+    so every seed of a grid sees the same data and seeds differ in initialization and
+    batch order, which the runner seeds itself.
     """
 
     name: str
@@ -56,7 +76,6 @@ class Task:
     loss_fn: Callable = F.cross_entropy
     loss: str = "cross_entropy"
     augment: Callable | None = None
-    meta: dict = field(default_factory=dict)
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
 
@@ -93,7 +112,7 @@ class Task:
         splits = {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
                   "test": (self.x_test, self.y_test)}
         if split not in splits:
-            raise ValueError(f"invalid split {split!r}; expected one of {', '.join(splits)}")
+            raise ValueError(unknown_name("split", split, splits))
         x, y = splits[split]
         if x is None:
             raise ValueError(f"task {self.name!r} has no validation split")

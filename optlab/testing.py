@@ -1,208 +1,45 @@
-"""Test helpers and a conformance kit for plugin authors (import in your own tests).
+"""The conformance kit for plugin authors (import it in your own tests).
 
-* tiny float64 reference problems (MLP+BatchNorm1d, CNN+BatchNorm2d, residual
-  block with two BatchNorms, weight-normed linear and conv nets);
-* dense Hessian / GGN references built from *verified paths*: HVP columns by
-  autograd double backward (``torch.func.hessian`` over several native
-  BatchNorm layers was seen to be wrong in torch 2.13), cross-checked with
-  central finite differences of the gradient;
-* ``check_estimator`` / ``check_stepper`` / ``check_selector``: the checks every
-  built-in passes, for your own plugin items.
+``check_estimator`` / ``check_stepper`` / ``check_selector`` run an item on the
+tiny float64 problems of :mod:`optlab.problems` under what the item declares
+(``requires``) and compare it with dense references -- the checks every
+built-in passes. The problems and references are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .hvp import frozen_batchnorm_stats
-from .modeltools import decouple
+from .api import estimator, selector, stepper
+from .hparams import unknown_name
+from .hvp import get_engine
+from .optimizer import RuleOptimizer
+from .problems import (PROBLEMS, Problem, block_slices, dense_ggn, dense_hessian, empirical_fisher_reference,
+                       fd_hessian, flat, make_problem, output_hessian, unflat)
+from .rules import Rule, Schedule, check_estimate, check_requires
+from .selectors import Selector, named_parameters_with_owner, rest
 
-__all__ = ["Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn",
-           "flat", "unflat", "output_hessian", "empirical_fisher_reference", "check_estimator", "check_stepper", "check_selector"]
-
-
-@dataclass
-class Problem:
-    """A tiny model, a batch and a loss: ``loss()`` runs forward on the batch."""
-
-    name: str
-    model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    loss_fn: Callable = F.cross_entropy
-
-    def loss(self) -> torch.Tensor:
-        return self.loss_fn(self.model(self.x), self.y)
-
-    def outputs(self) -> torch.Tensor:
-        return self.model(self.x)
-
-    def closure(self):
-        """``(loss, outputs)`` -- what a closure returns when estimators need the outputs."""
-        out = self.model(self.x)
-        return self.loss_fn(out, self.y), out
-
-    def params(self, selector=None) -> tuple[list[str], list[torch.Tensor]]:
-        from .selectors import named_parameters_with_owner
-        infos = [i for i in named_parameters_with_owner(self.model)
-                 if selector is None or selector.matches(i)]
-        return [i.name for i in infos], [i.param for i in infos]
+__all__ = ["check_estimator", "check_stepper", "check_selector",
+           "Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn", "flat", "unflat",
+           "block_slices", "output_hessian", "empirical_fisher_reference"]
 
 
-class _Residual(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-        self.head = nn.Linear(c, 3)
-
-    def forward(self, x):
-        h = torch.tanh(self.bn1(self.conv1(x)))
-        h = torch.tanh(self.bn2(self.conv2(h)) + x)
-        return self.head(h.mean(dim=(2, 3)))
+SELECTOR_PROBLEMS = ("mlp_bn1d", "cnn_bn2d", "residual", "ln_mlp", "gn_cnn", "wn_linear")
+ESTIMATOR_TARGETS = ("hessian_diag", "hessian_rowsum", "ggn_diag", "empirical_fisher_diag")
 
 
-def _mlp_bn():
-    return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)), (10, 5)
-
-
-def _cnn_bn():
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(),
-                         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Tanh(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), (6, 2, 5, 5)
-
-
-def _residual():
-    return _Residual(3), (6, 3, 4, 4)
-
-
-def _wn_linear():
-    return decouple(nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))), (10, 5)
-
-
-def _wn_conv():
-    return decouple(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Linear(3, 3))), (6, 2, 4, 4)
-
-
-PROBLEMS = {"mlp_bn1d": _mlp_bn, "cnn_bn2d": _cnn_bn, "residual": _residual,
-            "wn_linear": _wn_linear, "wn_conv": _wn_conv}
-
-
-def make_problem(name: str, seed: int = 0, dtype=torch.float64) -> Problem:
-    """One of :data:`PROBLEMS`, in ``dtype`` (float64 for maths), train mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model, xshape = PROBLEMS[name]()
-    model = model.to(dtype).train()
-    with torch.no_grad():  # non-trivial affine parameters so blocks are generic
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=dtype))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g, dtype=dtype))
-    x = torch.randn(xshape, generator=g, dtype=dtype)
-    y = torch.randint(0, 3, (xshape[0],), generator=g)
-    return Problem(name, model, x, y)
-
-
-def flat(ts) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in ts])
-
-
-def unflat(v: torch.Tensor, like) -> list[torch.Tensor]:
-    out, i = [], 0
-    for t in like:
-        out.append(v[i:i + t.numel()].reshape(t.shape))
-        i += t.numel()
-    return out
-
-
-def dense_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
-                  model: nn.Module | None = None) -> torch.Tensor:
-    """Dense Hessian of ``loss_fn()`` w.r.t. ``params`` from HVP columns (double backward).
-
-    Column j is ``H e_j``; all columns come from one batched backward. BatchNorm
-    running statistics of ``model`` are left untouched.
-    """
-    ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
-    with ctx, torch.enable_grad():
-        g = flat(torch.autograd.grad(loss_fn(), params, create_graph=True))
-        n = g.numel()
-        eye = torch.eye(n, dtype=g.dtype, device=g.device)
-        cols = torch.autograd.grad(g, params, eye, is_grads_batched=True, allow_unused=True)
-    cols = [c if c is not None else torch.zeros(n, *p.shape, dtype=g.dtype) for c, p in zip(cols, params)]
-    return torch.cat([c.reshape(n, -1) for c in cols], dim=1)  # row j = (H e_j)^T = column j (H symmetric)
-
-
-def fd_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
-               model: nn.Module | None = None, h: float = 1e-5) -> torch.Tensor:
-    """Dense Hessian by central differences of the gradient (a cross-check, float64)."""
-    def grad_at() -> torch.Tensor:
-        ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
-        with ctx, torch.enable_grad():
-            return flat(torch.autograd.grad(loss_fn(), params))
-    theta = [p.detach().clone() for p in params]
-    n = sum(p.numel() for p in params)
-    cols = []
-    with torch.no_grad():
-        for j in range(n):
-            e = torch.zeros(n, dtype=theta[0].dtype)
-            e[j] = h
-            for p, t, d in zip(params, theta, unflat(e, theta)):
-                p.copy_(t + d)
-            gp = grad_at()
-            for p, t, d in zip(params, theta, unflat(e, theta)):
-                p.copy_(t - d)
-            gm = grad_at()
-            cols.append((gp - gm) / (2 * h))
-        for p, t in zip(params, theta):
-            p.copy_(t)
-    return torch.stack(cols, dim=1)
-
-
-def output_hessian(outputs: torch.Tensor, loss: str) -> torch.Tensor:
-    """Dense Hessian of the mean-reduced loss w.r.t. the flattened outputs (closed form).
-
-    Cross-entropy: block-diagonal ``(diag(p_n) - p_n p_n^T) / N``; MSE: ``2/(N C) I``.
-    """
-    if loss == "mse":
-        m = outputs.numel()
-        return 2.0 / m * torch.eye(m, dtype=outputs.dtype)
-    n = outputs.shape[0]
-    p = outputs.detach().softmax(-1)
-    return torch.block_diag(*[(torch.diag(q) - torch.outer(q, q)) / n for q in p])
-
-
-def dense_ggn(outputs_fn: Callable[[], torch.Tensor], y: torch.Tensor, params: list[torch.Tensor],
-              loss: str = "cross_entropy", model: nn.Module | None = None) -> torch.Tensor:
-    """Dense GGN ``J^T H_out J`` from a verified Jacobian (autograd rows), float64."""
-    ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
-    with ctx, torch.enable_grad():
-        out = outputs_fn()
-        m = out.numel()
-        eye = torch.eye(m, dtype=out.dtype)
-        rows = torch.autograd.grad(out.reshape(-1), params, eye, is_grads_batched=True, allow_unused=True)
-    J = torch.cat([(r if r is not None else torch.zeros(m, *p.shape, dtype=out.dtype)).reshape(m, -1)
-                   for r, p in zip(rows, params)], dim=1)
-    return J.T @ output_hessian(out, loss) @ J
-
-
-def block_slices(params: list[torch.Tensor]) -> list[slice]:
-    out, i = [], 0
-    for p in params:
-        out.append(slice(i, i + p.numel()))
-        i += p.numel()
-    return out
-
-
-# ---------------------------------------------------------------- conformance kit
-def check_selector(selector, problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear")) -> None:
-    """A selector must be deterministic and return only real parameter names, in model order."""
+def check_selector(selector: Selector, problems: tuple[str, ...] = SELECTOR_PROBLEMS, *,
+                   reference: Callable[[str, torch.Tensor, nn.Module], bool] | None = None,
+                   allow_empty: bool = False) -> None:
+    """A selector must be deterministic, return only real parameter names in model order, and
+    partition the parameters with its complement -- on BatchNorm, LayerNorm, GroupNorm and
+    weight-normed problems. It must select something on at least one problem (unless
+    ``allow_empty``), and with ``reference(name, param, owner) -> bool`` exactly what that predicate
+    selects."""
+    total = 0
     for name in problems:
         pb = make_problem(name)
         got = selector.select(pb.model)
@@ -214,55 +51,55 @@ def check_selector(selector, problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_l
         complement = (~selector).select(pb.model)
         assert set(got).isdisjoint(complement) and set(got) | set(complement) == set(order), \
             f"{selector!r} and its complement do not partition {name}'s parameters"
+        if reference is not None:
+            want = [i.name for i in named_parameters_with_owner(pb.model) if reference(i.name, i.param, i.owner)]
+            assert got == want, f"{selector!r} on {name}: selected {got}, the reference selects {want}"
+        total += len(got)
+    assert allow_empty or total, (f"{selector!r} selected no parameter on any of {list(problems)}; "
+                                  "pass allow_empty=True if that is intended")
 
 
-def empirical_fisher_reference(pb: Problem, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``(1/N) sum_n g_n^2`` with g_n the gradient of sample n's loss in the full-batch forward
-    (BatchNorm coupling included), by a loop of autograd calls: a reference for plugins."""
-    with frozen_batchnorm_stats(pb.model), torch.enable_grad():
-        out = pb.model(pb.x)
-        n = out.shape[0]
-        acc = [torch.zeros_like(p) for p in params]
-        for i in range(n):
-            li = pb.loss_fn(out[i:i + 1], pb.y[i:i + 1])
-            gs = torch.autograd.grad(li, params, retain_graph=True)
-            for a, g in zip(acc, gs):
-                a.add_(g.pow(2) / n)
-    return acc
+def _estimator_setup(cls, engine: str | None) -> tuple[str, bool]:
+    requires = check_requires(getattr(cls, "requires", {}))
+    if engine is None:
+        engine = requires.get("engine", "autograd")
+    elif "engine" in requires and requires["engine"] != engine:
+        raise ValueError(f"{cls.__name__} requires engine {requires['engine']!r}; got engine={engine!r}")
+    return engine, requires.get("closure") == "loss_outputs"
 
 
-def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6) -> None:
-    """A stepper must keep dtype, leave buffers as a plain step does, and resume bit-for-bit."""
-    from .optimizer import RuleOptimizer
-    from .rules import Rule, Schedule
-    from .selectors import rest
-    from .api import estimator, selector
+def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6, *, engine: str | None = None) -> None:
+    """A stepper must keep dtype, leave buffers as a plain step does, and resume bit-for-bit.
+
+    Curvature steppers get ``rowsum_hvp`` on the channel-wise parameters every step; the
+    optimizer runs on the engine the stepper declares in ``requires`` (default ``autograd``).
+    """
+    engine, outputs = _estimator_setup(stepper_cls, engine)
 
     def build(pb):
         st = stepper_cls()
         if st.needs_curvature:
             rules = [Rule("x", selector("channelwise"), estimator("rowsum_hvp"), st, dict(hparams or {}),
                           schedule=Schedule(1, "all")),
-                     Rule("rest", rest(), None, __import__("optlab").stepper("sgd"), {})]
+                     Rule("rest", rest(), None, stepper("sgd"), {})]
         else:
             rules = [Rule("x", rest(), None, st, dict(hparams or {}))]
-        return RuleOptimizer(pb.model, rules)
+        return RuleOptimizer(pb.model, rules, engine=engine)
 
     for dtype in (torch.float64, torch.float32):
         a, b = make_problem("mlp_bn1d", dtype=dtype), make_problem("mlp_bn1d", dtype=dtype)
         oa = build(a)
-        import copy
         ref = copy.deepcopy(a.model)
-        oa.step(a.loss)
+        oa.step(a.closure if outputs else a.loss)
         ref(a.x)  # a plain train-mode forward on the same parameters and batch
         for (n, x), y in zip(a.model.named_buffers(), ref.buffers()):
             assert torch.equal(x, y), f"{stepper_cls.__name__}: buffer {n} differs from a plain step's"
         for _ in range(steps - 1):
-            oa.step(a.loss)
+            oa.step(a.closure if outputs else a.loss)
         assert all(p.dtype == dtype for p in a.model.parameters()), f"{stepper_cls.__name__} changed dtype"
         ob = build(b)
         for _ in range(steps // 2):
-            ob.step(b.loss)
+            ob.step(b.closure if outputs else b.loss)
         sd_model, sd_opt = b.model.state_dict(), ob.state_dict()
         c = make_problem("mlp_bn1d", seed=1, dtype=dtype)  # other init, same batch
         c.x, c.y = a.x, a.y
@@ -270,25 +107,48 @@ def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6) -> N
         oc = build(c)
         oc.load_state_dict(sd_opt)
         for _ in range(steps - steps // 2):
-            oc.step(c.loss)
+            oc.step(c.closure if outputs else c.loss)
         for (n, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
             assert torch.equal(pa, pc), f"{stepper_cls.__name__}: resume differs at {n} ({dtype})"
 
 
-def check_estimator(est_cls, hparams: dict | None = None, target: str = "hessian_diag",
+def _reference(target: str, pb: Problem, params: list[torch.Tensor], hp: dict) -> list[torch.Tensor]:
+    sl = block_slices(params)
+    if target == "ggn_diag":
+        ref = dense_ggn(pb.outputs, pb.y, params, loss=hp.get("loss", "cross_entropy"), model=pb.model)
+        return [ref.diagonal()[s] for s in sl]
+    if target in ("hessian_diag", "hessian_rowsum"):
+        ref = dense_hessian(pb.loss, params, model=pb.model)
+        return [ref[s, s].sum(1) if target == "hessian_rowsum" else ref.diagonal()[s] for s in sl]
+    if target == "empirical_fisher_diag":
+        return [w.reshape(-1) for w in empirical_fisher_reference(pb, params)]
+    raise ValueError("check_estimator: " + unknown_name("target", target, ESTIMATOR_TARGETS)
+                     + " Or pass reference=(problem, params) -> list of tensors.")
+
+
+def check_estimator(est_cls, hparams: dict | None = None, target: str | None = None,
                     problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"), draws: int = 0,
-                    rtol: float = 1e-8, reference: Callable | None = None) -> None:
+                    rtol: float = 1e-8, reference: Callable | None = None, *, engine: str | None = None) -> None:
     """Compare an estimator with the dense float64 reference on the tiny problems.
 
-    ``target``: ``hessian_diag``, ``hessian_rowsum`` (per-tensor block row sums)
-    or ``ggn_diag`` -- or pass ``reference(problem, params) -> list[tensor]`` for
-    another target. With ``hparams={"absolute": True}`` the target's absolute
-    value is compared. Deterministic estimators must match to ``rtol``; with
-    ``draws > 0`` the mean over draws must lie within 4 standard errors of the
+    ``target`` (default: the class's ``target``): ``hessian_diag``, ``hessian_rowsum``
+    (per-tensor block row sums), ``ggn_diag`` or ``empirical_fisher_diag`` -- or pass
+    ``reference(problem, params) -> list[tensor]`` for another target. With
+    ``hparams={"absolute": True}`` the target's absolute value is compared.
+    The estimator runs under what it declares in ``requires``: its engine (default
+    ``autograd``; ``engine=`` overrides) and a closure returning the loss, or
+    ``(loss, outputs)`` if it declares ``{"closure": "loss_outputs"}``. Every output
+    is checked for shape, dtype and finiteness (:func:`optlab.rules.check_estimate`,
+    naming the tensor and entries). Deterministic estimators must match to ``rtol``;
+    with ``draws > 0`` the mean over draws must lie within 4 standard errors of the
     target on every entry (unbiasedness).
     """
-    from .hvp import AutogradEngine
-    from .api import selector
+    engine, outputs = _estimator_setup(est_cls, engine)
+    if reference is None:
+        target = target or est_cls.target
+        if not target:
+            raise ValueError(f"check_estimator: {est_cls.__name__} declares no target; pass target= (one of "
+                             f"{', '.join(ESTIMATOR_TARGETS)}) or reference=")
     est = est_cls()
     hp = {k: v.default for k, v in est.hparams.items()}
     hp.update(hparams or {})
@@ -296,27 +156,22 @@ def check_estimator(est_cls, hparams: dict | None = None, target: str = "hessian
     for name in problems:
         pb = make_problem(name)
         names, params = pb.params(sel)
-        sl = block_slices(params)
         if reference is not None:
             want = [w.reshape(-1) for w in reference(pb, params)]
-        elif target == "ggn_diag":
-            ref = dense_ggn(pb.outputs, pb.y, params, loss=hp.get("loss", "cross_entropy"), model=pb.model)
-            want = [ref.diagonal()[s] for s in sl]
-        elif target in ("hessian_diag", "hessian_rowsum"):
-            ref = dense_hessian(pb.loss, params, model=pb.model)
-            want = [ref[s, s].sum(1) if target == "hessian_rowsum" else ref.diagonal()[s] for s in sl]
         else:
-            raise ValueError(f"check_estimator: unknown target {target!r}; expected hessian_diag, "
-                             "hessian_rowsum, ggn_diag, or a reference= callable")
+            want = _reference(target, pb, params, hp)
         if hp.get("absolute"):
             want = [w.abs() for w in want]
         gen = torch.Generator().manual_seed(0)
         n = max(draws, 1)
         samples = []
+        idx = list(range(len(params)))
         for _ in range(n):
-            ctx = AutogradEngine().context(model=pb.model, closure=pb.closure, params=params, names=names)
-            got = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
-            samples.append(flat([got[i] for i in range(len(params))]))
+            ctx = get_engine(engine).context(model=pb.model, closure=pb.closure if outputs else pb.loss,
+                                             params=params, names=names)
+            got = est.estimate(ctx, idx, hp, gen if est.stochastic else None)
+            got = check_estimate(got, idx, params, names, who=f"{est_cls.__name__} on {name} ({engine})")
+            samples.append(flat([got[i] for i in idx]))
         target_vec = flat(want)
         S = torch.stack(samples)
         if draws:

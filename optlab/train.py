@@ -21,12 +21,12 @@ from typing import Any, Callable
 import torch
 
 from . import api, registry
-from .hparams import closest
+from .hparams import unknown_name, validate
 from .optimizer import RuleOptimizer
 from .store import SCHEMA_VERSION, atomic_write
 from .tasks import make_model, make_task
 
-__all__ = ["RunConfig", "train", "RUN_KEYS", "lr_factor"]
+__all__ = ["RunConfig", "train", "RUN_KEYS", "lr_factor", "use_task_loss"]
 
 SCHEDULES = ("constant", "multistep", "cosine")
 
@@ -59,8 +59,7 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         unknown = [k for k in d if k not in RUN_KEYS]
         if unknown:
-            raise KeyError(f"unknown run setting {unknown[0]!r}.{closest(unknown[0], RUN_KEYS)} "
-                           f"Valid: {', '.join(RUN_KEYS)}.")
+            raise KeyError(unknown_name("run setting", unknown[0], RUN_KEYS))
         return cls(**d)
 
     def validate_run(self) -> "RunConfig":
@@ -101,9 +100,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         self.validate_run()
         if not isinstance(self.optimizer, str) or self.optimizer not in api.optimizer_names():
-            valid = api.optimizer_names()
-            raise registry.RegistryError(f"unknown optimizer {self.optimizer!r}.{closest(str(self.optimizer), valid)} "
-                                         f"Valid: {', '.join(valid)}.")
+            raise registry.RegistryError(unknown_name("optimizer", self.optimizer, api.optimizer_names()))
         lr = self.hparams.get("lr")
         if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0
                                or not math.isfinite(lr)):
@@ -243,6 +240,23 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
             "optimizer_plugin": entry.plugin, "plugins": plugins}
 
 
+def use_task_loss(opt: RuleOptimizer, task) -> None:
+    """Tell every estimator that declares a ``loss`` hyperparameter (the Gauss-Newton family: the
+    output Hessian depends on it) the loss the task computes, ``task.loss``. A rule that set
+    ``loss`` explicitly to something else is an error naming both."""
+    for group in opt.param_groups:
+        rule = opt.rules[group["rule"]]
+        spec = rule.curvature.hparams.get("loss") if rule.curvature is not None else None
+        if spec is None:
+            continue
+        owner = f"rule {rule.name!r} (estimator {rule.curvature.name!r})"
+        explicit = rule.hparams.get("loss")
+        if explicit is not None and explicit != task.loss:
+            raise ValueError(f"{owner}: loss={explicit!r}, but task {task.name!r} computes loss {task.loss!r}; "
+                             "drop the loss hyperparameter (it follows the task) or make them agree")
+        group["loss"] = validate(owner, "loss", task.loss, spec)
+
+
 def _build(cfg: RunConfig, device):
     """Fresh task, model, optimizer, lr schedule and data generator of ``cfg`` (seeded)."""
     torch.manual_seed(cfg.seed)
@@ -251,6 +265,8 @@ def _build(cfg: RunConfig, device):
     kind = "preset" if cfg.optimizer in registry.items("preset") else "baseline"
     extra = dict(engine=cfg.engine, seed=cfg.seed) if kind == "preset" else {}
     opt = api.optimizer(cfg.optimizer, model, **extra, **cfg.hparams)
+    if isinstance(opt, RuleOptimizer):
+        use_task_loss(opt, task)
     iters = task.num_train_batches(cfg.batch_size)
     if iters == 0:
         raise ValueError(f"batch_size={cfg.batch_size} exceeds the {task.x_train.shape[0]} training samples of {cfg.task}")

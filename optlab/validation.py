@@ -7,7 +7,7 @@ import inspect
 from typing import Any
 
 from .hparams import HParam
-from .rules import CurvatureEstimator, Stepper
+from .rules import CurvatureEstimator, EstimateError, Stepper, check_estimate, check_requires
 
 
 class PluginError(ValueError):
@@ -38,36 +38,45 @@ def _check_hparams(kind, name, plugin, cls) -> None:
         _fail(kind, name, plugin, "hparams must be a dict of optlab.hparams.HParam")
 
 
+def _check_requires(kind, name, plugin, cls) -> dict[str, str]:
+    try:
+        return check_requires(getattr(cls, "requires", {}))
+    except ValueError as exc:
+        _fail(kind, name, plugin, f"requires: {exc}")
+        raise  # unreachable
+
+
 def _smoke_estimator(name: str, plugin: str, cls) -> None:
-    """Run the estimator once on a tiny float64 MLP+BatchNorm problem."""
+    """Run the estimator once on a tiny float64 MLP+BatchNorm problem, under the engine and
+    closure it declares in ``requires`` (default: ``autograd``, a closure returning the loss only)."""
     import torch
 
-    from .hvp import AutogradEngine
+    from .hvp import get_engine
+    from .problems import make_problem
     from .selectors import by_predicate, is_norm_affine
-    from .testing import make_problem
+    requires = _check_requires("estimator", name, plugin, cls)
     pb = make_problem("mlp_bn1d")
     names, params = pb.params(by_predicate(is_norm_affine, "norm"))
-    ctx = AutogradEngine().context(model=pb.model, closure=pb.closure, params=params, names=names)
+    closure = pb.closure if requires.get("closure") == "loss_outputs" else pb.loss
+    ctx = get_engine(requires.get("engine", "autograd")).context(model=pb.model, closure=closure, params=params,
+                                                                 names=names)
     hp = {k: v.default for k, v in cls.hparams.items()}
     try:
         out = cls().estimate(ctx, [0, 1], hp, torch.Generator().manual_seed(0))
     except Exception as exc:
-        _fail("estimator", name, plugin, f"estimate() raised {type(exc).__name__}: {exc}")
-    if not isinstance(out, dict) or set(out) != {0, 1}:
-        _fail("estimator", name, plugin, f"estimate() must return {{index: tensor}} for the indices asked "
-              f"for ([0, 1]); got {type(out).__name__} {sorted(out) if isinstance(out, dict) else ''}")
-    for i, t in out.items():
-        if not isinstance(t, torch.Tensor) or t.shape != params[i].shape or t.dtype != params[i].dtype:
-            _fail("estimator", name, plugin, f"estimate() returned {type(t).__name__} "
-                  f"{tuple(getattr(t, 'shape', ()))} {getattr(t, 'dtype', '')} for a parameter of shape "
-                  f"{tuple(params[i].shape)} and dtype {params[i].dtype}; return one tensor shaped like each parameter")
-        if not torch.isfinite(t).all():
-            _fail("estimator", name, plugin, "estimate() returned non-finite values on a tiny test problem")
+        hint = ("; if it reads the model outputs, declare requires = {'closure': 'loss_outputs'}"
+                if "outputs" in str(exc) and "closure" not in requires else "")
+        _fail("estimator", name, plugin, f"estimate() raised {type(exc).__name__}: {exc}{hint}")
+    try:
+        check_estimate(out, [0, 1], params, names)
+    except EstimateError as exc:
+        _fail("estimator", name, plugin, f"{exc} (on a tiny float64 test problem)")
 
 
 def _smoke_stepper(name: str, plugin: str, cls) -> None:
     """One step on two float64 tensors with a gradient (and a positive curvature)."""
     import torch
+    _check_requires("stepper", name, plugin, cls)
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(4, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)]
     before = [p.clone() for p in params]
@@ -76,7 +85,8 @@ def _smoke_stepper(name: str, plugin: str, cls) -> None:
     group = {k: v.default for k, v in cls.hparams.items()}
     group.setdefault("lr", 0.1)
     try:
-        cls().step(params, grads, [{} for _ in params], group, curvature=curv, rule_step=1)
+        extra = {"loss": torch.tensor(1.0, dtype=torch.float64)} if getattr(cls, "needs_loss", False) else {}
+        cls().step(params, grads, [{} for _ in params], group, curvature=curv, rule_step=1, **extra)
     except Exception as exc:
         _fail("stepper", name, plugin, f"step() raised {type(exc).__name__}: {exc}")
     for p, b in zip(params, before):
@@ -98,7 +108,8 @@ def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
         if not (inspect.isclass(item) and issubclass(item, Stepper)):
             _fail(kind, name, plugin, "must be a subclass of optlab.Stepper")
         _check_hparams(kind, name, plugin, item)
-        _check_method(kind, name, plugin, item, "step", ["self", "params", "grads", "states", "group"])
+        _check_method(kind, name, plugin, item, "step", ["self", "params", "grads", "states", "group"]
+                      + (["loss"] if getattr(item, "needs_loss", False) else []))
         if plugin != "builtins":
             _smoke_stepper(name, plugin, item)
     elif kind in ("preset", "baseline"):

@@ -234,6 +234,19 @@ def test_step_returns_detached_loss_and_sets_grad():
 
 
 # ------------------------------------------------------------------ errors
+def test_one_message_for_unknown_names():
+    from optlab.hparams import unknown_name
+    from optlab.tasks import Task
+    assert unknown_name("engine", "fnc", ["autograd", "func"]) == \
+        "unknown engine 'fnc'. Did you mean 'func'? Valid: autograd, func."
+    assert unknown_name("x", "zzz", ["b", "a"], sort=True, valid_label="Valid xs") == "unknown x 'zzz'. Valid xs: a, b."
+    t = Task("t", torch.zeros(4, 2), torch.zeros(4), torch.zeros(2, 2), torch.zeros(2), num_classes=2)
+    with pytest.raises(ValueError, match=r"unknown split 'tset'. Did you mean 'test'\? Valid: train, val, test."):
+        next(t.eval_batches("tset"))
+    with pytest.raises(ValueError, match=r"unknown problem 'mlp_bn'. Did you mean 'mlp_bn1d'"):
+        make_problem("mlp_bn")
+
+
 def test_unknown_names_list_valid_ones_and_suggest():
     m = make_problem("mlp_bn1d").model
     with pytest.raises(RegistryError, match=r"unknown optimizer 'sgd-hp'.*Did you mean 'sgd-ph'.*Valid:"):

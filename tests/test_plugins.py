@@ -14,7 +14,7 @@ import optlab
 from optlab import hookspecs, registry
 from optlab.hookspecs import hookimpl
 from optlab.registry import RegistryError
-from optlab.testing import check_estimator, check_selector, check_stepper
+from optlab.testing import ESTIMATOR_TARGETS, check_estimator, check_selector, check_stepper
 from optlab.validation import PluginError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +38,13 @@ def test_every_hook_is_documented_with_its_signature():
         d = inspect.getdoc(getattr(hookspecs, n)) or ""
         assert "register(" in d and "Example::" in d, f"{n}: docstring must say what to register and show an example"
     assert set(registry.KINDS.values()) == set(HOOKS)
+
+
+def test_the_hook_reference_is_generated_from_the_hookspecs():
+    from optlab import hookdocs
+    assert set(f.__name__ for f in hookdocs.hooks()) == set(HOOKS)
+    assert (ROOT / "docs" / "plugin-hooks.md").read_text() == hookdocs.render(), \
+        "docs/plugin-hooks.md is stale: run `python -m optlab.hookdocs > docs/plugin-hooks.md`"
 
 
 def test_builtins_come_through_the_entry_point():
@@ -101,10 +108,68 @@ class _WrongSig:
     (_NoMethod, r"plugin 'p': stepper 'no_step' rejected: does not implement step\(\)"),
     (_WrongSig, r"plugin 'p': stepper 'wrong_sig' rejected: step\(self, params, grads\) lacks argument\(s\) \['states', 'group'\]"),
 ])
-def test_bad_plugin_items_are_rejected_at_registration(fresh_registry, plugin, match):
+def test_bad_plugin_items_are_rejected_at_registration(fresh_registry, monkeypatch, plugin, match):
+    monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
     registry.register_plugin(plugin, "p")
     with pytest.raises(PluginError, match=match):
         registry.items("estimator")
+
+
+def test_a_rejected_item_is_skipped_with_a_warning_unless_strict(fresh_registry, monkeypatch):
+    monkeypatch.delenv("OPTLAB_STRICT_PLUGINS", raising=False)
+    registry.register_plugin(_BadShape, "p")
+    with pytest.warns(RuntimeWarning, match=r"plugin 'p': estimator 'bad_shape' rejected: .* -- skipped"):
+        estimators = registry.items("estimator")
+    assert "bad_shape" not in estimators and "rowsum_hvp" in estimators
+    assert any("bad_shape" in e for e in registry.load_errors())
+    with pytest.raises(RegistryError, match=r"unknown estimator 'bad_shape'"):
+        registry.get("estimator", "bad_shape")
+
+
+BAD_ITEM_PLUGIN = """
+import torch
+import optlab
+
+class WrongShape(optlab.CurvatureEstimator):
+    \"\"\"Returns a (3,) tensor whatever the parameter.\"\"\"
+    name = "wrong_shape"
+
+    def estimate(self, ctx, indices, group, generator):
+        return {i: torch.zeros(3) for i in indices}
+
+@optlab.hookimpl
+def optlab_register_estimators(register):
+    register("wrong_shape", WrongShape)
+"""
+
+
+def _install_fake_dist(site: Path, dist: str, ep_name: str, module: str, source: str) -> None:
+    """A real installed distribution (dist-info with an ``optlab`` entry point) on a PYTHONPATH folder."""
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[optlab]\n{ep_name} = {module}\n")
+    (site / f"{module}.py").write_text(source)
+
+
+def test_a_plugin_item_that_fails_validation_is_skipped_by_every_command_unless_strict(tmp_path):
+    site = tmp_path / "site"
+    _install_fake_dist(site, "bad_item_plugin", "baditem", "bad_item_mod", BAD_ITEM_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": str(site), "OPTLAB_NO_PROGRESS": "1"}
+    env.pop("OPTLAB_STRICT_PLUGINS", None)
+    rejected = r"plugin 'baditem': estimator 'wrong_shape' rejected: estimate\(\) returned Tensor \(3,\)"
+    out = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "sgd-ph" in out.stdout and "wrong_shape" not in out.stdout, out.stderr
+    assert re.search(rejected, out.stderr) and "skipped" in out.stderr, out.stderr
+    run = subprocess.run([sys.executable, "-m", "optlab.cli", "train", "--optimizer", "sgd", "--task", "digits",
+                          "--model", "mlp-bn", "--epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "run.json")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    assert re.search(rejected, run.stderr)
+    for strict_env, args in (({"OPTLAB_STRICT_PLUGINS": "1"}, ["plugins"]), ({}, ["--strict", "plugins"])):
+        strict = subprocess.run([sys.executable, "-m", "optlab.cli", *args], env={**env, **strict_env},
+                                capture_output=True, text=True)
+        assert strict.returncode == 2 and re.search(rejected, strict.stderr), strict.stderr
 
 
 def test_a_plugin_that_fails_to_import_is_skipped_or_fatal_with_strict(tmp_path):
@@ -132,16 +197,12 @@ def test_trace_hooks_switch(tmp_path):
 
 
 # ------------------------------------------------------------------ conformance of every built-in
-TARGETS = {"diag(H)": "hessian_diag", "diag(GGN)": "ggn_diag",
-           "H_kk 1 (row sums of each tensor's diagonal block)": "hessian_rowsum"}
-
-
 @pytest.mark.parametrize("name", sorted(n for n, e in registry.items("estimator").items() if e.plugin == "builtins"))
 def test_builtin_estimators_pass_the_conformance_kit(name):
     cls = registry.get("estimator", name)
-    assert cls.target in TARGETS, f"{name}: declare what it estimates (target)"
+    assert cls.target in ESTIMATOR_TARGETS, f"{name}: declare what it estimates (target)"
     hp = {"absolute": False} if "absolute" in cls.hparams else {}
-    check_estimator(cls, hp, target=TARGETS[cls.target], draws=600 if cls.stochastic else 0,
+    check_estimator(cls, hp, draws=600 if cls.stochastic else 0,
                     problems=("mlp_bn1d", "wn_linear") if cls.stochastic else ("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"))
 
 
@@ -152,7 +213,7 @@ def test_builtin_steppers_pass_the_conformance_kit(name):
 
 @pytest.mark.parametrize("name", ["channelwise", "norm", "wn_scale", "one_d", "nothing"])
 def test_builtin_selectors_pass_the_conformance_kit(name):
-    check_selector(optlab.selector(name))
+    check_selector(optlab.selector(name), allow_empty=name == "nothing")
 
 
 def test_conformance_kit_catches_a_broken_stepper():
@@ -176,7 +237,7 @@ def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path)
                            "-c", str(ROOT / "constraints.txt"), "-e", str(pkg)], capture_output=True, text=True)
     assert inst.returncode == 0, inst.stderr[-2000:]
     listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True)
-    for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef"):
+    for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef", "fd_rowsum", "levenberg_newton", "sgd-lm"):
         assert re.search(rf"\b{re.escape(item)}\s+fisher\b", listing.stdout), listing.stdout
     check = subprocess.run([sys.executable, "-c", """
 from optlab.testing import check_estimator, check_stepper, empirical_fisher_reference
@@ -195,3 +256,113 @@ print("conformant")
     rep = subprocess.run([sys.executable, "-m", "optlab.cli", "report", str(tmp_path / "res"), "-o", str(tmp_path / "rep")],
                          capture_output=True, text=True)
     assert rep.returncode == 0 and (tmp_path / "rep" / "report.html").exists(), rep.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ the kit names what fails
+class _Shaped(optlab.CurvatureEstimator):
+    """Exact rowsum (H_kk 1) with one defect chosen by ``mode``."""
+    name = "shaped"
+    target = "hessian_rowsum"
+    mode = "ok"
+
+    def estimate(self, ctx, indices, group, generator):
+        out = {k: ctx.hvp({k: torch.ones_like(ctx.params[k])})[k] for k in indices}
+        if self.mode == "shape":
+            out[1] = out[1][:-1]
+        elif self.mode == "dtype":
+            out[1] = out[1].float()
+        elif self.mode == "nan":
+            out[1] = out[1].clone()
+            out[1][2] = float("nan")
+        elif self.mode == "missing":
+            del out[1]
+        return out
+
+
+@pytest.mark.parametrize("mode,match", [
+    ("shape", r"_Shaped on mlp_bn1d \(autograd\): estimate\(\) returned Tensor \(5,\) torch.float64 for '1.bias'; "
+              r"expected a tensor of shape \(6,\) and dtype torch.float64"),
+    ("dtype", r"returned Tensor \(6,\) torch.float32 for '1.bias'; expected a tensor of shape \(6,\) and dtype torch.float64"),
+    ("nan", r"non-finite values for '1.bias' at 1 entry: first \[2\] = \[nan\]"),
+    ("missing", r"returned no estimate for \['1.bias'\]"),
+])
+def test_check_estimator_names_the_tensor_and_entries_that_fail(mode, match):
+    bad = type("_Shaped", (_Shaped,), {"mode": mode})
+    check_estimator(type("_Shaped", (_Shaped,), {"mode": "ok"}), problems=("mlp_bn1d",))
+    with pytest.raises(ValueError, match=match):
+        check_estimator(bad, problems=("mlp_bn1d",))
+
+
+def test_check_selector_sees_layernorm_and_groupnorm_and_rejects_an_empty_selection():
+    from torch import nn
+
+    from optlab.selectors import by_predicate
+    bn_only = by_predicate(lambda n, p, m: isinstance(m, nn.modules.batchnorm._BatchNorm), "bn only")
+    all_norms = lambda n, p, m: isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))  # noqa: E731
+    check_selector(optlab.selector("norm"), reference=all_norms)
+    with pytest.raises(AssertionError, match=r"bn only.* on ln_mlp: selected \[\], the reference selects \['1.weight', '1.bias'\]"):
+        check_selector(bn_only, reference=all_norms)
+    layer_norm = by_predicate(lambda n, p, m: isinstance(m, nn.LayerNorm), "layernorm")
+    check_selector(layer_norm)  # selects something only on ln_mlp: passes
+    with pytest.raises(AssertionError, match="selected no parameter on any of"):
+        check_selector(layer_norm, problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"))
+    check_selector(optlab.selector("nothing"), allow_empty=True)
+
+
+# ------------------------------------------------------------------ items run under what they declare
+class _FuncOnly(optlab.CurvatureEstimator):
+    """H_kk 1 that insists on the func engine (as an estimator using torch.func transforms would)."""
+    name = "func_only"
+    target = "hessian_rowsum"
+    requires = {"engine": "func"}
+
+    def estimate(self, ctx, indices, group, generator):
+        if ctx.engine != "func":
+            raise RuntimeError(f"func_only needs engine='func', got {ctx.engine!r}")
+        return {k: ctx.hvp({k: torch.ones_like(ctx.params[k])})[k] for k in indices}
+
+
+class _ReadsOutputs(optlab.CurvatureEstimator):
+    """diag(GGN) from output VJPs: needs the closure to return (loss, outputs)."""
+    name = "reads_outputs"
+    target = "ggn_diag"
+    requires = {"closure": "loss_outputs"}
+
+    def estimate(self, ctx, indices, group, generator):
+        from optlab.plugins.estimators import _output_sqrt_rows
+        jt = ctx.output_vjp_batched(_output_sqrt_rows(ctx.outputs, "cross_entropy"))
+        return {k: jt[k].pow(2).sum(0) for k in indices}
+
+
+def _plugin_with(cls):
+    class P:
+        @hookimpl
+        def optlab_register_estimators(register):
+            register(cls.name, cls)
+    return P
+
+
+@pytest.mark.parametrize("cls", [_FuncOnly, _ReadsOutputs])
+def test_items_are_validated_and_checked_under_what_they_declare(fresh_registry, monkeypatch, cls):
+    monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
+    check_estimator(cls, problems=("mlp_bn1d", "wn_linear"), rtol=1e-8)
+    registry.register_plugin(_plugin_with(cls), "declares")
+    assert registry.get("estimator", cls.name) is cls
+    undeclared = type(cls.__name__, (cls,), {"requires": {}})
+    with pytest.raises(Exception, match="needs engine='func'|needs the model outputs"):
+        check_estimator(undeclared, problems=("mlp_bn1d",))
+    registry.register_plugin(_plugin_with(type("U", (undeclared,), {"name": "undeclared"})), "undeclared")
+    hint = "needs engine='func'" if cls is _FuncOnly else r"declare requires = \{'closure': 'loss_outputs'\}"
+    with pytest.raises(PluginError, match=rf"estimator 'undeclared' rejected: estimate\(\) raised .*{hint}"):
+        registry.items("estimator")
+
+
+def test_a_malformed_requires_declaration_is_rejected(fresh_registry, monkeypatch):
+    monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
+    bad = type("Bad", (_FuncOnly,), {"name": "bad_requires", "requires": {"engin": "func"}})
+    registry.register_plugin(_plugin_with(bad), "p")
+    with pytest.raises(PluginError, match=r"rejected: requires: unknown requirement 'engin'. Did you mean 'engine'\? "
+                                          r"Valid: engine, closure."):
+        registry.items("estimator")
+    with pytest.raises(ValueError, match=r"requires\['engine'\]: unknown engine 'jax'.*Valid: autograd, func"):
+        check_estimator(type("B", (_FuncOnly,), {"requires": {"engine": "jax"}}))

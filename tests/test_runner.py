@@ -231,3 +231,30 @@ def test_task_features_stay_bounded_after_standardization():
 def test_test_loss_is_a_per_sample_mean_of_sane_size():
     res = train(RunConfig(optimizer="sgd", **SMALL), progress=False)
     assert res["metrics"][-1]["test_loss"] < 5
+
+
+def test_gauss_newton_estimators_follow_the_task_loss():
+    import torch
+
+    import optlab
+    from optlab.tasks import Task
+    from optlab.testing import make_problem
+    from optlab.train import use_task_loss
+
+    def task(loss):
+        z = torch.zeros(4, 5)
+        return Task("t", z, torch.zeros(4), z, torch.zeros(4), num_classes=3, loss=loss)
+
+    m = make_problem("mlp_bn1d").model
+    opt = optlab.optimizer("sophia", m)  # ggn_mc, declared loss default cross_entropy
+    assert opt.param_groups[0]["loss"] == "cross_entropy"
+    use_task_loss(opt, task("mse"))
+    assert opt.param_groups[0]["loss"] == "mse"
+    with pytest.raises(ValueError, match=r"invalid loss='nll'; expected one of 'cross_entropy', 'mse'"):
+        use_task_loss(optlab.optimizer("sophia", m), task("nll"))
+    explicit = optlab.optimizer("sgd-ph", m, estimator="ggn_exact_diag", loss="cross_entropy")
+    with pytest.raises(ValueError, match=r"loss='cross_entropy', but task 't' computes loss 'mse'"):
+        use_task_loss(explicit, task("mse"))
+    plain = optlab.optimizer("sgd-ph", m)  # no estimator with a loss: nothing to do
+    use_task_loss(plain, task("mse"))
+    assert "loss" not in plain.param_groups[0]

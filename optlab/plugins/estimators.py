@@ -19,7 +19,7 @@ class RowsumHVP(CurvatureEstimator):
     """
 
     name = "rowsum_hvp"
-    target = "H_kk 1 (row sums of each tensor's diagonal block)"
+    target = "hessian_rowsum"  # H_kk 1: row sums of each tensor's diagonal block
     hparams = {"absolute": BOOL(True, "return |H_kk 1| (the paper) instead of the signed row sums")}
 
     def estimate(self, ctx, indices, group, generator):
@@ -42,7 +42,7 @@ class ExactDiag(CurvatureEstimator):
     """
 
     name = "exact_diag"
-    target = "diag(H)"
+    target = "hessian_diag"
     hparams = {"chunk_size": CHUNK()}
 
     def estimate(self, ctx, indices, group, generator):
@@ -63,7 +63,7 @@ class BlockRademacher(CurvatureEstimator):
 
     name = "block_rademacher"
     stochastic = True
-    target = "H_kk 1 (row sums of each tensor's diagonal block)"
+    target = "hessian_rowsum"  # H_kk 1: row sums of each tensor's diagonal block
     hparams = {}
 
     def estimate(self, ctx, indices, group, generator):
@@ -94,7 +94,7 @@ class Hutchinson(CurvatureEstimator):
 
     name = "hutchinson"
     stochastic = True
-    target = "diag(H)"
+    target = "hessian_diag"
     hparams = {
         "probes": positive_int(1, "number of probe vectors per refresh"),
         "distribution": choice("rademacher", ("rademacher", "gaussian")),
@@ -156,7 +156,8 @@ class GGNExactDiag(CurvatureEstimator):
     """
 
     name = "ggn_exact_diag"
-    target = "diag(GGN)"
+    target = "ggn_diag"
+    requires = {"closure": "loss_outputs"}
     hparams = {"loss": LOSS(), "chunk_size": CHUNK()}
 
     def estimate(self, ctx, indices, group, generator):
@@ -179,7 +180,8 @@ class GGNMonteCarlo(CurvatureEstimator):
 
     name = "ggn_mc"
     stochastic = True
-    target = "diag(GGN)"
+    target = "ggn_diag"
+    requires = {"closure": "loss_outputs"}
     hparams = {"loss": LOSS(), "samples": positive_int(1, "sampled label sets per refresh"),
                "chunk_size": CHUNK()}
 
