@@ -9,6 +9,7 @@ validation, ±0.5 pp margin, Holm within each table) the page quotes: every arm 
 the controls, the SGD-PH schedules against each other, and the Hessian-momentum arms against the
 paper's default 0.9 and against SGD-M.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,19 @@ from pathlib import Path
 from optlab.analysis import load
 from optlab.analysis.compare import comparisons
 
-COLS = ["task", "arm", "reference", "mean_diff", "ci_low", "ci_high", "p_holm", "p_tost_holm", "mde", "n_pairs",
-        "verdict"]
+COLS = [
+    "task",
+    "arm",
+    "reference",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_holm",
+    "p_tost_holm",
+    "mde",
+    "n_pairs",
+    "verdict",
+]
 
 
 def table(results: Path, baseline: str, controls: list[str], arms: tuple[str, ...] | None = None) -> str:
@@ -47,8 +59,14 @@ def main() -> None:
     print("\n## Refresh schedules against each other (pp)\n")
     print(table(root / "paper-ablation", "sgd-ph-every1", ["sgd-ph-paper"], ("sgd-ph-every50", "sgd-ph-paper")))
     print("\n## Hessian momentum, paper schedule (pp)\n")
-    print(table(root / "hessian-momentum", "sgd-ph-paper", ["sgd"],
-                ("sgd-ph-paper-hm0", "sgd-ph-paper-hm0.5", "sgd-ph-paper-hm0.99")))
+    print(
+        table(
+            root / "hessian-momentum",
+            "sgd-ph-paper",
+            ["sgd"],
+            ("sgd-ph-paper-hm0", "sgd-ph-paper-hm0.5", "sgd-ph-paper-hm0.99"),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ DDP + torch SGD step.
 
     .venv/bin/python benchmarks/ddp_step_cost.py [--steps 60] [--every 5] [--batch 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ import optlab
 PRESETS = {
     "sgd": {},
     "sgd-ph": dict(every=None),
-    "sgd-ph-reference": {},            # refreshes one tensor every step
+    "sgd-ph-reference": {},  # refreshes one tensor every step
     "adahessian": dict(every=None),
     "sophia": dict(every=None),
 }
@@ -40,9 +41,17 @@ PRESETS = {
 def make_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(32, 10))
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
 
 
 def worker(rank: int, port: int, args) -> None:
@@ -62,6 +71,7 @@ def worker(rank: int, port: int, args) -> None:
         sgd.zero_grad()
         F.cross_entropy(model(x), y).backward()
         sgd.step()
+
     steppers["DDP + torch.optim.SGD"] = (torch_step, lambda: False)
     for name, hp in PRESETS.items():
         hp = {k: (args.every if v is None else v) for k, v in hp.items()}
@@ -70,6 +80,7 @@ def worker(rank: int, port: int, args) -> None:
 
         def step(opt=opt, m=m):
             opt.step(lambda: (F.cross_entropy(out := m(x), y), out))
+
         steppers[name] = (step, lambda opt=opt: bool(opt._refreshing(opt._plan())))
 
     times = {name: {"plain": [], "refresh": []} for name in steppers}
@@ -82,18 +93,27 @@ def worker(rank: int, port: int, args) -> None:
             dt = time.perf_counter() - t0
             if i >= args.warmup:
                 times[name]["refresh" if r else "plain"].append(dt)
-    rows = {name: {"plain": statistics.median(t["plain"]) if t["plain"] else float("nan"),
-                   "refresh": statistics.median(t["refresh"]) if t["refresh"] else float("nan"),
-                   "n_refresh": len(t["refresh"])} for name, t in times.items()}
+    rows = {
+        name: {
+            "plain": statistics.median(t["plain"]) if t["plain"] else float("nan"),
+            "refresh": statistics.median(t["refresh"]) if t["refresh"] else float("nan"),
+            "n_refresh": len(t["refresh"]),
+        }
+        for name, t in times.items()
+    }
 
     if rank == 0:
         base = rows["DDP + torch.optim.SGD"]["plain"]
-        print(f"2 gloo ranks, 1 thread each, batch {args.batch}/rank, {args.steps} timed steps "
-              f"(+{args.warmup} warm-up), refresh every {args.every} (sgd-ph-reference: every step, one tensor)")
+        print(
+            f"2 gloo ranks, 1 thread each, batch {args.batch}/rank, {args.steps} timed steps "
+            f"(+{args.warmup} warm-up), refresh every {args.every} (sgd-ph-reference: every step, one tensor)"
+        )
         print(f"{'optimizer':24s} {'plain ms':>9s} {'ratio':>7s} {'refresh ms':>11s} {'ratio':>7s} {'#refresh':>9s}")
         for name, r in rows.items():
-            print(f"{name:24s} {1e3 * r['plain']:9.2f} {r['plain'] / base:7.3f} {1e3 * r['refresh']:11.2f} "
-                  f"{r['refresh'] / base:7.3f} {r['n_refresh']:9d}")
+            print(
+                f"{name:24s} {1e3 * r['plain']:9.2f} {r['plain'] / base:7.3f} {1e3 * r['refresh']:11.2f} "
+                f"{r['refresh'] / base:7.3f} {r['n_refresh']:9d}"
+            )
     dist.barrier()
     dist.destroy_process_group()
 

@@ -14,6 +14,7 @@ from its record (inside ``run_trial``: training plus writing). Reported per exec
 * after startup: the same from the first trial's start on (the per-trial cost without the
   one-off start of the pool / Ray instance).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ name = "sgd"
 lr = [0.02, 0.05, 0.1, 0.2]
 """
 
-OPTIONS = {"local": dict(workers=2), "ray": dict(num_cpus=2, cpus_per_trial=1),
-           "submitit": dict(cluster="local", poll_s=0.1)}
+OPTIONS = {
+    "local": dict(workers=2),
+    "ray": dict(num_cpus=2, cpus_per_trial=1),
+    "submitit": dict(cluster="local", poll_s=0.1),
+}
 
 
 def main():
@@ -53,6 +57,7 @@ def main():
     from optlab.executors import make_executor
     from optlab.grid import expand, load_spec
     from optlab.store import Store
+
     spec = load_spec(SPEC.format(seeds=list(range(max(1, args.trials // 4)))), is_text=True)
     trials = expand(spec)
     slots = 2
@@ -69,17 +74,27 @@ def main():
             assert len(recs) == len(trials) and all(s == "ok" for _, s in out), out
             busy = sum(x["finished"] - x["started"] for x in recs)
             first = min(x["started"] for x in recs) - t0
-            row = dict(wall=wall, startup=first, busy=busy, per_trial=(wall * slots - busy) / len(trials),
-                       steady=((wall - first) * slots - busy) / len(trials), trial=busy / len(trials))
+            row = dict(
+                wall=wall,
+                startup=first,
+                busy=busy,
+                per_trial=(wall * slots - busy) / len(trials),
+                steady=((wall - first) * slots - busy) / len(trials),
+                trial=busy / len(trials),
+            )
             rows[name].append(row)
-            print(f"round {r + 1} {name:<9} {len(trials)} trials: wall {wall:6.2f}s  startup {first:5.2f}s  "
-                  f"mean trial {row['trial']:5.2f}s  overhead/trial {row['per_trial']:5.2f}s "
-                  f"(after startup {row['steady']:5.2f}s)")
+            print(
+                f"round {r + 1} {name:<9} {len(trials)} trials: wall {wall:6.2f}s  startup {first:5.2f}s  "
+                f"mean trial {row['trial']:5.2f}s  overhead/trial {row['per_trial']:5.2f}s "
+                f"(after startup {row['steady']:5.2f}s)"
+            )
     print(f"\nmedians over {args.rounds} round(s), {len(trials)} trials, {slots} slots x 1 thread:")
     for name, rs in rows.items():
         med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
-        print(f"  {name:<9} wall {med['wall']:6.2f}s  startup {med['startup']:5.2f}s  mean trial {med['trial']:5.2f}s  "
-              f"overhead per trial {med['per_trial']:5.2f}s (after startup {med['steady']:5.2f}s)")
+        print(
+            f"  {name:<9} wall {med['wall']:6.2f}s  startup {med['startup']:5.2f}s  mean trial {med['trial']:5.2f}s  "
+            f"overhead per trial {med['per_trial']:5.2f}s (after startup {med['steady']:5.2f}s)"
+        )
     print(f"load average during the run: {os.getloadavg()}")
 
 

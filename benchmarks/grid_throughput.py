@@ -7,6 +7,7 @@ Each round runs the whole grid into a fresh temporary results directory with
 1 worker x 2 torch threads (the whole machine), 1 worker x 1 thread, and 2 workers
 x 1 thread, alternating so that machine noise hits all alike. Prints medians and ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,19 @@ def main():
                 dt = time.perf_counter() - t0
             ok = sum(v for k, v in counts.items() if k in ("ok", "diverged"))
             rates[(w, th)].append(60 * n / dt)
-            print(f"round {r + 1}: {w} worker(s) x {th} thread(s): {n} trials ({ok} ok/diverged) in {dt:.1f}s "
-                  f"= {60 * n / dt:.1f} trials/min", flush=True)
+            print(
+                f"round {r + 1}: {w} worker(s) x {th} thread(s): {n} trials ({ok} ok/diverged) in {dt:.1f}s "
+                f"= {60 * n / dt:.1f} trials/min",
+                flush=True,
+            )
     base = statistics.median(rates[setups[0]])
     print(f"\n{spec.name}: {n} trials, {os.cpu_count()} cores")
     for w, th in setups:
         m = statistics.median(rates[(w, th)])
-        print(f"  {w} worker(s) x {th} thread(s): {m:.1f} trials/min  ({m / base:.2f}x of {setups[0][0]} worker x "
-              f"{setups[0][1]} threads)")
+        print(
+            f"  {w} worker(s) x {th} thread(s): {m:.1f} trials/min  ({m / base:.2f}x of {setups[0][0]} worker x "
+            f"{setups[0][1]} threads)"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Printed: relative error ||D - |t||| / |||t||| after R refreshes, averaged over 8
 independent runs. The first stays biased however many refreshes; the second's
 error shrinks until the EMA's own noise floor.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,11 +43,11 @@ def main(runs: int = 8, beta: float = 0.9):
                 ctx = AutogradEngine().context(model=pb.model, closure=pb.closure, params=params, names=names)
                 d_abs = torch.zeros_like(t)
                 d_sig = torch.zeros_like(t)
-                for r in range(R):
+                for _r in range(R):
                     h = flat([est.estimate(ctx, idx, hp, gen)[i] for i in idx])
                     d_abs.mul_(beta).add_(h.abs(), alpha=1 - beta)
                     d_sig.mul_(beta).add_(h, alpha=1 - beta)
-                bc = 1 - beta ** R
+                bc = 1 - beta**R
                 errs["abs"] += float(((d_abs / bc) - t.abs()).norm() / t.abs().norm()) / runs
                 errs["signed"] += float(((d_sig / bc).abs() - t.abs()).norm() / t.abs().norm()) / runs
             print(f"| {name} | {R} | {errs['abs']:.3f} | {errs['signed']:.3f} |", flush=True)

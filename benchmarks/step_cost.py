@@ -16,6 +16,7 @@ needs on top of model, data and optimizer state).
 Also: ``exact_diag`` on a 64-channel BatchNorm block, vmapped HVPs vs a Python
 loop of single HVPs, and the two HVP engines on the same estimate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,25 @@ CONFIGS = {
     "mirror-of-reference-code": ("mirror", {}, None),
     "sgd-ph-reference": ("sgd-ph-reference", {}, "autograd"),
     "sgd-ph rowsum_hvp round_robin every=1 (paper schedule)": (
-        "sgd-ph", dict(estimator="rowsum_hvp", schedule="round_robin", every=1), "autograd"),
-    "sgd-ph block_rademacher every=1": ("sgd-ph", dict(estimator="block_rademacher", schedule="all", every=1), "autograd"),
-    "sgd-ph block_rademacher every=1 [func]": ("sgd-ph", dict(estimator="block_rademacher", schedule="all", every=1), "func"),
-    "sgd-ph block_rademacher every=10": ("sgd-ph", dict(estimator="block_rademacher", schedule="all", every=10), "autograd"),
+        "sgd-ph",
+        dict(estimator="rowsum_hvp", schedule="round_robin", every=1),
+        "autograd",
+    ),
+    "sgd-ph block_rademacher every=1": (
+        "sgd-ph",
+        dict(estimator="block_rademacher", schedule="all", every=1),
+        "autograd",
+    ),
+    "sgd-ph block_rademacher every=1 [func]": (
+        "sgd-ph",
+        dict(estimator="block_rademacher", schedule="all", every=1),
+        "func",
+    ),
+    "sgd-ph block_rademacher every=10": (
+        "sgd-ph",
+        dict(estimator="block_rademacher", schedule="all", every=10),
+        "autograd",
+    ),
     "sgd-ph default (block_rademacher every=50)": ("sgd-ph", {}, "autograd"),
     "sgd-ph hutchinson every=10": ("sgd-ph", dict(estimator="hutchinson", schedule="all", every=10), "autograd"),
     "sgd-ph ggn_mc every=10": ("sgd-ph", dict(estimator="ggn_mc", schedule="all", every=10), "autograd"),
@@ -53,9 +69,15 @@ CONFIGS = {
     "sgd-ph rowsum_hvp all every=10": ("sgd-ph", dict(estimator="rowsum_hvp", schedule="all", every=10), "autograd"),
 }
 DEFAULT_CONFIGS = [c for c in CONFIGS if "rowsum_hvp all" not in c]
-MEMORY = ["sgd", "mirror-of-reference-code", "sgd-ph-reference",
-          "sgd-ph rowsum_hvp round_robin every=1 (paper schedule)",
-          "sgd-ph block_rademacher every=1", "sgd-ph block_rademacher every=1 [func]", "sgd-ph plain step"]
+MEMORY = [
+    "sgd",
+    "mirror-of-reference-code",
+    "sgd-ph-reference",
+    "sgd-ph rowsum_hvp round_robin every=1 (paper schedule)",
+    "sgd-ph block_rademacher every=1",
+    "sgd-ph block_rademacher every=1 [func]",
+    "sgd-ph plain step",
+]
 
 
 def build(width: int, batch: int, seed: int = 0):
@@ -113,6 +135,7 @@ def make_stepper(name, model, x, y):
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
+
         return step, None
     if kind == "mirror":
         m = Mirror(model)
@@ -122,6 +145,7 @@ def make_stepper(name, model, x, y):
     def closure():
         out = model(x)
         return F.cross_entropy(out, y), out
+
     return (lambda: opt.step(closure)), opt
 
 
@@ -150,7 +174,7 @@ def time_steps(width, batch, repeats, names):
         m.load_state_dict(model.state_dict())
         steppers[n] = make_stepper(n, m, x, y)
     times = {n: {"refresh": [], "plain": []} for n in names}
-    for n, (step, opt) in steppers.items():  # warm-up
+    for step, _opt in steppers.values():  # warm-up
         step()
     for _ in range(repeats):
         for n, (step, opt) in steppers.items():
@@ -187,6 +211,7 @@ def memory_child(name, width, batch, steps):
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     import gc
+
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:  # reset the RSS high-water mark (VmHWM)
         f.write("5")
@@ -205,8 +230,23 @@ def measure_memory(names, width, batch, steps):
         # a fixed mmap threshold makes glibc hand every large tensor back to the OS when freed,
         # so RSS follows live tensor memory instead of the allocator's cached heap
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-        res = subprocess.run([sys.executable, __file__, "--memory-child", n, "--width", str(width),
-                              "--batch", str(batch), "--steps", str(steps)], capture_output=True, text=True, env=env)
+        res = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                n,
+                "--width",
+                str(width),
+                "--batch",
+                str(batch),
+                "--steps",
+                str(steps),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         try:
             out[n] = json.loads(res.stdout.strip().splitlines()[-1])["peak_growth_mb"]
         except (IndexError, ValueError):
@@ -218,6 +258,7 @@ def measure_memory(names, width, batch, steps):
 def exact_diag_vmap_vs_loop(repeats=3):
     """exact_diag on the 64-channel last BatchNorm weight of a ResNet-20: vmapped vs loop, both engines."""
     from optlab.hvp import get_engine
+
     torch.manual_seed(0)
     model = make_model("resnet20", {"input_shape": (3, 32, 32), "num_classes": 10})
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
@@ -227,9 +268,12 @@ def exact_diag_vmap_vs_loop(repeats=3):
     est = optlab.estimator("exact_diag")
     out = {}
     for engine in ("autograd", "func"):
+
         def ctx():
-            return get_engine(engine).context(model=model, closure=lambda: F.cross_entropy(model(x), y), params=[p],
-                                              names=[name])
+            return get_engine(engine).context(
+                model=model, closure=lambda: F.cross_entropy(model(x), y), params=[p], names=[name]
+            )
+
         tv, tl = [], []
         for _ in range(repeats):
             c = ctx()
@@ -264,27 +308,45 @@ def main():
         return
     if args.quick:
         args.width, args.repeats, args.batches = 16, 3, [32]
-    print(f"# step cost, ResNet-18 (width {args.width}, 10 classes, 32x32 random data), torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-    print("# ratios are to torch.optim.SGD in the same run; medians over repeats; avg = per-step average over the refresh cycle")
+    print(
+        f"# step cost, ResNet-18 (width {args.width}, 10 classes, 32x32 random data), torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    )
+    print(
+        "# ratios are to torch.optim.SGD in the same run; medians over repeats; avg = per-step average over the refresh cycle"  # noqa: E501
+    )
     for b in args.batches:
         names = ["sgd"] + [c for c in args.configs if c != "sgd"]
-        t = {n: {"refresh_ms": float("nan"), "plain_ms": float("nan"), "avg_ms": float("nan")} for n in names} \
-            if args.memory_only else time_steps(args.width, b, args.repeats, names)
-        mem = {} if args.no_memory else measure_memory([m for m in MEMORY if m in args.configs or m == "sgd-ph plain step"],
-                                                       args.width, b, args.steps)
+        t = (
+            {n: {"refresh_ms": float("nan"), "plain_ms": float("nan"), "avg_ms": float("nan")} for n in names}
+            if args.memory_only
+            else time_steps(args.width, b, args.repeats, names)
+        )
+        mem = (
+            {}
+            if args.no_memory
+            else measure_memory(
+                [m for m in MEMORY if m in args.configs or m == "sgd-ph plain step"], args.width, b, args.steps
+            )
+        )
         base_t, base_m = t["sgd"]["avg_ms"], mem.get("sgd")
         print(f"\n## batch {b}\n")
-        print("| configuration | time ratio (avg) | refresh step ratio | plain step ratio | avg ms | peak-memory ratio | peak growth MB |")
+        print(
+            "| configuration | time ratio (avg) | refresh step ratio | plain step ratio | avg ms | peak-memory ratio | peak growth MB |"  # noqa: E501
+        )
         print("|---|---|---|---|---|---|---|")
         for n, r in t.items():
             m = mem.get(n)
             mr = f"{m / base_m:.2f}" if m is not None and base_m else "-"
-            print(f"| {n} | {r['avg_ms'] / base_t:.2f} | {r['refresh_ms'] / base_t:.2f} | {r['plain_ms'] / base_t:.2f} | "
-                  f"{r['avg_ms']:.0f} | {mr} | {'-' if m is None else f'{m:.0f}'} |")
+            print(
+                f"| {n} | {r['avg_ms'] / base_t:.2f} | {r['refresh_ms'] / base_t:.2f} | {r['plain_ms'] / base_t:.2f} | "
+                f"{r['avg_ms']:.0f} | {mr} | {'-' if m is None else f'{m:.0f}'} |"
+            )
         if "sgd-ph plain step" in mem and base_m:
-            print(f"| sgd-ph plain step (no refresh) | - | - | - | - | {mem['sgd-ph plain step'] / base_m:.2f} | "
-                  f"{mem['sgd-ph plain step']:.0f} |")
+            print(
+                f"| sgd-ph plain step (no refresh) | - | - | - | - | {mem['sgd-ph plain step'] / base_m:.2f} | "
+                f"{mem['sgd-ph plain step']:.0f} |"
+            )
         sys.stdout.flush()
     if args.memory_only:
         return

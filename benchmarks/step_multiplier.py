@@ -16,6 +16,7 @@ all channel-wise entries; prints per configuration the share of (step, entry)
 pairs with m > 1 (a step larger than SGD-M's), the median and the 99th percentile
 of m, and the final validation/test accuracy, averaged over seeds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ CONFIGS = {
     "default (block_rademacher/50, rectify_at=use)": {},
     "block_rademacher/50, rectify_at=refresh": {"rectify_at": "refresh"},
     "block_rademacher/50, rectify=clip floor=1e-3 (at use)": {"rectify": "clip", "floor": 1e-3},
-    "paper schedule (rowsum_hvp, round-robin, every step)": {"estimator": "rowsum_hvp", "schedule": "round_robin",
-                                                              "every": 1},
+    "paper schedule (rowsum_hvp, round-robin, every step)": {
+        "estimator": "rowsum_hvp",
+        "schedule": "round_robin",
+        "every": 1,
+    },
 }
 
 
@@ -52,8 +56,16 @@ def multipliers(opt) -> torch.Tensor:
 
 
 def run(task: str, model: str, hp: dict, seed: int, epochs: int) -> dict:
-    cfg = RunConfig(task=task, model=model, optimizer="sgd-ph", seed=seed, epochs=epochs, batch_size=64,
-                    lr_schedule="cosine", hparams={"lr": 0.1, "weight_decay": 5e-4, **hp})
+    cfg = RunConfig(
+        task=task,
+        model=model,
+        optimizer="sgd-ph",
+        seed=seed,
+        epochs=epochs,
+        batch_size=64,
+        lr_schedule="cosine",
+        hparams={"lr": 0.1, "weight_decay": 5e-4, **hp},
+    )
     t, m, opt, sched, gen, _, _ = _build(cfg, torch.device("cpu"))
     ms = []
     for _ in range(epochs):
@@ -64,9 +76,13 @@ def run(task: str, model: str, hp: dict, seed: int, epochs: int) -> dict:
             if mult.numel():
                 ms.append(mult)
     allm = torch.cat(ms).double()
-    return {"share_gt1": float((allm > 1).double().mean()), "median": float(allm.median()),
-            "p99": float(torch.quantile(allm[torch.randperm(len(allm))[:200_000]], 0.99)),
-            "val_acc": _evaluate(m, t, "val")[1], "test_acc": _evaluate(m, t, "test")[1]}
+    return {
+        "share_gt1": float((allm > 1).double().mean()),
+        "median": float(allm.median()),
+        "p99": float(torch.quantile(allm[torch.randperm(len(allm))[:200_000]], 0.99)),
+        "val_acc": _evaluate(m, t, "val")[1],
+        "test_acc": _evaluate(m, t, "test")[1],
+    }
 
 
 def main() -> None:
@@ -82,8 +98,11 @@ def main() -> None:
         for name, hp in CONFIGS.items():
             rs = [run(task, model, hp, s, args.epochs) for s in range(args.seeds)]
             avg = {k: sum(r[k] for r in rs) / len(rs) for k in rs[0]}
-            print(f"| {task} | {name} | {avg['share_gt1']:.3f} | {avg['median']:.3f} | {avg['p99']:.2f} | "
-                  f"{avg['val_acc']:.4f} | {avg['test_acc']:.4f} |", flush=True)
+            print(
+                f"| {task} | {name} | {avg['share_gt1']:.3f} | {avg['median']:.3f} | {avg['p99']:.2f} | "
+                f"{avg['val_acc']:.4f} | {avg['test_acc']:.4f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ included, as a user sees it) and in-process (warm, the function alone):
 * ``optlab.analysis.load(RESULTS)``: from the JSON files, building the Parquet cache, and from it
 * ``optlab report RESULTS`` (CLI; plots and tables)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ lr = {lrs}
 def synthetic_record(trial, epochs: int, env: dict) -> dict:
     """A trial record shaped like ``run_trial``'s: per-epoch metrics, timings, environment."""
     import random
+
     rng = random.Random(trial.id)
     lr = trial.config["hparams"]["lr"]
     metrics, wall = [], 0.0
@@ -53,13 +55,36 @@ def synthetic_record(trial, epochs: int, env: dict) -> dict:
         t = 0.05 + 0.01 * rng.random()
         wall += t
         acc = 1 - 0.9 * math.exp(-(e + 1) * lr * 3) - 0.02 * rng.random()
-        metrics.append({"epoch": e + 1, "train_loss": -math.log(max(acc, 1e-3)) * 1.1, "train_acc": acc + 0.01,
-                        "test_loss": -math.log(max(acc, 1e-3)), "test_acc": acc, "lr": lr,
-                        "time_forward_backward": 0.6 * t, "time_curvature": 0.2 * t, "time_update": 0.1 * t,
-                        "time_epoch": t, "wall_time": wall, "hvp_count": 12 * (e + 1), "vjp_count": 0})
+        metrics.append(
+            {
+                "epoch": e + 1,
+                "train_loss": -math.log(max(acc, 1e-3)) * 1.1,
+                "train_acc": acc + 0.01,
+                "test_loss": -math.log(max(acc, 1e-3)),
+                "test_acc": acc,
+                "lr": lr,
+                "time_forward_backward": 0.6 * t,
+                "time_curvature": 0.2 * t,
+                "time_update": 0.1 * t,
+                "time_epoch": t,
+                "wall_time": wall,
+                "hvp_count": 12 * (e + 1),
+                "vjp_count": 0,
+            }
+        )
     now = time.time()
-    return {"config": trial.config, "status": "ok", "error": None, "metrics": metrics, "resumed_from_epoch": None,
-            "wall_time": wall, "id": trial.id, "started": now - wall, "finished": now, "env": env}
+    return {
+        "config": trial.config,
+        "status": "ok",
+        "error": None,
+        "metrics": metrics,
+        "resumed_from_epoch": None,
+        "wall_time": wall,
+        "id": trial.id,
+        "started": now - wall,
+        "finished": now,
+        "env": env,
+    }
 
 
 def timed(label: str, cmd: list[str] | None = None, fn=None) -> float:
@@ -105,30 +130,39 @@ def main():
     t_write = time.perf_counter() - t0
     files = list(store.trials.glob("*.json"))
     size = sum(p.stat().st_size for p in files)
-    print(f"{len(files)} trial files, {args.epochs} epochs each, {size / len(files) / 1024:.1f} KiB per file "
-          f"({size / 2**20:.1f} MiB) in {root}")
+    print(
+        f"{len(files)} trial files, {args.epochs} epochs each, {size / len(files) / 1024:.1f} KiB per file "
+        f"({size / 2**20:.1f} MiB) in {root}"
+    )
     print(f"  {'expand the spec (in-process)':<44} {t_expand:7.2f} s")
     print(f"  {'write (atomic, fsync per file)':<44} {t_write:7.2f} s")
 
     py = sys.executable
-    timed("`optlab grid status` (subprocess)", [py, "-m", "optlab.cli", "grid", "status", str(spec_path),
-                                                "--results", str(root)])
+    timed(
+        "`optlab grid status` (subprocess)",
+        [py, "-m", "optlab.cli", "grid", "status", str(spec_path), "--results", str(root)],
+    )
     from optlab.grid import grid_status
+
     timed("grid_status() (in-process)", fn=lambda: grid_status(spec_path, results=root))
     import shutil
 
     from optlab.analysis import load
+
     shutil.rmtree(root / ".cache", ignore_errors=True)
     timed("analysis.load(cache=False) (in-process)", fn=lambda: load(root, cache=False))
     timed("analysis.load() building the Parquet cache", fn=lambda: load(root))
     timed("analysis.load() from the cache (in-process)", fn=lambda: load(root))
-    timed("`python -c 'analysis.load'` cached (subprocess)",
-          [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}); print(len(e), len(t))"])
-    timed("`python -c 'analysis.load'` uncached (subprocess)",
-          [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}, cache=False)"])
+    timed(
+        "`python -c 'analysis.load'` cached (subprocess)",
+        [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}); print(len(e), len(t))"],
+    )
+    timed(
+        "`python -c 'analysis.load'` uncached (subprocess)",
+        [py, "-c", f"from optlab.analysis import load; e, t = load({str(root)!r}, cache=False)"],
+    )
     if not args.no_report:
-        timed("`optlab report` (subprocess)", [py, "-m", "optlab.cli", "report", str(root), "-o",
-                                               str(root / "report")])
+        timed("`optlab report` (subprocess)", [py, "-m", "optlab.cli", "report", str(root), "-o", str(root / "report")])
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
         spec_path.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
 """optlab: compound optimizers assembled from plugins (selectors, curvature estimators, steppers).
 
-    opt = optlab.optimizer("sgd-ph", model, lr=0.1, momentum=0.9)
-    loss = opt.step(lambda: F.cross_entropy(model(x), y))
+opt = optlab.optimizer("sgd-ph", model, lr=0.1, momentum=0.9)
+loss = opt.step(lambda: F.cross_entropy(model(x), y))
 """
+
 from .api import estimator, explain, optimizer, optimizer_names, preset_hparams, preset_rules, selector, stepper
 from .hookspecs import hookimpl
 from .hparams import HParam
@@ -14,13 +15,31 @@ from .selectors import Selector, rest
 __version__ = "0.1.0"
 
 __all__ = [
-    "optimizer", "explain", "selector", "estimator", "stepper", "preset_rules", "preset_hparams",
-    "optimizer_names", "hookimpl", "HParam", "decouple", "RuleOptimizer", "CurvatureEstimator", "Rule",
-    "Schedule", "Stepper", "partition", "Selector", "rest", "diagnose",
+    "optimizer",
+    "explain",
+    "selector",
+    "estimator",
+    "stepper",
+    "preset_rules",
+    "preset_hparams",
+    "optimizer_names",
+    "hookimpl",
+    "HParam",
+    "decouple",
+    "RuleOptimizer",
+    "CurvatureEstimator",
+    "Rule",
+    "Schedule",
+    "Stepper",
+    "partition",
+    "Selector",
+    "rest",
+    "diagnose",
 ]
 
 
 def diagnose(*args, **kwargs):
     """See :func:`optlab.diagnostics.diagnose`."""
     from .diagnostics import diagnose as _diagnose
+
     return _diagnose(*args, **kwargs)

@@ -1,4 +1,5 @@
 """The user-facing entry points: build optimizers from registered presets."""
+
 from __future__ import annotations
 
 import inspect
@@ -13,8 +14,16 @@ from .optimizer import RuleOptimizer
 from .rules import CurvatureEstimator, Rule, Stepper
 from .selectors import Selector, named_parameters_with_owner
 
-__all__ = ["optimizer", "explain", "selector", "estimator", "stepper", "preset_rules", "preset_hparams",
-           "optimizer_names"]
+__all__ = [
+    "optimizer",
+    "explain",
+    "selector",
+    "estimator",
+    "stepper",
+    "preset_rules",
+    "preset_hparams",
+    "optimizer_names",
+]
 
 
 def selector(name: str, *args, **options) -> Selector:
@@ -34,8 +43,9 @@ def preset_hparams(name: str) -> dict[str, Any]:
     """The keyword hyperparameters of a preset or baseline with their defaults."""
     fn = _lookup(name)[1]
     sig = inspect.signature(fn)
-    return {k: p.default for k, p in list(sig.parameters.items())[1:]
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        k: p.default for k, p in list(sig.parameters.items())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def optimizer_names() -> list[str]:
@@ -71,8 +81,16 @@ def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
     return fn(model, **hparams)
 
 
-def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: int | None = None,
-              max_grad_norm: float | None = None, process_group=None, **hparams) -> torch.optim.Optimizer:
+def optimizer(
+    name: str,
+    model: nn.Module,
+    *,
+    engine: str = "autograd",
+    seed: int | None = None,
+    max_grad_norm: float | None = None,
+    process_group=None,
+    **hparams,
+) -> torch.optim.Optimizer:
     """``optlab.optimizer("sgd-ph", model, lr=0.1, ...)``: a real ``torch.optim.Optimizer``.
 
     Presets (built from rules) return a :class:`RuleOptimizer`; baselines return
@@ -84,16 +102,21 @@ def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: in
     update (``opt.last_grad_norm`` is the norm before clipping).
     """
     if not isinstance(name, str):
-        raise TypeError(f"optlab.optimizer: the first argument is the optimizer's name, a string such as "
-                        f"'sgd-ph'; got {type(name).__name__} {name!r}. Valid: {', '.join(optimizer_names())}.")
+        raise TypeError(
+            f"optlab.optimizer: the first argument is the optimizer's name, a string such as "
+            f"'sgd-ph'; got {type(name).__name__} {name!r}. Valid: {', '.join(optimizer_names())}."
+        )
     if not isinstance(model, nn.Module):
-        raise TypeError(f"optlab.optimizer needs the nn.Module whose parameters it optimizes; "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"optlab.optimizer needs the nn.Module whose parameters it optimizes; got {type(model).__name__}"
+        )
     kind, fn = _lookup(name)
     _check_kwargs(name, fn, hparams)
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"{name}: {type(_unwrapped(model)).__name__} has no trainable parameter (none with "
-                         "requires_grad=True); there is nothing to optimize")
+        raise ValueError(
+            f"{name}: {type(_unwrapped(model)).__name__} has no trainable parameter (none with "
+            "requires_grad=True); there is nothing to optimize"
+        )
     if kind == "baseline":
         _check_baseline_hparams(name, hparams)
         from .closures import closure_mix_in
@@ -105,16 +128,26 @@ def optimizer(name: str, model: nn.Module, *, engine: str = "autograd", seed: in
             raise NotImplementedError(
                 f"{name} reads a double-backward graph from p.grad on every step, which DistributedDataParallel "
                 "cannot carry. Use an optlab preset instead (e.g. 'adahessian', 'sophia'): they average "
-                "gradients and curvature over ranks themselves.")
+                "gradients and curvature over ranks themselves."
+            )
         if process_group is not None:
-            raise ValueError(f"{name}: process_group applies to optlab presets only; a baseline under DDP "
-                             "relies on DDP's own gradient averaging.")
+            raise ValueError(
+                f"{name}: process_group applies to optlab presets only; a baseline under DDP "
+                "relies on DDP's own gradient averaging."
+            )
         opt = fn(module, **hparams)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"baseline {name!r} returned {type(opt).__name__}, not a torch.optim.Optimizer")
         return closure_mix_in(opt, create_graph=create_graph, max_grad_norm=max_grad_norm)
-    return RuleOptimizer(model, fn(_unwrapped(model), **hparams), engine=engine, seed=seed, name=name,
-                         max_grad_norm=max_grad_norm, process_group=process_group)
+    return RuleOptimizer(
+        model,
+        fn(_unwrapped(model), **hparams),
+        engine=engine,
+        seed=seed,
+        name=name,
+        max_grad_norm=max_grad_norm,
+        process_group=process_group,
+    )
 
 
 def _check_baseline_hparams(name: str, hparams: dict) -> None:
@@ -125,12 +158,16 @@ def _check_baseline_hparams(name: str, hparams: dict) -> None:
     def real(x):
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    rules = {"lr": (lambda x: real(x) and x >= 0, "a finite number >= 0"),
-             "weight_decay": (lambda x: real(x) and x >= 0, "a finite number >= 0"),
-             "momentum": (lambda x: real(x) and 0 <= x < 1, "a number in [0, 1)"),
-             "eps": (lambda x: real(x) and x > 0, "a finite number > 0"),
-             "betas": (lambda x: isinstance(x, (list, tuple)) and len(x) == 2
-                       and all(real(b) and 0 <= b < 1 for b in x), "two numbers in [0, 1)")}
+    rules = {
+        "lr": (lambda x: real(x) and x >= 0, "a finite number >= 0"),
+        "weight_decay": (lambda x: real(x) and x >= 0, "a finite number >= 0"),
+        "momentum": (lambda x: real(x) and 0 <= x < 1, "a number in [0, 1)"),
+        "eps": (lambda x: real(x) and x > 0, "a finite number > 0"),
+        "betas": (
+            lambda x: isinstance(x, (list, tuple)) and len(x) == 2 and all(real(b) and 0 <= b < 1 for b in x),
+            "two numbers in [0, 1)",
+        ),
+    }
     for key, (ok, valid) in rules.items():
         if key in hparams and not ok(hparams[key]):
             raise ValueError(f"{name}: invalid {key}={hparams[key]!r}; expected {valid}.")
@@ -138,6 +175,7 @@ def _check_baseline_hparams(name: str, hparams: dict) -> None:
 
 def _unwrapped(model: nn.Module) -> nn.Module:
     from .distributed import unwrap
+
     return unwrap(model)[0]
 
 
@@ -149,6 +187,7 @@ def explain(model: nn.Module, name: str, *, file=None, **hparams) -> list[dict]:
         warnings.simplefilter("always")
         rules = preset_rules(name, model, **hparams)
         from .rules import partition
+
         groups = partition(model, rules)
     by_rule = {r.name: r for r in rules}
     where = {n: g["rule"] for g in groups for n in g["param_names"]}
@@ -156,11 +195,16 @@ def explain(model: nn.Module, name: str, *, file=None, **hparams) -> list[dict]:
     for info in named_parameters_with_owner(model):
         rname = where.get(info.name)
         r = by_rule.get(rname)
-        rows.append({
-            "parameter": info.name, "shape": tuple(info.param.shape), "module": type(info.owner).__name__,
-            "rule": rname or "(frozen)", "stepper": r.stepper.name if r else "-",
-            "curvature": (r.curvature.name if r and r.curvature else "-"),
-        })
+        rows.append(
+            {
+                "parameter": info.name,
+                "shape": tuple(info.param.shape),
+                "module": type(info.owner).__name__,
+                "rule": rname or "(frozen)",
+                "stepper": r.stepper.name if r else "-",
+                "curvature": (r.curvature.name if r and r.curvature else "-"),
+            }
+        )
     cols = ["parameter", "shape", "module", "rule", "stepper", "curvature"]
     width = {c: max(len(c), *(len(str(row[c])) for row in rows)) if rows else len(c) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols)]

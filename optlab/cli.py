@@ -1,4 +1,5 @@
 """``optlab`` command line: plugins, explain, train, grid run/status, diagnose, report."""
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,13 @@ def _probability(text: str) -> float:
 
 def cmd_plugins(args) -> int:
     from . import registry
+
     errors = registry.load_errors()
-    rows = [(kind, e.name, e.plugin, (getattr(e.item, "__doc__", "") or "").strip().split("\n")[0])
-            for kind in registry.KINDS for e in sorted(registry.items(kind).values(), key=lambda e: e.name)]
+    rows = [
+        (kind, e.name, e.plugin, (getattr(e.item, "__doc__", "") or "").strip().split("\n")[0])
+        for kind in registry.KINDS
+        for e in sorted(registry.items(kind).values(), key=lambda e: e.name)
+    ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     print(f"{'kind'.ljust(w[0])}  {'name'.ljust(w[1])}  {'plugin'.ljust(w[2])}  description")
     for r in rows:
@@ -58,6 +63,7 @@ def cmd_plugins(args) -> int:
 
 def _build_model(args):
     from .tasks import make_model, make_task
+
     task = make_task(args.task, **_kv(getattr(args, "task_option", None)))
     model = make_model(args.model, task.info, decouple=args.decouple, **_kv(getattr(args, "model_option", None)))
     return task, model
@@ -65,6 +71,7 @@ def _build_model(args):
 
 def cmd_explain(args) -> int:
     from .api import explain
+
     _, model = _build_model(args)
     explain(model, args.optimizer, **_kv(args.hp))
     return 0
@@ -72,28 +79,47 @@ def cmd_explain(args) -> int:
 
 def cmd_train(args) -> int:
     from .train import RunConfig, train
+
     hp = _kv(args.hp)
     for key in ("lr", "momentum", "weight_decay", "hessian_momentum", "tau", "eps"):
         v = getattr(args, key)
         if v is not None:
             hp[key] = v
-    cfg = RunConfig(task=args.task, model=args.model, optimizer=args.optimizer, hparams=hp, seed=args.seed,
-                    epochs=args.epochs, batch_size=args.batch_size, lr_schedule=args.lr_schedule,
-                    warmup_epochs=args.warmup_epochs, decouple=args.decouple, engine=args.engine,
-                    device=args.device, milestones=args.milestones)
+    cfg = RunConfig(
+        task=args.task,
+        model=args.model,
+        optimizer=args.optimizer,
+        hparams=hp,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        decouple=args.decouple,
+        engine=args.engine,
+        device=args.device,
+        milestones=args.milestones,
+    )
 
     def show(row):
         lrs = row.get("lrs") or {}
-        lr = (f"lr {row['lr']:.4g}" if len(set(lrs.values())) <= 1
-              else "lr " + " ".join(f"{k}={v:.4g}" for k, v in lrs.items()))  # every rule's lr
-        print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-              f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  {lr}  "
-              f"time {row['time_epoch']:.2f}s (fb {row['time_forward_backward']:.2f} curv "
-              f"{row['time_curvature']:.2f} upd {row['time_update']:.2f})  hvps {row['hvp_count']}")
+        lr = (
+            f"lr {row['lr']:.4g}"
+            if len(set(lrs.values())) <= 1
+            else "lr " + " ".join(f"{k}={v:.4g}" for k, v in lrs.items())
+        )  # every rule's lr
+        print(
+            f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  {lr}  "
+            f"time {row['time_epoch']:.2f}s (fb {row['time_forward_backward']:.2f} curv "
+            f"{row['time_curvature']:.2f} upd {row['time_update']:.2f})  hvps {row['hvp_count']}"
+        )
+
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"invalid --threads {args.threads}; expected an integer >= 1")
         import torch
+
         torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -101,8 +127,11 @@ def cmd_train(args) -> int:
             # the per-batch bar only on a terminal: in a log, the per-epoch lines alone
             res = train(cfg, checkpoint=args.checkpoint, on_epoch=show, progress=sys.stderr.isatty())
         except KeyboardInterrupt:
-            where = (f"the last finished epoch is saved in {args.checkpoint}; rerun the same command to resume"
-                     if args.checkpoint else "no --checkpoint was given, so nothing was saved")
+            where = (
+                f"the last finished epoch is saved in {args.checkpoint}; rerun the same command to resume"
+                if args.checkpoint
+                else "no --checkpoint was given, so nothing was saved"
+            )
             print(f"\ninterrupted: {where}", file=sys.stderr)
             return 130
     if args.out:
@@ -114,45 +143,68 @@ def cmd_train(args) -> int:
 
 def cmd_grid(args) -> int:
     from .grid import GridInterrupted, grid_status, load_spec, run_grid
+
     spec = load_spec(args.spec)
     if args.grid_cmd == "run":
         options = _kv(args.executor_option)
         chosen = args.executor or (spec.data.get("executor") or {}).get("name", "local")
-        for flag, key, applies in (("address", "address", ("ray",)), ("partition", "partition", ("submitit",)),
-                                   ("time_min", "time_min", ("submitit",)),
-                                   ("gpus", {"ray": "gpus_per_trial", "submitit": "gpus_per_task"}, ("ray", "submitit"))):
+        for flag, key, applies in (
+            ("address", "address", ("ray",)),
+            ("partition", "partition", ("submitit",)),
+            ("time_min", "time_min", ("submitit",)),
+            ("gpus", {"ray": "gpus_per_trial", "submitit": "gpus_per_task"}, ("ray", "submitit")),
+        ):
             value = getattr(args, flag)
             if value is None:
                 continue
             if chosen not in applies:
-                raise ValueError(f"--{flag.replace('_', '-')} applies to executor {' / '.join(applies)}, "
-                                 f"not {chosen!r} (choose one with --executor)")
+                raise ValueError(
+                    f"--{flag.replace('_', '-')} applies to executor {' / '.join(applies)}, "
+                    f"not {chosen!r} (choose one with --executor)"
+                )
             options[key[chosen] if isinstance(key, dict) else key] = value
         try:
-            counts = run_grid(spec, workers=args.workers, results=args.results, retry_failed=args.retry_failed,
-                              threads=args.threads, executor=args.executor, executor_options=options)
+            counts = run_grid(
+                spec,
+                workers=args.workers,
+                results=args.results,
+                retry_failed=args.retry_failed,
+                threads=args.threads,
+                executor=args.executor,
+                executor_options=options,
+            )
         except GridInterrupted as exc:
             done = {k: v for k, v in exc.counts.items() if k not in ("results",)}
-            print(f"grid {spec.name} interrupted -> " + ", ".join(f"{k}: {v}" for k, v in done.items()),
-                  file=sys.stderr)
-            print(f"Everything finished is saved in {exc.counts['results']}; resume with: optlab grid run {args.spec}"
-                  + (f" --results {args.results}" if args.results else ""), file=sys.stderr)
+            print(
+                f"grid {spec.name} interrupted -> " + ", ".join(f"{k}: {v}" for k, v in done.items()), file=sys.stderr
+            )
+            print(
+                f"Everything finished is saved in {exc.counts['results']}; resume with: optlab grid run {args.spec}"
+                + (f" --results {args.results}" if args.results else ""),
+                file=sys.stderr,
+            )
             return 130
         print("grid", spec.name, "->", ", ".join(f"{k}: {v}" for k, v in counts.items()))
         return 0
     st = grid_status(spec, results=args.results)
-    print(f"grid {spec.name}: {st['total']} trials -- ok {st['ok']}, diverged {st['diverged']}, "
-          f"failed {st['failed']}, running {st['running']}, missing {st['missing']}, invalid {st['invalid']}"
-          f"  ({st['results']})")
+    print(
+        f"grid {spec.name}: {st['total']} trials -- ok {st['ok']}, diverged {st['diverged']}, "
+        f"failed {st['failed']}, running {st['running']}, missing {st['missing']}, invalid {st['invalid']}"
+        f"  ({st['results']})"
+    )
     ev = st.get("evaluation")
     if ev is not None:
         wait = f" (waiting for tuning of {', '.join(ev['waiting'])})" if ev["waiting"] else ""
-        print(f"  evaluation stage: {ev['total']} trials -- ok {ev['ok']}, diverged {ev['diverged']}, failed "
-              f"{ev['failed']}, running {ev['running']}, missing {ev['missing']}, invalid {ev['invalid']}"
-              f"{wait}")
+        print(
+            f"  evaluation stage: {ev['total']} trials -- ok {ev['ok']}, diverged {ev['diverged']}, failed "
+            f"{ev['failed']}, running {ev['running']}, missing {ev['missing']}, invalid {ev['invalid']}"
+            f"{wait}"
+        )
     if st["invalid_files"]:
-        print(f"{len(st['invalid_files'])} trial file(s) do not validate (the next `optlab grid run` moves them to "
-              "quarantine/ and reruns their trials):")
+        print(
+            f"{len(st['invalid_files'])} trial file(s) do not validate (the next `optlab grid run` moves them to "
+            "quarantine/ and reruns their trials):"
+        )
         for line in st["invalid_files"][:20]:
             print(f"  {line}")
         if len(st["invalid_files"]) > 20:
@@ -164,6 +216,7 @@ def cmd_diagnose(args) -> int:
     import torch
 
     from .diagnostics import diagnose, plot_diagnostics
+
     torch.manual_seed(args.seed)
     task, model = _build_model(args)
     model = model.double() if args.float64 else model
@@ -172,14 +225,22 @@ def cmd_diagnose(args) -> int:
         x = x.double()
     if args.warmup_steps:
         from .api import optimizer
+
         opt = optimizer("sgd", model, lr=0.05)
         g = torch.Generator().manual_seed(args.seed)
-        for i, (xb, yb) in zip(range(args.warmup_steps), task.train_batches(args.batch_size, g)):
+        for _i, (xb, yb) in zip(range(args.warmup_steps), task.train_batches(args.batch_size, g)):
             opt.zero_grad()
             task.loss_fn(model(xb.to(x.dtype)), yb).backward()
             opt.step()
-    df = diagnose(model, (x, y), loss_fn=task.loss_fn, selector=args.selector, max_block=args.max_block,
-                  engine=args.engine, seed=args.seed)
+    df = diagnose(
+        model,
+        (x, y),
+        loss_fn=task.loss_fn,
+        selector=args.selector,
+        max_block=args.max_block,
+        engine=args.engine,
+        seed=args.seed,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"diagnose_{args.task}_{args.model}"
@@ -187,8 +248,11 @@ def cmd_diagnose(args) -> int:
     fig = plot_diagnostics(df)
     fig.savefig(out / f"{stem}.png", dpi=120)
     import pandas as pd
+
     with pd.option_context("display.width", 200, "display.max_columns", 12, "display.float_format", "{:.3g}".format):
-        cols = ["tensor", "size", "offdiag_frob_mass", "neg_diag_frac"] + [c for c in df.columns if c.endswith("_relerr")]
+        cols = ["tensor", "size", "offdiag_frob_mass", "neg_diag_frac"] + [
+            c for c in df.columns if c.endswith("_relerr")
+        ]
         print(df[cols].to_string(index=False))
     print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
     return 0
@@ -201,17 +265,28 @@ def cmd_report(args) -> int:
 
     from .analysis import comparisons, load
     from .analysis.report import verdict_table, write_report
+
     controls = tuple(c.strip() for c in args.controls.split(",") if c.strip())
-    options = dict(baseline=args.baseline, controls=controls, margin=args.margin, alpha=args.alpha,
-                   select=args.select, metric=args.metric)
+    options = dict(
+        baseline=args.baseline,
+        controls=controls,
+        margin=args.margin,
+        alpha=args.alpha,
+        select=args.select,
+        metric=args.metric,
+    )
     paths = write_report(args.results, args.output, title=args.title, **options)
     _, trials = load(args.results, skip_corrupt=True)
     margin = f"{100 * args.margin:g} pp" if args.metric.endswith("_acc") else f"{args.margin:g}"
-    print(f"verdict ({args.metric}, configurations selected on {args.select}; margin +-{margin}, "
-          f"alpha {args.alpha}, Holm across comparisons):")
+    print(
+        f"verdict ({args.metric}, configurations selected on {args.select}; margin +-{margin}, "
+        f"alpha {args.alpha}, Holm across comparisons):"
+    )
     if args.baseline not in set(trials["optimizer"].astype(str)):
-        print(f"  no comparison: baseline {args.baseline!r} is not in the results "
-              f"(optimizers: {', '.join(sorted(trials['optimizer'].astype(str).unique()))})")
+        print(
+            f"  no comparison: baseline {args.baseline!r} is not in the results "
+            f"(optimizers: {', '.join(sorted(trials['optimizer'].astype(str).unique()))})"
+        )
     else:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -236,23 +311,37 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``optlab`` argument parser (every option has a help text; tested)."""
-    p = argparse.ArgumentParser(prog="optlab", description="Compound optimizers assembled from plugins.",
-                                formatter_class=_Help)
-    p.add_argument("--strict", action="store_true",
-                   help="a plugin that fails to load, or an item that fails validation, is fatal "
-                        "(otherwise reported and skipped); same as OPTLAB_STRICT_PLUGINS=1")
+    p = argparse.ArgumentParser(
+        prog="optlab", description="Compound optimizers assembled from plugins.", formatter_class=_Help
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a plugin that fails to load, or an item that fails validation, is fatal "
+        "(otherwise reported and skipped); same as OPTLAB_STRICT_PLUGINS=1",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    sub.add_parser("plugins", formatter_class=_Help, help="list every registered plugin item and its plugin").set_defaults(fn=cmd_plugins)
+    sub.add_parser(
+        "plugins", formatter_class=_Help, help="list every registered plugin item and its plugin"
+    ).set_defaults(fn=cmd_plugins)
 
     def model_args(sp):
         sp.add_argument("--task", default="digits", help="registered task (`optlab plugins` lists them)")
         sp.add_argument("--model", default="cnn-bn", help="registered model")
         sp.add_argument("--decouple", action="store_true", help="weight-normalize conv/linear layers")
-        sp.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                        help="task option, JSON value (e.g. val_fraction=0.1); repeatable")
-        sp.add_argument("--model-option", action="append", metavar="KEY=VALUE",
-                        help="model option, JSON value (e.g. width=32); repeatable")
+        sp.add_argument(
+            "--task-option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="task option, JSON value (e.g. val_fraction=0.1); repeatable",
+        )
+        sp.add_argument(
+            "--model-option",
+            action="append",
+            metavar="KEY=VALUE",
+            help="model option, JSON value (e.g. width=32); repeatable",
+        )
 
     sp = sub.add_parser("explain", formatter_class=_Help, help="show which rule every parameter goes to")
     model_args(sp)
@@ -264,19 +353,33 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(sp)
     sp.add_argument("--optimizer", default="sgd-ph", help="preset or baseline")
     for key in ("lr", "momentum", "weight-decay", "hessian-momentum", "tau", "eps"):
-        sp.add_argument(f"--{key}", type=float, default=None,
-                        help=f"{key.replace('-', '_')} (unset: the optimizer's default)")
+        sp.add_argument(
+            f"--{key}", type=float, default=None, help=f"{key.replace('-', '_')} (unset: the optimizer's default)"
+        )
     sp.add_argument("--hp", action="append", metavar="KEY=VALUE", help="any other hyperparameter, JSON value")
     sp.add_argument("--epochs", type=int, default=10, help="training epochs")
     sp.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
     sp.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and estimators")
-    sp.add_argument("--lr-schedule", default="constant", choices=["constant", "multistep", "cosine"],
-                    help="learning-rate schedule over epochs")
-    sp.add_argument("--milestones", type=float, nargs="*", default=None,
-                    help="multistep: epochs where lr is multiplied by 0.1 (default: epochs/2, 3*epochs/4)")
+    sp.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=["constant", "multistep", "cosine"],
+        help="learning-rate schedule over epochs",
+    )
+    sp.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=None,
+        help="multistep: epochs where lr is multiplied by 0.1 (default: epochs/2, 3*epochs/4)",
+    )
     sp.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup (epochs)")
-    sp.add_argument("--engine", default="autograd", choices=["autograd", "func"],
-                    help="HVP engine: autograd double backward, or torch.func jvp(grad)")
+    sp.add_argument(
+        "--engine",
+        default="autograd",
+        choices=["autograd", "func"],
+        help="HVP engine: autograd double backward, or torch.func jvp(grad)",
+    )
     sp.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
@@ -288,18 +391,33 @@ def build_parser() -> argparse.ArgumentParser:
     g = gsub.add_parser("run", formatter_class=_Help, help="run the missing trials of SPEC (resumable)")
     g.add_argument("spec", help="grid spec (TOML), e.g. experiments/quickstart.toml")
     g.add_argument("--workers", type=int, default=None, help="local executor: parallel worker processes (default 1)")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch threads per trial (default: local cores/workers; ray cpus_per_trial; submitit "
-                        "cpus_per_task)")
-    g.add_argument("--executor", default=None, help="where trials run: local (default), ray, submitit, or a "
-                   "plugin's executor; overrides the spec's [executor] name")
-    g.add_argument("--address", default=None, help="ray: cluster address ('auto', 'ray://host:10001'); "
-                   "default a local Ray instance")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per trial (default: local cores/workers; ray cpus_per_trial; submitit cpus_per_task)",
+    )
+    g.add_argument(
+        "--executor",
+        default=None,
+        help="where trials run: local (default), ray, submitit, or a "
+        "plugin's executor; overrides the spec's [executor] name",
+    )
+    g.add_argument(
+        "--address",
+        default=None,
+        help="ray: cluster address ('auto', 'ray://host:10001'); default a local Ray instance",
+    )
     g.add_argument("--partition", default=None, help="submitit: SLURM partition")
     g.add_argument("--time-min", type=int, default=None, help="submitit: SLURM time limit per trial (minutes)")
     g.add_argument("--gpus", type=int, default=None, help="ray / submitit: GPUs per trial")
-    g.add_argument("-E", "--executor-option", action="append", metavar="KEY=VALUE",
-                   help="any other executor option, JSON value (e.g. -E cpus_per_trial=2)")
+    g.add_argument(
+        "-E",
+        "--executor-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other executor option, JSON value (e.g. -E cpus_per_trial=2)",
+    )
     g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
     g.add_argument("--retry-failed", action="store_true", help="rerun trials whose status is failed")
     g.set_defaults(fn=cmd_grid)
@@ -308,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
     g.set_defaults(fn=cmd_grid)
 
-    sp = sub.add_parser("diagnose", formatter_class=_Help, help="is the partial Hessian diagonal? estimator errors and costs")
+    sp = sub.add_parser(
+        "diagnose", formatter_class=_Help, help="is the partial Hessian diagonal? estimator errors and costs"
+    )
     model_args(sp)
     sp.add_argument("--batch-size", type=int, default=128, help="samples in the measured batch")
     sp.add_argument("--selector", default="channelwise", help="which parameters' blocks to measure")
@@ -320,24 +440,42 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="reports/diagnose", help="folder for the CSV and figure")
     sp.set_defaults(fn=cmd_diagnose)
 
-    sp = sub.add_parser("report", formatter_class=_Help, help="HTML + Markdown report of a results directory, led by the verdict table")
+    sp = sub.add_parser(
+        "report", formatter_class=_Help, help="HTML + Markdown report of a results directory, led by the verdict table"
+    )
     sp.add_argument("results", help="results directory (written by `optlab grid run`)")
     sp.add_argument("-o", "--output", default=None, help="output directory (default: RESULTS/report)")
     sp.add_argument("--title", default=None, help="report title (default: from the results directory name)")
-    sp.add_argument("--baseline", default="sgd",
-                    help="optimizer every other one is compared with (default: %(default)s)")
-    sp.add_argument("--controls", default="sgd-scaled,sgd-frozen",
-                    help="comma-separated control optimizers, compared with every optimizer; absent ones are "
-                         "skipped (default: %(default)s)")
-    sp.add_argument("--margin", type=_positive, default=0.005,
-                    help="equivalence margin of the TOST verdict, in metric units (default: %(default)s = 0.5 "
-                         "percentage points of accuracy)")
-    sp.add_argument("--alpha", type=_probability, default=0.05,
-                    help="significance level, Holm-corrected across the comparisons (default: %(default)s)")
-    sp.add_argument("--select", default="final_val_acc",
-                    help="validation metric each optimizer's configuration is selected on (default: %(default)s)")
-    sp.add_argument("--metric", default="final_test_acc",
-                    help="test metric the verdict compares (default: %(default)s)")
+    sp.add_argument(
+        "--baseline", default="sgd", help="optimizer every other one is compared with (default: %(default)s)"
+    )
+    sp.add_argument(
+        "--controls",
+        default="sgd-scaled,sgd-frozen",
+        help="comma-separated control optimizers, compared with every optimizer; absent ones are "
+        "skipped (default: %(default)s)",
+    )
+    sp.add_argument(
+        "--margin",
+        type=_positive,
+        default=0.005,
+        help="equivalence margin of the TOST verdict, in metric units (default: %(default)s = 0.5 "
+        "percentage points of accuracy)",
+    )
+    sp.add_argument(
+        "--alpha",
+        type=_probability,
+        default=0.05,
+        help="significance level, Holm-corrected across the comparisons (default: %(default)s)",
+    )
+    sp.add_argument(
+        "--select",
+        default="final_val_acc",
+        help="validation metric each optimizer's configuration is selected on (default: %(default)s)",
+    )
+    sp.add_argument(
+        "--metric", default="final_test_acc", help="test metric the verdict compares (default: %(default)s)"
+    )
     sp.set_defaults(fn=cmd_report)
 
     return p
@@ -349,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         from . import registry
+
         os.environ["OPTLAB_STRICT_PLUGINS"] = "1"
         registry.reset()
     try:

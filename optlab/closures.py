@@ -12,12 +12,12 @@
 
 :func:`closure_mix_in` gives a ``torch.optim`` optimizer styles 1-3 as well.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
-
 
 __all__ = ["BackwardCapture", "STYLES", "closure_mix_in", "ClosureStyles", "clip_grad_norm"]
 
@@ -36,14 +36,16 @@ def split_closure_result(result) -> tuple[torch.Tensor, torch.Tensor | None]:
     outputs = None
     if isinstance(result, (tuple, list)):
         if len(result) != 2:
-            raise TypeError("the closure must return the loss or a pair (loss, outputs); "
-                            f"got a sequence of length {len(result)}")
+            raise TypeError(
+                f"the closure must return the loss or a pair (loss, outputs); got a sequence of length {len(result)}"
+            )
         result, outputs = result
     if not isinstance(result, torch.Tensor):
         raise TypeError(f"the closure must return the loss as a scalar tensor; got {type(result).__name__}")
     if result.numel() != 1:
-        raise ValueError(f"the loss must be a scalar; got a tensor of shape {tuple(result.shape)} "
-                         "(reduce it, e.g. with .mean())")
+        raise ValueError(
+            f"the loss must be a scalar; got a tensor of shape {tuple(result.shape)} (reduce it, e.g. with .mean())"
+        )
     return result.reshape(()), outputs
 
 
@@ -97,10 +99,14 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.
 
 
 def _check_max_grad_norm(name: str, max_grad_norm):
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float)) and not isinstance(
-            max_grad_norm, bool) and 0 < max_grad_norm < float("inf")):
-        raise ValueError(f"{name}: invalid max_grad_norm={max_grad_norm!r}; expected None (no clipping) "
-                         "or a finite number > 0")
+    if max_grad_norm is not None and not (
+        isinstance(max_grad_norm, (int, float))
+        and not isinstance(max_grad_norm, bool)
+        and 0 < max_grad_norm < float("inf")
+    ):
+        raise ValueError(
+            f"{name}: invalid max_grad_norm={max_grad_norm!r}; expected None (no clipping) or a finite number > 0"
+        )
 
 
 class ClosureStyles:
@@ -127,7 +133,8 @@ class ClosureStyles:
             raise NotImplementedError(
                 f"{name} reads a double-backward graph from p.grad on every step, which DistributedDataParallel "
                 "cannot carry. Use an optlab preset (e.g. 'adahessian', 'sophia'), which averages gradients and "
-                "curvature over ranks itself.")
+                "curvature over ranks itself."
+            )
         params = self._params()
         loss = None
         if closure is not None:
@@ -147,17 +154,20 @@ class ClosureStyles:
             else:  # forward-only closure: p.grad is set to this loss's gradient
                 loss = split_closure_result(result)[0]
                 if not loss.requires_grad:
-                    raise ValueError(f"{name}: the loss returned by the closure does not require grad and the "
-                                     "closure ran no backward(); the closures it takes:\n" + STYLES)
+                    raise ValueError(
+                        f"{name}: the loss returned by the closure does not require grad and the "
+                        "closure ran no backward(); the closures it takes:\n" + STYLES
+                    )
                 for p in params:
                     p.grad = None
                 loss.backward(create_graph=self.create_graph)
         elif self.create_graph:
             missing = [p for p in params if p.grad is not None and p.grad.grad_fn is None and p.requires_grad]
             if missing or not grads_written(params):
-                raise RuntimeError(f"{name} needs gradients built with create_graph=True: "
-                                   "loss.backward(create_graph=opt.needs_graph()); opt.step(), or a closure:\n"
-                                   + STYLES)
+                raise RuntimeError(
+                    f"{name} needs gradients built with create_graph=True: "
+                    "loss.backward(create_graph=opt.needs_graph()); opt.step(), or a closure:\n" + STYLES
+                )
         self.last_grad_norm = None
         if self.max_grad_norm is not None:
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).detach()
@@ -173,8 +183,9 @@ _MIXED: dict[type, type] = {}
 _MIXED_ATTRS = ("create_graph", "max_grad_norm", "last_grad_norm", "needs_graph", "_params", "step")
 
 
-def closure_mix_in(opt: torch.optim.Optimizer, *, create_graph: bool = False,
-                   max_grad_norm: float | None = None) -> torch.optim.Optimizer:
+def closure_mix_in(
+    opt: torch.optim.Optimizer, *, create_graph: bool = False, max_grad_norm: float | None = None
+) -> torch.optim.Optimizer:
     """Give ``opt`` (a ``torch.optim.Optimizer``) the three step styles, in place.
 
     Its class becomes a direct subclass of ``type(opt)`` with the same name whose
@@ -186,8 +197,9 @@ def closure_mix_in(opt: torch.optim.Optimizer, *, create_graph: bool = False,
     if not getattr(cls, "_optlab_closure_styles", False):
         if cls not in _MIXED:
             body = {k: ClosureStyles.__dict__[k] for k in _MIXED_ATTRS}
-            body.update(__module__=cls.__module__, __doc__=cls.__doc__, _optlab_closure_styles=True,
-                        _torch_step=cls.step)
+            body.update(
+                __module__=cls.__module__, __doc__=cls.__doc__, _optlab_closure_styles=True, _torch_step=cls.step
+            )
             _MIXED[cls] = type(cls.__name__, (cls,), body)
         opt.__class__ = _MIXED[cls]
     opt.create_graph = create_graph

@@ -12,10 +12,11 @@ A row ``(all selected)`` does the same for the joint block over all selected
 tensors (cross-tensor couplings included) when it fits in ``max_block``, and
 carries each estimator's cost for refreshing every selected tensor.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -34,18 +35,30 @@ DEFAULT_ESTIMATORS = ("rowsum_hvp", "block_rademacher", "hutchinson", "ggn_exact
 def _block_stats(block: torch.Tensor) -> dict:
     d = block.diagonal()
     total = block.pow(2).sum()
-    return {"offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
-            "neg_diag_frac": float((d < 0).double().mean()), "diag_abs_mean": float(d.abs().mean())}
+    return {
+        "offdiag_frob_mass": float((total - d.pow(2).sum()) / total.clamp_min(1e-300)),
+        "neg_diag_frac": float((d < 0).double().mean()),
+        "diag_abs_mean": float(d.abs().mean()),
+    }
 
 
 def _relerr(est: torch.Tensor, ref: torch.Tensor) -> float:
     return float((est - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy,
-             selector: str | Selector = "channelwise", estimators: Sequence[str] = DEFAULT_ESTIMATORS,
-             estimator_options: dict | None = None, max_block: int = 4096, engine: str = "autograd",
-             seed: int = 0, loss: str = "cross_entropy", chunk_size: int | None = 64) -> pd.DataFrame:
+def diagnose(
+    model: nn.Module,
+    batch: tuple,
+    loss_fn: Callable = F.cross_entropy,
+    selector: str | Selector = "channelwise",
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    estimator_options: dict | None = None,
+    max_block: int = 4096,
+    engine: str = "autograd",
+    seed: int = 0,
+    loss: str = "cross_entropy",
+    chunk_size: int | None = 64,
+) -> pd.DataFrame:
     """Per-tensor report on the Hessian blocks of the parameters ``selector`` picks.
 
     ``batch`` is ``(x, y)``; the loss is ``loss_fn(model(x), y)`` in the model's
@@ -60,13 +73,16 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
     sel = selector if isinstance(selector, Selector) else api.selector(selector)
     infos = [i for i in named_parameters_with_owner(model) if i.param.requires_grad and sel.matches(i)]
     if not infos:
-        raise ValueError(f"diagnose: selector {sel.description!r} matches no trainable parameter of "
-                         f"{type(model).__name__}")
+        raise ValueError(
+            f"diagnose: selector {sel.description!r} matches no trainable parameter of {type(model).__name__}"
+        )
     too_big = [(i.name, i.param.numel()) for i in infos if i.param.numel() > max_block]
     if too_big:
-        raise ValueError(f"diagnose: the dense block of {too_big[0][0]!r} has {too_big[0][1]} rows, more than "
-                         f"max_block={max_block}; raise max_block (memory grows as its square) or narrow "
-                         "the selector.")
+        raise ValueError(
+            f"diagnose: the dense block of {too_big[0][0]!r} has {too_big[0][1]} rows, more than "
+            f"max_block={max_block}; raise max_block (memory grows as its square) or narrow "
+            "the selector."
+        )
     names, params = [i.name for i in infos], [i.param for i in infos]
 
     def closure():
@@ -101,16 +117,32 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
         dense_ms = 1e3 * (time.perf_counter() - t0)
         d = block.diagonal()
         diags.append(d)
-        rows.append({"tensor": info.name, "module": type(info.owner).__name__, "size": n,
-                     **_block_stats(block), "exact_diag_products": n, "exact_diag_ms": dense_ms})
+        rows.append(
+            {
+                "tensor": info.name,
+                "module": type(info.owner).__name__,
+                "size": n,
+                **_block_stats(block),
+                "exact_diag_products": n,
+                "exact_diag_ms": dense_ms,
+            }
+        )
     n_all = sum(p.numel() for p in params)
-    total = {"tensor": "(all selected)", "module": "-", "size": n_all, "exact_diag_products": n_all,
-             "exact_diag_ms": sum(r["exact_diag_ms"] for r in rows)}
+    total = {
+        "tensor": "(all selected)",
+        "module": "-",
+        "size": n_all,
+        "exact_diag_products": n_all,
+        "exact_diag_ms": sum(r["exact_diag_ms"] for r in rows),
+    }
     if len(params) > 1 and n_all <= max_block:  # the joint block, cross-tensor couplings included
         total.update(_block_stats(context().dense_block(list(range(len(params))), chunk_size=chunk_size)))
     else:
-        total.update(offdiag_frob_mass=float("nan"), neg_diag_frac=float((torch.cat(diags) < 0).double().mean()),
-                     diag_abs_mean=float(torch.cat(diags).abs().mean()))
+        total.update(
+            offdiag_frob_mass=float("nan"),
+            neg_diag_frac=float((torch.cat(diags) < 0).double().mean()),
+            diag_abs_mean=float(torch.cat(diags).abs().mean()),
+        )
     # each estimator refreshes every selected tensor at once, as with schedule="all" in training
     for name, (est, hp) in ests.items():
         ctx = context()
@@ -120,8 +152,7 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
         total[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
         for k, row in enumerate(rows):
             row[f"{name}_relerr"] = _relerr(val[k].reshape(-1), diags[k])
-        total[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]),
-                                          torch.cat(diags))
+        total[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]), torch.cat(diags))
     rows.append(total)
     return pd.DataFrame(rows)
 
@@ -129,18 +160,23 @@ def diagnose(model: nn.Module, batch: tuple, loss_fn: Callable = F.cross_entropy
 def plot_diagnostics(df: pd.DataFrame):
     """Two panels: off-diagonal mass per tensor, and estimator relative errors."""
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    ests = [c[:-len("_relerr")] for c in df.columns if c.endswith("_relerr")]
+    ests = [c[: -len("_relerr")] for c in df.columns if c.endswith("_relerr")]
     fig, axes = plt.subplots(1, 2, figsize=(12, max(3.0, 0.35 * len(df) + 1.5)), sharey=True)
     sns.barplot(data=df, y="tensor", x="offdiag_frob_mass", ax=axes[0], color="#4C72B0")
     axes[0].set_xlabel("off-diagonal Frobenius mass of the block (0 = diagonal)")
     axes[0].set_xlim(0, 1)
     axes[0].set_ylabel("")
-    long = df.melt(id_vars=["tensor"], value_vars=[f"{e}_relerr" for e in ests], var_name="estimator",
-                   value_name="relative error vs exact diagonal")
+    long = df.melt(
+        id_vars=["tensor"],
+        value_vars=[f"{e}_relerr" for e in ests],
+        var_name="estimator",
+        value_name="relative error vs exact diagonal",
+    )
     long["estimator"] = long["estimator"].str.replace("_relerr", "", regex=False)
     sns.barplot(data=long, y="tensor", x="relative error vs exact diagonal", hue="estimator", ax=axes[1])
     axes[1].set_xscale("log")

@@ -45,10 +45,11 @@ its backward has no derivative, so no Hessian-vector product passes through it).
 References: Li et al., "PyTorch Distributed: Experiences on Accelerating Data
 Parallel Training" (VLDB 2020) for the reducer; Pearlmutter (1994) for HVPs.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -58,8 +59,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .hvp import CurvatureContext
 
-__all__ = ["Replicas", "unwrap", "check_supported", "AveragedHVPContext", "SyncBatchNorm",
-           "convert_sync_batchnorm", "differentiable_all_reduce"]
+__all__ = [
+    "Replicas",
+    "unwrap",
+    "check_supported",
+    "AveragedHVPContext",
+    "SyncBatchNorm",
+    "convert_sync_batchnorm",
+    "differentiable_all_reduce",
+]
 
 
 def _is_fsdp(module: nn.Module) -> bool:
@@ -81,23 +89,29 @@ def _is_sharded(p: torch.Tensor) -> bool:
 def check_supported(model: nn.Module, what: str = "optlab") -> None:
     """Refuse wrappers optlab cannot be correct under (a clear error, never silent divergence)."""
     for name, m in model.named_modules():
-        where = f"the model itself" if not name else f"submodule {name!r}"
+        where = "the model itself" if not name else f"submodule {name!r}"
         if isinstance(m, nn.DataParallel):
             raise TypeError(
                 f"{what}: {where} is torch.nn.DataParallel, which is not supported (its replicas are "
                 "re-created every forward and curvature graphs cannot follow them). Use one process per "
-                "device with DistributedDataParallel: optlab.optimizer(name, DDP(model)).")
+                "device with DistributedDataParallel: optlab.optimizer(name, DDP(model))."
+            )
         if _is_fsdp(m):
             raise TypeError(
                 f"{what}: {where} is wrapped by FSDP, which is not supported: parameters are sharded, "
-                "so each rank would estimate curvature of its shard only. Use DistributedDataParallel.")
+                "so each rank would estimate curvature of its shard only. Use DistributedDataParallel."
+            )
         if name and isinstance(m, DistributedDataParallel):
-            raise TypeError(f"{what}: {where} is a DistributedDataParallel nested inside the model; "
-                            "wrap the whole model once and pass that DDP module.")
+            raise TypeError(
+                f"{what}: {where} is a DistributedDataParallel nested inside the model; "
+                "wrap the whole model once and pass that DDP module."
+            )
     for n, p in model.named_parameters():
         if _is_sharded(p):
-            raise TypeError(f"{what}: parameter {n!r} is a sharded DTensor (FSDP2 / tensor parallel), "
-                            "which is not supported. Use DistributedDataParallel.")
+            raise TypeError(
+                f"{what}: parameter {n!r} is a sharded DTensor (FSDP2 / tensor parallel), "
+                "which is not supported. Use DistributedDataParallel."
+            )
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, DistributedDataParallel | None]:
@@ -128,13 +142,16 @@ class Replicas:
             raise ValueError(
                 f"the process group given to the optimizer (ranks {_group_ranks(process_group)}) is not the "
                 f"DistributedDataParallel model's (ranks {_group_ranks(group)}); gradients and curvature "
-                "must be averaged over the replicas DDP synchronizes. Pass process_group=None to use DDP's.")
+                "must be averaged over the replicas DDP synchronizes. Pass process_group=None to use DDP's."
+            )
         mine = {id(p) for p in params}
         theirs = {id(p) for p in ddp.module.parameters() if p.requires_grad}
         if mine != theirs:
-            raise ValueError("the DistributedDataParallel model wraps other parameters than the optimizer "
-                             f"optimizes ({len(theirs)} vs {len(mine)} trainable tensors); build the optimizer "
-                             "from the DDP model itself: optlab.optimizer(name, ddp_model).")
+            raise ValueError(
+                "the DistributedDataParallel model wraps other parameters than the optimizer "
+                f"optimizes ({len(theirs)} vs {len(mine)} trainable tensors); build the optimizer "
+                "from the DDP model itself: optlab.optimizer(name, ddp_model)."
+            )
         self.ddp = ddp
         self.group = group
         self.size = dist.get_world_size(group)
@@ -171,14 +188,20 @@ class Replicas:
             return []
         dtype, device = like[0].dtype, like[0].device
         used = torch.tensor([t is not None for t in tensors], dtype=dtype, device=device)
-        buf = torch.cat([(t.detach().reshape(-1).to(dtype) / self.size) if t is not None
-                         else torch.zeros(q.numel(), dtype=dtype, device=device)
-                         for t, q in zip(tensors, like)] + [used])
+        buf = torch.cat(
+            [
+                (t.detach().reshape(-1).to(dtype) / self.size)
+                if t is not None
+                else torch.zeros(q.numel(), dtype=dtype, device=device)
+                for t, q in zip(tensors, like)
+            ]
+            + [used]
+        )
         dist.all_reduce(buf, group=self.group)
         out, pos = [], 0
-        any_used = buf[-len(tensors):].tolist()
-        for t, q, u in zip(tensors, like, any_used):
-            chunk = buf[pos:pos + q.numel()].view(q.shape)
+        any_used = buf[-len(tensors) :].tolist()
+        for _t, q, u in zip(tensors, like, any_used):
+            chunk = buf[pos : pos + q.numel()].view(q.shape)
             pos += q.numel()
             out.append(chunk.to(q.dtype) if u > 0 else None)
         return out
@@ -199,8 +222,9 @@ class AveragedHVPContext(CurvatureContext):
         super().__init__(inner.params, inner.names)
         self.inner = inner
         self.replicas = replicas
-        self._cross_rank_norm = any(isinstance(m, SyncBatchNorm) or isinstance(m, nn.SyncBatchNorm)
-                                    for m in model.modules())
+        self._cross_rank_norm = any(
+            isinstance(m, SyncBatchNorm) or isinstance(m, nn.SyncBatchNorm) for m in model.modules()
+        )
         self.engine = inner.engine
 
     @property
@@ -231,8 +255,9 @@ class AveragedHVPContext(CurvatureContext):
         """:meth:`CurvatureContext.loss_and_grad_at` of the global batch: loss and gradient averaged over ranks."""
         loss, grads = self.inner.loss_and_grad_at(deltas, grad=grad)
         keys = list(grads)
-        avg = self.replicas.average([loss.reshape(1)] + [grads[k] for k in keys],
-                                    [loss.reshape(1)] + [grads[k] for k in keys])
+        avg = self.replicas.average(
+            [loss.reshape(1)] + [grads[k] for k in keys], [loss.reshape(1)] + [grads[k] for k in keys]
+        )
         self.eval_count = self.inner.eval_count
         return avg[0].reshape(()), dict(zip(keys, avg[1:]))
 
@@ -242,7 +267,8 @@ class AveragedHVPContext(CurvatureContext):
                 "Gauss-Newton estimators (output-Jacobian products) under DDP need per-sample outputs that "
                 "depend on the local batch only, but this model normalizes over all ranks (SyncBatchNorm), "
                 "so a rank's output products mix samples of other ranks. Use an HVP-based estimator, e.g. "
-                "optlab.optimizer('sophia', model, estimator='hutchinson') (Sophia-H).")
+                "optlab.optimizer('sophia', model, estimator='hutchinson') (Sophia-H)."
+            )
 
     @property
     def outputs(self):
@@ -307,8 +333,17 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     ``BatchNorm`` computes on the concatenated batch. Any input rank >= 2 (N, C, ...).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 process_group=None, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        process_group=None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.process_group = process_group
 
@@ -318,8 +353,11 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        group = self.process_group if self.process_group is not None else (
-            dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
+        group = (
+            self.process_group
+            if self.process_group is not None
+            else (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
+        )
         if not self.training or group is None or dist.get_world_size(group) == 1:
             return super().forward(input)
         dims = [0] + list(range(2, input.dim()))
@@ -336,7 +374,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                f = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 nn_ = float(n)
                 self.running_mean.mul_(1 - f).add_(mean.detach(), alpha=f)
                 self.running_var.mul_(1 - f).add_(var.detach() * nn_ / max(nn_ - 1, 1), alpha=f)
@@ -348,8 +386,9 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     keeping parameters, buffers and ``requires_grad`` (like ``nn.SyncBatchNorm.convert_sync_batchnorm``)."""
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
-        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group)
+        out = SyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, process_group
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight = module.weight

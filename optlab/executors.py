@@ -30,6 +30,7 @@ completion order; status is what ``run_trial`` returned (``ok``, ``diverged``,
 write to the store. Executors are registered with the ``optlab_register_executors``
 hook (``docs/plugin-hooks.md``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -37,11 +38,18 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
-__all__ = ["LocalExecutor", "RayExecutor", "SubmititExecutor", "EXECUTORS", "make_executor", "executor_options",
-           "ExecutorError"]
+__all__ = [
+    "LocalExecutor",
+    "RayExecutor",
+    "SubmititExecutor",
+    "EXECUTORS",
+    "make_executor",
+    "executor_options",
+    "ExecutorError",
+]
 
 
 class ExecutorError(ValueError):
@@ -52,6 +60,7 @@ def _run_trial(root: str, trial, threads: int | None):
     """The unit of work on every backend (a module-level function: picklable by reference)."""
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
     from .grid import run_trial
+
     return run_trial(root, trial, threads)
 
 
@@ -85,17 +94,21 @@ class LocalExecutor:
         threads = threads or self.default_threads()
         if self.workers == 1:
             import torch
+
             torch.set_num_threads(threads)
             for t in trials:
                 yield _run_trial(root, t, threads)
             return
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from multiprocessing import get_context
+
         ctx = get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "optlab.grid", "optlab.plugins.builtins",
-                                    "optlab.plugins.tasks", "optlab.plugins.models"])
-        ex = ProcessPoolExecutor(max_workers=min(self.workers, max(1, len(trials))), mp_context=ctx,
-                                 initializer=_pool_worker_init)
+        ctx.set_forkserver_preload(
+            ["torch", "optlab.grid", "optlab.plugins.builtins", "optlab.plugins.tasks", "optlab.plugins.models"]
+        )
+        ex = ProcessPoolExecutor(
+            max_workers=min(self.workers, max(1, len(trials))), mp_context=ctx, initializer=_pool_worker_init
+        )
         pending = {ex.submit(_run_trial, root, t, threads): t for t in trials}
 
         def drain():
@@ -115,9 +128,12 @@ class LocalExecutor:
             for f in list(pending):
                 if f.cancel():  # not started yet: never handed out
                     pending.pop(f)
-            print(f"\ninterrupted: no new trials; waiting for {len(pending)} running trial(s) to finish "
-                  "(Ctrl-C again to abandon them -- their last epoch checkpoints are kept)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"\ninterrupted: no new trials; waiting for {len(pending)} running trial(s) to finish "
+                "(Ctrl-C again to abandon them -- their last epoch checkpoints are kept)",
+                file=sys.stderr,
+                flush=True,
+            )
             try:
                 yield from drain()
             except KeyboardInterrupt:
@@ -135,6 +151,7 @@ class LocalExecutor:
 
 def _pool_worker_init() -> None:
     import signal
+
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the process group: the driver decides
 
@@ -162,8 +179,15 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, cpus_per_trial: float = 1, gpus_per_trial: float = 0,
-                 num_cpus: int | None = None, max_retries: int = 2, object_store_mb: int = 200):
+    def __init__(
+        self,
+        address: str | None = None,
+        cpus_per_trial: float = 1,
+        gpus_per_trial: float = 0,
+        num_cpus: int | None = None,
+        max_retries: int = 2,
+        object_store_mb: int = 200,
+    ):
         if address is not None and not isinstance(address, str):
             raise ExecutorError(f"invalid address={address!r}; expected a string such as 'auto' or 'ray://host:10001'")
         for key, v, lo in (("cpus_per_trial", cpus_per_trial, 0), ("gpus_per_trial", gpus_per_trial, 0)):
@@ -182,6 +206,7 @@ class RayExecutor:
 
     def run(self, root: str, trials: Sequence, threads: int | None = None) -> Iterator[tuple[str, str]]:
         import ray
+
         threads = threads or self.default_threads()
         started_here, tmp = False, None
         if not ray.is_initialized():
@@ -190,13 +215,20 @@ class RayExecutor:
             else:
                 # a private temp dir: never attach to (or disturb) another user's local Ray on this machine
                 tmp = tempfile.mkdtemp(prefix="optlab-ray-")
-                ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count(), include_dashboard=False,
-                         log_to_driver=False, configure_logging=False, _temp_dir=tmp,
-                         object_store_memory=self.object_store_mb * 2**20)
+                ray.init(
+                    address="local",
+                    num_cpus=self.num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    _temp_dir=tmp,
+                    object_store_memory=self.object_store_mb * 2**20,
+                )
             started_here = True
         try:
-            task = ray.remote(_run_trial).options(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial,
-                                                 max_retries=self.max_retries)
+            task = ray.remote(_run_trial).options(
+                num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial, max_retries=self.max_retries
+            )
             pending = {task.remote(root, t, threads): t for t in trials}
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -208,6 +240,7 @@ class RayExecutor:
                 ray.shutdown()
             if tmp:
                 import shutil
+
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -231,12 +264,24 @@ class SubmititExecutor:
     name = "submitit"
     CLUSTERS = ("slurm", "local", "debug")
 
-    def __init__(self, cluster: str | None = None, folder: str | None = None, partition: str | None = None,
-                 time_min: int = 60, gpus_per_task: int = 0, cpus_per_task: int = 1, mem_gb: float | None = None,
-                 array_parallelism: int = 256, slurm: dict | None = None, poll_s: float = 1.0):
+    def __init__(
+        self,
+        cluster: str | None = None,
+        folder: str | None = None,
+        partition: str | None = None,
+        time_min: int = 60,
+        gpus_per_task: int = 0,
+        cpus_per_task: int = 1,
+        mem_gb: float | None = None,
+        array_parallelism: int = 256,
+        slurm: dict | None = None,
+        poll_s: float = 1.0,
+    ):
         if cluster is not None and cluster not in self.CLUSTERS:
-            raise ExecutorError(f"invalid cluster={cluster!r}; expected one of {', '.join(self.CLUSTERS)} "
-                                "(or leave it unset: SLURM when sbatch exists, else local)")
+            raise ExecutorError(
+                f"invalid cluster={cluster!r}; expected one of {', '.join(self.CLUSTERS)} "
+                "(or leave it unset: SLURM when sbatch exists, else local)"
+            )
         _positive_int("time_min", time_min)
         _positive_int("cpus_per_task", cpus_per_task)
         _positive_int("array_parallelism", array_parallelism)
@@ -254,8 +299,14 @@ class SubmititExecutor:
 
     def slurm_parameters(self) -> dict:
         """The ``#SBATCH`` parameters of each job (submitit's ``SlurmExecutor`` names)."""
-        params = dict(job_name="optlab", time=self.time_min, nodes=1, ntasks_per_node=1,
-                      cpus_per_task=self.cpus_per_task, array_parallelism=self.array_parallelism)
+        params = dict(
+            job_name="optlab",
+            time=self.time_min,
+            nodes=1,
+            ntasks_per_node=1,
+            cpus_per_task=self.cpus_per_task,
+            array_parallelism=self.array_parallelism,
+        )
         if self.gpus_per_task:
             params["gpus_per_node"] = self.gpus_per_task
         if self.partition:
@@ -270,6 +321,7 @@ class SubmititExecutor:
         import shutil
 
         import submitit
+
         cluster = self.cluster or ("slurm" if shutil.which("sbatch") else "local")
         folder = (Path(self.folder) if self.folder else Path(root) / "submitit") / "%j"
         if cluster == "slurm":
@@ -323,27 +375,36 @@ _EXTRAS = {"ray": "ray", "submitit": "slurm", "optuna": "optuna"}
 
 def _require(module: str, extra: str) -> None:
     import importlib.util
+
     if importlib.util.find_spec(module) is None:
-        raise ExecutorError(f"this executor needs the '{module}' package: pip install 'optlab[{extra}]' "
-                            "(with -c constraints.txt to keep the CPU torch)")
+        raise ExecutorError(
+            f"this executor needs the '{module}' package: pip install 'optlab[{extra}]' "
+            "(with -c constraints.txt to keep the CPU torch)"
+        )
 
 
 def executor_options(cls) -> dict:
     """The options an executor class takes (its constructor's keyword arguments and defaults)."""
-    return {n: p.default for n, p in inspect.signature(cls).parameters.items()
-            if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {
+        n: p.default
+        for n, p in inspect.signature(cls).parameters.items()
+        if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def make_executor(name: str, where: str = "executor", **options):
     """The registered executor ``name`` built with ``options``; unknown names/options are named with the valid ones."""
     from . import registry
     from .hparams import closest
+
     cls = registry.get("executor", name)
     valid = executor_options(cls)
     for k in options:
         if k not in valid:
-            raise ExecutorError(f"{where}.{k}: unknown option of executor {name!r}.{closest(k, valid)} "
-                                f"Valid: {', '.join(valid) or '(none)'}.")
+            raise ExecutorError(
+                f"{where}.{k}: unknown option of executor {name!r}.{closest(k, valid)} "
+                f"Valid: {', '.join(valid) or '(none)'}."
+            )
     try:
         return cls(**options)
     except ExecutorError as exc:

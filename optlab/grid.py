@@ -23,6 +23,7 @@ Trials = settings x seeds x (for each optimizer block, the product of its axes)
 x the run-setting axes. A trial's id is a hash of its full configuration, so
 re-running a grid runs exactly the trials that have no result yet.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,13 +49,36 @@ from .hparams import closest
 from .store import CorruptRecord, Store
 from .train import RUN_KEYS, RunConfig, train
 
-__all__ = ["GridSpec", "GridInterrupted", "Trial", "load_spec", "expand", "tuning_trials", "evaluation_trials",
-           "select_configs", "run_grid", "grid_status", "SpecError", "environment"]
+__all__ = [
+    "GridSpec",
+    "GridInterrupted",
+    "Trial",
+    "load_spec",
+    "expand",
+    "tuning_trials",
+    "evaluation_trials",
+    "select_configs",
+    "run_grid",
+    "grid_status",
+    "SpecError",
+    "environment",
+]
 
-TOP_KEYS = ("name", "description", "seeds", "run", "setting", "optimizer", "results", "protocol", "search",
-            "executor", "sinks")
+TOP_KEYS = (
+    "name",
+    "description",
+    "seeds",
+    "run",
+    "setting",
+    "optimizer",
+    "results",
+    "protocol",
+    "search",
+    "executor",
+    "sinks",
+)
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
-BLOCK_KEYS = ("name", "label")            # an [[optimizer]] block's own keys; the rest are hyperparameter axes
+BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest are hyperparameter axes
 PROTOCOL_KEYS = ("evaluation_seeds", "select")
 SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -91,8 +115,8 @@ class GridSpec:
 class Trial:
     id: str
     config: dict
-    arm: str = ""            # the [[optimizer]] block's label (default: the optimizer's name)
-    stage: str = "tuning"    # "tuning" or "evaluation"
+    arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
+    stage: str = "tuning"  # "tuning" or "evaluation"
     selection: dict | None = None
 
     @property
@@ -132,13 +156,22 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
         raise SpecError(f"{where}: invalid TOML: {exc}") from exc
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        raise SpecError(f"{where}: unknown key {unknown[0]!r}.{closest(unknown[0], TOP_KEYS)} "
-                        f"Valid top-level keys: {', '.join(TOP_KEYS)}.")
-    for key, typ, words in (("name", str, "a string"), ("description", str, "a string"),
-                            ("results", str, "a directory path (string)"), ("run", dict, "a [run] table"),
-                            ("protocol", dict, "a [protocol] table"), ("search", dict, "a [search] table"),
-                            ("executor", dict, "an [executor] table"), ("sinks", dict, "a [sinks] table"),
-                            ("setting", list, "[[setting]] tables"), ("optimizer", list, "[[optimizer]] tables")):
+        raise SpecError(
+            f"{where}: unknown key {unknown[0]!r}.{closest(unknown[0], TOP_KEYS)} "
+            f"Valid top-level keys: {', '.join(TOP_KEYS)}."
+        )
+    for key, typ, words in (
+        ("name", str, "a string"),
+        ("description", str, "a string"),
+        ("results", str, "a directory path (string)"),
+        ("run", dict, "a [run] table"),
+        ("protocol", dict, "a [protocol] table"),
+        ("search", dict, "a [search] table"),
+        ("executor", dict, "an [executor] table"),
+        ("sinks", dict, "a [sinks] table"),
+        ("setting", list, "[[setting]] tables"),
+        ("optimizer", list, "[[optimizer]] tables"),
+    ):
         if key in data and not isinstance(data[key], typ):
             raise _type_error(where, key, data[key], words)
     for key in ("setting", "optimizer"):
@@ -147,9 +180,11 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
                 raise _type_error(where, f"{key}[{i}]", block, f"a [[{key}]] table")
     name = data.get("name") or (path.stem if path else "grid")
     if not NAME_RE.match(name) or ".." in name:
-        raise SpecError(f"{where}.name: invalid grid name {name!r}: a name is 1-100 letters, digits, '.', '_' or '-' "
-                        "(no '/', no '..'), starting with a letter or digit; results go to results/<name>/ -- "
-                        "to write elsewhere, set the `results` key to a directory")
+        raise SpecError(
+            f"{where}.name: invalid grid name {name!r}: a name is 1-100 letters, digits, '.', '_' or '-' "
+            "(no '/', no '..'), starting with a letter or digit; results go to results/<name>/ -- "
+            "to write elsewhere, set the `results` key to a directory"
+        )
     seeds = data.get("seeds", [0])
     if not (isinstance(seeds, list) or isinstance(seeds, int)) or isinstance(seeds, bool):
         raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
@@ -161,6 +196,7 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
 def _check_scaleout(where: str, data: dict) -> None:
     """``[search]``, ``[executor]`` and ``[sinks]``: unknown names and options named with the valid ones."""
     from .search import SearchError, parse_search
+
     try:
         parse_search(where, data.get("search"))
     except SearchError as exc:
@@ -171,21 +207,26 @@ def _check_scaleout(where: str, data: dict) -> None:
     sinks = data.get("sinks")
     if sinks is not None:
         from .sinks import SinkError, check_sinks
+
         try:
             check_sinks(sinks, f"{where}.sinks")
         except SinkError as exc:
             raise SpecError(str(exc)) from exc
 
 
-def _executor_from_table(where: str, table: dict, name: str | None = None, extra: dict | None = None,
-                         build: bool = True):
+def _executor_from_table(
+    where: str, table: dict, name: str | None = None, extra: dict | None = None, build: bool = True
+):
     """The executor of an ``[executor]`` table (``name`` plus options), ``name``/``extra`` overriding it."""
     from .executors import ExecutorError, executor_options, make_executor
+
     table = dict(table or {})
     spec_name = table.pop("name", "local")
     if not isinstance(spec_name, str):
-        raise SpecError(f"{where}.name: expected a string (one of {', '.join(sorted(registry.items('executor')))}), "
-                        f"got {spec_name!r}")
+        raise SpecError(
+            f"{where}.name: expected a string (one of {', '.join(sorted(registry.items('executor')))}), "
+            f"got {spec_name!r}"
+        )
     chosen = name or spec_name
     options = table if chosen == spec_name else {}  # the spec's options belong to the spec's executor
     options = {**options, **(extra or {})}
@@ -195,8 +236,10 @@ def _executor_from_table(where: str, table: dict, name: str | None = None, extra
             valid = executor_options(cls)
             for k in options:
                 if k not in valid:
-                    raise ExecutorError(f"{where}.{k}: unknown option of executor {chosen!r}.{closest(k, valid)} "
-                                        f"Valid: {', '.join(valid) or '(none)'}.")
+                    raise ExecutorError(
+                        f"{where}.{k}: unknown option of executor {chosen!r}.{closest(k, valid)} "
+                        f"Valid: {', '.join(valid) or '(none)'}."
+                    )
             return None
         return make_executor(chosen, where=where, **options)
     except (ExecutorError, registry.RegistryError) as exc:
@@ -209,29 +252,41 @@ def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
         return
     unknown = [k for k in p if k not in PROTOCOL_KEYS]
     if unknown:
-        raise SpecError(f"{where}.protocol.{unknown[0]}: unknown key.{closest(unknown[0], PROTOCOL_KEYS)} "
-                        f"Valid: {', '.join(PROTOCOL_KEYS)}.")
+        raise SpecError(
+            f"{where}.protocol.{unknown[0]}: unknown key.{closest(unknown[0], PROTOCOL_KEYS)} "
+            f"Valid: {', '.join(PROTOCOL_KEYS)}."
+        )
     seeds = p.get("evaluation_seeds", 20)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 2:
-            raise SpecError(f"{where}.protocol.evaluation_seeds: invalid count {seeds}; expected >= 2 "
-                            "(a paired comparison needs seeds; >= 20 where effects are small)")
+            raise SpecError(
+                f"{where}.protocol.evaluation_seeds: invalid count {seeds}; expected >= 2 "
+                "(a paired comparison needs seeds; >= 20 where effects are small)"
+            )
         seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
-    elif not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                        for s in seeds)):
-        raise SpecError(f"{where}.protocol.evaluation_seeds: expected a count >= 2 or a list of integers >= 0, "
-                        f"got {seeds!r}")
+    elif not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise SpecError(
+            f"{where}.protocol.evaluation_seeds: expected a count >= 2 or a list of integers >= 0, got {seeds!r}"
+        )
     tuning = tuning_seeds if isinstance(tuning_seeds, list) else [tuning_seeds]
     shared = sorted(set(seeds) & {s for s in tuning if isinstance(s, int)})
     if shared:
-        raise SpecError(f"{where}.protocol.evaluation_seeds: seeds {shared} are also tuning seeds; evaluation "
-                        "needs fresh seeds (that is what makes the comparison unbiased)")
+        raise SpecError(
+            f"{where}.protocol.evaluation_seeds: seeds {shared} are also tuning seeds; evaluation "
+            "needs fresh seeds (that is what makes the comparison unbiased)"
+        )
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{where}.protocol.evaluation_seeds: duplicate seeds in {seeds}")
     sel = p.get("select", "val_acc")
     if sel not in SELECT_METRICS:
-        raise SpecError(f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_METRICS)} "
-                        "(final-epoch validation metric, mean over tuning seeds)")
+        raise SpecError(
+            f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_METRICS)} "
+            "(final-epoch validation metric, mean over tuning seeds)"
+        )
 
 
 LIST_VALUED = ("milestones", "betas")  # settings whose value is a list: write [[...], [...]] for an axis
@@ -249,16 +304,19 @@ def _axis(where: str, key: str, value) -> list:
 def search_settings(spec: GridSpec):
     """The spec's ``[search]`` table, resolved (:class:`optlab.search.SearchSettings`)."""
     from .search import SearchError, parse_search
+
     try:
         return parse_search(str(spec.path) if spec.path else "<spec>", spec.data.get("search"))
     except SearchError as exc:
         raise SpecError(str(exc)) from exc
 
 
-def _block_configs(spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict,
-                   optuna_configs: dict[int, list[dict]] | None) -> list[dict]:
+def _block_configs(
+    spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict, optuna_configs: dict[int, list[dict]] | None
+) -> list[dict]:
     """The hyperparameter configurations of one ``[[optimizer]]`` block under the spec's sampler."""
     from .search import SearchError, parse_space, sample_configs, stream_seed
+
     search = search_settings(spec)
     try:
         space = parse_space(bwhere, hp_block, search.sampler, LIST_VALUED)
@@ -290,15 +348,17 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
     settings = d.get("setting") or [{}]
     blocks = d.get("optimizer")
     if not blocks:
-        raise SpecError(f"{where}: no [[optimizer]] block; add at least one, e.g.\n[[optimizer]]\nname = \"sgd-ph\"")
+        raise SpecError(f'{where}: no [[optimizer]] block; add at least one, e.g.\n[[optimizer]]\nname = "sgd-ph"')
     trials: list[Trial] = []
     seen: dict[str, str] = {}
     for si, setting in enumerate(settings):
         merged = {**run, **setting}
         for k in merged:
             if k not in RUN_AXES:
-                raise SpecError(f"{where}.{'setting[%d]' % si if k in setting else 'run'}.{k}: unknown run setting."
-                                f"{closest(k, RUN_AXES)} Valid: {', '.join(RUN_AXES)}.")
+                raise SpecError(
+                    f"{where}.{f'setting[{si}]' if k in setting else 'run'}.{k}: unknown run setting."
+                    f"{closest(k, RUN_AXES)} Valid: {', '.join(RUN_AXES)}."
+                )
         run_axes = {k: _axis(f"{where}.run", k, v) for k, v in merged.items()}
         for combo in itertools.product(*run_axes.values()):  # run settings first: errors name their table
             runv = dict(zip(run_axes, combo))
@@ -316,26 +376,32 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
             oname = block["name"]
             if not isinstance(oname, str) or oname not in api.optimizer_names():
                 valid = api.optimizer_names()
-                raise SpecError(f"{bwhere}.name: unknown optimizer {oname!r}.{closest(str(oname), valid)} "
-                                f"Valid: {', '.join(valid)}.")
+                raise SpecError(
+                    f"{bwhere}.name: unknown optimizer {oname!r}.{closest(str(oname), valid)} "
+                    f"Valid: {', '.join(valid)}."
+                )
             arm = block.get("label", oname)
             if not isinstance(arm, str) or not NAME_RE.match(arm):
-                raise SpecError(f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
-                                "or '-' (it names this optimizer arm in comparisons)")
+                raise SpecError(
+                    f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
+                    "or '-' (it names this optimizer arm in comparisons)"
+                )
             hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
             known = api.preset_hparams(oname)
             fn = (registry.items("preset").get(oname) or registry.items("baseline")[oname]).item
             open_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
             for k in hp_block:
                 if k not in known and not open_kw:
-                    raise SpecError(f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} "
-                                    f"Valid: {', '.join(known)}.")
+                    raise SpecError(
+                        f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} Valid: {', '.join(known)}."
+                    )
             hp_configs = _block_configs(spec, bi, bwhere, arm, hp_block, optuna_configs)
             for k in hp_block:
                 if k not in known and hp_configs:  # an option the preset forwards (e.g. to its estimator): alone
                     _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_configs[0][k]})
-            for runv, hp in itertools.product([dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())],
-                                              hp_configs):
+            for runv, hp in itertools.product(
+                [dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())], hp_configs
+            ):
                 hp = {k: hp[k] for k in hp_block}  # the block's order
                 _check_hparams(bwhere, oname, hp)
                 for seed in seeds:
@@ -348,8 +414,10 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
                     tid = trial_id(c)
                     if tid in seen:
                         if seen[tid] != arm:
-                            raise SpecError(f"{bwhere}: arm {arm!r} repeats a configuration of arm {seen[tid]!r} "
-                                            f"({Trial(tid, c).label}); give the arms different settings")
+                            raise SpecError(
+                                f"{bwhere}: arm {arm!r} repeats a configuration of arm {seen[tid]!r} "
+                                f"({Trial(tid, c).label}); give the arms different settings"
+                            )
                         continue
                     seen[tid] = arm
                     trials.append(Trial(tid, c, arm=arm))
@@ -389,7 +457,7 @@ def select_configs(tuning: list[Trial], records: dict[str, dict], metric: str = 
             vals, all_ok = [], True
             for t in ts:
                 r = records.get(t.id)
-                v = (r["metrics"][-1].get(metric) if r and r["status"] == "ok" and r["metrics"] else None)
+                v = r["metrics"][-1].get(metric) if r and r["status"] == "ok" and r["metrics"] else None
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     vals.append(float(v))
                 else:
@@ -398,13 +466,23 @@ def select_configs(tuning: list[Trial], records: dict[str, dict], metric: str = 
                 scored.append((all_ok, sign * sum(vals) / len(vals), label, ts[0].config, sum(vals) / len(vals)))
         seeds = sorted({t.config["seed"] for ts in configs.values() for t in ts})
         if not scored:
-            out[key] = {"config": None, "score": None, "configs_tried": len(configs), "tuning_seeds": seeds,
-                        "complete": complete}
+            out[key] = {
+                "config": None,
+                "score": None,
+                "configs_tried": len(configs),
+                "tuning_seeds": seeds,
+                "complete": complete,
+            }
             continue
         eligible = [x for x in scored if x[0]] or scored
         best = min(eligible, key=lambda x: (-x[1], x[2]))
-        out[key] = {"config": {k: v for k, v in best[3].items() if k != "seed"}, "score": best[4],
-                    "configs_tried": len(configs), "tuning_seeds": seeds, "complete": complete}
+        out[key] = {
+            "config": {k: v for k, v in best[3].items() if k != "seed"},
+            "score": best[4],
+            "configs_tried": len(configs),
+            "tuning_seeds": seeds,
+            "complete": complete,
+        }
     return out
 
 
@@ -423,8 +501,13 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
             continue
         if s["config"] is None:
             continue  # every tuning trial failed: nothing to evaluate (the report shows the failures)
-        selection = {"metric": f"final_{proto['select']}", "tuning_seeds": s["tuning_seeds"], "score": s["score"],
-                     "configs_tried": s["configs_tried"], "config": config_label({**s["config"], "seed": 0})}
+        selection = {
+            "metric": f"final_{proto['select']}",
+            "tuning_seeds": s["tuning_seeds"],
+            "score": s["score"],
+            "configs_tried": s["configs_tried"],
+            "config": config_label({**s["config"], "seed": 0}),
+        }
         for seed in proto["evaluation_seeds"]:
             c = {**s["config"], "seed": seed}
             trials.append(Trial(trial_id(c), c, arm=key[2], stage="evaluation", selection=selection))
@@ -434,6 +517,7 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
 def _check_hparams(where: str, name: str, hp: dict) -> None:
     """Build the optimizer on a tiny BatchNorm model: every bad value fails here, named."""
     from torch import nn
+
     probe = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     try:
         with warnings.catch_warnings():
@@ -448,6 +532,7 @@ def _check_hparams(where: str, name: str, hp: dict) -> None:
 def environment() -> dict:
     """Package versions, git revision, host, threads: stored with every trial."""
     import torch
+
     return {**_static_environment(), "torch_threads": torch.get_num_threads()}
 
 
@@ -457,6 +542,7 @@ def _static_environment() -> dict:
     import importlib.metadata as md
 
     import torch
+
     versions = {}
     for pkg in ("optlab", "torch", "numpy", "pandas", "pluggy", "scikit-learn", "mnist1d", "pytorch_optimizer"):
         try:
@@ -464,15 +550,37 @@ def _static_environment() -> dict:
         except md.PackageNotFoundError:
             pass
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                    text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip())
+        rev = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         rev, dirty = None, None
-    return {"versions": versions, "python": sys.version.split()[0], "git_revision": rev, "git_dirty": dirty,
-            "host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    return {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "git_revision": rev,
+        "git_dirty": dirty,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
 
 
 # ------------------------------------------------------------------ running
@@ -487,6 +595,7 @@ class GridInterrupted(KeyboardInterrupt):
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
     """Run one trial into the store (claim, train with checkpoints, write, release)."""
     import torch
+
     if threads:
         torch.set_num_threads(threads)
     store = Store(root)
@@ -507,8 +616,14 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
-        res.update(id=trial.id, arm=trial.arm or trial.config["optimizer"], stage=trial.stage,
-                   started=started, finished=time.time(), env=environment())
+        res.update(
+            id=trial.id,
+            arm=trial.arm or trial.config["optimizer"],
+            stage=trial.stage,
+            started=started,
+            finished=time.time(),
+            env=environment(),
+        )
         if trial.selection is not None:
             res["selection"] = trial.selection
         store.write(trial.id, res)
@@ -543,12 +658,19 @@ class _Reporter:
 
     def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list):
         from tqdm.auto import tqdm
+
         self.store, self.total, self.n, self.sinks = store, total, initial, sinks
         self.counts: dict = {}
         self.tty = sys.stdout.isatty() and os.environ.get("OPTLAB_NO_PROGRESS") != "1"
         self.lines = progress and not self.tty
-        self.bar = tqdm(total=total, initial=initial, desc=f"grid {spec.name}", unit="trial",
-                        disable=not (progress and self.tty), dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=f"grid {spec.name}",
+            unit="trial",
+            disable=not (progress and self.tty),
+            dynamic_ncols=True,
+        )
         self._sink_errors: set[str] = set()
 
     def finished(self, trial: Trial, status: str) -> None:
@@ -576,8 +698,12 @@ class _Reporter:
                 key = type(sink).__name__
                 if key not in self._sink_errors:
                     self._sink_errors.add(key)
-                    warnings.warn(f"sink {key} failed ({type(exc).__name__}: {exc}); the store still has every "
-                                  "result: rerun `optlab grid run` to replay it into the sinks", RuntimeWarning)
+                    warnings.warn(
+                        f"sink {key} failed ({type(exc).__name__}: {exc}); the store still has every "
+                        "result: rerun `optlab grid run` to replay it into the sinks",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
 
     def skipped(self, n: int) -> None:
         self.n += n
@@ -600,9 +726,17 @@ def _run_trials(store: Store, todo: list[Trial], ex, threads: int | None, rep: _
         rep.finished(by_id[tid], status)
 
 
-def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results: str | Path | None = None,
-             retry_failed: bool = False, threads: int | None = None, progress: bool = True,
-             executor: str | None = None, executor_options: dict | None = None) -> dict:
+def run_grid(
+    spec: GridSpec | str | Path,
+    *,
+    workers: int | None = None,
+    results: str | Path | None = None,
+    retry_failed: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+    executor: str | None = None,
+    executor_options: dict | None = None,
+) -> dict:
     """Run every missing trial of ``spec``; returns counts by outcome.
 
     Trials run on the spec's ``[executor]`` (default ``local``) or ``executor`` with
@@ -626,9 +760,11 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results
     extra = dict(executor_options or {})
     if workers is not None:
         if chosen != "local":
-            raise ValueError(f"--workers sizes the local process pool; executor {chosen!r} takes its parallelism "
-                             "from its own options (ray: the cluster's CPUs / cpus_per_trial; submitit: "
-                             "array_parallelism)")
+            raise ValueError(
+                f"--workers sizes the local process pool; executor {chosen!r} takes its parallelism "
+                "from its own options (ray: the cluster's CPUs / cpus_per_trial; submitit: "
+                "array_parallelism)"
+            )
         extra["workers"] = workers
     ex = _executor_from_table(where, table, name=executor, extra=extra)
     search = search_settings(spec)
@@ -645,6 +781,7 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results
     if quarantined:
         counts["quarantined"] = len(quarantined)
     from .sinks import SinkError, make_sinks
+
     try:
         sinks = make_sinks(store.root, spec.data.get("sinks"), f"{spec.path or '<spec>'}.sinks")
     except SinkError as exc:
@@ -677,6 +814,7 @@ def run_grid(spec: GridSpec | str | Path, *, workers: int | None = None, results
 def _optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
     """``{block index: (arm, search space, hparam keys in block order)}`` for the optuna sampler."""
     from .search import SearchError, parse_space
+
     where = str(spec.path) if spec.path else "<spec>"
     out = {}
     for bi, block in enumerate(spec.data.get("optimizer") or []):
@@ -692,15 +830,23 @@ def _optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
 def _optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) -> dict:
     """One Optuna study per optimizer block in ``RESULTS/optuna.db`` (created or resumed)."""
     from .search import OptunaSearch, SearchError, stream_seed
+
     db = store.root / "optuna.db"
     if not create and not db.exists():
         return {}
     out = {}
     for bi, (arm, space, _) in _optuna_spaces(spec).items():
         try:
-            out[bi] = OptunaSearch(space, db, f"{spec.name}/{bi}-{arm}", search.trials,
-                                   seed=stream_seed(search.seed, bi, arm), direction=search.direction,
-                                   batch=search.batch, pruning=search.pruning)
+            out[bi] = OptunaSearch(
+                space,
+                db,
+                f"{spec.name}/{bi}-{arm}",
+                search.trials,
+                seed=stream_seed(search.seed, bi, arm),
+                direction=search.direction,
+                batch=search.batch,
+                pruning=search.pruning,
+            )
         except SearchError as exc:
             raise SpecError(str(exc)) from exc
     return out
@@ -709,6 +855,7 @@ def _optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) -
 def _optuna_total(spec: GridSpec, search) -> int:
     """Tuning trials once every study has spent its budget (trials per configuration x budget)."""
     from .search import sample_configs
+
     one = {bi: sample_configs(space, "random", n=1, seed=0) for bi, (_, space, _) in _optuna_spaces(spec).items()}
     return len(expand(spec, one)) * search.trials
 
@@ -732,8 +879,11 @@ def _optuna_tuning(spec: GridSpec, store: Store, studies: dict, search, ex, thre
                 ts = [t for t in round_trials if t.arm == arm and t.config["hparams"] == hp]
                 if any(t.id not in done for t in ts):
                     continue  # held by another live process: its study trial stays open for a later run
-                vals = [r["metrics"][-1].get(search.metric) for r in (done[t.id] for t in ts)
-                        if r["status"] == "ok" and r["metrics"]]
+                vals = [
+                    r["metrics"][-1].get(search.metric)
+                    for r in (done[t.id] for t in ts)
+                    if r["status"] == "ok" and r["metrics"]
+                ]
                 vals = [float(v) for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
                 studies[bi].tell(number, sum(vals) / len(vals) if vals else None)
     return expand(spec, {bi: s.configs() for bi, s in studies.items()})

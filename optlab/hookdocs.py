@@ -4,6 +4,7 @@
 
 A test compares the file with :func:`render`, so the reference cannot drift from the code.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -36,8 +37,11 @@ fails validation, is fatal instead of being reported and skipped).
 
 def hooks() -> list:
     """The hook specifications, in the order they are defined in :mod:`optlab.hookspecs`."""
-    fns = [f for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
-           if n.startswith("optlab_") and f.__module__ == hookspecs.__name__]
+    fns = [
+        f
+        for n, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if n.startswith("optlab_") and f.__module__ == hookspecs.__name__
+    ]
     return sorted(fns, key=lambda f: inspect.getsourcelines(f)[1])
 
 

@@ -12,6 +12,7 @@ once per item. Names are global per kind: two plugins registering one name is
 an error naming both. The built-ins (``optlab.plugins.builtins``) use exactly
 these hooks.
 """
+
 from __future__ import annotations
 
 import pluggy

@@ -5,16 +5,27 @@ Every stepper, curvature estimator and schedule declares its hyperparameters as
 against that declaration and raises a ``ValueError`` that names the owner, the
 bad value and what would be valid.
 """
+
 from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 __all__ = [
-    "HParam", "validate", "resolve", "closest", "unknown_name",
-    "nonneg", "positive", "unit_interval", "choice", "positive_int", "optional",
+    "HParam",
+    "validate",
+    "resolve",
+    "closest",
+    "unknown_name",
+    "nonneg",
+    "positive",
+    "unit_interval",
+    "choice",
+    "positive_int",
+    "optional",
 ]
 
 
@@ -46,8 +57,7 @@ def unit_interval(default: float, doc: str = "") -> HParam:
 
 
 def positive_int(default: int | None, doc: str = "") -> HParam:
-    return HParam(default, lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1,
-                  "an integer >= 1", doc)
+    return HParam(default, lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1, "an integer >= 1", doc)
 
 
 def choice(default: Any, options: tuple, doc: str = "") -> HParam:
@@ -65,8 +75,7 @@ def closest(name: str, options: Iterable[str]) -> str:
     return f" Did you mean {match[0]!r}?" if match else ""
 
 
-def unknown_name(what: str, name: Any, valid: Iterable[str], *, valid_label: str = "Valid",
-                 sort: bool = False) -> str:
+def unknown_name(what: str, name: Any, valid: Iterable[str], *, valid_label: str = "Valid", sort: bool = False) -> str:
     """The one message for a name that is not among ``valid``::
 
         unknown <what> <name!r>. Did you mean 'x'? <valid_label>: a, b, c.

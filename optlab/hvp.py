@@ -18,10 +18,11 @@ Restricting the rows is what makes a one-tensor product cheap: ``H_kk v_k`` is
 Reference: Pearlmutter, "Fast exact multiplication by the Hessian" (1994);
 curvlinops' ``HessianLinearOperator`` for the jvp-of-grad form.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -30,8 +31,15 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from .closures import BackwardCapture, split_closure_result
 from .hparams import unknown_name
 
-__all__ = ["CurvatureContext", "AutogradEngine", "FuncEngine", "ENGINES", "get_engine",
-           "frozen_batchnorm_stats", "split_closure_result"]
+__all__ = [
+    "CurvatureContext",
+    "AutogradEngine",
+    "FuncEngine",
+    "ENGINES",
+    "get_engine",
+    "frozen_batchnorm_stats",
+    "split_closure_result",
+]
 
 
 @contextlib.contextmanager
@@ -65,11 +73,13 @@ def _explain_forward_ad() -> Iterator[None]:
         raise NotImplementedError(
             "engine='func' needs forward-mode AD through every op of the model, and one op lacks it "
             f"({str(exc).splitlines()[0]}). Use engine='autograd' (double backward), or for "
-            "torch's weight_norm use optlab.decouple(), which writes it in primitive ops.") from exc
+            "torch's weight_norm use optlab.decouple(), which writes it in primitive ops."
+        ) from exc
 
 
-def _batched_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotangents: list[torch.Tensor],
-                  chunk_size: int | None) -> list[torch.Tensor]:
+def _batched_grad(
+    outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotangents: list[torch.Tensor], chunk_size: int | None
+) -> list[torch.Tensor]:
     """``sum_o (d outputs_o / d input)^T c_o`` for each of ``n`` stacked cotangents ``c``.
 
     Chunks of ``chunk_size`` go through one vmapped backward (``is_grads_batched``);
@@ -81,11 +91,23 @@ def _batched_grad(outputs: list[torch.Tensor], inputs: list[torch.Tensor], cotan
     batched = n > 1
     parts = []
     for s in range(0, n, chunk):
-        outs = torch.autograd.grad(outputs, inputs, [c[s:s + chunk] if batched else c[0] for c in cotangents],
-                                   retain_graph=True, allow_unused=True, is_grads_batched=batched)
+        outs = torch.autograd.grad(
+            outputs,
+            inputs,
+            [c[s : s + chunk] if batched else c[0] for c in cotangents],
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=batched,
+        )
         m = min(chunk, n - s)
-        parts.append([torch.zeros(m, *x.shape, dtype=x.dtype, device=x.device) if o is None
-                      else (o if batched else o.unsqueeze(0)) for o, x in zip(outs, inputs)])
+        parts.append(
+            [
+                torch.zeros(m, *x.shape, dtype=x.dtype, device=x.device)
+                if o is None
+                else (o if batched else o.unsqueeze(0))
+                for o, x in zip(outs, inputs)
+            ]
+        )
     return [torch.cat(col) if len(col) > 1 else col[0] for col in zip(*parts)]
 
 
@@ -105,12 +127,13 @@ class CurvatureContext:
         self._model: nn.Module | None = None
         self._closure: Callable | None = None
 
-    def _bind(self, model: nn.Module | None, closure: Callable | None) -> "CurvatureContext":
+    def _bind(self, model: nn.Module | None, closure: Callable | None) -> CurvatureContext:
         self._model, self._closure = model, closure
         return self
 
-    def loss_and_grad_at(self, deltas: dict[int, torch.Tensor], *, grad: bool = True
-                         ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def loss_and_grad_at(
+        self, deltas: dict[int, torch.Tensor], *, grad: bool = True
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """The step's loss at perturbed parameters, ``L(theta + delta)``, and its gradient there.
 
         ``deltas`` maps rule-local indices to perturbations shaped like those
@@ -128,15 +151,19 @@ class CurvatureContext:
         Each call adds one to ``eval_count``.
         """
         if self._closure is None or self._model is None:
-            raise ValueError("loss_and_grad_at() re-runs the step's closure, and this step has none (the "
-                             "backward-first style): call opt.step(closure) with a closure that runs the forward "
-                             "pass and returns the loss")
+            raise ValueError(
+                "loss_and_grad_at() re-runs the step's closure, and this step has none (the "
+                "backward-first style): call opt.step(closure) with a closure that runs the forward "
+                "pass and returns the loss"
+            )
         idx = list(deltas)
         for i in idx:
             p, d = self.params[i], deltas[i]
             if not isinstance(d, torch.Tensor) or d.shape != p.shape:
-                raise ValueError(f"loss_and_grad_at: the perturbation of {self.names[i]!r} must be a tensor of shape "
-                                 f"{tuple(p.shape)}; got {type(d).__name__} {tuple(getattr(d, 'shape', ()))}")
+                raise ValueError(
+                    f"loss_and_grad_at: the perturbation of {self.names[i]!r} must be a tensor of shape "
+                    f"{tuple(p.shape)}; got {type(d).__name__} {tuple(getattr(d, 'shape', ()))}"
+                )
         point = [(self.params[i].detach() + deltas[i].to(self.params[i].dtype)).requires_grad_(grad) for i in idx]
         wrapper = _ClosureModule(self._model, self._closure)
         swap = {"model." + self.names[i]: t for i, t in zip(idx, point)}
@@ -170,10 +197,12 @@ class CurvatureContext:
 
     def _need_outputs(self, outputs):
         if outputs is None:
-            raise ValueError("this curvature estimator needs the model outputs: make the closure return "
-                             "(loss, outputs), e.g. lambda: (F.cross_entropy(out := model(x), y), out). The torch-standard "
-                             "and backward-first step styles pass no outputs: use an HVP-based estimator there "
-                             "(e.g. estimator='hutchinson').")
+            raise ValueError(
+                "this curvature estimator needs the model outputs: make the closure return "
+                "(loss, outputs), e.g. lambda: (F.cross_entropy(out := model(x), y), out). The torch-standard "
+                "and backward-first step styles pass no outputs: use an HVP-based estimator there "
+                "(e.g. estimator='hutchinson')."
+            )
         return outputs
 
     def hvp(self, vs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -181,8 +210,7 @@ class CurvatureContext:
         out = self.hvp_batched({i: v.unsqueeze(0) for i, v in vs.items()})
         return {i: t[0] for i, t in out.items()}
 
-    def hvp_batched(self, vs: dict[int, torch.Tensor], chunk_size: int | None = None
-                    ) -> dict[int, torch.Tensor]:
+    def hvp_batched(self, vs: dict[int, torch.Tensor], chunk_size: int | None = None) -> dict[int, torch.Tensor]:
         """Like :meth:`hvp` for ``n`` probes stacked along a leading dimension."""
         raise NotImplementedError
 
@@ -209,14 +237,21 @@ class _AutogradContext(CurvatureContext):
             if g is None:
                 raise ValueError(
                     f"parameter {names[i]!r} does not take part in the loss, so its curvature is "
-                    "undefined; exclude it from the rule's selector (or freeze it).")
+                    "undefined; exclude it from the rule's selector (or freeze it)."
+                )
 
     def hvp_batched(self, vs, chunk_size=None):
         idx = list(vs)
         live = [i for i in idx if self.grads[i].requires_grad]
         if live:
-            res = dict(zip(idx, _batched_grad([self.grads[i] for i in live], [self.params[i] for i in idx],
-                                              [vs[i] for i in live], chunk_size)))
+            res = dict(
+                zip(
+                    idx,
+                    _batched_grad(
+                        [self.grads[i] for i in live], [self.params[i] for i in idx], [vs[i] for i in live], chunk_size
+                    ),
+                )
+            )
         else:  # the loss is at most linear in these tensors
             res = {i: torch.zeros_like(vs[i]) for i in idx}
         self.hvp_count += next(iter(vs.values())).shape[0]
@@ -255,6 +290,7 @@ class _FuncContext(CurvatureContext):
             with frozen_batchnorm_stats(self.model):
                 res = split_closure_result(functional_call(wrapper, dict(zip(names, ps)), (), strict=False))
             return res[0] if which == 0 else self._need_outputs(res[1])
+
         return f
 
     @property

@@ -1,4 +1,5 @@
 """Model transformations."""
+
 from __future__ import annotations
 
 import re
@@ -23,11 +24,13 @@ class PrimitiveWeightNorm(_WeightNorm):
         dims = [d for d in range(weight_v.dim()) if d != self.dim]
         return weight_v * (weight_g / weight_v.pow(2).sum(dim=dims, keepdim=True).sqrt())
 
+
 DEFAULT_DECOUPLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def decouple(model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES,
-             exclude: str | None = None) -> nn.Module:
+def decouple(
+    model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES, exclude: str | None = None
+) -> nn.Module:
     """Weight-normalize conv/linear layers in place: ``w = g * v / ||v||`` per output channel.
 
     This gives a network without normalization layers channel-wise scales ``g``
@@ -46,14 +49,18 @@ def decouple(model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES,
                 if type(pm) is _WeightNorm:
                     plist[i] = PrimitiveWeightNorm(pm.dim)
                     swapped += 1
-    targets = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, types) and not (rx and rx.search(n))
-               and not parametrize.is_parametrized(m, "weight")]
+    targets = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, types) and not (rx and rx.search(n)) and not parametrize.is_parametrized(m, "weight")
+    ]
     if not targets and swapped:
         return model
     if not targets:
-        raise ValueError(f"decouple: {type(model).__name__} has no {', '.join(t.__name__ for t in types)} "
-                         "layer to weight-normalize" + (f" outside exclude={exclude!r}" if exclude else ""))
+        raise ValueError(
+            f"decouple: {type(model).__name__} has no {', '.join(t.__name__ for t in types)} "
+            "layer to weight-normalize" + (f" outside exclude={exclude!r}" if exclude else "")
+        )
     for _, m in targets:
         parametrize.register_parametrization(m, "weight", PrimitiveWeightNorm(0), unsafe=True)
     return model

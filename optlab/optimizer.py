@@ -22,11 +22,12 @@ curvature age, generator state; per-parameter buffers) lives in ``state``, so
 ``state_dict`` -> ``load_state_dict`` continues bit for bit. Rule-level state is
 stored under string keys ``"rule:<name>"`` next to the per-parameter entries.
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -77,9 +78,17 @@ class RuleOptimizer(torch.optim.Optimizer):
     #: ``torch.amp.GradScaler`` passes ``grad_scale``/``found_inf`` and lets ``step`` unscale
     _step_supports_amp_scaling = True
 
-    def __init__(self, model: nn.Module, rules: list[Rule], *, engine: str = "autograd",
-                 seed: int | None = None, name: str = "optlab", max_grad_norm: float | None = None,
-                 process_group=None):
+    def __init__(
+        self,
+        model: nn.Module,
+        rules: list[Rule],
+        *,
+        engine: str = "autograd",
+        seed: int | None = None,
+        name: str = "optlab",
+        max_grad_norm: float | None = None,
+        process_group=None,
+    ):
         self._engine = get_engine(engine)
         self.name = name
         _check_max_grad_norm(name, max_grad_norm)
@@ -107,11 +116,13 @@ class RuleOptimizer(torch.optim.Optimizer):
         if ddp is not None:
             self.distribute(ddp, process_group=process_group)
         elif process_group is not None:
-            raise ValueError(f"{name}: process_group is given but the model is not DistributedDataParallel; "
-                             "pass the DDP-wrapped model.")
+            raise ValueError(
+                f"{name}: process_group is given but the model is not DistributedDataParallel; "
+                "pass the DDP-wrapped model."
+            )
 
     # ------------------------------------------------------------------ distributed
-    def distribute(self, ddp: nn.Module | None, *, process_group=None) -> "RuleOptimizer":
+    def distribute(self, ddp: nn.Module | None, *, process_group=None) -> RuleOptimizer:
         """Attach the ``DistributedDataParallel`` wrapper of the model (when it was wrapped after
         the optimizer was built, as Lightning does); ``None`` declares that every process
         trains its own, independent model. Broadcasts the estimators' generator states from
@@ -124,8 +135,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             return self
         if not isinstance(ddp, nn.parallel.DistributedDataParallel):
             distributed.check_supported(ddp, self.name)
-            raise TypeError(f"{self.name}: distribute() takes a DistributedDataParallel model or None; "
-                            f"got {type(ddp).__name__}")
+            raise TypeError(
+                f"{self.name}: distribute() takes a DistributedDataParallel model or None; got {type(ddp).__name__}"
+            )
         distributed.check_supported(ddp.module, self.name)
         params = [p for g in self.param_groups for p in g["params"]]
         self._replicas = distributed.Replicas(ddp, params, process_group)
@@ -137,21 +149,28 @@ class RuleOptimizer(torch.optim.Optimizer):
         return self
 
     def _check_distributed(self) -> None:
-        if (self._replicas is None and not self._independent and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if (
+            self._replicas is None
+            and not self._independent
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             raise RuntimeError(
                 f"{self.name}: torch.distributed is initialized with {dist.get_world_size()} processes but the "
                 "optimizer does not know the DistributedDataParallel model, so gradients and curvature would "
                 "not be averaged. Build it from the DDP model (optlab.optimizer(name, DDP(model))), or call "
                 "opt.distribute(ddp_model) after wrapping (for Lightning: "
-                "callbacks=[optlab.integrations.lightning.OptlabCallback()]); opt.distribute(None) if each process deliberately trains its own model.")
+                "callbacks=[optlab.integrations.lightning.OptlabCallback()]); opt.distribute(None) if each process deliberately trains its own model."  # noqa: E501
+            )
 
     def _check_ddp_forward(self) -> None:
         if self._replicas is not None and self._replicas.forwards == 0:
             raise RuntimeError(
                 f"{self.name}: no forward pass of the DistributedDataParallel model ran since the last step; "
                 "the loss must come from the DDP model (ddp_model(x)), not from its .module, or DDP "
-                "averages nothing.")
+                "averages nothing."
+            )
 
     def refresh_context(self):
         """Context for the forward and backward of a backward-first step under DDP:
@@ -227,9 +246,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         params = self._params()
         if replicas is not None and refresh and self._engine.name == "func":
-            raise ValueError(f"{self.name}: engine='func' re-runs the closure through torch.func transforms, "
-                             "which DistributedDataParallel's forward does not support; use engine='autograd' "
-                             "under DDP.")
+            raise ValueError(
+                f"{self.name}: engine='func' re-runs the closure through torch.func transforms, "
+                "which DistributedDataParallel's forward does not support; use engine='autograd' "
+                "under DDP."
+            )
         if found_inf is not None and float(found_inf) > 0:  # GradScaler: skip, retry the refresh next step
             for p in params:
                 if p.grad is not None:
@@ -241,7 +262,8 @@ class RuleOptimizer(torch.optim.Optimizer):
             raise RuntimeError(
                 f"{self.name}: scaler.unscale_(opt) was called before a curvature step; the gradient graph still "
                 "carries the loss scale, so curvature would be off by it. Let scaler.step(opt) unscale (clip with "
-                "optlab.optimizer(..., max_grad_norm=...)).")
+                "optlab.optimizer(..., max_grad_norm=...))."
+            )
         loss = None
         outputs = None
         t0 = time.perf_counter()
@@ -279,7 +301,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                     f"{self.name}: this optimizer estimates curvature and needs the loss, so call "
                     "opt.step(closure) with a closure that runs the forward pass and returns the "
                     "scalar loss (no backward): opt.step(lambda: loss_fn(model(x), y)), or run "
-                    "loss.backward(create_graph=opt.needs_graph()) before opt.step(). The styles:\n" + STYLES)
+                    "loss.backward(create_graph=opt.needs_graph()) before opt.step(). The styles:\n" + STYLES
+                )
             if refresh:
                 graph_grads = self._graph_grads_from_p_grad(params, refresh)
                 if replicas is not None:
@@ -333,10 +356,12 @@ class RuleOptimizer(torch.optim.Optimizer):
                         raise RuntimeError(
                             f"{self.name}: stepper {rule.stepper.name!r} of rule {rule.name!r} needs the step's loss "
                             "(needs_loss = True), but this step has none: call opt.step(closure) with a closure "
-                            "that returns the loss. The styles:\n" + STYLES)
+                            "that returns the loss. The styles:\n" + STYLES
+                        )
                     extra["loss"] = loss.detach()
-                rule.stepper.step(params, [p.grad for p in params], states, group,
-                                  curvature=curv, rule_step=st["step"], **extra)
+                rule.stepper.step(
+                    params, [p.grad for p in params], states, group, curvature=curv, rule_step=st["step"], **extra
+                )
         self.timings["update"] += time.perf_counter() - t2
         if replicas is not None:
             replicas.forwards = 0
@@ -344,8 +369,9 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _check_loss(self, loss) -> None:
         if not loss.requires_grad:
-            raise ValueError("the loss returned by the closure does not require grad; "
-                             "did the closure run under torch.no_grad()?")
+            raise ValueError(
+                "the loss returned by the closure does not require grad; did the closure run under torch.no_grad()?"
+            )
 
     def _refresh_forward(self, closure, params, replicas, marks):
         """Run the closure for a refresh step: under ``no_sync`` with DDP, with any
@@ -358,14 +384,16 @@ class RuleOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"{self.name}: engine='func' re-runs the closure to take Hessian-vector products, so the "
                     "closure must not call backward(); pass a forward-only closure or use engine='autograd'. "
-                    "The styles:\n" + STYLES)
+                    "The styles:\n" + STYLES
+                )
             if grads_written(params):
                 raise RuntimeError(
                     f"{self.name}: the closure calls backward() without zeroing the gradients first, i.e. it "
                     "accumulates onto earlier gradients, and this step refreshes curvature from one loss. "
                     "Call opt.zero_grad() in the closure, or accumulate in the backward-first style "
                     "(loss.backward(create_graph=opt.needs_graph()) per micro-batch, then opt.step()). "
-                    "The styles:\n" + STYLES)
+                    "The styles:\n" + STYLES
+                )
             loss = cap.loss
             outputs = None
             try:
@@ -377,7 +405,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(
                     f"{self.name}: the closure computed gradients with torch.autograd.backward(); on a curvature "
                     "step the optimizer needs the loss's graph. Call loss.backward() (intercepted on such steps) "
-                    "or return the loss without backward. The styles:\n" + STYLES)
+                    "or return the loss without backward. The styles:\n" + STYLES
+                )
             loss, outputs = split_closure_result(result)
         self._check_loss(loss)
         return loss, outputs
@@ -385,20 +414,26 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _graph_grads_from_p_grad(self, params, refresh) -> list:
         """Backward-first refresh step: ``p.grad`` must carry its graph (``create_graph=True``)."""
         if not self._engine.needs_graph:
-            raise ValueError(f"{self.name}: engine='func' takes Hessian-vector products by re-running a "
-                             "closure; the backward-first style needs engine='autograd' (or pass a closure).")
+            raise ValueError(
+                f"{self.name}: engine='func' takes Hessian-vector products by re-running a "
+                "closure; the backward-first style needs engine='autograd' (or pass a closure)."
+            )
         for gi in refresh:
             group = self.param_groups[gi]
             for n, p in zip(group["param_names"], group["params"]):
                 if p.grad is None or p.grad.grad_fn is None:
-                    hint = ("; under DDP run that forward and backward inside `with opt.refresh_context():` "
-                            "(DDP cannot carry create_graph=True)" if self._replicas is not None else "")
+                    hint = (
+                        "; under DDP run that forward and backward inside `with opt.refresh_context():` "
+                        "(DDP cannot carry create_graph=True)"
+                        if self._replicas is not None
+                        else ""
+                    )
                     raise RuntimeError(
                         f"{self.name}: this step refreshes curvature and needs the loss, so call opt.step(closure) "
                         "with a closure, or build gradients with a graph, but "
                         f"{n!r} has {'no gradient' if p.grad is None else 'a gradient without graph'}: call "
-                        f"loss.backward(create_graph=opt.needs_graph()) before opt.step(){hint}. The styles:\n"
-                        + STYLES)
+                        f"loss.backward(create_graph=opt.needs_graph()) before opt.step(){hint}. The styles:\n" + STYLES
+                    )
         return [p.grad for p in params]
 
     def _estimate(self, gi, idx, closure, by_param, outputs, loss, scale=None) -> dict[int, torch.Tensor]:
@@ -406,10 +441,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         rule = self.rules[group["rule"]]
         st = self.state[self._key(group)]
         params = group["params"]
-        ctx = self._engine.context(model=self.model, closure=closure, params=params,
-                                   names=group["param_names"],
-                                   grads=[by_param[p] for p in params] if self._engine.needs_graph else None,
-                                   outputs=outputs, loss=loss)
+        ctx = self._engine.context(
+            model=self.model,
+            closure=closure,
+            params=params,
+            names=group["param_names"],
+            grads=[by_param[p] for p in params] if self._engine.needs_graph else None,
+            outputs=outputs,
+            loss=loss,
+        )
         if scale is not None:
             ctx = _ScaledHVPContext(ctx, 1.0 / float(scale))
         if self._replicas is not None:
@@ -423,8 +463,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             st["generator"] = gen.get_state()
         st["hvp_count"] += ctx.hvp_count
         st["vjp_count"] += ctx.vjp_count
-        est = check_estimate(est, idx, params, group["param_names"], who=f"estimator {rule.curvature.name!r}",
-                             finite=False)  # non-finite curvature is the stepper's to rectify
+        est = check_estimate(
+            est, idx, params, group["param_names"], who=f"estimator {rule.curvature.name!r}", finite=False
+        )  # non-finite curvature is the stepper's to rectify
         if self._replicas is not None:  # identical on every rank (a no-op for HVP-only estimators)
             keys = sorted(est)
             est = dict(zip(keys, self._replicas.average([est[i] for i in keys], [params[i] for i in keys])))

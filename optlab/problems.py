@@ -13,10 +13,11 @@ This module sits below the registry: registration-time validation runs plugin
 items on these problems, and the conformance kit (:mod:`optlab.testing`)
 compares them with these references. It imports nothing that reads the registry.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,19 @@ from .hvp import frozen_batchnorm_stats
 from .modeltools import decouple
 from .selectors import NORM_TYPES, Selector, named_parameters_with_owner
 
-__all__ = ["Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn", "flat", "unflat",
-           "block_slices", "output_hessian", "empirical_fisher_reference"]
+__all__ = [
+    "Problem",
+    "PROBLEMS",
+    "make_problem",
+    "dense_hessian",
+    "fd_hessian",
+    "dense_ggn",
+    "flat",
+    "unflat",
+    "block_slices",
+    "output_hessian",
+    "empirical_fisher_reference",
+]
 
 
 @dataclass
@@ -53,8 +65,7 @@ class Problem:
         return self.loss_fn(out, self.y), out
 
     def params(self, selector: Selector | None = None) -> tuple[list[str], list[torch.Tensor]]:
-        infos = [i for i in named_parameters_with_owner(self.model)
-                 if selector is None or selector.matches(i)]
+        infos = [i for i in named_parameters_with_owner(self.model) if selector is None or selector.matches(i)]
         return [i.name for i in infos], [i.param for i in infos]
 
 
@@ -76,9 +87,17 @@ def _mlp_bn():
 
 
 def _cnn_bn():
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(),
-                         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Tanh(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), (6, 2, 5, 5)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.Tanh(),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ), (6, 2, 5, 5)
 
 
 def _residual():
@@ -90,8 +109,14 @@ def _ln_mlp():
 
 
 def _gn_cnn():
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Tanh(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), (6, 2, 4, 4)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.GroupNorm(2, 4),
+        nn.Tanh(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ), (6, 2, 4, 4)
 
 
 def _wn_linear():
@@ -99,12 +124,20 @@ def _wn_linear():
 
 
 def _wn_conv():
-    return decouple(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Linear(3, 3))), (6, 2, 4, 4)
+    return decouple(
+        nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3))
+    ), (6, 2, 4, 4)
 
 
-PROBLEMS = {"mlp_bn1d": _mlp_bn, "cnn_bn2d": _cnn_bn, "residual": _residual,
-            "ln_mlp": _ln_mlp, "gn_cnn": _gn_cnn, "wn_linear": _wn_linear, "wn_conv": _wn_conv}
+PROBLEMS = {
+    "mlp_bn1d": _mlp_bn,
+    "cnn_bn2d": _cnn_bn,
+    "residual": _residual,
+    "ln_mlp": _ln_mlp,
+    "gn_cnn": _gn_cnn,
+    "wn_linear": _wn_linear,
+    "wn_conv": _wn_conv,
+}
 
 
 def make_problem(name: str, seed: int = 0, dtype=torch.float64) -> Problem:
@@ -118,8 +151,11 @@ def make_problem(name: str, seed: int = 0, dtype=torch.float64) -> Problem:
     model = model.to(dtype).train()
     with torch.no_grad():  # non-trivial affine parameters so blocks are generic
         for m in model.modules():
-            if isinstance(m, NORM_TYPES) and getattr(m, "weight", None) is not None \
-                    and getattr(m, "bias", None) is not None:
+            if (
+                isinstance(m, NORM_TYPES)
+                and getattr(m, "weight", None) is not None
+                and getattr(m, "bias", None) is not None
+            ):
                 m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=dtype))
                 m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g, dtype=dtype))
     x = torch.randn(xshape, generator=g, dtype=dtype)
@@ -134,13 +170,14 @@ def flat(ts) -> torch.Tensor:
 def unflat(v: torch.Tensor, like) -> list[torch.Tensor]:
     out, i = [], 0
     for t in like:
-        out.append(v[i:i + t.numel()].reshape(t.shape))
+        out.append(v[i : i + t.numel()].reshape(t.shape))
         i += t.numel()
     return out
 
 
-def dense_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
-                  model: nn.Module | None = None) -> torch.Tensor:
+def dense_hessian(
+    loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], model: nn.Module | None = None
+) -> torch.Tensor:
     """Dense Hessian of ``loss_fn()`` w.r.t. ``params`` from HVP columns (double backward).
 
     Column j is ``H e_j``; all columns come from one batched backward. BatchNorm
@@ -156,13 +193,16 @@ def dense_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor
     return torch.cat([c.reshape(n, -1) for c in cols], dim=1)  # row j = (H e_j)^T = column j (H symmetric)
 
 
-def fd_hessian(loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor],
-               model: nn.Module | None = None, h: float = 1e-5) -> torch.Tensor:
+def fd_hessian(
+    loss_fn: Callable[[], torch.Tensor], params: list[torch.Tensor], model: nn.Module | None = None, h: float = 1e-5
+) -> torch.Tensor:
     """Dense Hessian by central differences of the gradient (a cross-check, float64)."""
+
     def grad_at() -> torch.Tensor:
         ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
         with ctx, torch.enable_grad():
             return flat(torch.autograd.grad(loss_fn(), params))
+
     theta = [p.detach().clone() for p in params]
     n = sum(p.numel() for p in params)
     cols = []
@@ -195,8 +235,13 @@ def output_hessian(outputs: torch.Tensor, loss: str) -> torch.Tensor:
     return torch.block_diag(*[(torch.diag(q) - torch.outer(q, q)) / n for q in p])
 
 
-def dense_ggn(outputs_fn: Callable[[], torch.Tensor], y: torch.Tensor, params: list[torch.Tensor],
-              loss: str = "cross_entropy", model: nn.Module | None = None) -> torch.Tensor:
+def dense_ggn(
+    outputs_fn: Callable[[], torch.Tensor],
+    y: torch.Tensor,
+    params: list[torch.Tensor],
+    loss: str = "cross_entropy",
+    model: nn.Module | None = None,
+) -> torch.Tensor:
     """Dense GGN ``J^T H_out J`` from a verified Jacobian (autograd rows), float64."""
     ctx = frozen_batchnorm_stats(model) if model is not None else torch.enable_grad()
     with ctx, torch.enable_grad():
@@ -204,8 +249,13 @@ def dense_ggn(outputs_fn: Callable[[], torch.Tensor], y: torch.Tensor, params: l
         m = out.numel()
         eye = torch.eye(m, dtype=out.dtype)
         rows = torch.autograd.grad(out.reshape(-1), params, eye, is_grads_batched=True, allow_unused=True)
-    J = torch.cat([(r if r is not None else torch.zeros(m, *p.shape, dtype=out.dtype)).reshape(m, -1)
-                   for r, p in zip(rows, params)], dim=1)
+    J = torch.cat(
+        [
+            (r if r is not None else torch.zeros(m, *p.shape, dtype=out.dtype)).reshape(m, -1)
+            for r, p in zip(rows, params)
+        ],
+        dim=1,
+    )
     return J.T @ output_hessian(out, loss) @ J
 
 
@@ -225,7 +275,7 @@ def empirical_fisher_reference(pb: Problem, params: list[torch.Tensor]) -> list[
         n = out.shape[0]
         acc = [torch.zeros_like(p) for p in params]
         for i in range(n):
-            li = pb.loss_fn(out[i:i + 1], pb.y[i:i + 1])
+            li = pb.loss_fn(out[i : i + 1], pb.y[i : i + 1])
             gs = torch.autograd.grad(li, params, retain_graph=True)
             for a, g in zip(acc, gs):
                 a.add_(g.pow(2) / n)

@@ -12,6 +12,7 @@ uses. Environment switches:
   import, or an item that fails validation, is fatal (otherwise it is reported
   as a warning, listed by :func:`load_errors`, and skipped).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -89,8 +90,9 @@ def plugin_manager() -> pluggy.PluginManager:
                 if strict:
                     raise RegistryError(msg) from exc
                 _errors.append(msg)
-                warnings.warn(msg + " -- skipped (set OPTLAB_STRICT_PLUGINS=1 to make this fatal)",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    msg + " -- skipped (set OPTLAB_STRICT_PLUGINS=1 to make this fatal)", RuntimeWarning, stacklevel=2
+                )
     if pm.get_plugin("builtins") is None:
         pm.register(importlib.import_module(BUILTINS), name="builtins")
     for name, plugin in _extra:
@@ -142,16 +144,20 @@ def _collect() -> dict[str, dict[str, Entry]]:
                     raise RegistryError(f"plugin {_plugin!r} registered a {_kind} with invalid name {name!r}")
                 if name in out[_kind]:
                     other = out[_kind][name].plugin
-                    raise RegistryError(f"{_kind} {name!r} is registered by two plugins: "
-                                        f"{other!r} and {_plugin!r}; rename one of them.")
+                    raise RegistryError(
+                        f"{_kind} {name!r} is registered by two plugins: {other!r} and {_plugin!r}; rename one of them."
+                    )
                 try:
                     validate_item(_kind, name, item, _plugin)
                 except PluginError as exc:  # one bad item must not take every command down
                     if strict:
                         raise
                     _errors.append(str(exc))
-                    warnings.warn(f"{exc} -- skipped (set OPTLAB_STRICT_PLUGINS=1 or pass --strict to make "
-                                  "this fatal)", RuntimeWarning, stacklevel=2)
+                    warnings.warn(
+                        f"{exc} -- skipped (set OPTLAB_STRICT_PLUGINS=1 or pass --strict to make this fatal)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                     return
                 out[_kind][name] = Entry(_kind, name, item, _plugin)
 
@@ -170,6 +176,5 @@ def get(kind: str, name: str) -> Any:
     """The registered item ``name`` of ``kind``; unknown names list the valid ones."""
     reg = items(kind)
     if name not in reg:
-        raise RegistryError(f"unknown {kind} {name!r}.{closest(name, reg)} "
-                            f"Valid {kind}s: {', '.join(sorted(reg))}.")
+        raise RegistryError(f"unknown {kind} {name!r}.{closest(name, reg)} Valid {kind}s: {', '.join(sorted(reg))}.")
     return reg[name].item

@@ -9,6 +9,7 @@ changes (a trial added, rewritten, removed; the analysis code changed). It lives
 ``RESULTS/.cache/`` and is written atomically; deleting it is always safe. Without
 pyarrow, or for frames Parquet cannot hold exactly, nothing is cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,8 @@ import inspect
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["fingerprint", "cached_frames", "CACHE_DIR"]
 
@@ -28,8 +29,11 @@ def fingerprint(trials_dir: str | Path, salt: str = "") -> str:
     """sha1 over sorted ``(name, mtime_ns, size)`` of ``*.json`` in ``trials_dir`` and ``salt``."""
     h = hashlib.sha1(salt.encode())
     try:
-        entries = sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(trials_dir)
-                         if e.name.endswith(".json") and not e.name.startswith("."))
+        entries = sorted(
+            (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+            for e in os.scandir(trials_dir)
+            if e.name.endswith(".json") and not e.name.startswith(".")
+        )
     except FileNotFoundError:
         entries = []
     for name, mtime, size in entries:
@@ -47,12 +51,16 @@ def _builder_salt(build: Callable, options: dict) -> str:
 
 def _same(a, b) -> bool:
     """Equal frames: columns, index, dtypes and values (NaN equal to NaN) -- vectorized."""
-    return (list(a.columns) == list(b.columns) and a.index.equals(b.index) and a.dtypes.equals(b.dtypes)
-            and a.equals(b))
+    return list(a.columns) == list(b.columns) and a.index.equals(b.index) and a.dtypes.equals(b.dtypes) and a.equals(b)
 
 
-def cached_frames(root: str | Path, build: Callable[[], tuple], names: tuple[str, ...] = ("epochs", "trials"),
-                  options: dict | None = None, key_of: Callable | None = None) -> tuple:
+def cached_frames(
+    root: str | Path,
+    build: Callable[[], tuple],
+    names: tuple[str, ...] = ("epochs", "trials"),
+    options: dict | None = None,
+    key_of: Callable | None = None,
+) -> tuple:
     """``build()``'s frames for ``root``, from ``root/.cache`` when its key still matches.
 
     ``build`` returns one DataFrame per entry of ``names``; ``options`` (e.g. ``skip_corrupt``)
@@ -68,6 +76,7 @@ def cached_frames(root: str | Path, build: Callable[[], tuple], names: tuple[str
     except ImportError:
         return build()
     import pandas as pd
+
     paths = [cache / f"{n}.parquet" for n in names]
     try:
         if key_file.read_text() == key and all(p.exists() for p in paths):
@@ -95,6 +104,7 @@ def cached_frames(root: str | Path, build: Callable[[], tuple], names: tuple[str
             pass
         if isinstance(exc, OSError):  # a read-only results directory: silently uncached
             return frames
-        warnings.warn(f"results cache not written ({type(exc).__name__}: {str(exc)[:200]})", RuntimeWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"results cache not written ({type(exc).__name__}: {str(exc)[:200]})", RuntimeWarning, stacklevel=2
+        )
     return frames

@@ -8,11 +8,13 @@ An optimizer is a list of rules::
 returns one ``param_group`` per rule, carrying that rule's hyperparameters
 (validated against what its stepper, estimator and schedule declare).
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -20,8 +22,18 @@ from torch import nn
 from .hparams import HParam, choice, optional, positive_int, resolve, unknown_name
 from .selectors import Rest, Selector, named_parameters_with_owner
 
-__all__ = ["Stepper", "CurvatureEstimator", "Schedule", "Rule", "partition", "SCHEDULE_HPARAMS",
-           "REQUIREMENTS", "EstimateError", "check_estimate", "check_requires"]
+__all__ = [
+    "Stepper",
+    "CurvatureEstimator",
+    "Schedule",
+    "Rule",
+    "partition",
+    "SCHEDULE_HPARAMS",
+    "REQUIREMENTS",
+    "EstimateError",
+    "check_estimate",
+    "check_requires",
+]
 
 #: what an item may declare in ``requires`` and the values each key takes:
 #: ``engine`` -- the HVP engine it needs (``ctx`` methods that only one engine offers);
@@ -62,10 +74,17 @@ class Stepper:
     #: what the stepper needs to run (see :data:`REQUIREMENTS`); validation and the kit run it so
     requires: ClassVar[dict[str, str]] = {}
 
-    def step(self, params: list[torch.Tensor], grads: list[torch.Tensor | None],
-             states: list[dict], group: Mapping[str, Any], *,
-             curvature: list[torch.Tensor | None] | None = None, rule_step: int = 0,
-             loss: torch.Tensor | None = None) -> None:
+    def step(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor | None],
+        states: list[dict],
+        group: Mapping[str, Any],
+        *,
+        curvature: list[torch.Tensor | None] | None = None,
+        rule_step: int = 0,
+        loss: torch.Tensor | None = None,
+    ) -> None:
         """Update ``params`` in place. ``curvature[i]``: a fresh estimate on refresh steps,
         else ``None``; ``rule_step``: this rule's step count from 1; ``loss``: the step's
         loss, passed only to steppers with ``needs_loss = True``."""
@@ -92,8 +111,9 @@ class CurvatureEstimator:
     #: (see :data:`REQUIREMENTS`); registration validation and the conformance kit run it so
     requires: ClassVar[dict[str, str]] = {}
 
-    def estimate(self, ctx, indices: list[int], group: Mapping[str, Any],
-                 generator: torch.Generator | None) -> dict[int, torch.Tensor]:
+    def estimate(
+        self, ctx, indices: list[int], group: Mapping[str, Any], generator: torch.Generator | None
+    ) -> dict[int, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -101,8 +121,9 @@ class EstimateError(ValueError):
     """An estimator returned something that is not ``{index: tensor shaped like the parameter}``."""
 
 
-def check_estimate(out: Any, indices: list[int], params: list[torch.Tensor], names: list[str], *,
-                   who: str = "", finite: bool = True) -> dict[int, torch.Tensor]:
+def check_estimate(
+    out: Any, indices: list[int], params: list[torch.Tensor], names: list[str], *, who: str = "", finite: bool = True
+) -> dict[int, torch.Tensor]:
     """Check what ``CurvatureEstimator.estimate`` returned for the rule-local ``indices``.
 
     It must be a dict with a tensor for every index asked for, each with its
@@ -113,33 +134,43 @@ def check_estimate(out: Any, indices: list[int], params: list[torch.Tensor], nam
     """
     pre = f"{who}: " if who else ""
     if not isinstance(out, Mapping):
-        raise EstimateError(f"{pre}estimate() must return {{index: tensor}} for the indices asked for "
-                            f"({list(indices)}); got {type(out).__name__}")
+        raise EstimateError(
+            f"{pre}estimate() must return {{index: tensor}} for the indices asked for "
+            f"({list(indices)}); got {type(out).__name__}"
+        )
     missing = [names[i] for i in indices if i not in out]
     if missing:
-        raise EstimateError(f"{pre}estimate() returned no estimate for {missing} (asked for indices "
-                            f"{list(indices)}, got {sorted(out, key=str)})")
+        raise EstimateError(
+            f"{pre}estimate() returned no estimate for {missing} (asked for indices "
+            f"{list(indices)}, got {sorted(out, key=str)})"
+        )
     for i in indices:
         t, p = out[i], params[i]
         if not isinstance(t, torch.Tensor) or t.shape != p.shape or t.dtype != p.dtype:
             raise EstimateError(
                 f"{pre}estimate() returned {type(t).__name__} {tuple(getattr(t, 'shape', ()))} "
                 f"{getattr(t, 'dtype', '')} for {names[i]!r}; expected a tensor of shape {tuple(p.shape)} "
-                f"and dtype {p.dtype} (one tensor shaped like each parameter)")
+                f"and dtype {p.dtype} (one tensor shaped like each parameter)"
+            )
         if finite:
             bad = (~torch.isfinite(t.detach())).nonzero()
             if len(bad):
                 entries = [tuple(e) if len(e) > 1 else e[0] for e in bad[:5].tolist()]
                 values = t.detach()[tuple(bad[:5].T)].tolist()
-                raise EstimateError(f"{pre}estimate() returned non-finite values for {names[i]!r} at "
-                                    f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'}: first {entries} = {values}")
+                raise EstimateError(
+                    f"{pre}estimate() returned non-finite values for {names[i]!r} at "
+                    f"{len(bad)} entr{'y' if len(bad) == 1 else 'ies'}: first {entries} = {values}"
+                )
     return {i: out[i].detach() for i in indices}
 
 
 SCHEDULE_HPARAMS: dict[str, HParam] = {
     "every": positive_int(1, "refresh curvature on steps 1, 1+every, 1+2*every, ..."),
-    "schedule": choice("all", ("all", "round_robin"),
-                       "'all': every tensor of the rule on each refresh; 'round_robin': one tensor per refresh"),
+    "schedule": choice(
+        "all",
+        ("all", "round_robin"),
+        "'all': every tensor of the rule on each refresh; 'round_robin': one tensor per refresh",
+    ),
     "period": optional(positive_int(None, "round-robin slots (default: number of tensors in the rule)")),
 }
 
@@ -204,13 +235,17 @@ def partition(model: nn.Module, rules: list[Rule]) -> list[dict]:
             continue
         hits = [r.name for r in rules if not isinstance(r.selector, Rest) and r.selector.matches(info)]
         if len(hits) > 1:
-            raise ValueError(f"parameter {info.name!r} is matched by several rules: {hits}; "
-                             "make the selectors disjoint (e.g. with & ~other).")
+            raise ValueError(
+                f"parameter {info.name!r} is matched by several rules: {hits}; "
+                "make the selectors disjoint (e.g. with & ~other)."
+            )
         if not hits:
             if not rest_rules:
-                raise ValueError(f"parameter {info.name!r} (shape {tuple(info.param.shape)}, "
-                                 f"in {type(info.owner).__name__}) is matched by no rule "
-                                 f"{names}; add a rule with selector rest().")
+                raise ValueError(
+                    f"parameter {info.name!r} (shape {tuple(info.param.shape)}, "
+                    f"in {type(info.owner).__name__}) is matched by no rule "
+                    f"{names}; add a rule with selector rest()."
+                )
             hits = [rest_rules[0].name]
         members[hits[0]].append(info)
 
@@ -218,15 +253,26 @@ def partition(model: nn.Module, rules: list[Rule]) -> list[dict]:
     for r in rules:
         hp = r.resolved_hparams()
         if r.schedule is not None:
-            hp.update(resolve(f"rule {r.name!r}", SCHEDULE_HPARAMS, {
-                "every": r.schedule.every, "schedule": r.schedule.schedule, "period": r.schedule.period}))
+            hp.update(
+                resolve(
+                    f"rule {r.name!r}",
+                    SCHEDULE_HPARAMS,
+                    {"every": r.schedule.every, "schedule": r.schedule.schedule, "period": r.schedule.period},
+                )
+            )
         if not members[r.name]:
-            warnings.warn(r.if_empty or f"rule {r.name!r} ({r.selector.description}) matches no "
-                          f"parameter of {type(model).__name__}.", UserWarning, stacklevel=3)
-        groups.append({
-            "params": [i.param for i in members[r.name]],
-            "param_names": [i.name for i in members[r.name]],
-            "rule": r.name,
-            **hp,
-        })
+            warnings.warn(
+                r.if_empty
+                or f"rule {r.name!r} ({r.selector.description}) matches no parameter of {type(model).__name__}.",
+                UserWarning,
+                stacklevel=3,
+            )
+        groups.append(
+            {
+                "params": [i.param for i in members[r.name]],
+                "param_names": [i.name for i in members[r.name]],
+                "rule": r.name,
+                **hp,
+            }
+        )
     return groups

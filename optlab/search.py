@@ -36,21 +36,34 @@ Every sampler is deterministic given ``seed``; each optimizer block draws from i
 stream (seeded by ``seed`` and the block's index and name), so adding an optimizer does
 not change the configurations of the others.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .hparams import closest
 
-__all__ = ["Uniform", "LogUniform", "IntUniform", "Choice", "SAMPLERS", "SearchError", "SearchSettings",
-           "parse_space", "parse_search", "sample_configs", "OptunaSearch"]
+__all__ = [
+    "Uniform",
+    "LogUniform",
+    "IntUniform",
+    "Choice",
+    "SAMPLERS",
+    "SearchError",
+    "SearchSettings",
+    "parse_space",
+    "parse_search",
+    "sample_configs",
+    "OptunaSearch",
+]
 
 SAMPLERS = ("grid", "random", "halton", "optuna")
 SEARCH_KEYS = ("sampler", "trials", "seed", "metric", "direction", "batch", "pruning")
@@ -64,6 +77,7 @@ class SearchError(ValueError):
 @dataclass(frozen=True)
 class Uniform:
     """U(low, high)."""
+
     low: float
     high: float
 
@@ -74,6 +88,7 @@ class Uniform:
 @dataclass(frozen=True)
 class LogUniform:
     """exp(U(log low, log high)): equal mass per decade."""
+
     low: float
     high: float
 
@@ -84,6 +99,7 @@ class LogUniform:
 @dataclass(frozen=True)
 class IntUniform:
     """Integers low..high (inclusive), each with probability 1/(high-low+1)."""
+
     low: int
     high: int
 
@@ -94,6 +110,7 @@ class IntUniform:
 @dataclass(frozen=True)
 class Choice:
     """One of ``values``, each with probability 1/len(values)."""
+
     values: tuple
 
     def from_unit(self, u: float):
@@ -113,12 +130,14 @@ def parse_dimension(where: str, key: str, value) -> Dimension | None:
     if not isinstance(value, dict):
         return None
     if len(value) != 1:
-        raise SearchError(f"{where}.{key}: a search dimension is one of {{{' | '.join(f'{k} = ...' for k in KINDS)}}}; "
-                          f"got {value!r}")
-    (kind, arg), = value.items()
+        raise SearchError(
+            f"{where}.{key}: a search dimension is one of {{{' | '.join(f'{k} = ...' for k in KINDS)}}}; got {value!r}"
+        )
+    ((kind, arg),) = value.items()
     if kind not in KINDS:
-        raise SearchError(f"{where}.{key}: unknown distribution {kind!r}.{closest(kind, KINDS)} "
-                          f"Valid: {', '.join(KINDS)}.")
+        raise SearchError(
+            f"{where}.{key}: unknown distribution {kind!r}.{closest(kind, KINDS)} Valid: {', '.join(KINDS)}."
+        )
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
             raise SearchError(f"{where}.{key}: choice needs a non-empty list of values; got {arg!r}")
@@ -145,8 +164,10 @@ def parse_space(where: str, block: dict, sampler: str, list_valued: Sequence[str
         dim = parse_dimension(where, key, value)
         if dim is not None:
             if sampler == "grid":
-                raise SearchError(f"{where}.{key}: sampler 'grid' needs explicit values (a list); "
-                                  f"a distribution needs [search] sampler = 'random', 'halton' or 'optuna'")
+                raise SearchError(
+                    f"{where}.{key}: sampler 'grid' needs explicit values (a list); "
+                    f"a distribution needs [search] sampler = 'random', 'halton' or 'optuna'"
+                )
             space[key] = dim
         elif isinstance(value, list) and not (key in list_valued and value and not isinstance(value[0], list)):
             if not value:
@@ -173,17 +194,25 @@ def parse_search(where: str, table: dict | None) -> SearchSettings:
     table = dict(table or {})
     for k in table:
         if k not in SEARCH_KEYS:
-            raise SearchError(f"{where}.search.{k}: unknown key.{closest(k, SEARCH_KEYS)} Valid: {', '.join(SEARCH_KEYS)}.")
+            raise SearchError(
+                f"{where}.search.{k}: unknown key.{closest(k, SEARCH_KEYS)} Valid: {', '.join(SEARCH_KEYS)}."
+            )
     s = SearchSettings(**table)
     if s.sampler not in SAMPLERS:
-        raise SearchError(f"{where}.search.sampler: unknown sampler {s.sampler!r}.{closest(str(s.sampler), SAMPLERS)} "
-                          f"Valid: {', '.join(SAMPLERS)}.")
+        raise SearchError(
+            f"{where}.search.sampler: unknown sampler {s.sampler!r}.{closest(str(s.sampler), SAMPLERS)} "
+            f"Valid: {', '.join(SAMPLERS)}."
+        )
     if s.sampler != "grid" and (not isinstance(s.trials, int) or isinstance(s.trials, bool) or s.trials < 1):
-        raise SearchError(f"{where}.search.trials: sampler {s.sampler!r} needs a per-optimizer budget, "
-                          f"an integer >= 1; got {s.trials!r}")
+        raise SearchError(
+            f"{where}.search.trials: sampler {s.sampler!r} needs a per-optimizer budget, "
+            f"an integer >= 1; got {s.trials!r}"
+        )
     if s.sampler == "grid" and s.trials is not None:
-        raise SearchError(f"{where}.search.trials: sampler 'grid' runs the whole product; drop 'trials' "
-                          "or pick sampler = 'random' / 'halton' / 'optuna'")
+        raise SearchError(
+            f"{where}.search.trials: sampler 'grid' runs the whole product; drop 'trials' "
+            "or pick sampler = 'random' / 'halton' / 'optuna'"
+        )
     if not isinstance(s.seed, int) or s.seed < 0:
         raise SearchError(f"{where}.search.seed: invalid seed {s.seed!r}; expected an integer >= 0")
     if s.direction not in ("maximize", "minimize"):
@@ -207,7 +236,9 @@ def _dims(space: dict) -> list[str]:
 
 def sample_configs(space: dict, sampler: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """``n`` configurations from ``space`` (``grid``: the whole product, ``n`` ignored)."""
-    fixed = {k: v for k, v in space.items() if k not in _dims(space) and not (sampler == "grid" and isinstance(v, list))}
+    fixed = {
+        k: v for k, v in space.items() if k not in _dims(space) and not (sampler == "grid" and isinstance(v, list))
+    }
     if sampler == "grid":
         axes = {k: v for k, v in space.items() if isinstance(v, list)}
         return [{**fixed, **dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
@@ -217,10 +248,13 @@ def sample_configs(space: dict, sampler: str, n: int | None = None, seed: int = 
         units = rng.random((n, len(dims)))
     elif sampler == "halton":
         from scipy.stats import qmc
-        units = qmc.Halton(d=max(1, len(dims)), scramble=True, seed=seed).random(n)[:, :len(dims)]
+
+        units = qmc.Halton(d=max(1, len(dims)), scramble=True, seed=seed).random(n)[:, : len(dims)]
     else:
-        raise SearchError(f"sample_configs: sampler {sampler!r} is not a static sampler; valid: grid, random, halton "
-                          "(optuna is adaptive: use OptunaSearch)")
+        raise SearchError(
+            f"sample_configs: sampler {sampler!r} is not a static sampler; valid: grid, random, halton "
+            "(optuna is adaptive: use OptunaSearch)"
+        )
     return [{**fixed, **{k: space[k].from_unit(float(u[j])) for j, k in enumerate(dims)}} for u in units]
 
 
@@ -234,28 +268,43 @@ class OptunaSearch:
     (``None``: failed / diverged without a finite metric).
     """
 
-    def __init__(self, space: dict, storage: str | Path, study_name: str, budget: int, seed: int = 0,
-                 direction: str = "maximize", batch: int = 1, pruning: bool = False):
+    def __init__(
+        self,
+        space: dict,
+        storage: str | Path,
+        study_name: str,
+        budget: int,
+        seed: int = 0,
+        direction: str = "maximize",
+        batch: int = 1,
+        pruning: bool = False,
+    ):
         try:
             import optuna
         except ImportError as exc:
-            raise SearchError("sampler 'optuna' needs the 'optuna' package: pip install 'optlab[optuna]' "
-                              "(with -c constraints.txt)") from exc
+            raise SearchError(
+                "sampler 'optuna' needs the 'optuna' package: pip install 'optlab[optuna]' (with -c constraints.txt)"
+            ) from exc
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.space, self.budget, self.batch = optuna, space, budget, batch
         self.fixed = {k: v for k, v in space.items() if k not in _dims(space)}
         storage = str(storage)
         url = storage if "://" in storage else f"sqlite:///{Path(storage).resolve()}"
         self.study = optuna.create_study(
-            storage=url, study_name=study_name, direction=direction, load_if_exists=True,
+            storage=url,
+            study_name=study_name,
+            direction=direction,
+            load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner())
+            pruner=optuna.pruners.MedianPruner() if pruning else optuna.pruners.NopPruner(),
+        )
         # a resumed study must not replay the random stream of its first session (it would ask for the
         # same configurations again): seed by the history length -- still deterministic given seed + history
         n = len(self.study.get_trials(deepcopy=False))
         if n:
-            self.study.sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, n])
-                                                                     .generate_state(1)[0]))
+            self.study.sampler = optuna.samplers.TPESampler(
+                seed=int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+            )
         self._handed: set[int] = set()
 
     def _distributions(self) -> dict:
@@ -276,9 +325,11 @@ class OptunaSearch:
     def counts(self) -> dict[str, int]:
         st = self.optuna.trial.TrialState
         trials = self.study.get_trials(deepcopy=False)
-        return {"complete": sum(t.state == st.COMPLETE for t in trials),
-                "failed": sum(t.state == st.FAIL for t in trials),
-                "running": sum(t.state == st.RUNNING for t in trials)}
+        return {
+            "complete": sum(t.state == st.COMPLETE for t in trials),
+            "failed": sum(t.state == st.FAIL for t in trials),
+            "running": sum(t.state == st.RUNNING for t in trials),
+        }
 
     def done(self) -> bool:
         c = self.counts()

@@ -6,18 +6,25 @@ bias is 1-D but not a normalization parameter). Selectors compose with ``|``,
 ``&`` and ``~``. ``rest()`` is the special "everything no other rule took"
 selector, resolved by :func:`optlab.rules.partition`.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 __all__ = [
-    "Selector", "Rest", "rest", "named_parameters_with_owner", "by_predicate",
-    "NORM_TYPES", "is_norm_affine", "is_weight_norm_scale",
+    "Selector",
+    "Rest",
+    "rest",
+    "named_parameters_with_owner",
+    "by_predicate",
+    "NORM_TYPES",
+    "is_norm_affine",
+    "is_weight_norm_scale",
 ]
 
 Predicate = Callable[[str, torch.Tensor, nn.Module], bool]
@@ -55,17 +62,21 @@ class Selector:
         """Names of the parameters of ``model`` this selector matches, in model order."""
         return [i.name for i in named_parameters_with_owner(model) if self.matches(i)]
 
-    def __or__(self, other: "Selector") -> "Selector":
+    def __or__(self, other: Selector) -> Selector:
         _check_composable(self, other)
-        return Selector(lambda n, p, m: self._predicate(n, p, m) or other._predicate(n, p, m),
-                        f"({self.description} | {other.description})")
+        return Selector(
+            lambda n, p, m: self._predicate(n, p, m) or other._predicate(n, p, m),
+            f"({self.description} | {other.description})",
+        )
 
-    def __and__(self, other: "Selector") -> "Selector":
+    def __and__(self, other: Selector) -> Selector:
         _check_composable(self, other)
-        return Selector(lambda n, p, m: self._predicate(n, p, m) and other._predicate(n, p, m),
-                        f"({self.description} & {other.description})")
+        return Selector(
+            lambda n, p, m: self._predicate(n, p, m) and other._predicate(n, p, m),
+            f"({self.description} & {other.description})",
+        )
 
-    def __invert__(self) -> "Selector":
+    def __invert__(self) -> Selector:
         _check_composable(self)
         return Selector(lambda n, p, m: not self._predicate(n, p, m), f"~{self.description}")
 
@@ -83,8 +94,10 @@ class Rest(Selector):
 def _check_composable(*sels) -> None:
     for s in sels:
         if isinstance(s, Rest):
-            raise TypeError("rest() cannot be composed with |, & or ~; it means "
-                            "'whatever no other rule selected' and is resolved by partition().")
+            raise TypeError(
+                "rest() cannot be composed with |, & or ~; it means "
+                "'whatever no other rule selected' and is resolved by partition()."
+            )
         if not isinstance(s, Selector):
             raise TypeError(f"cannot compose a selector with {s!r}")
 
@@ -99,7 +112,7 @@ def by_predicate(predicate: Predicate, description: str) -> Selector:
 
 # --- module-type knowledge shared by the built-in selectors ------------------------
 NORM_TYPES: tuple[type, ...] = (
-    nn.modules.batchnorm._BatchNorm,      # BatchNorm1d/2d/3d, SyncBatchNorm, LazyBatchNorm*
+    nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm, LazyBatchNorm*
     nn.GroupNorm,
     nn.LayerNorm,
     nn.modules.instancenorm._InstanceNorm,  # InstanceNorm1d/2d/3d (affine=True)
@@ -120,11 +133,13 @@ def is_weight_norm_scale(name: str, p: torch.Tensor, owner: nn.Module) -> bool:
     """
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "original0":
-        from torch.nn.utils.parametrize import ParametrizationList
         from torch.nn.utils.parametrizations import _WeightNorm
+        from torch.nn.utils.parametrize import ParametrizationList
+
         return isinstance(owner, ParametrizationList) and any(isinstance(m, _WeightNorm) for m in owner)
     if leaf.endswith("_g"):
         from torch.nn.utils.weight_norm import WeightNorm
+
         base = leaf[:-2]
         return any(isinstance(h, WeightNorm) and h.name == base for h in owner._forward_pre_hooks.values())
     return False

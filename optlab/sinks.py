@@ -15,18 +15,29 @@ Built-ins (options in the spec's ``[sinks.NAME]`` table)::
                  tracking_uri default sqlite:///RESULTS/mlflow.db, experiment default = results folder name
     wandb        one offline W&B run per trial under RESULTS/wandb (``wandb sync`` uploads later)
 """
+
 from __future__ import annotations
 
 import csv
 import importlib.util
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-__all__ = ["CSVSink", "TensorBoardSink", "MLflowSink", "WandbSink", "SINKS", "check_sinks", "make_sinks", "export",
-           "SinkError",
-           "scalar_metrics", "flat_params"]
+__all__ = [
+    "CSVSink",
+    "TensorBoardSink",
+    "MLflowSink",
+    "WandbSink",
+    "SINKS",
+    "check_sinks",
+    "make_sinks",
+    "export",
+    "SinkError",
+    "scalar_metrics",
+    "flat_params",
+]
 
 
 class SinkError(ValueError):
@@ -35,8 +46,10 @@ class SinkError(ValueError):
 
 def _require(module: str, extra: str = "tracking") -> None:
     if importlib.util.find_spec(module) is None:
-        raise SinkError(f"this sink needs the '{module}' package: pip install 'optlab[{extra}]' "
-                        "(with -c constraints.txt to keep the CPU torch)")
+        raise SinkError(
+            f"this sink needs the '{module}' package: pip install 'optlab[{extra}]' "
+            "(with -c constraints.txt to keep the CPU torch)"
+        )
 
 
 def scalar_metrics(row: dict) -> dict[str, float]:
@@ -94,8 +107,15 @@ class CSVSink:
             w = csv.writer(f)
             if new:
                 w.writerow(self.COLUMNS)
-            ident = [tid, c.get("task"), c.get("model"), c.get("optimizer"), c.get("seed"), record.get("status"),
-                     json.dumps(c.get("hparams", {}), sort_keys=True)]
+            ident = [
+                tid,
+                c.get("task"),
+                c.get("model"),
+                c.get("optimizer"),
+                c.get("seed"),
+                record.get("status"),
+                json.dumps(c.get("hparams", {}), sort_keys=True),
+            ]
             for row in record.get("metrics", []):
                 for k, v in scalar_metrics(row).items():
                     w.writerow(ident + [row.get("epoch"), k, repr(v)])
@@ -120,6 +140,7 @@ class TensorBoardSink:
 
     def write(self, record: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
+
         run_dir = self.log_dir / record["id"]
         if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
             return
@@ -133,6 +154,7 @@ class TensorBoardSink:
             params = {k: v for k, v in flat_params(record).items() if isinstance(v, (int, float, str, bool))}
             # the HParams plugin's summaries through this writer (add_hparams would open a second event file)
             from torch.utils.tensorboard.summary import hparams
+
             for summary in hparams(params, final):
                 w.file_writer.add_summary(summary)
             for k, v in final.items():
@@ -158,6 +180,7 @@ class MLflowSink:
     def __init__(self, root: str | Path, tracking_uri: str | None = None, experiment: str | None = None):
         _require("mlflow")
         from mlflow.tracking import MlflowClient
+
         root = Path(root).resolve()
         root.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
@@ -167,29 +190,39 @@ class MLflowSink:
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
 
     def _has(self, trial_id: str) -> bool:
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`optlab.trial_id` = '{trial_id}'",
-                                       max_results=1)
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`optlab.trial_id` = '{trial_id}'", max_results=1
+        )
         return bool(runs)
 
     def write(self, record: dict) -> None:
         from mlflow.entities import Metric, Param
+
         tid = record["id"]
         if self._has(tid):
             return
         c = record.get("config", {})
-        tags = {"optlab.trial_id": tid, "optlab.status": str(record.get("status")), "optimizer": str(c.get("optimizer")),
-                "task": str(c.get("task")), "model": str(c.get("model"))}
+        tags = {
+            "optlab.trial_id": tid,
+            "optlab.status": str(record.get("status")),
+            "optimizer": str(c.get("optimizer")),
+            "task": str(c.get("task")),
+            "model": str(c.get("model")),
+        }
         start_ms = int(1000 * (record.get("started") or 0)) or None
         run = self.client.create_run(self.experiment_id, start_time=start_ms, tags=tags, run_name=_label(record)[:250])
         rid = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in flat_params(record).items()]
         ts = start_ms or 0
-        metrics = [Metric(k, v, ts, int(row.get("epoch", 0)))
-                   for row in record.get("metrics", []) for k, v in scalar_metrics(row).items()]
+        metrics = [
+            Metric(k, v, ts, int(row.get("epoch", 0)))
+            for row in record.get("metrics", [])
+            for k, v in scalar_metrics(row).items()
+        ]
         for i in range(0, max(len(params), 1), 100):  # at most 100 params per batch
-            self.client.log_batch(rid, params=params[i:i + 100])
+            self.client.log_batch(rid, params=params[i : i + 100])
         for i in range(0, len(metrics), self.BATCH):
-            self.client.log_batch(rid, metrics=metrics[i:i + self.BATCH])
+            self.client.log_batch(rid, metrics=metrics[i : i + self.BATCH])
         status = {"ok": "FINISHED", "diverged": "FINISHED"}.get(record.get("status"), "FAILED")
         end_ms = int(1000 * record["finished"]) if record.get("finished") else None
         self.client.set_terminated(rid, status=status, end_time=end_ms)
@@ -214,11 +247,20 @@ class WandbSink:
 
     def write(self, record: dict) -> None:
         import wandb
+
         tid = record["id"]
         if tid in self._seen:
             return
-        run = wandb.init(mode="offline", project=self.project, dir=str(self.dir), id=tid, name=_label(record)[:120],
-                         config=flat_params(record), reinit="create_new", settings=wandb.Settings(silent=True))
+        run = wandb.init(
+            mode="offline",
+            project=self.project,
+            dir=str(self.dir),
+            id=tid,
+            name=_label(record)[:120],
+            config=flat_params(record),
+            reinit="create_new",
+            settings=wandb.Settings(silent=True),
+        )
         try:
             for row in record.get("metrics", []):
                 run.log(scalar_metrics(row), step=int(row.get("epoch", 0)))
@@ -243,6 +285,7 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
 
     from . import registry
     from .hparams import closest
+
     if not table:
         return []
     if not isinstance(table, dict):
@@ -262,8 +305,9 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
         valid = [n for n in inspect.signature(entry.item).parameters if n not in ("self", "root")]
         for k in opts:
             if k not in valid:
-                raise SinkError(f"{where}.{name}.{k}: unknown option.{closest(k, valid)} "
-                                f"Valid: {', '.join(valid) or '(none)'}.")
+                raise SinkError(
+                    f"{where}.{name}.{k}: unknown option.{closest(k, valid)} Valid: {', '.join(valid) or '(none)'}."
+                )
         out.append((entry.item, dict(opts)))
     return out
 

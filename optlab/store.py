@@ -22,6 +22,7 @@ one rule used by ``grid run``, ``grid status``, ``report`` and
 ``analysis.load``). ``grid run`` quarantines a file that does not validate and
 reruns its trial; the read-only commands count and name such files.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -30,8 +31,8 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["Store", "StoreError", "CorruptRecord", "atomic_write", "validate_record", "SCHEMA_VERSION", "STATUSES"]
 
@@ -143,7 +144,7 @@ class Store:
         self.checkpoints = self.root / "checkpoints"
         self.quarantined = self.root / "quarantine"
 
-    def init(self, spec_text: str | None = None) -> "Store":
+    def init(self, spec_text: str | None = None) -> Store:
         for d in (self.trials, self.running, self.checkpoints):
             d.mkdir(parents=True, exist_ok=True)
         if spec_text is not None and not (self.root / "spec.toml").exists():
@@ -165,7 +166,7 @@ class Store:
         """Take the trial for this process; False if a live process holds it.
 
         A stale claim (its process is gone) is taken over atomically: checking and removing
-        it happens under an exclusive ``flock`` on ``running/.takeover``, so of many processes
+        it happens under an exclusive ``flock`` on ``RESULTS/.claims.lock``, so of many processes
         racing for one dead claim exactly one removes it, and the fresh ``O_EXCL`` lock
         then has exactly one owner.
         """
@@ -175,7 +176,7 @@ class Store:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                with open(self.running / ".takeover", "a") as guard:
+                with open(self.root / ".claims.lock", "a") as guard:
                     fcntl.flock(guard, fcntl.LOCK_EX)
                     if self._lock_live(lock):
                         return False
@@ -297,8 +298,9 @@ class Store:
         if not self.root.exists():
             raise StoreError(f"results directory {self.root} does not exist")
         if not self.trials.exists():
-            raise StoreError(f"{self.root} is not an optlab results directory (no trials/ folder); "
-                             "run `optlab grid run SPEC` first")
+            raise StoreError(
+                f"{self.root} is not an optlab results directory (no trials/ folder); run `optlab grid run SPEC` first"
+            )
         good, bad = self.scan()
         if bad and not skip_corrupt:
             raise bad[0]

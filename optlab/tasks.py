@@ -1,8 +1,9 @@
 """Tasks: in-memory data sets with a loss, batched deterministically."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,7 @@ class Task:
     def info(self) -> dict:
         return {"input_shape": self.input_shape, "num_classes": self.num_classes, "name": self.name}
 
-    def to(self, device) -> "Task":
+    def to(self, device) -> Task:
         for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
             if getattr(self, k) is not None:
                 setattr(self, k, getattr(self, k).to(device))
@@ -98,7 +99,7 @@ class Task:
         n = self.x_train.shape[0]
         perm = torch.randperm(n, generator=generator).to(self.x_train.device)
         for s in range(0, n - batch_size + 1, batch_size):
-            idx = perm[s:s + batch_size]
+            idx = perm[s : s + batch_size]
             x = self.x_train[idx]
             if self.augment is not None:
                 x = self.augment(x, generator)
@@ -109,15 +110,18 @@ class Task:
 
     def eval_batches(self, split: str, batch_size: int = 1000) -> Iterator[tuple]:
         """Batches of ``split`` ("train", "val" or "test") in order."""
-        splits = {"train": (self.x_train, self.y_train), "val": (self.x_val, self.y_val),
-                  "test": (self.x_test, self.y_test)}
+        splits = {
+            "train": (self.x_train, self.y_train),
+            "val": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }
         if split not in splits:
             raise ValueError(unknown_name("split", split, splits))
         x, y = splits[split]
         if x is None:
             raise ValueError(f"task {self.name!r} has no validation split")
         for s in range(0, x.shape[0], batch_size):
-            yield x[s:s + batch_size], y[s:s + batch_size]
+            yield x[s : s + batch_size], y[s : s + batch_size]
 
 
 def make_task(name: str, seed: int = 0, **options) -> Task:
@@ -131,6 +135,7 @@ def make_task(name: str, seed: int = 0, **options) -> Task:
     import inspect
 
     from . import registry
+
     fn = registry.get("task", name)
     fraction = options.get("val_fraction", DEFAULT_VAL_FRACTION)
     if "val_fraction" not in inspect.signature(fn).parameters:
@@ -143,4 +148,5 @@ def make_task(name: str, seed: int = 0, **options) -> Task:
 
 def make_model(name: str, task_info: dict, **options):
     from . import registry
+
     return registry.get("model", name)(task_info, **options)

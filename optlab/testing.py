@@ -5,10 +5,11 @@ tiny float64 problems of :mod:`optlab.problems` under what the item declares
 (``requires``) and compare it with dense references -- the checks every
 built-in passes. The problems and references are re-exported here.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,23 +18,51 @@ from .api import estimator, selector, stepper
 from .hparams import unknown_name
 from .hvp import get_engine
 from .optimizer import RuleOptimizer
-from .problems import (PROBLEMS, Problem, block_slices, dense_ggn, dense_hessian, empirical_fisher_reference,
-                       fd_hessian, flat, make_problem, output_hessian, unflat)
+from .problems import (
+    PROBLEMS,
+    Problem,
+    block_slices,
+    dense_ggn,
+    dense_hessian,
+    empirical_fisher_reference,
+    fd_hessian,
+    flat,
+    make_problem,
+    output_hessian,
+    unflat,
+)
 from .rules import Rule, Schedule, check_estimate, check_requires
 from .selectors import Selector, named_parameters_with_owner, rest
 
-__all__ = ["check_estimator", "check_stepper", "check_selector",
-           "Problem", "PROBLEMS", "make_problem", "dense_hessian", "fd_hessian", "dense_ggn", "flat", "unflat",
-           "block_slices", "output_hessian", "empirical_fisher_reference"]
+__all__ = [
+    "check_estimator",
+    "check_stepper",
+    "check_selector",
+    "Problem",
+    "PROBLEMS",
+    "make_problem",
+    "dense_hessian",
+    "fd_hessian",
+    "dense_ggn",
+    "flat",
+    "unflat",
+    "block_slices",
+    "output_hessian",
+    "empirical_fisher_reference",
+]
 
 
 SELECTOR_PROBLEMS = ("mlp_bn1d", "cnn_bn2d", "residual", "ln_mlp", "gn_cnn", "wn_linear")
 ESTIMATOR_TARGETS = ("hessian_diag", "hessian_rowsum", "ggn_diag", "empirical_fisher_diag")
 
 
-def check_selector(selector: Selector, problems: tuple[str, ...] = SELECTOR_PROBLEMS, *,
-                   reference: Callable[[str, torch.Tensor, nn.Module], bool] | None = None,
-                   allow_empty: bool = False) -> None:
+def check_selector(
+    selector: Selector,
+    problems: tuple[str, ...] = SELECTOR_PROBLEMS,
+    *,
+    reference: Callable[[str, torch.Tensor, nn.Module], bool] | None = None,
+    allow_empty: bool = False,
+) -> None:
     """A selector must be deterministic, return only real parameter names in model order, and
     partition the parameters with its complement -- on BatchNorm, LayerNorm, GroupNorm and
     weight-normed problems. It must select something on at least one problem (unless
@@ -49,14 +78,16 @@ def check_selector(selector: Selector, problems: tuple[str, ...] = SELECTOR_PROB
         assert all(n in order for n in got), f"{selector!r} returned unknown names on {name}"
         assert got == [n for n in order if n in set(got)], f"{selector!r} breaks model order on {name}"
         complement = (~selector).select(pb.model)
-        assert set(got).isdisjoint(complement) and set(got) | set(complement) == set(order), \
+        assert set(got).isdisjoint(complement) and set(got) | set(complement) == set(order), (
             f"{selector!r} and its complement do not partition {name}'s parameters"
+        )
         if reference is not None:
             want = [i.name for i in named_parameters_with_owner(pb.model) if reference(i.name, i.param, i.owner)]
             assert got == want, f"{selector!r} on {name}: selected {got}, the reference selects {want}"
         total += len(got)
-    assert allow_empty or total, (f"{selector!r} selected no parameter on any of {list(problems)}; "
-                                  "pass allow_empty=True if that is intended")
+    assert allow_empty or total, (
+        f"{selector!r} selected no parameter on any of {list(problems)}; pass allow_empty=True if that is intended"
+    )
 
 
 def _estimator_setup(cls, engine: str | None) -> tuple[str, bool]:
@@ -79,9 +110,17 @@ def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6, *, e
     def build(pb):
         st = stepper_cls()
         if st.needs_curvature:
-            rules = [Rule("x", selector("channelwise"), estimator("rowsum_hvp"), st, dict(hparams or {}),
-                          schedule=Schedule(1, "all")),
-                     Rule("rest", rest(), None, stepper("sgd"), {})]
+            rules = [
+                Rule(
+                    "x",
+                    selector("channelwise"),
+                    estimator("rowsum_hvp"),
+                    st,
+                    dict(hparams or {}),
+                    schedule=Schedule(1, "all"),
+                ),
+                Rule("rest", rest(), None, stepper("sgd"), {}),
+            ]
         else:
             rules = [Rule("x", rest(), None, st, dict(hparams or {}))]
         return RuleOptimizer(pb.model, rules, engine=engine)
@@ -122,13 +161,24 @@ def _reference(target: str, pb: Problem, params: list[torch.Tensor], hp: dict) -
         return [ref[s, s].sum(1) if target == "hessian_rowsum" else ref.diagonal()[s] for s in sl]
     if target == "empirical_fisher_diag":
         return [w.reshape(-1) for w in empirical_fisher_reference(pb, params)]
-    raise ValueError("check_estimator: " + unknown_name("target", target, ESTIMATOR_TARGETS)
-                     + " Or pass reference=(problem, params) -> list of tensors.")
+    raise ValueError(
+        "check_estimator: "
+        + unknown_name("target", target, ESTIMATOR_TARGETS)
+        + " Or pass reference=(problem, params) -> list of tensors."
+    )
 
 
-def check_estimator(est_cls, hparams: dict | None = None, target: str | None = None,
-                    problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"), draws: int = 0,
-                    rtol: float = 1e-8, reference: Callable | None = None, *, engine: str | None = None) -> None:
+def check_estimator(
+    est_cls,
+    hparams: dict | None = None,
+    target: str | None = None,
+    problems=("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"),
+    draws: int = 0,
+    rtol: float = 1e-8,
+    reference: Callable | None = None,
+    *,
+    engine: str | None = None,
+) -> None:
     """Compare an estimator with the dense float64 reference on the tiny problems.
 
     ``target`` (default: the class's ``target``): ``hessian_diag``, ``hessian_rowsum``
@@ -147,8 +197,10 @@ def check_estimator(est_cls, hparams: dict | None = None, target: str | None = N
     if reference is None:
         target = target or est_cls.target
         if not target:
-            raise ValueError(f"check_estimator: {est_cls.__name__} declares no target; pass target= (one of "
-                             f"{', '.join(ESTIMATOR_TARGETS)}) or reference=")
+            raise ValueError(
+                f"check_estimator: {est_cls.__name__} declares no target; pass target= (one of "
+                f"{', '.join(ESTIMATOR_TARGETS)}) or reference="
+            )
     est = est_cls()
     hp = {k: v.default for k, v in est.hparams.items()}
     hp.update(hparams or {})
@@ -167,15 +219,16 @@ def check_estimator(est_cls, hparams: dict | None = None, target: str | None = N
         samples = []
         idx = list(range(len(params)))
         for _ in range(n):
-            ctx = get_engine(engine).context(model=pb.model, closure=pb.closure if outputs else pb.loss,
-                                             params=params, names=names)
+            ctx = get_engine(engine).context(
+                model=pb.model, closure=pb.closure if outputs else pb.loss, params=params, names=names
+            )
             got = est.estimate(ctx, idx, hp, gen if est.stochastic else None)
             got = check_estimate(got, idx, params, names, who=f"{est_cls.__name__} on {name} ({engine})")
             samples.append(flat([got[i] for i in idx]))
         target_vec = flat(want)
         S = torch.stack(samples)
         if draws:
-            se = S.std(0) / n ** 0.5
+            se = S.std(0) / n**0.5
             z = (S.mean(0) - target_vec).abs() / se.clamp_min(1e-12)
             assert (z < 4).all(), f"{est_cls.__name__} biased on {name}: max z = {z.max():.2f}"
         else:

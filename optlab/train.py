@@ -6,6 +6,7 @@ so far kept) or ``failed`` (an exception; its text kept). With a checkpoint path
 the run saves its full state after every epoch (atomically) and resumes from it,
 reaching the same final metrics as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,9 +15,10 @@ import os
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -43,7 +45,7 @@ class RunConfig:
     epochs: int = 10
     batch_size: int = 64
     lr_schedule: str = "constant"
-    milestones: list | None = None   # epochs; default for multistep: [epochs/2, 3*epochs/4]
+    milestones: list | None = None  # epochs; default for multistep: [epochs/2, 3*epochs/4]
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     decouple: bool = False
@@ -56,14 +58,15 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         unknown = [k for k in d if k not in RUN_KEYS]
         if unknown:
             raise KeyError(unknown_name("run setting", unknown[0], RUN_KEYS))
         return cls(**d)
 
-    def validate_run(self) -> "RunConfig":
+    def validate_run(self) -> RunConfig:
         """Check the run settings (everything but the optimizer and its hyperparameters)."""
+
         def num(x):
             return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -79,12 +82,20 @@ class RunConfig:
             ("batch_size", lambda: integer(self.batch_size, 2), "an integer >= 2"),
             ("seed", lambda: integer(self.seed, 0), "an integer >= 0"),
             ("lr_schedule", lambda: self.lr_schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
-            ("milestones", lambda: self.milestones is None or (isinstance(self.milestones, list)
-                                                               and all(num(m) and m >= 0 for m in self.milestones)),
-             "a list of epochs (numbers >= 0)"),
+            (
+                "milestones",
+                lambda: (
+                    self.milestones is None
+                    or (isinstance(self.milestones, list) and all(num(m) and m >= 0 for m in self.milestones))
+                ),
+                "a list of epochs (numbers >= 0)",
+            ),
             ("gamma", lambda: num(self.gamma) and 0 < self.gamma <= 1, "a number in (0, 1]"),
-            ("warmup_epochs", lambda: num(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
-             f"a number in [0, epochs={self.epochs!r})"),
+            (
+                "warmup_epochs",
+                lambda: num(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+                f"a number in [0, epochs={self.epochs!r})",
+            ),
             ("decouple", lambda: isinstance(self.decouple, bool), "true or false"),
             ("engine", lambda: self.engine in ("autograd", "func"), "'autograd' or 'func'"),
             ("task_options", lambda: isinstance(self.task_options, dict), "a table of task options"),
@@ -97,13 +108,14 @@ class RunConfig:
                 raise ValueError(f"invalid {key}={getattr(self, key)!r}; expected {valid}")
         return self
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         self.validate_run()
         if not isinstance(self.optimizer, str) or self.optimizer not in api.optimizer_names():
             raise registry.RegistryError(unknown_name("optimizer", self.optimizer, api.optimizer_names()))
         lr = self.hparams.get("lr")
-        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0
-                               or not math.isfinite(lr)):
+        if lr is not None and (
+            not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0 or not math.isfinite(lr)
+        ):
             raise ValueError(f"invalid lr={lr!r}; expected a finite number >= 0")
         return self
 
@@ -153,8 +165,12 @@ def _reject_checkpoint(path: Path, exc: BaseException) -> Path:
     os.replace(path, dest)
     text = str(exc).strip()
     reason = text.splitlines()[0][:300] if text else ""
-    warnings.warn(f"checkpoint {path} could not be used ({type(exc).__name__}: {reason}); moved to {dest.name}, "
-                  "the run restarts from scratch", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"checkpoint {path} could not be used ({type(exc).__name__}: {reason}); moved to {dest.name}, "
+        "the run restarts from scratch",
+        RuntimeWarning,
+        stacklevel=3,
+    )
     return dest
 
 
@@ -173,17 +189,28 @@ def _evaluate(model, task, split: str) -> tuple[float, float]:
 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
+
     disable = not enabled or os.environ.get("OPTLAB_NO_PROGRESS") == "1"
     return tqdm(total=total, desc=desc, leave=False, disable=disable, dynamic_ncols=True)
 
 
-def train(config: RunConfig | dict, *, checkpoint: str | Path | None = None, progress: bool = True,
-          on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+def train(
+    config: RunConfig | dict,
+    *,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
     """Run one configuration; never raises for a failing run (status ``failed`` with the error)."""
     cfg = RunConfig.from_dict(config) if isinstance(config, dict) else config
-    result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.to_dict(), "status": "running",
-                              "error": None, "metrics": [],
-                              "resumed_from_epoch": None}
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "config": cfg.to_dict(),
+        "status": "running",
+        "error": None,
+        "metrics": [],
+        "resumed_from_epoch": None,
+    }
     t_start = time.perf_counter()
     try:
         cfg.validate()
@@ -219,8 +246,11 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
 
     entry = registry.items("preset").get(cfg.optimizer) or registry.items("baseline")[cfg.optimizer]
     params = list(inspect.signature(entry.item).parameters.values())[1:]
-    resolved = {p.name: p.default for p in params
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
+    resolved = {
+        p.name: p.default
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
+    }
     resolved.update(cfg.hparams)
     rules = {}
     for g in opt.param_groups:
@@ -228,16 +258,23 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
             continue
         rule = opt.rules[g["rule"]]
         rules[g["rule"]] = {
-            "stepper": rule.stepper.name, "estimator": rule.curvature.name if rule.curvature else None,
+            "stepper": rule.stepper.name,
+            "estimator": rule.curvature.name if rule.curvature else None,
             "tensors": len(g["params"]),
-            "hparams": {k: _jsonable(v) for k, v in g.items() if k not in ("params", "param_names", "rule")}}
+            "hparams": {k: _jsonable(v) for k, v in g.items() if k not in ("params", "param_names", "rule")},
+        }
     pm = registry.plugin_manager()
     plugins = {}
     for ep in entry_points(group="optlab"):
         if pm.get_plugin(ep.name) is not None and ep.dist is not None:
             plugins[ep.dist.name] = ep.dist.version
-    return {"schema_version": SCHEMA_VERSION, "hparams_resolved": _jsonable(resolved), "rules": rules,
-            "optimizer_plugin": entry.plugin, "plugins": plugins}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "hparams_resolved": _jsonable(resolved),
+        "rules": rules,
+        "optimizer_plugin": entry.plugin,
+        "plugins": plugins,
+    }
 
 
 def use_task_loss(opt: RuleOptimizer, task) -> None:
@@ -252,8 +289,10 @@ def use_task_loss(opt: RuleOptimizer, task) -> None:
         owner = f"rule {rule.name!r} (estimator {rule.curvature.name!r})"
         explicit = rule.hparams.get("loss")
         if explicit is not None and explicit != task.loss:
-            raise ValueError(f"{owner}: loss={explicit!r}, but task {task.name!r} computes loss {task.loss!r}; "
-                             "drop the loss hyperparameter (it follows the task) or make them agree")
+            raise ValueError(
+                f"{owner}: loss={explicit!r}, but task {task.name!r} computes loss {task.loss!r}; "
+                "drop the loss hyperparameter (it follows the task) or make them agree"
+            )
         group["loss"] = validate(owner, "loss", task.loss, spec)
 
 
@@ -269,7 +308,9 @@ def _build(cfg: RunConfig, device):
         use_task_loss(opt, task)
     iters = task.num_train_batches(cfg.batch_size)
     if iters == 0:
-        raise ValueError(f"batch_size={cfg.batch_size} exceeds the {task.x_train.shape[0]} training samples of {cfg.task}")
+        raise ValueError(
+            f"batch_size={cfg.batch_size} exceeds the {task.x_train.shape[0]} training samples of {cfg.task}"
+        )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
     data_gen = torch.Generator().manual_seed(cfg.seed)
     return task, model, opt, sched, data_gen, iters, kind
@@ -290,8 +331,12 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             sched.load_state_dict(ck["scheduler"])
             data_gen.set_state(ck["data_generator"])
             torch.set_rng_state(ck["torch_rng"])
-            if not isinstance(ck["metrics"], list) or not isinstance(ck["epoch"], int) or \
-                    not 0 <= ck["epoch"] <= cfg.epochs or len(ck["metrics"]) != ck["epoch"]:
+            if (
+                not isinstance(ck["metrics"], list)
+                or not isinstance(ck["epoch"], int)
+                or not 0 <= ck["epoch"] <= cfg.epochs
+                or len(ck["metrics"]) != ck["epoch"]
+            ):
                 raise ValueError(f"epoch {ck['epoch']!r} and {len(ck['metrics'])} metric rows do not agree")
         except Exception as exc:  # a checkpoint of another configuration, or damaged: restart cleanly
             _reject_checkpoint(ckpt_path, exc)
@@ -312,14 +357,17 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             t0 = dict(opt.timings)
             h0, v0 = opt.hvp_count, opt.vjp_count
         loss_sum, correct, seen, diverged = 0.0, 0, 0, False
-        bar = _progress(iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}",
-                        progress)
+        bar = _progress(
+            iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
+        )
         for x, y in task.train_batches(cfg.batch_size, data_gen):
             holder = {}
             if is_rule:
+
                 def closure():
                     out = holder["out"] = model(x)
                     return task.loss_fn(out, y), out
+
                 loss = opt.step(closure)
             else:
                 ta = time.perf_counter()
@@ -360,12 +408,17 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen if seen and not diverged else float("nan"),
             "train_acc": correct / seen if seen else float("nan"),
-            "val_loss": val_loss, "val_acc": val_acc,
-            "test_loss": test_loss, "test_acc": test_acc,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
             "lr": opt.param_groups[0]["lr"],
             "lrs": {g.get("rule", f"group{i}"): g["lr"] for i, g in enumerate(opt.param_groups)},
-            "time_forward_backward": fb, "time_curvature": curv, "time_update": upd,
-            "time_epoch": epoch_time, "wall_time": wall,
+            "time_forward_backward": fb,
+            "time_curvature": curv,
+            "time_update": upd,
+            "time_epoch": epoch_time,
+            "wall_time": wall,
             "hvp_count": (opt.hvp_count - h0) if is_rule else 0,
             "vjp_count": (opt.vjp_count - v0) if is_rule else 0,
         }
@@ -377,8 +430,16 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             result["error"] = f"non-finite loss in epoch {epoch + 1}"
             return
         if ckpt_path is not None:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "data_generator": data_gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "metrics": result["metrics"],
-                          "epoch": epoch + 1}, ckpt_path)
+            _atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "data_generator": data_gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "metrics": result["metrics"],
+                    "epoch": epoch + 1,
+                },
+                ckpt_path,
+            )
     result["status"] = "ok"

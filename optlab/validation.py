@@ -1,6 +1,7 @@
 """Checks applied when a plugin registers an item: wrong shapes of plugin code
 are rejected at registration with an error naming the plugin, the item and the
 problem, not deep inside a training run."""
+
 from __future__ import annotations
 
 import inspect
@@ -28,8 +29,13 @@ def _check_method(kind, name, plugin, cls, method: str, required: list[str]) -> 
     params = list(inspect.signature(fn).parameters)
     missing = [r for r in required if r not in params]
     if missing:
-        _fail(kind, name, plugin, f"{method}{inspect.signature(fn)} lacks argument(s) {missing}; "
-              f"expected {method}({', '.join(required)}, ...)")
+        _fail(
+            kind,
+            name,
+            plugin,
+            f"{method}{inspect.signature(fn)} lacks argument(s) {missing}; "
+            f"expected {method}({', '.join(required)}, ...)",
+        )
 
 
 def _check_hparams(kind, name, plugin, cls) -> None:
@@ -54,18 +60,23 @@ def _smoke_estimator(name: str, plugin: str, cls) -> None:
     from .hvp import get_engine
     from .problems import make_problem
     from .selectors import by_predicate, is_norm_affine
+
     requires = _check_requires("estimator", name, plugin, cls)
     pb = make_problem("mlp_bn1d")
     names, params = pb.params(by_predicate(is_norm_affine, "norm"))
     closure = pb.closure if requires.get("closure") == "loss_outputs" else pb.loss
-    ctx = get_engine(requires.get("engine", "autograd")).context(model=pb.model, closure=closure, params=params,
-                                                                 names=names)
+    ctx = get_engine(requires.get("engine", "autograd")).context(
+        model=pb.model, closure=closure, params=params, names=names
+    )
     hp = {k: v.default for k, v in cls.hparams.items()}
     try:
         out = cls().estimate(ctx, [0, 1], hp, torch.Generator().manual_seed(0))
     except Exception as exc:
-        hint = ("; if it reads the model outputs, declare requires = {'closure': 'loss_outputs'}"
-                if "outputs" in str(exc) and "closure" not in requires else "")
+        hint = (
+            "; if it reads the model outputs, declare requires = {'closure': 'loss_outputs'}"
+            if "outputs" in str(exc) and "closure" not in requires
+            else ""
+        )
         _fail("estimator", name, plugin, f"estimate() raised {type(exc).__name__}: {exc}{hint}")
     try:
         check_estimate(out, [0, 1], params, names)
@@ -76,6 +87,7 @@ def _smoke_estimator(name: str, plugin: str, cls) -> None:
 def _smoke_stepper(name: str, plugin: str, cls) -> None:
     """One step on two float64 tensors with a gradient (and a positive curvature)."""
     import torch
+
     _check_requires("stepper", name, plugin, cls)
     g = torch.Generator().manual_seed(0)
     params = [torch.randn(4, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)]
@@ -108,8 +120,14 @@ def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
         if not (inspect.isclass(item) and issubclass(item, Stepper)):
             _fail(kind, name, plugin, "must be a subclass of optlab.Stepper")
         _check_hparams(kind, name, plugin, item)
-        _check_method(kind, name, plugin, item, "step", ["self", "params", "grads", "states", "group"]
-                      + (["loss"] if getattr(item, "needs_loss", False) else []))
+        _check_method(
+            kind,
+            name,
+            plugin,
+            item,
+            "step",
+            ["self", "params", "grads", "states", "group"] + (["loss"] if getattr(item, "needs_loss", False) else []),
+        )
         if plugin != "builtins":
             _smoke_stepper(name, plugin, item)
     elif kind in ("preset", "baseline"):
@@ -119,8 +137,10 @@ def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
         if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
             _fail(kind, name, plugin, "first argument must be the model: fn(model, **hparams)")
     elif kind in ("executor", "sink"):
-        method, shape = {"executor": ("run", "run(root, trials, threads) yielding (trial_id, status)"),
-                         "sink": ("write", "write(record) and close()")}[kind]
+        method, shape = {
+            "executor": ("run", "run(root, trials, threads) yielding (trial_id, status)"),
+            "sink": ("write", "write(record) and close()"),
+        }[kind]
         if not inspect.isclass(item) or not callable(getattr(item, method, None)):
             _fail(kind, name, plugin, f"must be a class with {shape}")
         if kind == "sink" and not callable(getattr(item, "close", None)):

@@ -4,6 +4,7 @@
 writes each rank's parameters to ``OUT/rank<r>.pt`` (Lightning's subprocess
 launcher re-runs this file for rank 1).
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,13 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import optlab
 
 N, BATCH = 32, 8
-HP = {"sgd": dict(lr=0.1), "sgd-ph": dict(lr=0.1, every=2), "adahessian": dict(lr=0.05, every=2),
-      "sophia": dict(lr=0.01, every=2, estimator="hutchinson"), "sgd-ph-reference": dict(lr=0.1)}
+HP = {
+    "sgd": dict(lr=0.1),
+    "sgd-ph": dict(lr=0.1, every=2),
+    "adahessian": dict(lr=0.05, every=2),
+    "sophia": dict(lr=0.01, every=2, estimator="hutchinson"),
+    "sgd-ph-reference": dict(lr=0.1),
+}
 
 
 def data():
@@ -57,13 +63,22 @@ def module(preset: str):
 
 def fit(preset: str, devices: int, steps: int = 4):
     import lightning.pytorch as pl
+
     from optlab.integrations.lightning import OptlabCallback
 
     m = module(preset)
     kw = dict(strategy="ddp", devices=devices) if devices > 1 else dict(devices=1)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[OptlabCallback()],
-                         use_distributed_sampler=False, **kw)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[OptlabCallback()],
+        use_distributed_sampler=False,
+        **kw,
+    )
     trainer.fit(m)
     return m, trainer
 

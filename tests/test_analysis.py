@@ -4,6 +4,7 @@
 test, with a warning that the legacy tests silence); ``_v2`` builds schema-2 records with validation
 metrics, stages and resolved hyperparameters.
 """
+
 import json
 import math
 import warnings
@@ -12,8 +13,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from optlab.analysis import (best_configs, budgets, comparisons, expected_max_curve, load, paired_comparison,
-                             performance_profile, selected_trials, sensitivity, summarize)
+from optlab.analysis import (
+    best_configs,
+    budgets,
+    comparisons,
+    expected_max_curve,
+    load,
+    paired_comparison,
+    performance_profile,
+    selected_trials,
+    sensitivity,
+    summarize,
+)
 from optlab.analysis import plots as P
 from optlab.analysis import stats as S
 from optlab.analysis.compare import BudgetWarning
@@ -26,23 +37,57 @@ pytestmark = pytest.mark.filterwarnings("ignore::optlab.analysis.data.SelectionB
 
 def _trial(opt, seed, acc, hp=None, status="ok", task="digits", model="cnn-bn", epochs=3):
     hp = dict(hp or {})
-    metrics = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "train_acc": acc - 0.1 + 0.05 * e,
-                "test_loss": 1.0 - acc, "test_acc": acc - 0.02 * (epochs - 1 - e), "lr": 0.1,
-                "time_forward_backward": 0.5, "time_curvature": 0.2 if opt == "sgd-ph" else 0.0,
-                "time_update": 0.1, "time_epoch": 0.9, "wall_time": 0.9 * (e + 1), "hvp_count": 10, "vjp_count": 0}
-               for e in range(epochs)]
+    metrics = [
+        {
+            "epoch": e + 1,
+            "train_loss": 1.0 / (e + 1),
+            "train_acc": acc - 0.1 + 0.05 * e,
+            "test_loss": 1.0 - acc,
+            "test_acc": acc - 0.02 * (epochs - 1 - e),
+            "lr": 0.1,
+            "time_forward_backward": 0.5,
+            "time_curvature": 0.2 if opt == "sgd-ph" else 0.0,
+            "time_update": 0.1,
+            "time_epoch": 0.9,
+            "wall_time": 0.9 * (e + 1),
+            "hvp_count": 10,
+            "vjp_count": 0,
+        }
+        for e in range(epochs)
+    ]
     if status == "diverged":
         metrics[-1].update(train_loss=float("nan"), test_acc=float("nan"), test_loss=float("nan"))
-    cfg = {"task": task, "model": model, "optimizer": opt, "hparams": hp, "seed": seed, "epochs": epochs,
-           "batch_size": 64, "lr_schedule": "cosine", "warmup_epochs": 0.0, "decouple": False, "engine": "autograd"}
+    cfg = {
+        "task": task,
+        "model": model,
+        "optimizer": opt,
+        "hparams": hp,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": 64,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 0.0,
+        "decouple": False,
+        "engine": "autograd",
+    }
     tid = f"{opt}-{task}-{json.dumps(hp, sort_keys=True)}-{seed}"
-    return {"id": tid, "config": cfg, "status": status, "error": None if status == "ok" else "non-finite loss",
-            "metrics": metrics, "env": {"host": "h", "git_revision": "abc", "versions": {"torch": "2.13.0"}}}
+    return {
+        "id": tid,
+        "config": cfg,
+        "status": status,
+        "error": None if status == "ok" else "non-finite loss",
+        "metrics": metrics,
+        "env": {"host": "h", "git_revision": "abc", "versions": {"torch": "2.13.0"}},
+    }
 
 
 # known values: sgd-ph lr=0.1 -> seeds 0.90, 0.92, 0.94 ; lr=0.3 -> 0.80, 0.84, 0.88 ; sgd lr=0.1 -> 0.89, 0.90, 0.91
-ACC = {("sgd-ph", 0.1): [0.90, 0.92, 0.94], ("sgd-ph", 0.3): [0.80, 0.84, 0.88], ("sgd", 0.1): [0.89, 0.90, 0.91],
-       ("sgd", 0.3): [0.70, 0.75, 0.80]}
+ACC = {
+    ("sgd-ph", 0.1): [0.90, 0.92, 0.94],
+    ("sgd-ph", 0.3): [0.80, 0.84, 0.88],
+    ("sgd", 0.1): [0.89, 0.90, 0.91],
+    ("sgd", 0.3): [0.70, 0.75, 0.80],
+}
 
 
 def _records(drop=None, diverge=None):
@@ -123,8 +168,11 @@ def test_sensitivity_best_and_mean():
 
 
 def test_sensitivity_plot_on_a_categorical_axis():
-    recs = [_trial("sgd-ph", s, a + (0.01 if est == "hutchinson" else 0.0), {"lr": 0.1, "estimator": est})
-            for est in ("rowsum_hvp", "hutchinson") for s, a in enumerate(ACC[("sgd-ph", 0.1)])]
+    recs = [
+        _trial("sgd-ph", s, a + (0.01 if est == "hutchinson" else 0.0), {"lr": 0.1, "estimator": est})
+        for est in ("rowsum_hvp", "hutchinson")
+        for s, a in enumerate(ACC[("sgd-ph", 0.1)])
+    ]
     _, trials = load(recs)
     fig = P.sensitivity_plot(trials, "estimator")
     ax = fig.axes[0]
@@ -145,8 +193,11 @@ def test_paired_comparison_matches_scipy():
 
 
 def test_performance_profile():
-    recs = _records() + [_trial(o, s, a - (0.3 if o == "sgd-ph" else 0.0), {"lr": lr}, task="mnist1d", model="cnn1d")
-                         for (o, lr), accs in ACC.items() for s, a in enumerate(accs)]
+    recs = _records() + [
+        _trial(o, s, a - (0.3 if o == "sgd-ph" else 0.0), {"lr": lr}, task="mnist1d", model="cnn1d")
+        for (o, lr), accs in ACC.items()
+        for s, a in enumerate(accs)
+    ]
     _, trials = load(recs)
     prof = performance_profile(trials, taus=[1.0, 100.0])
     at1 = prof[prof["tau"] == 1.0].set_index("optimizer")["rho"]
@@ -168,7 +219,9 @@ def test_figures_have_expected_axes_and_panels():
     assert fig.axes[0].get_xlabel() == "lr" and "accuracy" in fig.axes[0].get_ylabel()
     assert len(fig.axes[0].get_legend().get_texts()) == 2
     fig = P.training_curves(epochs, trials)
-    assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "test accuracy" and fig.axes[1].get_ylabel() == "train loss"
+    assert (
+        len(fig.axes) == 2 and fig.axes[0].get_ylabel() == "test accuracy" and fig.axes[1].get_ylabel() == "train loss"
+    )
     fig = P.training_curves(epochs, trials, x="wall_time")
     assert fig.axes[0].get_xlabel() == "wall-clock time (s)"
     fig = P.cost_bars(trials)
@@ -187,14 +240,33 @@ def test_report_has_every_section_and_figure(tmp_path):
     recs = []
     for wd in (0.0, 5e-4):
         for (opt, lr), accs in ACC.items():
-            recs += [_trial(opt, s, a, {"lr": lr, "weight_decay": wd}, status="diverged" if (s, lr, wd) == (0, 0.3, 0.0) else "ok")
-                     for s, a in enumerate(accs)]
+            recs += [
+                _trial(
+                    opt,
+                    s,
+                    a,
+                    {"lr": lr, "weight_decay": wd},
+                    status="diverged" if (s, lr, wd) == (0, 0.3, 0.0) else "ok",
+                )
+                for s, a in enumerate(accs)
+            ]
     root = _store(tmp_path, recs)
     html_path, md_path = write_report(root, tmp_path / "rep")
     html, md = html_path.read_text(), md_path.read_text()
-    for section in ("Verdict", "Budgets and expected maximum", "Overview", "Grid specification", "Environment",
-                    "Summary over seeds", "Learning rate x weight decay", "Sensitivity", "Comparison details",
-                    "Training curves", "Cost", "Missing, failed and diverged trials"):
+    for section in (
+        "Verdict",
+        "Budgets and expected maximum",
+        "Overview",
+        "Grid specification",
+        "Environment",
+        "Summary over seeds",
+        "Learning rate x weight decay",
+        "Sensitivity",
+        "Comparison details",
+        "Training curves",
+        "Cost",
+        "Missing, failed and diverged trials",
+    ):
         assert f"## {section}" in md and f">{section}</h2>" in html
     pngs = sorted((tmp_path / "rep" / "figures").glob("*.png"))
     assert len(pngs) >= 5 and len(list((tmp_path / "rep" / "figures").glob("*.svg"))) == len(pngs)
@@ -211,6 +283,7 @@ def test_report_has_every_section_and_figure(tmp_path):
 def test_report_on_an_incomplete_grid_lists_missing_trials(tmp_path):
     from optlab.grid import expand, load_spec
     from optlab.train import train
+
     spec = """name = "inc"\nseeds = [0, 1]\n[run]\nepochs = 1\nbatch_size = 256\nmodel_options = {width = 8}\n
 [[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n[[optimizer]]\nname = "sgd"\nlr = [0.1]\n"""
     trials = expand(load_spec(spec, is_text=True))
@@ -239,34 +312,88 @@ def test_empty_and_corrupt_results_are_clear_errors(tmp_path):
 
 
 # ----------------------------------------------------------------- schema 2: validation, stages, budgets, verdicts
-def _v2(opt, seed, val, test, hp=None, stage="tuning", status="ok", task="digits", model="cnn-bn", epochs=3,
-        resolved=None, error=None, arm=None):
+def _v2(
+    opt,
+    seed,
+    val,
+    test,
+    hp=None,
+    stage="tuning",
+    status="ok",
+    task="digits",
+    model="cnn-bn",
+    epochs=3,
+    resolved=None,
+    error=None,
+    arm=None,
+):
     hp = dict(hp or {})
-    metrics = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "train_acc": 0.95, "val_loss": 1.0 - val,
-                "val_acc": val - 0.01 * (epochs - 1 - e), "test_loss": 1.0 - test,
-                "test_acc": test - 0.01 * (epochs - 1 - e), "lr": 0.1, "lrs": {"rest": 0.1},
-                "time_forward_backward": 0.5, "time_curvature": 0.0, "time_update": 0.1, "time_epoch": 0.7,
-                "wall_time": 0.7 * (e + 1), "hvp_count": 0, "vjp_count": 0} for e in range(epochs)]
+    metrics = [
+        {
+            "epoch": e + 1,
+            "train_loss": 1.0 / (e + 1),
+            "train_acc": 0.95,
+            "val_loss": 1.0 - val,
+            "val_acc": val - 0.01 * (epochs - 1 - e),
+            "test_loss": 1.0 - test,
+            "test_acc": test - 0.01 * (epochs - 1 - e),
+            "lr": 0.1,
+            "lrs": {"rest": 0.1},
+            "time_forward_backward": 0.5,
+            "time_curvature": 0.0,
+            "time_update": 0.1,
+            "time_epoch": 0.7,
+            "wall_time": 0.7 * (e + 1),
+            "hvp_count": 0,
+            "vjp_count": 0,
+        }
+        for e in range(epochs)
+    ]
     if status == "diverged":
         metrics[-1].update(train_loss=float("nan"), val_acc=float("nan"), test_acc=float("nan"))
-    cfg = {"task": task, "model": model, "optimizer": opt, "hparams": hp, "seed": seed, "epochs": epochs,
-           "batch_size": 64, "lr_schedule": "cosine", "warmup_epochs": 0.0, "decouple": False, "engine": "autograd"}
-    rec = {"schema_version": 2, "id": f"{stage}-{arm or opt}-{task}-{json.dumps(hp, sort_keys=True)}-{seed}",
-           "arm": arm or opt,
-           "status": status, "error": error if error is not None else (None if status == "ok" else "non-finite loss"),
-           "config": cfg, "stage": stage, "hparams_resolved": {"momentum": 0.9, "weight_decay": 0.0,
-                                                               **(resolved or {}), **hp},
-           "plugins": {"optlab": "0.1.0"}, "metrics": metrics,
-           "env": {"host": "h", "git_revision": "abc", "versions": {"torch": "2.13.0"}}}
+    cfg = {
+        "task": task,
+        "model": model,
+        "optimizer": opt,
+        "hparams": hp,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": 64,
+        "lr_schedule": "cosine",
+        "warmup_epochs": 0.0,
+        "decouple": False,
+        "engine": "autograd",
+    }
+    rec = {
+        "schema_version": 2,
+        "id": f"{stage}-{arm or opt}-{task}-{json.dumps(hp, sort_keys=True)}-{seed}",
+        "arm": arm or opt,
+        "status": status,
+        "error": error if error is not None else (None if status == "ok" else "non-finite loss"),
+        "config": cfg,
+        "stage": stage,
+        "hparams_resolved": {"momentum": 0.9, "weight_decay": 0.0, **(resolved or {}), **hp},
+        "plugins": {"optlab": "0.1.0"},
+        "metrics": metrics,
+        "env": {"host": "h", "git_revision": "abc", "versions": {"torch": "2.13.0"}},
+    }
     if stage == "evaluation":
-        rec["selection"] = {"metric": "final_val_acc", "tuning_seeds": [0, 1, 2], "score": val, "configs_tried": 2,
-                            "config": f"{opt}{hp}"}
+        rec["selection"] = {
+            "metric": "final_val_acc",
+            "tuning_seeds": [0, 1, 2],
+            "score": val,
+            "configs_tried": 2,
+            "config": f"{opt}{hp}",
+        }
     return rec
 
 
 def _final(recs, opt, key, **hp):
-    return [r for r in recs if r["config"]["optimizer"] == opt and all(r["config"]["hparams"].get(k) == v
-                                                                       for k, v in hp.items())]
+    return [
+        r
+        for r in recs
+        if r["config"]["optimizer"] == opt and all(r["config"]["hparams"].get(k) == v for k, v in hp.items())
+    ]
 
 
 def test_load_v2_fills_hparams_from_the_record_not_todays_presets():
@@ -285,10 +412,16 @@ def test_load_v2_fills_hparams_from_the_record_not_todays_presets():
 def _random_results(rng, test_rng, eval_seeds=()):
     """Tuning grid (3 seeds) of three optimizers with random validation and (independently) random test
     metrics; evaluation seeds for the configurations validation selects when ``eval_seeds``."""
-    grid = {"sgd": [{"lr": lr, "weight_decay": wd} for lr in (0.03, 0.1, 0.3) for wd in (0.0, 5e-4)],
-            "sgd-ph": [{"lr": lr, "weight_decay": wd, "hessian_momentum": hm} for lr in (0.03, 0.1, 0.3)
-                       for wd in (0.0, 5e-4) for hm in (0.0, 0.9)],
-            "sgd-scaled": [{"lr": lr, "weight_decay": wd} for lr in (0.1, 0.3) for wd in (0.0, 5e-4)]}
+    grid = {
+        "sgd": [{"lr": lr, "weight_decay": wd} for lr in (0.03, 0.1, 0.3) for wd in (0.0, 5e-4)],
+        "sgd-ph": [
+            {"lr": lr, "weight_decay": wd, "hessian_momentum": hm}
+            for lr in (0.03, 0.1, 0.3)
+            for wd in (0.0, 5e-4)
+            for hm in (0.0, 0.9)
+        ],
+        "sgd-scaled": [{"lr": lr, "weight_decay": wd} for lr in (0.1, 0.3) for wd in (0.0, 5e-4)],
+    }
     recs = []
     for opt, configs in grid.items():
         for hp in configs:
@@ -302,8 +435,9 @@ def _random_results(rng, test_rng, eval_seeds=()):
             chosen = best_configs(trials)
         for _, row in chosen.iterrows():
             hp = next(h for h in grid[row["optimizer"]] if all(row[k] == v for k, v in h.items()))
-            recs += [_v2(row["optimizer"], s, 0.9, test_rng.uniform(0.8, 1.0), hp, stage="evaluation")
-                     for s in eval_seeds]
+            recs += [
+                _v2(row["optimizer"], s, 0.9, test_rng.uniform(0.8, 1.0), hp, stage="evaluation") for s in eval_seeds
+            ]
     return recs
 
 
@@ -358,9 +492,13 @@ def test_selection_never_reads_test_metrics(eval_seeds):
 
 def test_selection_rule_eligibility_fallback_and_ties():
     def trials_of(spec):
-        recs = [_v2("sgd", seed, val, 0.5, {"lr": lr}, status=st)
-                for lr, rows in spec.items() for seed, (val, st) in enumerate(rows)]
+        recs = [
+            _v2("sgd", seed, val, 0.5, {"lr": lr}, status=st)
+            for lr, rows in spec.items()
+            for seed, (val, st) in enumerate(rows)
+        ]
         return load(recs)[1]
+
     ok3 = [(0.90, "ok")] * 3
     # lr=0.2 has the higher mean over its finished seeds, but a diverged seed: not eligible
     best = best_configs(trials_of({0.1: ok3, 0.2: [(0.95, "ok"), (0.95, "ok"), (0.95, "diverged")]}))
@@ -378,14 +516,16 @@ def test_selection_rule_eligibility_fallback_and_ties():
 
 def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
     from optlab.grid import Trial, config_label, select_configs
+
     rng = np.random.default_rng(3)
     recs = []
     for arm, fixed in (("sgd-ph-a", {"every": 1}), ("sgd-ph-b", {"every": 50})):
         for lr in (0.03, 0.1, 0.3):
             for seed in range(3):  # discrete accuracies
                 st = "diverged" if rng.uniform() < 0.15 else "ok"
-                recs.append(_v2("sgd-ph", seed, float(rng.integers(90, 93)) / 100, 0.9, {"lr": lr, **fixed},
-                                arm=arm, status=st))
+                recs.append(
+                    _v2("sgd-ph", seed, float(rng.integers(90, 93)) / 100, 0.9, {"lr": lr, **fixed}, arm=arm, status=st)
+                )
     for lr, vals in ((0.03, [0.95] * 3), (0.1, [0.95] * 3), (0.3, [0.9] * 3)):  # a tie
         recs += [_v2("sgd", seed, v, 0.9, {"lr": lr}) for seed, v in enumerate(vals)]
     _, trials = load(recs)
@@ -413,8 +553,9 @@ def _protocol_records(eval_=True, scaled=True, mismatch=False):
     recs = []
     for opt, good in (("sgd", 0.1), ("sgd-ph", 0.3)):
         for lr in (0.1, 0.3):
-            recs += [_v2(opt, s, 0.95 if lr == good else 0.90, 0.80 if lr == good else 0.99, {"lr": lr})
-                     for s in range(3)]
+            recs += [
+                _v2(opt, s, 0.95 if lr == good else 0.90, 0.80 if lr == good else 0.99, {"lr": lr}) for s in range(3)
+            ]
     if scaled:
         recs += [_v2("sgd-scaled", s, 0.93, 0.9, {"lr": 0.1}) for s in range(3)]
     if eval_:
@@ -426,8 +567,11 @@ def _protocol_records(eval_=True, scaled=True, mismatch=False):
     return recs
 
 
-EVAL = {"sgd": [0.90, 0.91, 0.92, 0.93, 0.94], "sgd-ph": [0.911, 0.921, 0.929, 0.941, 0.951],
-        "sgd-scaled": [0.9004, 0.9097, 0.9203, 0.9298, 0.9401]}
+EVAL = {
+    "sgd": [0.90, 0.91, 0.92, 0.93, 0.94],
+    "sgd-ph": [0.911, 0.921, 0.929, 0.941, 0.951],
+    "sgd-scaled": [0.9004, 0.9097, 0.9203, 0.9298, 0.9401],
+}
 
 
 def test_comparisons_on_evaluation_seeds_match_scipy_with_holm_and_verdicts():
@@ -510,9 +654,12 @@ def test_report_leads_with_the_verdict_and_escapes_html(tmp_path):
 
 def test_cli_report_prints_the_verdict_table(tmp_path, capsys):
     from optlab.cli import main
+
     root = _store(tmp_path, _protocol_records())
-    assert main(["report", str(root), "-o", str(tmp_path / "rep"), "--margin", "0.01", "--controls",
-                 "sgd-scaled,nope"]) == 0
+    assert (
+        main(["report", str(root), "-o", str(tmp_path / "rep"), "--margin", "0.01", "--controls", "sgd-scaled,nope"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "verdict (final_test_acc, configurations selected on final_val_acc; margin +-1 pp" in out
     assert "better" in out and "equivalent" in out and "WARNING: unequal tuning budgets" in out
@@ -521,6 +668,7 @@ def test_cli_report_prints_the_verdict_table(tmp_path, capsys):
 
 def test_report_without_the_baseline_says_so():
     from optlab.analysis.report import _verdict_section
+
     _, trials = load(_protocol_records(scaled=False))
     sec, cmp = _verdict_section(trials, "adam", ("sgd-scaled",), 0.005, 0.05, "final_val_acc", "final_test_acc")
     assert cmp.empty and "baseline `adam` is not in these results (optimizers: sgd, sgd-ph)" in sec.warnings[0]
@@ -531,11 +679,15 @@ def test_real_two_stage_grid_analysis_agrees_with_the_runner(tmp_path):
     """The runner's records (real training, tiny): the analysis selects what the runner evaluated,
     compares on the evaluation seeds, and reads the resolved hyperparameters the trials recorded."""
     from optlab.grid import load_spec, run_grid
-    spec = load_spec('name = "two-stage"\nseeds = [0, 1]\n[protocol]\nevaluation_seeds = [100, 101, 102]\n'
-                     '[run]\nepochs = 1\nbatch_size = 256\nmodel_options = {width = 8}\n'
-                     '[[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n'
-                     '[[optimizer]]\nname = "sgd"\nlr = [0.05, 0.2]\n'
-                     '[[optimizer]]\nname = "sgd"\nlabel = "sgd-slow"\nlr = [0.01, 0.02]\n', is_text=True)
+
+    spec = load_spec(
+        'name = "two-stage"\nseeds = [0, 1]\n[protocol]\nevaluation_seeds = [100, 101, 102]\n'
+        "[run]\nepochs = 1\nbatch_size = 256\nmodel_options = {width = 8}\n"
+        '[[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n'
+        '[[optimizer]]\nname = "sgd"\nlr = [0.05, 0.2]\n'
+        '[[optimizer]]\nname = "sgd"\nlabel = "sgd-slow"\nlr = [0.01, 0.02]\n',
+        is_text=True,
+    )
     run_grid(spec, results=tmp_path / "res", progress=False)
     records = list(Store(tmp_path / "res").iter_results())
     _, trials = load(records)

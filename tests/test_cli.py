@@ -1,4 +1,5 @@
 """The command line: every option of every subcommand has a help text (issue 15)."""
+
 import argparse
 
 from optlab.cli import build_parser

@@ -5,6 +5,7 @@ backward-first (``loss.backward(create_graph=opt.needs_graph()); opt.step()``).
 Each either trains exactly as its reference does or raises a clear error; never
 a silent no-op. Plus clipping, accumulation and GradScaler (issue 15 item 4).
 """
+
 import warnings
 
 import pytest
@@ -31,11 +32,13 @@ def _step(opt, pb, style):
     if style == "forward":
         return opt.step(lambda: (F.cross_entropy(out := pb.model(pb.x), pb.y), out))
     if style == "standard":
+
         def closure():
             opt.zero_grad()
             loss = pb.loss()
             loss.backward()
             return loss
+
         return opt.step(closure)
     opt.zero_grad()
     loss = pb.loss()
@@ -149,6 +152,7 @@ def test_torch_autograd_backward_in_closure_on_a_refresh_step_is_an_error():
         loss = pb.loss()
         torch.autograd.backward(loss)
         return loss
+
     with pytest.raises(RuntimeError, match=r"torch.autograd.backward\(\)"):
         opt.step(closure)
 
@@ -241,7 +245,7 @@ def test_accumulation_equals_the_full_batch_step(name):
 def test_grad_scaler_unscales_gradients_and_curvature(name):
     a, b = make_problem("mlp_bn1d"), make_problem("mlp_bn1d")
     opt, ref = _build(name, a.model), _build(name, b.model)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, growth_interval=1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1)
     for _ in range(4):
         opt.zero_grad()
         scaler.scale(a.loss()).backward(create_graph=opt.needs_graph())
@@ -250,13 +254,13 @@ def test_grad_scaler_unscales_gradients_and_curvature(name):
         _step(ref, b, "forward")
     for p, q in zip(a.model.parameters(), b.model.parameters()):  # power-of-two scales: exact
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
-    assert scaler.get_scale() > 2.0 ** 12  # no overflow seen, the scale grew
+    assert scaler.get_scale() > 2.0**12  # no overflow seen, the scale grew
 
 
 def test_grad_scaler_skips_a_step_with_inf_and_retries_the_refresh():
     pb = make_problem("mlp_bn1d")
     opt = optlab.optimizer("sgd-ph", pb.model, every=5)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     before = _state(pb)
     opt.zero_grad()
     (scaler.scale(pb.loss()) * float("inf")).backward(create_graph=opt.needs_graph())
@@ -264,7 +268,7 @@ def test_grad_scaler_skips_a_step_with_inf_and_retries_the_refresh():
     scaler.update()
     assert all(torch.equal(a, b) for a, b in zip(before, _state(pb)))
     assert opt.needs_graph() and opt.rule_state("channelwise")["step"] == 0
-    assert scaler.get_scale() == 2.0 ** 11
+    assert scaler.get_scale() == 2.0**11
 
 
 def test_grad_scaler_with_unscale_before_a_curvature_step_is_refused():

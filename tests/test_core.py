@@ -1,4 +1,5 @@
 """Core: partition, RuleOptimizer, presets vs torch.optim.SGD and the reference semantics."""
+
 import copy
 
 import pytest
@@ -17,11 +18,14 @@ def _params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("hp", [
-    dict(momentum=0.9, weight_decay=5e-4),
-    dict(momentum=0.9, weight_decay=1e-3, nesterov=True),
-    dict(momentum=0.0, weight_decay=0.0),
-])
+@pytest.mark.parametrize(
+    "hp",
+    [
+        dict(momentum=0.9, weight_decay=5e-4),
+        dict(momentum=0.9, weight_decay=1e-3, nesterov=True),
+        dict(momentum=0.0, weight_decay=0.0),
+    ],
+)
 @pytest.mark.parametrize("style", ["closure", "backward"])
 def test_sgd_ph_with_empty_selector_is_torch_sgd(hp, style):
     a, b = make_problem("cnn_bn2d"), make_problem("cnn_bn2d")
@@ -49,8 +53,12 @@ def test_sgd_preset_dampening_matches_torch():
     opt = optlab.optimizer("sgd", a.model, lr=0.1, momentum=0.8, dampening=0.3, weight_decay=1e-2)
     ref = torch.optim.SGD(b.model.parameters(), lr=0.1, momentum=0.8, dampening=0.3, weight_decay=1e-2)
     for _ in range(20):
-        opt.zero_grad(); a.loss().backward(); opt.step()
-        ref.zero_grad(); b.loss().backward(); ref.step()
+        opt.zero_grad()
+        a.loss().backward()
+        opt.step()
+        ref.zero_grad()
+        b.loss().backward()
+        ref.step()
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
 
 
@@ -63,6 +71,7 @@ def test_rowsum_hvp_equals_dense_block_rowsums(model, engine):
     H = dense_hessian(pb.loss, params, model=pb.model)
     want = [H[s, s].sum(1).abs().reshape(p.shape) for s, p in zip(block_slices(params), params)]
     from optlab.hvp import get_engine
+
     ctx = get_engine(engine).context(model=pb.model, closure=pb.loss, params=params, names=names)
     got = optlab.estimator("rowsum_hvp").estimate(ctx, list(range(len(params))), {"absolute": True}, None)
     for i, n in enumerate(names):
@@ -72,6 +81,7 @@ def test_rowsum_hvp_equals_dense_block_rowsums(model, engine):
 
 def test_dense_reference_agrees_with_finite_differences():
     from optlab.testing import fd_hessian
+
     pb = make_problem("residual")  # two native BatchNorms: the torch.func.hessian trap
     names, params = pb.params()
     params = [p for n, p in zip(names, params) if "bn" in n or n == "conv2.weight"]
@@ -86,10 +96,13 @@ def test_engines_agree_on_batched_hvps(model):
     pb = make_problem(model)
     names, params = pb.params(optlab.selector("channelwise"))
     from optlab.hvp import get_engine
+
     g = torch.Generator().manual_seed(1)
     vs = {i: torch.randn(4, *p.shape, generator=g, dtype=p.dtype) for i, p in enumerate(params)}
-    out = {e: get_engine(e).context(model=pb.model, closure=pb.loss, params=params, names=names).hvp_batched(vs)
-           for e in ("autograd", "func")}
+    out = {
+        e: get_engine(e).context(model=pb.model, closure=pb.loss, params=params, names=names).hvp_batched(vs)
+        for e in ("autograd", "func")
+    }
     H = dense_hessian(pb.loss, params, model=pb.model)
     V = torch.cat([vs[i].reshape(4, -1) for i in range(len(params))], 1)
     want = V @ H
@@ -151,17 +164,21 @@ def test_sgd_ph_reference_reproduces_reference_semantics(model):
     _reference_semantics(b.model, b.loss, 20)
     for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12, msg=n)
-    assert not torch.equal(a.model[0].weight if model != "residual" else a.model.conv1.weight,
-                           make_problem(model).model.state_dict()[
-                               "0.weight" if model != "residual" else "conv1.weight"])
+    assert not torch.equal(
+        a.model[0].weight if model != "residual" else a.model.conv1.weight,
+        make_problem(model).model.state_dict()["0.weight" if model != "residual" else "conv1.weight"],
+    )
 
 
-@pytest.mark.parametrize("preset,hp", [
-    ("sgd-ph", dict(schedule="round_robin", every=1, estimator="rowsum_hvp")),
-    ("sgd-ph", dict(schedule="all", every=3, weight_decay=1e-3)),
-    ("sgd-ph-reference", dict(weight_decay=5e-4)),
-    ("sgd", dict(nesterov=True)),
-])
+@pytest.mark.parametrize(
+    "preset,hp",
+    [
+        ("sgd-ph", dict(schedule="round_robin", every=1, estimator="rowsum_hvp")),
+        ("sgd-ph", dict(schedule="all", every=3, weight_decay=1e-3)),
+        ("sgd-ph-reference", dict(weight_decay=5e-4)),
+        ("sgd", dict(nesterov=True)),
+    ],
+)
 def test_state_dict_resume_is_bit_for_bit(preset, hp):
     a = make_problem("cnn_bn2d")
     oa = optlab.optimizer(preset, a.model, seed=0, **hp)
@@ -237,8 +254,11 @@ def test_step_returns_detached_loss_and_sets_grad():
 def test_one_message_for_unknown_names():
     from optlab.hparams import unknown_name
     from optlab.tasks import Task
-    assert unknown_name("engine", "fnc", ["autograd", "func"]) == \
-        "unknown engine 'fnc'. Did you mean 'func'? Valid: autograd, func."
+
+    assert (
+        unknown_name("engine", "fnc", ["autograd", "func"])
+        == "unknown engine 'fnc'. Did you mean 'func'? Valid: autograd, func."
+    )
     assert unknown_name("x", "zzz", ["b", "a"], sort=True, valid_label="Valid xs") == "unknown x 'zzz'. Valid xs: a, b."
     t = Task("t", torch.zeros(4, 2), torch.zeros(4), torch.zeros(2, 2), torch.zeros(2), num_classes=2)
     with pytest.raises(ValueError, match=r"unknown split 'tset'. Did you mean 'test'\? Valid: train, val, test."):
@@ -261,16 +281,19 @@ def test_unknown_names_list_valid_ones_and_suggest():
         optlab.optimizer("sgd-ph", m, prbes=3)
 
 
-@pytest.mark.parametrize("hp,match", [
-    (dict(lr=-0.1), r"invalid lr=-0.1; expected a finite number >= 0"),
-    (dict(eps=-1e-4), r"invalid eps=-0.0001; expected a finite number > 0"),
-    (dict(tau=0.0), r"invalid tau=0.0"),
-    (dict(momentum=1.0), r"invalid momentum=1.0; expected a number in \[0, 1\)"),
-    (dict(momentum=-0.1), r"invalid momentum"),
-    (dict(hessian_momentum=1.5), r"invalid hessian_momentum=1.5"),
-    (dict(schedule="sometimes"), r"invalid schedule='sometimes'; expected one of 'all', 'round_robin'"),
-    (dict(every=0), r"invalid every=0; expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "hp,match",
+    [
+        (dict(lr=-0.1), r"invalid lr=-0.1; expected a finite number >= 0"),
+        (dict(eps=-1e-4), r"invalid eps=-0.0001; expected a finite number > 0"),
+        (dict(tau=0.0), r"invalid tau=0.0"),
+        (dict(momentum=1.0), r"invalid momentum=1.0; expected a number in \[0, 1\)"),
+        (dict(momentum=-0.1), r"invalid momentum"),
+        (dict(hessian_momentum=1.5), r"invalid hessian_momentum=1.5"),
+        (dict(schedule="sometimes"), r"invalid schedule='sometimes'; expected one of 'all', 'round_robin'"),
+        (dict(every=0), r"invalid every=0; expected an integer >= 1"),
+    ],
+)
 def test_bad_hyperparameters_are_named(hp, match):
     with pytest.raises(ValueError, match=match):
         optlab.optimizer("sgd-ph", make_problem("mlp_bn1d").model, **hp)
@@ -307,6 +330,7 @@ def test_unused_parameter_in_curvature_rule_is_a_clear_error():
 
         def forward(self, x):
             return self.bn(self.fc(x))
+
     m = M()
     opt = optlab.optimizer("sgd-ph", m, schedule="all")
     x = torch.randn(8, 3)
@@ -319,23 +343,44 @@ def test_partition_errors_name_the_parameter():
     m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     sgd = optlab.stepper("sgd")
     with pytest.raises(ValueError, match=r"parameter '1.weight' is matched by several rules"):
-        optlab.partition(m, [optlab.Rule("a", optlab.selector("norm"), None, sgd),
-                             optlab.Rule("b", optlab.selector("one_d"), None, sgd),
-                             optlab.Rule("c", optlab.rest(), None, sgd)])
+        optlab.partition(
+            m,
+            [
+                optlab.Rule("a", optlab.selector("norm"), None, sgd),
+                optlab.Rule("b", optlab.selector("one_d"), None, sgd),
+                optlab.Rule("c", optlab.rest(), None, sgd),
+            ],
+        )
     with pytest.raises(ValueError, match=r"parameter '0.weight' .* is matched by no rule"):
         optlab.partition(m, [optlab.Rule("a", optlab.selector("one_d"), None, sgd)])
-    groups = optlab.partition(m, [optlab.Rule("a", optlab.selector("norm"), None, sgd, {"lr": 0.3}),
-                                  optlab.Rule("b", optlab.rest(), None, sgd)])
+    groups = optlab.partition(
+        m,
+        [optlab.Rule("a", optlab.selector("norm"), None, sgd, {"lr": 0.3}), optlab.Rule("b", optlab.rest(), None, sgd)],
+    )
     assert [g["param_names"] for g in groups] == [["1.weight", "1.bias"], ["0.weight", "0.bias"]]
     assert groups[0]["lr"] == 0.3 and groups[1]["lr"] == 0.1
 
 
 def test_selectors_compose_and_know_module_types():
-    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.GroupNorm(1, 3), nn.LayerNorm([3]),
-                      nn.InstanceNorm2d(3, affine=True), nn.Linear(3, 2))
+    m = nn.Sequential(
+        nn.Conv2d(2, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.GroupNorm(1, 3),
+        nn.LayerNorm([3]),
+        nn.InstanceNorm2d(3, affine=True),
+        nn.Linear(3, 2),
+    )
     sel = optlab.selector
-    assert sel("norm").select(m) == ["1.weight", "1.bias", "2.weight", "2.bias", "3.weight", "3.bias",
-                                     "4.weight", "4.bias"]
+    assert sel("norm").select(m) == [
+        "1.weight",
+        "1.bias",
+        "2.weight",
+        "2.bias",
+        "3.weight",
+        "3.bias",
+        "4.weight",
+        "4.bias",
+    ]
     assert (sel("one_d") & ~sel("norm")).select(m) == ["0.bias", "5.bias"]
     assert (sel("regex", r"^0\.") | sel("regex", r"^5\.weight")).select(m) == ["0.weight", "0.bias", "5.weight"]
     with pytest.raises(TypeError, match="rest"):
@@ -361,8 +406,10 @@ def test_decouple_keeps_outputs_and_exposes_scales():
 def test_sgd_ph_on_decoupled_net_uses_newton_for_scales():
     pb = make_problem("wn_conv")
     opt = optlab.optimizer("sgd-ph", pb.model, schedule="all")
-    assert opt.param_groups[0]["param_names"] == ["0.parametrizations.weight.original0",
-                                                  "4.parametrizations.weight.original0"]
+    assert opt.param_groups[0]["param_names"] == [
+        "0.parametrizations.weight.original0",
+        "4.parametrizations.weight.original0",
+    ]
     for _ in range(3):
         opt.step(pb.loss)
     assert all("hessian" in opt.state[p] for p in opt.param_groups[0]["params"])
@@ -387,9 +434,20 @@ def test_diag_newton_rectify_modes_and_bias_correction():
     for rectify, rect in [("abs", h.abs()), ("clip", h.clamp_min(0.25)), ("damping", h.clamp_min(0) + 0.1)]:
         for at in ("refresh", "use"):
             q = p.detach().clone()
-            group = dict(lr=0.5, momentum=0.9, weight_decay=0.01, hessian_momentum=0.8, tau=1e-2, eps=1e-3,
-                         rectify=rectify, rectify_at=at, floor=0.25, damping=0.1,
-                         bias_correction="refreshes", bias_period=None)
+            group = dict(
+                lr=0.5,
+                momentum=0.9,
+                weight_decay=0.01,
+                hessian_momentum=0.8,
+                tau=1e-2,
+                eps=1e-3,
+                rectify=rectify,
+                rectify_at=at,
+                floor=0.25,
+                damping=0.1,
+                bias_correction="refreshes",
+                bias_period=None,
+            )
             st.step([q], [g], [{}], group, curvature=[h], rule_step=1)
             # one refresh: D_hat = D / (1 - 0.8) = h (signed, 'use') or r(h) ('refresh') -> same r(h)
             want = p.detach() - 0.5 * (1e-2 * g / (rect + 1e-3) + 0.01 * p.detach())
@@ -406,6 +464,7 @@ def test_create_graph_only_on_refresh_steps(monkeypatch):
         if kwargs.get("create_graph"):
             seen.append(len(seen_steps))
         return real(outputs, inputs, *args, **kwargs)
+
     seen_steps = []
     monkeypatch.setattr(torch.autograd, "grad", spy)
     for _ in range(7):

@@ -10,6 +10,7 @@ tests below read them. Per case (preset x model x closure style):
 * reference: float64 2-rank training vs single-process training of the same
   model on the concatenated batch (BN-free or SyncBatchNorm models) -- 1e-6.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ PRESETS = {  # every=2 mixes refresh and plain steps
     "sgd-ph": dict(lr=0.1, every=2),
     "sgd-ph-reference": dict(lr=0.1),
     "adahessian": dict(lr=0.05, every=2),
-    "sophia": dict(lr=0.01, every=2),                          # ggn_mc (Sophia-G)
+    "sophia": dict(lr=0.01, every=2),  # ggn_mc (Sophia-G)
     "sophia-h": dict(lr=0.01, every=2, estimator="hutchinson"),
     "sophia-exact": dict(lr=0.01, every=2, estimator="ggn_exact_diag"),
 }
@@ -81,11 +82,13 @@ def train(model, opt, style: str, steps, data, ddp_opt=None):
         if style == "forward":
             opt.step(lambda: (F.cross_entropy(out := model(x), y), out))
         elif style == "standard":
+
             def closure():
                 opt.zero_grad()
                 loss = F.cross_entropy(model(x), y)
                 loss.backward()
                 return loss
+
             opt.step(closure)
         else:  # backward-first
             opt.zero_grad()
@@ -131,9 +134,15 @@ def run_case(rank: int, key: str, kind: str, style: str) -> dict:
     curv = flat(curvature_state(opt))
     curv_all = [torch.zeros_like(curv) for _ in range(WORLD)]
     dist.all_gather(curv_all, curv)
-    res = {"replica_diff": max_diff(gathered[0], gathered[1]), "curvature_diff": max_diff(curv_all[0], curv_all[1]),
-           "curvature_numel": curv.numel(), "hvp_count": opt.hvp_count, "moved": None, "ref_diff": None,
-           "ref_curvature_diff": None}
+    res = {
+        "replica_diff": max_diff(gathered[0], gathered[1]),
+        "curvature_diff": max_diff(curv_all[0], curv_all[1]),
+        "curvature_numel": curv.numel(),
+        "hvp_count": opt.hvp_count,
+        "moved": None,
+        "ref_diff": None,
+        "ref_curvature_diff": None,
+    }
     if rank == 0:
         init = flat(make_model(kind).parameters())
         res["moved"] = max_diff(params, init)
@@ -199,8 +208,11 @@ def run_errors(rank: int) -> dict:
     out["ggn_syncbn"] = err(lambda: sophia.step(lambda: (F.cross_entropy(out_ := sync(x), y), out_)))
     fsdp_like = make_model("bn")
     out["pto_ddp"] = err(lambda: optlab.optimizer("pto-adahessian", DDP(fsdp_like)))
-    out["func_ddp"] = err(lambda: optlab.optimizer("sgd-ph", DDP(make_model("bn")), engine="func").step(
-        lambda: F.cross_entropy(model(x), y)))
+    out["func_ddp"] = err(
+        lambda: optlab.optimizer("sgd-ph", DDP(make_model("bn")), engine="func").step(
+            lambda: F.cross_entropy(model(x), y)
+        )
+    )
     torch_sgd = optlab.optimizer("torch-sgd", ddp)
     before = flat(model.parameters())
     torch_sgd.step(lambda: F.cross_entropy(ddp(x), y))  # forward-only closure through DDP's reducer
@@ -212,9 +224,11 @@ def run_errors(rank: int) -> dict:
     return out
 
 
-CASES = ([(k, m, "forward") for k in PRESETS for m in MODELS]
-         + [(k, "syncbn", s) for k in ("sgd", "sgd-ph", "sgd-ph-reference", "adahessian", "sophia-h")
-            for s in ("standard", "backward")])
+CASES = [(k, m, "forward") for k in PRESETS for m in MODELS] + [
+    (k, "syncbn", s)
+    for k in ("sgd", "sgd-ph", "sgd-ph-reference", "adahessian", "sophia-h")
+    for s in ("standard", "backward")
+]
 RESUME = ("sgd-ph", "adahessian", "sophia-h")
 
 
@@ -229,8 +243,10 @@ def worker(rank: int, port: int, path: str) -> None:
             try:
                 results[f"{key}/{kind}/{style}"] = run_case(rank, key, kind, style)
             except Exception as exc:  # noqa: BLE001 - recorded; every rank raises alike
-                results[f"{key}/{kind}/{style}"] = {"error": f"{type(exc).__name__}: {exc}",
-                                                    "traceback": traceback.format_exc()}
+                results[f"{key}/{kind}/{style}"] = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                }
         for key in RESUME:
             results[f"resume/{key}"] = run_resume(rank, key)
         results["errors"] = run_errors(rank)

@@ -1,5 +1,6 @@
 """The docs' code: every Python snippet of the plugin guide runs on its own (its imports
 included), and the hook reference is generated from the hookspecs."""
+
 import re
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_every_plugin_guide_snippet_runs_standalone(i, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "plugins" / "optlab-fisher"))  # the worked example's package
     namespace = {"__name__": f"snippet{i}"}
     exec(compile(SNIPPETS[i], f"{GUIDE.name}[snippet {i}]", "exec"), namespace)  # NameError = a missing import
-    for name, fn in list(namespace.items()):   # test functions of the snippets run too
+    for name, fn in list(namespace.items()):  # test functions of the snippets run too
         if name.startswith("test_") and callable(fn):
             fn()
     sys.modules.pop("optlab_fisher.plugin", None)

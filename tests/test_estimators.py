@@ -1,4 +1,5 @@
 """Curvature estimators against dense float64 references; statistical tests for stochastic ones."""
+
 import pytest
 import torch
 from torch import nn
@@ -6,7 +7,7 @@ from torch import nn
 import optlab
 from optlab.hvp import get_engine
 from optlab.plugins import estimators as E
-from optlab.testing import (check_estimator, dense_ggn, dense_hessian, flat, make_problem)
+from optlab.testing import check_estimator, dense_ggn, dense_hessian, flat, make_problem
 
 PROBLEMS = ("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear", "wn_conv")
 
@@ -37,8 +38,9 @@ def test_dense_ggn_is_the_hessian_for_a_linear_model():
     pb = make_problem("mlp_bn1d")
     pb.model = nn.Linear(5, 3).double()
     names, params = pb.params()
-    torch.testing.assert_close(dense_ggn(pb.outputs, pb.y, params), dense_hessian(pb.loss, params),
-                               rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        dense_ggn(pb.outputs, pb.y, params), dense_hessian(pb.loss, params), rtol=1e-10, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("engine", ["autograd", "func"])
@@ -48,27 +50,35 @@ def test_engines_give_same_estimates(engine):
     ref_ctx = get_engine("autograd").context(model=pb.model, closure=pb.closure, params=params, names=names)
     ctx = get_engine(engine).context(model=pb.model, closure=pb.closure, params=params, names=names)
     idx = list(range(len(params)))
-    for est, hp in [(E.ExactDiag(), {"chunk_size": None}), (E.GGNExactDiag(), {"loss": "cross_entropy", "chunk_size": 3})]:
+    for est, hp in [
+        (E.ExactDiag(), {"chunk_size": None}),
+        (E.GGNExactDiag(), {"loss": "cross_entropy", "chunk_size": 3}),
+    ]:
         a, b = est.estimate(ref_ctx, idx, hp, None), est.estimate(ctx, idx, hp, None)
         for i in idx:
             torch.testing.assert_close(a[i], b[i], rtol=1e-9, atol=1e-13)
 
 
-@pytest.mark.parametrize("cls,hp,target", [
-    (E.BlockRademacher, {}, "hessian_rowsum"),
-    (E.Hutchinson, {"probes": 2}, "hessian_diag"),
-    (E.Hutchinson, {"probes": 1, "distribution": "gaussian"}, "hessian_diag"),
-    (E.GGNMonteCarlo, {"samples": 2}, "ggn_diag"),
-])
+@pytest.mark.parametrize(
+    "cls,hp,target",
+    [
+        (E.BlockRademacher, {}, "hessian_rowsum"),
+        (E.Hutchinson, {"probes": 2}, "hessian_diag"),
+        (E.Hutchinson, {"probes": 1, "distribution": "gaussian"}, "hessian_diag"),
+        (E.GGNMonteCarlo, {"samples": 2}, "ggn_diag"),
+    ],
+)
 def test_stochastic_estimators_are_unbiased(cls, hp, target):
     check_estimator(cls, hp, target=target, draws=300, problems=("mlp_bn1d", "cnn_bn2d", "residual"))
 
 
 def test_unbiasedness_check_catches_a_biased_estimator():
     """Negative control: the statistical check must fail for |z * Hz| (biased) ."""
+
     class AbsHutchinson(E.Hutchinson):
         def estimate(self, ctx, indices, group, generator):
             return {k: v.abs() for k, v in super().estimate(ctx, indices, group, generator).items()}
+
     with pytest.raises(AssertionError, match="biased"):
         check_estimator(AbsHutchinson, {"probes": 1}, target="hessian_diag", draws=300, problems=("cnn_bn2d",))
 
@@ -119,8 +129,9 @@ def test_exact_diag_vmapped_equals_loop_of_single_hvps():
     names, params = pb.params(optlab.selector("channelwise"))
     ctx = get_engine("autograd").context(model=pb.model, closure=pb.closure, params=params, names=names)
     p = params[0]
-    loop = torch.stack([ctx.hvp({0: e.reshape(p.shape)})[0].reshape(-1)[j]
-                        for j, e in enumerate(torch.eye(p.numel(), dtype=p.dtype))])
+    loop = torch.stack(
+        [ctx.hvp({0: e.reshape(p.shape)})[0].reshape(-1)[j] for j, e in enumerate(torch.eye(p.numel(), dtype=p.dtype))]
+    )
     vm = E.ExactDiag().estimate(ctx, [0], {"chunk_size": None}, None)[0]
     torch.testing.assert_close(vm, loop, rtol=1e-12, atol=1e-15)
 
@@ -129,6 +140,7 @@ def test_exact_diag_vmapped_equals_loop_of_single_hvps():
 @pytest.mark.parametrize("estimator", ["exact_diag", "block_rademacher", "hutchinson", "ggn_exact_diag", "ggn_mc"])
 def test_every_estimator_runs_in_sgd_ph_and_resumes_bit_for_bit(estimator):
     import copy
+
     hp = dict(estimator=estimator, schedule="all", every=2)
     a = make_problem("cnn_bn2d")
     oa = optlab.optimizer("sgd-ph", a.model, seed=3, **hp)
@@ -142,7 +154,7 @@ def test_every_estimator_runs_in_sgd_ph_and_resumes_bit_for_bit(estimator):
     c = make_problem("cnn_bn2d", seed=9)
     c.x, c.y = a.x, a.y
     c.model.load_state_dict(msd)
-    oc = optlab.optimizer("sgd-ph", c.model, seed=999, **hp)   # generator state comes from the checkpoint
+    oc = optlab.optimizer("sgd-ph", c.model, seed=999, **hp)  # generator state comes from the checkpoint
     oc.load_state_dict(osd)
     for _ in range(3):
         oc.step(c.closure)
@@ -177,8 +189,9 @@ def test_diagnostics_on_a_diagonal_block_report_zero_offdiagonal_mass():
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
     x = torch.randn(16, 5, dtype=torch.float64)
-    df = optlab.diagnose(bn, (x, None), loss_fn=lambda out, y: out.pow(2).sum(0).mean(),
-                         estimators=("rowsum_hvp", "hutchinson"))
+    df = optlab.diagnose(
+        bn, (x, None), loss_fn=lambda out, y: out.pow(2).sum(0).mean(), estimators=("rowsum_hvp", "hutchinson")
+    )
     assert list(df["tensor"]) == ["weight", "bias", "(all selected)"]
     assert (df["offdiag_frob_mass"].abs() < 1e-12).all()
     assert (df["rowsum_hvp_relerr"] < 1e-10).all()  # diagonal block: row sums are the diagonal

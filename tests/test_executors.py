@@ -1,6 +1,7 @@
 """Executors: the local pool, a real local Ray instance and submitit's local/debug executors run
 the same tiny grid into the store through the shared filesystem; claims keep every backend from
 duplicating a trial; the driver can be killed (-9) mid-grid and a rerun completes the rest."""
+
 import json
 import os
 import signal
@@ -59,8 +60,11 @@ def test_registered_through_the_plugin_registry():
 def test_bad_executor_names_and_options_are_named():
     with pytest.raises(registry.RegistryError, match=r"unknown executor 'rey'.*Did you mean 'ray'"):
         make_executor("rey")
-    with pytest.raises(ExecutorError, match=r"executor\.worker: unknown option of executor 'local'.*"
-                                            r"Did you mean 'workers'.*Valid: workers"):
+    with pytest.raises(
+        ExecutorError,
+        match=r"executor\.worker: unknown option of executor 'local'.*"
+        r"Did you mean 'workers'.*Valid: workers",
+    ):
         make_executor("local", worker=2)
     with pytest.raises(ExecutorError, match=r"invalid workers=0; expected an integer >= 1"):
         make_executor("local", workers=0)
@@ -83,9 +87,17 @@ def ray_instance():
     ray = pytest.importorskip("ray")
     import shutil
     import tempfile
+
     tmp = tempfile.mkdtemp(prefix="optlab-ray-test-")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _temp_dir=tmp, object_store_memory=100 * 2**20)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _temp_dir=tmp,
+        object_store_memory=100 * 2**20,
+    )
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -120,8 +132,6 @@ def test_ray_options_are_checked():
         make_executor("ray", adress="auto")
 
 
-
-
 def _kill_tagged(tag: str) -> list[str]:
     """SIGKILL the processes (by pid) whose environment carries this test's tag; returns their names."""
     left = []
@@ -144,13 +154,32 @@ def _kill_tagged(tag: str) -> list[str]:
 def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
     pytest.importorskip("ray")
     import uuid
+
     spec = tmp_path / "g.toml"
-    spec.write_text(SPEC.replace("epochs = 1", "epochs = 60").replace("batch_size = 256", "batch_size = 64")
-                    .replace("lr = [0.05, 0.1]", "lr = [0.02, 0.05, 0.1]").replace("seeds = [0]", "seeds = [0, 1]"))
+    spec.write_text(
+        SPEC.replace("epochs = 1", "epochs = 60")
+        .replace("batch_size = 256", "batch_size = 64")
+        .replace("lr = [0.05, 0.1]", "lr = [0.02, 0.05, 0.1]")
+        .replace("seeds = [0]", "seeds = [0, 1]")
+    )
     trials = expand(load_spec(spec))
     res = tmp_path / "res"
-    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--executor", "ray",
-           "-E", "num_cpus=2", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "optlab.cli",
+        "grid",
+        "run",
+        str(spec),
+        "--results",
+        str(res),
+        "--executor",
+        "ray",
+        "-E",
+        "num_cpus=2",
+        "--threads",
+        "1",
+    ]
     tag = uuid.uuid4().hex
     env = {**os.environ, "OPTLAB_TEST_TAG": tag}
     try:
@@ -206,12 +235,27 @@ def test_submitit_local_and_debug_executors_write_into_the_store(tmp_path, clust
 
 def test_submitit_slurm_script_carries_partition_time_and_gpus(tmp_path):
     pytest.importorskip("submitit")
-    ex = make_executor("submitit", cluster="slurm", partition="gpu", time_min=90, gpus_per_task=2, cpus_per_task=4,
-                       mem_gb=16, slurm={"account": "lab"})
+    ex = make_executor(
+        "submitit",
+        cluster="slurm",
+        partition="gpu",
+        time_min=90,
+        gpus_per_task=2,
+        cpus_per_task=4,
+        mem_gb=16,
+        slurm={"account": "lab"},
+    )
     from submitit.slurm.slurm import _make_sbatch_string
+
     text = _make_sbatch_string("python -c pass", tmp_path, **ex.slurm_parameters())
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16GB", "#SBATCH --account=lab"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=90",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=16GB",
+        "#SBATCH --account=lab",
+    ):
         assert line in text, f"{line} missing from\n{text}"
     with pytest.raises(ExecutorError, match=r"invalid cluster='slurn'; expected one of slurm, local, debug"):
         make_executor("submitit", cluster="slurn")

@@ -6,6 +6,7 @@ installed ``optlab`` package (plugins and analysis included) with ``ast`` and fa
 any cycle, naming it. Imports under ``if TYPE_CHECKING:`` are not runtime imports and
 are left out; plugins loaded through entry points are not imports either.
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import optlab
-
 
 #: subpackages installed from other folders (setuptools package-dir), which walking
 #: ``optlab.__path__`` does not reach
@@ -80,7 +80,7 @@ def import_graph(modules: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
                 base = node.module or ""
                 if node.level:
                     parts = package.split(".")
-                    anchor = ".".join(parts[:len(parts) - node.level + 1])
+                    anchor = ".".join(parts[: len(parts) - node.level + 1])
                     base = f"{anchor}.{base}" if base else anchor
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             for t in targets:
@@ -123,11 +123,14 @@ def test_registration_does_not_depend_on_the_conformance_kit():
     assert "optlab.problems" in reach  # validation runs items on the tiny problems
 
 
-@pytest.mark.parametrize("b_source", [
-    "from .a import x\n",                       # module level
-    "def f():\n    from . import a\n",          # hidden in a function
-    "import pkg.a as a\n",                      # absolute
-])
+@pytest.mark.parametrize(
+    "b_source",
+    [
+        "from .a import x\n",  # module level
+        "def f():\n    from . import a\n",  # hidden in a function
+        "import pkg.a as a\n",  # absolute
+    ],
+)
 def test_the_check_finds_a_cycle_hidden_in_a_function(tmp_path, b_source):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
@@ -136,8 +139,13 @@ def test_the_check_finds_a_cycle_hidden_in_a_function(tmp_path, b_source):
     (pkg / "b.py").write_text(b_source + "y = 2\n")
     (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .d import z\n")
     (pkg / "d.py").write_text("from .c import TYPE_CHECKING\nz = 0\n")
-    mods = {"pkg": (pkg / "__init__.py", True), "pkg.a": (pkg / "a.py", False), "pkg.b": (pkg / "b.py", False),
-            "pkg.c": (pkg / "c.py", False), "pkg.d": (pkg / "d.py", False)}
+    mods = {
+        "pkg": (pkg / "__init__.py", True),
+        "pkg.a": (pkg / "a.py", False),
+        "pkg.b": (pkg / "b.py", False),
+        "pkg.c": (pkg / "c.py", False),
+        "pkg.d": (pkg / "d.py", False),
+    }
     graph = import_graph(mods)
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.a"}
     assert graph["pkg.c"] == set() and graph["pkg.d"] == {"pkg.c"}  # TYPE_CHECKING imports are not edges

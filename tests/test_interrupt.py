@@ -1,11 +1,11 @@
 """Ctrl-C (issue 15): a grid run stops handing out trials, a second Ctrl-C abandons running ones,
 the exit status is 130, and a rerun completes with nothing lost or duplicated."""
+
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -31,11 +31,24 @@ def _start(tmp_path, workers):
     spec = tmp_path / "g.toml"
     spec.write_text(SPEC)
     res = tmp_path / "res"
-    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res),
-           "--workers", str(workers), "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "optlab.cli",
+        "grid",
+        "run",
+        str(spec),
+        "--results",
+        str(res),
+        "--workers",
+        str(workers),
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group: killpg = a terminal's Ctrl-C
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )  # its own process group: killpg = a terminal's Ctrl-C
     return spec, res, proc
 
 
@@ -48,8 +61,9 @@ def _wait_for(pred, timeout=240):
     return False
 
 
-@pytest.mark.parametrize("workers,presses", [(2, 2), pytest.param(2, 1, marks=pytest.mark.slow),
-                                             pytest.param(1, 1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "workers,presses", [(2, 2), pytest.param(2, 1, marks=pytest.mark.slow), pytest.param(1, 1, marks=pytest.mark.slow)]
+)
 def test_ctrl_c_stops_the_grid_and_a_rerun_completes(tmp_path, workers, presses):
     spec, res, proc = _start(tmp_path, workers)
     trials = res / "trials"

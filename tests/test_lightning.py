@@ -1,4 +1,5 @@
 """Lightning integration: automatic optimization with optlab presets, one process and strategy="ddp"."""
+
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def reference(preset: str, steps: int = 4):
     model = app.make_model()
     opt = optlab.optimizer(preset, model, seed=0, **app.HP[preset])
     for s in range(steps):
-        xb, yb = x[s * app.BATCH:(s + 1) * app.BATCH], y[s * app.BATCH:(s + 1) * app.BATCH]
+        xb, yb = x[s * app.BATCH : (s + 1) * app.BATCH], y[s * app.BATCH : (s + 1) * app.BATCH]
         opt.step(lambda: F.cross_entropy(model(xb), yb))
     return [p.detach() for p in model.parameters()]
 
@@ -46,8 +47,13 @@ def test_lightning_single_process_equals_the_optlab_loop(preset):
 @pytest.mark.parametrize("preset", ["sgd-ph", "adahessian"])
 def test_lightning_ddp_two_processes_replicas_in_sync(preset, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
-    proc = subprocess.run([sys.executable, str(Path(app.__file__)), str(tmp_path), preset, "2"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(Path(app.__file__)), str(tmp_path), preset, "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a, b) for a, b in zip(r0, r1))  # replicas identical

@@ -1,6 +1,7 @@
 """Perturbed-parameter evaluations for estimators (ctx.loss_and_grad_at, both engines), the step's
 loss for steppers (needs_loss), and the worked example built on them: a finite-difference H_kk 1
 estimator and a Levenberg-damped stepper (plugins/optlab-fisher)."""
+
 import copy
 import sys
 from pathlib import Path
@@ -48,8 +49,10 @@ def test_loss_and_grad_at_perturbed_parameters(engine):
 
     ctx = get_engine(engine).context(model=pb.model, closure=pb.loss, params=params, names=names)
     g = torch.Generator().manual_seed(0)
-    deltas = {0: 0.1 * torch.randn(params[0].shape, generator=g, dtype=params[0].dtype),
-              3: 0.1 * torch.randn(params[3].shape, generator=g, dtype=params[3].dtype)}
+    deltas = {
+        0: 0.1 * torch.randn(params[0].shape, generator=g, dtype=params[0].dtype),
+        3: 0.1 * torch.randn(params[3].shape, generator=g, dtype=params[3].dtype),
+    }
     loss, grads = ctx.loss_and_grad_at(deltas)
     want_loss, want = _reference_loss_and_grad(pb, names, {names[i]: d for i, d in deltas.items()})
     torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=0)
@@ -90,7 +93,9 @@ def test_loss_and_grad_at_needs_a_closure_and_matching_shapes():
     pb = make_problem("mlp_bn1d")
     names, params = pb.params(optlab.selector("channelwise"))
     ctx = get_engine("autograd").context(model=pb.model, closure=pb.loss, params=params, names=names)
-    with pytest.raises(ValueError, match=r"perturbation of '1.weight' must be a tensor of shape \(6,\); got Tensor \(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"perturbation of '1.weight' must be a tensor of shape \(6,\); got Tensor \(5,\)"
+    ):
         ctx.loss_and_grad_at({0: torch.zeros(5, dtype=torch.float64)})
     ctx._closure = None
     with pytest.raises(ValueError, match="re-runs the step's closure, and this step has none"):
@@ -110,7 +115,7 @@ def test_levenberg_stepper_passes_the_conformance_kit_and_adapts_its_damping_to_
     p, g = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
     state = {}
     lambdas = []
-    for loss in (1.0, 2.0, 3.0, 1.0):   # up, up, down
+    for loss in (1.0, 2.0, 3.0, 1.0):  # up, up, down
         st.step([p], [g], [state], group, curvature=[None], rule_step=1, loss=torch.tensor(loss))
         lambdas.append(state["lambda"])
     assert lambdas == [1.0, 2.0, 4.0, 3.6]
@@ -148,8 +153,19 @@ def test_a_plugin_with_a_finite_difference_estimator_and_a_loss_aware_stepper_tr
     assert {"fd_rowsum", "empirical_fisher_diag"} <= set(registry.items("estimator"))
     assert "levenberg_newton" in registry.items("stepper")
     for engine in ("autograd", "func"):
-        res = train(RunConfig(task="digits", model="mlp-bn", optimizer="sgd-lm", epochs=3, batch_size=128,
-                              model_options={"width": 32}, engine=engine, seed=0), progress=False)
+        res = train(
+            RunConfig(
+                task="digits",
+                model="mlp-bn",
+                optimizer="sgd-lm",
+                epochs=3,
+                batch_size=128,
+                model_options={"width": 32},
+                engine=engine,
+                seed=0,
+            ),
+            progress=False,
+        )
         assert res["status"] == "ok", res["error"]
         m = res["metrics"]
         assert m[-1]["train_loss"] < 0.5 * m[0]["train_loss"] and m[-1]["val_acc"] > 0.85, m

@@ -1,5 +1,6 @@
 """The plugin API: registry behaviour, documented hooks, validation, conformance of every built-in,
 and the example third-party package installed for real."""
+
 import inspect
 import os
 import re
@@ -42,13 +43,16 @@ def test_every_hook_is_documented_with_its_signature():
 
 def test_the_hook_reference_is_generated_from_the_hookspecs():
     from optlab import hookdocs
+
     assert set(f.__name__ for f in hookdocs.hooks()) == set(HOOKS)
-    assert (ROOT / "docs" / "plugin-hooks.md").read_text() == hookdocs.render(), \
+    assert (ROOT / "docs" / "plugin-hooks.md").read_text() == hookdocs.render(), (
         "docs/plugin-hooks.md is stale: run `python -m optlab.hookdocs > docs/plugin-hooks.md`"
+    )
 
 
 def test_builtins_come_through_the_entry_point():
     from importlib.metadata import entry_points
+
     eps = {ep.name: ep.value for ep in entry_points(group="optlab")}
     assert eps.get("builtins") == "optlab.plugins.builtins"
     assert registry.items("preset")["sgd-ph"].plugin == "builtins"
@@ -63,7 +67,9 @@ class _Dup:
 
 def test_duplicate_names_name_both_plugins(fresh_registry):
     registry.register_plugin(_Dup, "dupe-plugin")
-    with pytest.raises(RegistryError, match=r"preset 'sgd-ph' is registered by two plugins: 'builtins' and 'dupe-plugin'"):
+    with pytest.raises(
+        RegistryError, match=r"preset 'sgd-ph' is registered by two plugins: 'builtins' and 'dupe-plugin'"
+    ):
         registry.items("preset")
 
 
@@ -103,11 +109,17 @@ class _WrongSig:
         register("wrong_sig", _WrongSig.St)
 
 
-@pytest.mark.parametrize("plugin,match", [
-    (_BadShape, r"plugin 'p': estimator 'bad_shape' rejected: estimate\(\) returned Tensor \(3,\) torch.float32"),
-    (_NoMethod, r"plugin 'p': stepper 'no_step' rejected: does not implement step\(\)"),
-    (_WrongSig, r"plugin 'p': stepper 'wrong_sig' rejected: step\(self, params, grads\) lacks argument\(s\) \['states', 'group'\]"),
-])
+@pytest.mark.parametrize(
+    "plugin,match",
+    [
+        (_BadShape, r"plugin 'p': estimator 'bad_shape' rejected: estimate\(\) returned Tensor \(3,\) torch.float32"),
+        (_NoMethod, r"plugin 'p': stepper 'no_step' rejected: does not implement step\(\)"),
+        (
+            _WrongSig,
+            r"plugin 'p': stepper 'wrong_sig' rejected: step\(self, params, grads\) lacks argument\(s\) \['states', 'group'\]",  # noqa: E501
+        ),
+    ],
+)
 def test_bad_plugin_items_are_rejected_at_registration(fresh_registry, monkeypatch, plugin, match):
     monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
     registry.register_plugin(plugin, "p")
@@ -161,38 +173,70 @@ def test_a_plugin_item_that_fails_validation_is_skipped_by_every_command_unless_
     out = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "sgd-ph" in out.stdout and "wrong_shape" not in out.stdout, out.stderr
     assert re.search(rejected, out.stderr) and "skipped" in out.stderr, out.stderr
-    run = subprocess.run([sys.executable, "-m", "optlab.cli", "train", "--optimizer", "sgd", "--task", "digits",
-                          "--model", "mlp-bn", "--epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "run.json")],
-                         env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optlab.cli",
+            "train",
+            "--optimizer",
+            "sgd",
+            "--task",
+            "digits",
+            "--model",
+            "mlp-bn",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "256",
+            "--out",
+            str(tmp_path / "run.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     assert re.search(rejected, run.stderr)
     for strict_env, args in (({"OPTLAB_STRICT_PLUGINS": "1"}, ["plugins"]), ({}, ["--strict", "plugins"])):
-        strict = subprocess.run([sys.executable, "-m", "optlab.cli", *args], env={**env, **strict_env},
-                                capture_output=True, text=True)
+        strict = subprocess.run(
+            [sys.executable, "-m", "optlab.cli", *args], env={**env, **strict_env}, capture_output=True, text=True
+        )
         assert strict.returncode == 2 and re.search(rejected, strict.stderr), strict.stderr
 
 
 def test_a_plugin_that_fails_to_import_is_skipped_or_fatal_with_strict(tmp_path):
     pkg = tmp_path / "site"
     (pkg / "broken_plugin-0.1.dist-info").mkdir(parents=True)
-    (pkg / "broken_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (pkg / "broken_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n"
+    )
     (pkg / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text("[optlab]\nbroken = broken_mod\n")
     (pkg / "broken_mod.py").write_text("raise RuntimeError('boom at import')\n")
     env = {**os.environ, "PYTHONPATH": str(pkg)}
     out = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "sgd-ph" in out.stdout
     assert "plugin 'broken' (broken_mod) failed to load: RuntimeError: boom at import" in out.stderr
-    strict = subprocess.run([sys.executable, "-m", "optlab.cli", "--strict", "plugins"], env=env,
-                            capture_output=True, text=True)
+    strict = subprocess.run(
+        [sys.executable, "-m", "optlab.cli", "--strict", "plugins"], env=env, capture_output=True, text=True
+    )
     assert strict.returncode != 0 and "boom at import" in strict.stderr
-    off = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True,
-                         env={**env, "OPTLAB_DISABLE_ENTRYPOINTS": "1"})
+    off = subprocess.run(
+        [sys.executable, "-m", "optlab.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        env={**env, "OPTLAB_DISABLE_ENTRYPOINTS": "1"},
+    )
     assert off.returncode == 0 and "boom" not in off.stderr and "sgd-ph" in off.stdout
 
 
 def test_trace_hooks_switch(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True,
-                         env={**os.environ, "OPTLAB_TRACE_HOOKS": "1"})
+    out = subprocess.run(
+        [sys.executable, "-m", "optlab.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPTLAB_TRACE_HOOKS": "1"},
+    )
     assert "optlab_register_presets" in out.stderr
 
 
@@ -202,8 +246,12 @@ def test_builtin_estimators_pass_the_conformance_kit(name):
     cls = registry.get("estimator", name)
     assert cls.target in ESTIMATOR_TARGETS, f"{name}: declare what it estimates (target)"
     hp = {"absolute": False} if "absolute" in cls.hparams else {}
-    check_estimator(cls, hp, draws=600 if cls.stochastic else 0,
-                    problems=("mlp_bn1d", "wn_linear") if cls.stochastic else ("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"))
+    check_estimator(
+        cls,
+        hp,
+        draws=600 if cls.stochastic else 0,
+        problems=("mlp_bn1d", "wn_linear") if cls.stochastic else ("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in registry.items("stepper").items() if e.plugin == "builtins"))
@@ -225,6 +273,7 @@ def test_conformance_kit_catches_a_broken_stepper():
             for p, g, st in zip(params, grads, states):
                 st["n"] = st.get("n", 0) + 1
                 p.sub_(group["lr"] * g * (1 + torch.rand(()).item()))  # draws from the global RNG: not resumable
+
     with pytest.raises(AssertionError, match="resume differs"):
         check_stepper(Leaky)
 
@@ -233,34 +282,67 @@ def test_conformance_kit_catches_a_broken_stepper():
 @pytest.mark.slow
 def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path):
     pkg = ROOT / "plugins" / "optlab-fisher"
-    inst = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                           "-c", str(ROOT / "constraints.txt"), "-e", str(pkg)], capture_output=True, text=True)
+    inst = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-c",
+            str(ROOT / "constraints.txt"),
+            "-e",
+            str(pkg),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert inst.returncode == 0, inst.stderr[-2000:]
     listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True)
     for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef", "fd_rowsum", "levenberg_newton", "sgd-lm"):
         assert re.search(rf"\b{re.escape(item)}\s+fisher\b", listing.stdout), listing.stdout
-    check = subprocess.run([sys.executable, "-c", """
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            """
 from optlab.testing import check_estimator, check_stepper, empirical_fisher_reference
 from optlab_fisher.plugin import EmpiricalFisherDiag, RMSNewton
 check_estimator(EmpiricalFisherDiag, reference=empirical_fisher_reference, rtol=1e-10)
 check_stepper(RMSNewton)
 print("conformant")
-"""], capture_output=True, text=True)
+""",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert "conformant" in check.stdout, check.stderr[-2000:]
     spec = tmp_path / "ef.toml"
-    spec.write_text('name = "ef"\nseeds = [0]\n[run]\nepochs = 2\nbatch_size = 128\nmodel_options = {width = 16}\n'
-                    '[[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n[[optimizer]]\nname = "sgd-ef"\nnewton_lr = [0.01, 0.03]\n')
-    run = subprocess.run([sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(tmp_path / "res")],
-                         capture_output=True, text=True, env={**os.environ, "OPTLAB_NO_PROGRESS": "1"})
+    spec.write_text(
+        'name = "ef"\nseeds = [0]\n[run]\nepochs = 2\nbatch_size = 128\nmodel_options = {width = 16}\n'
+        '[[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n[[optimizer]]\nname = "sgd-ef"\nnewton_lr = [0.01, 0.03]\n'
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(tmp_path / "res")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OPTLAB_NO_PROGRESS": "1"},
+    )
     assert run.returncode == 0 and "ok: 2" in run.stdout, run.stdout + run.stderr[-2000:]
-    rep = subprocess.run([sys.executable, "-m", "optlab.cli", "report", str(tmp_path / "res"), "-o", str(tmp_path / "rep")],
-                         capture_output=True, text=True)
+    rep = subprocess.run(
+        [sys.executable, "-m", "optlab.cli", "report", str(tmp_path / "res"), "-o", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+    )
     assert rep.returncode == 0 and (tmp_path / "rep" / "report.html").exists(), rep.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ the kit names what fails
 class _Shaped(optlab.CurvatureEstimator):
     """Exact rowsum (H_kk 1) with one defect chosen by ``mode``."""
+
     name = "shaped"
     target = "hessian_rowsum"
     mode = "ok"
@@ -279,13 +361,22 @@ class _Shaped(optlab.CurvatureEstimator):
         return out
 
 
-@pytest.mark.parametrize("mode,match", [
-    ("shape", r"_Shaped on mlp_bn1d \(autograd\): estimate\(\) returned Tensor \(5,\) torch.float64 for '1.bias'; "
-              r"expected a tensor of shape \(6,\) and dtype torch.float64"),
-    ("dtype", r"returned Tensor \(6,\) torch.float32 for '1.bias'; expected a tensor of shape \(6,\) and dtype torch.float64"),
-    ("nan", r"non-finite values for '1.bias' at 1 entry: first \[2\] = \[nan\]"),
-    ("missing", r"returned no estimate for \['1.bias'\]"),
-])
+@pytest.mark.parametrize(
+    "mode,match",
+    [
+        (
+            "shape",
+            r"_Shaped on mlp_bn1d \(autograd\): estimate\(\) returned Tensor \(5,\) torch.float64 for '1.bias'; "
+            r"expected a tensor of shape \(6,\) and dtype torch.float64",
+        ),
+        (
+            "dtype",
+            r"returned Tensor \(6,\) torch.float32 for '1.bias'; expected a tensor of shape \(6,\) and dtype torch.float64",  # noqa: E501
+        ),
+        ("nan", r"non-finite values for '1.bias' at 1 entry: first \[2\] = \[nan\]"),
+        ("missing", r"returned no estimate for \['1.bias'\]"),
+    ],
+)
 def test_check_estimator_names_the_tensor_and_entries_that_fail(mode, match):
     bad = type("_Shaped", (_Shaped,), {"mode": mode})
     check_estimator(type("_Shaped", (_Shaped,), {"mode": "ok"}), problems=("mlp_bn1d",))
@@ -297,10 +388,13 @@ def test_check_selector_sees_layernorm_and_groupnorm_and_rejects_an_empty_select
     from torch import nn
 
     from optlab.selectors import by_predicate
+
     bn_only = by_predicate(lambda n, p, m: isinstance(m, nn.modules.batchnorm._BatchNorm), "bn only")
     all_norms = lambda n, p, m: isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))  # noqa: E731
     check_selector(optlab.selector("norm"), reference=all_norms)
-    with pytest.raises(AssertionError, match=r"bn only.* on ln_mlp: selected \[\], the reference selects \['1.weight', '1.bias'\]"):
+    with pytest.raises(
+        AssertionError, match=r"bn only.* on ln_mlp: selected \[\], the reference selects \['1.weight', '1.bias'\]"
+    ):
         check_selector(bn_only, reference=all_norms)
     layer_norm = by_predicate(lambda n, p, m: isinstance(m, nn.LayerNorm), "layernorm")
     check_selector(layer_norm)  # selects something only on ln_mlp: passes
@@ -312,6 +406,7 @@ def test_check_selector_sees_layernorm_and_groupnorm_and_rejects_an_empty_select
 # ------------------------------------------------------------------ items run under what they declare
 class _FuncOnly(optlab.CurvatureEstimator):
     """H_kk 1 that insists on the func engine (as an estimator using torch.func transforms would)."""
+
     name = "func_only"
     target = "hessian_rowsum"
     requires = {"engine": "func"}
@@ -324,12 +419,14 @@ class _FuncOnly(optlab.CurvatureEstimator):
 
 class _ReadsOutputs(optlab.CurvatureEstimator):
     """diag(GGN) from output VJPs: needs the closure to return (loss, outputs)."""
+
     name = "reads_outputs"
     target = "ggn_diag"
     requires = {"closure": "loss_outputs"}
 
     def estimate(self, ctx, indices, group, generator):
         from optlab.plugins.estimators import _output_sqrt_rows
+
         jt = ctx.output_vjp_batched(_output_sqrt_rows(ctx.outputs, "cross_entropy"))
         return {k: jt[k].pow(2).sum(0) for k in indices}
 
@@ -339,6 +436,7 @@ def _plugin_with(cls):
         @hookimpl
         def optlab_register_estimators(register):
             register(cls.name, cls)
+
     return P
 
 
@@ -361,8 +459,11 @@ def test_a_malformed_requires_declaration_is_rejected(fresh_registry, monkeypatc
     monkeypatch.setenv("OPTLAB_STRICT_PLUGINS", "1")
     bad = type("Bad", (_FuncOnly,), {"name": "bad_requires", "requires": {"engin": "func"}})
     registry.register_plugin(_plugin_with(bad), "p")
-    with pytest.raises(PluginError, match=r"rejected: requires: unknown requirement 'engin'. Did you mean 'engine'\? "
-                                          r"Valid: engine, closure."):
+    with pytest.raises(
+        PluginError,
+        match=r"rejected: requires: unknown requirement 'engin'. Did you mean 'engine'\? "
+        r"Valid: engine, closure.",
+    ):
         registry.items("estimator")
     with pytest.raises(ValueError, match=r"requires\['engine'\]: unknown engine 'jax'.*Valid: autograd, func"):
         check_estimator(type("B", (_FuncOnly,), {"requires": {"engine": "jax"}}))

@@ -1,5 +1,6 @@
 """Honest comparisons, runner side (issue 10): validation splits, the two-stage tuning/evaluation
 protocol, selection that never reads test metrics, self-describing trial records, controls."""
+
 import json
 import random
 
@@ -8,8 +9,17 @@ import torch
 from torch import nn
 
 import optlab
-from optlab.grid import (EVAL_SEED_BASE, SpecError, Trial, evaluation_trials, expand, grid_status, load_spec,
-                         run_grid, select_configs, trial_id)
+from optlab.grid import (
+    EVAL_SEED_BASE,
+    SpecError,
+    evaluation_trials,
+    expand,
+    grid_status,
+    load_spec,
+    run_grid,
+    select_configs,
+    trial_id,
+)
 from optlab.store import Store
 from optlab.tasks import Task, make_task, split_validation
 
@@ -46,8 +56,19 @@ def test_a_task_without_validation_gets_one_carved():
     def plain(seed=0):
         x, y = torch.randn(100, 3), torch.arange(100) % 2
         return Task("plain", x[:80], y[:80], x[80:], y[80:], num_classes=2)
-    optlab.registry.register_plugin(type("P", (), {"optlab_register_tasks": staticmethod(
-        optlab.hookspecs.hookimpl(lambda register: register("plain-task", plain)))}), name="plain-task-plugin")
+
+    optlab.registry.register_plugin(
+        type(
+            "P",
+            (),
+            {
+                "optlab_register_tasks": staticmethod(
+                    optlab.hookspecs.hookimpl(lambda register: register("plain-task", plain))
+                )
+            },
+        ),
+        name="plain-task-plugin",
+    )
     try:
         t = make_task("plain-task", val_fraction=0.25)
         assert (len(t.y_train), len(t.y_val)) == (60, 20)
@@ -62,8 +83,12 @@ def _fake_records(tuning, rng, scramble_test=False):
         lr = t.config["hparams"]["lr"]
         val = {0.05: 0.80, 0.1: 0.90, 0.3: 0.85}[lr] + 0.01 * rng.random()
         test = rng.random() if scramble_test else val
-        recs[t.id] = {"id": t.id, "status": "ok", "config": t.config,
-                      "metrics": [{"epoch": 1, "val_acc": val, "val_loss": 1 - val, "test_acc": test}]}
+        recs[t.id] = {
+            "id": t.id,
+            "status": "ok",
+            "config": t.config,
+            "metrics": [{"epoch": 1, "val_acc": val, "val_loss": 1 - val, "test_acc": test}],
+        }
     return recs
 
 
@@ -93,7 +118,7 @@ def test_selection_reads_validation_only():
     spec = load_spec(SPEC, is_text=True)
     tuning = expand(spec)
     a = select_configs(tuning, _fake_records(tuning, random.Random(0)))
-    for seed in range(5):  # test metrics scrambled: every selection unchanged
+    for _seed in range(5):  # test metrics scrambled: every selection unchanged
         b = select_configs(tuning, _fake_records(tuning, random.Random(0), scramble_test=True))
         assert {k: v["config"] for k, v in a.items()} == {k: v["config"] for k, v in b.items()}
     assert a[("digits", "mlp-bn", "sgd")]["config"]["hparams"]["lr"] == 0.1
@@ -154,12 +179,15 @@ def test_evaluation_seeds_must_be_fresh():
         load_spec(SPEC.replace("evaluation_seeds = 3", "evaluation_seeds = [1, 5]"), is_text=True)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("evaluation_seeds = 1", r"invalid count 1; expected >= 2"),
-    ("evaluation_seeds = 'x'", r"expected a count >= 2 or a list"),
-    ("evaluation_seeds = 3\nselect = 'test_acc'", r"protocol.select: invalid 'test_acc'"),
-    ("evaluation_seed = 3", r"protocol.evaluation_seed: unknown key. Did you mean 'evaluation_seeds'"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("evaluation_seeds = 1", r"invalid count 1; expected >= 2"),
+        ("evaluation_seeds = 'x'", r"expected a count >= 2 or a list"),
+        ("evaluation_seeds = 3\nselect = 'test_acc'", r"protocol.select: invalid 'test_acc'"),
+        ("evaluation_seed = 3", r"protocol.evaluation_seed: unknown key. Did you mean 'evaluation_seeds'"),
+    ],
+)
 def test_protocol_errors(text, match):
     with pytest.raises(SpecError, match=match):
         load_spec(SPEC.replace("evaluation_seeds = 3", text), is_text=True)
@@ -167,11 +195,13 @@ def test_protocol_errors(text, match):
 
 def test_arms_label_blocks_and_may_not_share_configs():
     text = SPEC.replace('name = "sgd-scaled"', 'name = "sgd"\nlabel = "sgd-again"').replace(
-        "channelwise_lr_scale = 0.1\n", "")
+        "channelwise_lr_scale = 0.1\n", ""
+    )
     with pytest.raises(SpecError, match="arm 'sgd-again' repeats a configuration of arm 'sgd'"):
         expand(load_spec(text, is_text=True))
     ok = SPEC.replace('name = "sgd-scaled"', 'name = "sgd"\nlabel = "sgd-nesterov"').replace(
-        "channelwise_lr_scale = 0.1", "nesterov = true")
+        "channelwise_lr_scale = 0.1", "nesterov = true"
+    )
     arms = {t.arm for t in expand(load_spec(ok, is_text=True))}
     assert arms == {"sgd", "sgd-nesterov"}
 
@@ -179,6 +209,7 @@ def test_arms_label_blocks_and_may_not_share_configs():
 def test_trial_ids_include_the_data_version():
     cfg = expand(load_spec(SPEC, is_text=True))[0].config
     import hashlib
+
     legacy = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert trial_id(cfg) != legacy  # results from before validation splits are not taken as done
 
@@ -186,8 +217,19 @@ def test_trial_ids_include_the_data_version():
 # ------------------------------------------------------------------ self-describing records
 def test_records_carry_resolved_hparams_rules_and_plugins(tmp_path):
     from optlab.train import RunConfig, train
-    r = train(RunConfig(task="digits", model="mlp-bn", optimizer="sgd-ph", epochs=1, batch_size=256,
-                        hparams={"lr": 0.05}, model_options={"width": 8}), progress=False)
+
+    r = train(
+        RunConfig(
+            task="digits",
+            model="mlp-bn",
+            optimizer="sgd-ph",
+            epochs=1,
+            batch_size=256,
+            hparams={"lr": 0.05},
+            model_options={"width": 8},
+        ),
+        progress=False,
+    )
     assert r["schema_version"] == 2 and r["plugins"]["optlab"]
     assert r["hparams_resolved"]["lr"] == 0.05 and r["hparams_resolved"]["every"] == 50  # default at run time
     assert r["rules"]["channelwise"]["estimator"] == "block_rademacher"
@@ -207,8 +249,12 @@ def test_sgd_scaled_equals_torch_sgd_with_a_scaled_group():
     a, b = _bn_net().double(), _bn_net().double()
     opt = optlab.optimizer("sgd-scaled", a, lr=0.1, momentum=0.9, weight_decay=1e-3, channelwise_lr_scale=0.25)
     bn = [b[1].weight, b[1].bias]
-    ref = torch.optim.SGD([{"params": [p for p in b.parameters() if all(p is not q for q in bn)]},
-                           {"params": bn, "lr": 0.025}], lr=0.1, momentum=0.9, weight_decay=1e-3)
+    ref = torch.optim.SGD(
+        [{"params": [p for p in b.parameters() if all(p is not q for q in bn)]}, {"params": bn, "lr": 0.025}],
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-3,
+    )
     for _ in range(5):
         opt.step(lambda: nn.functional.cross_entropy(a(x), y))
         ref.zero_grad()

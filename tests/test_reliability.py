@@ -1,8 +1,8 @@
 """Reliability and security of the runner and the store (issue 14): unsafe checkpoints, corrupt
 trial files, spec names that escape results/, malformed specs, concurrent stale-claim takeover."""
+
 import json
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,16 +47,27 @@ class _Payload:
 
 def _malicious_checkpoint(path: Path, marker: Path) -> None:
     # a checkpoint-shaped dict whose metrics entry executes code when unpickled without weights_only
-    torch.save({"model": {}, "optimizer": {}, "scheduler": {}, "data_generator": torch.zeros(1),
-                "torch_rng": torch.zeros(1), "metrics": [_Payload(marker)], "epoch": 1}, path)
+    torch.save(
+        {
+            "model": {},
+            "optimizer": {},
+            "scheduler": {},
+            "data_generator": torch.zeros(1),
+            "torch_rng": torch.zeros(1),
+            "metrics": [_Payload(marker)],
+            "epoch": 1,
+        },
+        path,
+    )
 
 
 def test_malicious_checkpoint_is_never_executed_and_the_run_restarts(tmp_path):
     marker = tmp_path / "pwned"
     ck = tmp_path / "run.pt"
     _malicious_checkpoint(ck, marker)
-    cfg = RunConfig(task="digits", model="mlp-bn", optimizer="sgd-ph", epochs=2, batch_size=256,
-                    model_options={"width": 8})
+    cfg = RunConfig(
+        task="digits", model="mlp-bn", optimizer="sgd-ph", epochs=2, batch_size=256, model_options={"width": 8}
+    )
     with pytest.warns(RuntimeWarning, match="could not be used.*restarts from scratch"):
         res = train(cfg, checkpoint=ck, progress=False)
     assert not marker.exists()
@@ -74,15 +85,21 @@ def test_unreadable_checkpoint_restarts_cleanly(tmp_path, content):
     ck = tmp_path / "run.pt"
     ck.write_bytes(content)
     with pytest.warns(RuntimeWarning, match="could not be used"):
-        res = train(RunConfig(task="digits", model="mlp-bn", optimizer="sgd", epochs=1, batch_size=256,
-                              model_options={"width": 8}), checkpoint=ck, progress=False)
+        res = train(
+            RunConfig(
+                task="digits", model="mlp-bn", optimizer="sgd", epochs=1, batch_size=256, model_options={"width": 8}
+            ),
+            checkpoint=ck,
+            progress=False,
+        )
     assert res["status"] == "ok" and res["checkpoint_rejected"] is True
 
 
 def test_checkpoint_of_another_model_restarts_cleanly(tmp_path):
     ck = tmp_path / "run.pt"
-    small = RunConfig(task="digits", model="mlp-bn", optimizer="sgd", epochs=1, batch_size=256,
-                      model_options={"width": 8})
+    small = RunConfig(
+        task="digits", model="mlp-bn", optimizer="sgd", epochs=1, batch_size=256, model_options={"width": 8}
+    )
     assert train(small, checkpoint=ck, progress=False)["status"] == "ok"
     wide = RunConfig(**{**small.to_dict(), "epochs": 2, "model_options": {"width": 16}})
     with pytest.warns(RuntimeWarning, match="could not be used"):
@@ -105,15 +122,21 @@ def test_grid_run_never_executes_a_shared_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------ corrupt trial files
 def _valid_record(t):
-    return {"schema_version": 2, "id": t.id, "config": t.config, "status": "ok", "error": None,
-            "metrics": [{"epoch": e + 1, "test_acc": 0.5, "val_acc": 0.5} for e in range(t.config["epochs"])]}
+    return {
+        "schema_version": 2,
+        "id": t.id,
+        "config": t.config,
+        "status": "ok",
+        "error": None,
+        "metrics": [{"epoch": e + 1, "test_acc": 0.5, "val_acc": 0.5} for e in range(t.config["epochs"])],
+    }
 
 
 CORRUPT = {
     "empty": lambda t: b"",
     "truncated": lambda t: json.dumps(_valid_record(t)).encode()[:40],
     "garbage": lambda t: b"\x00\xff\xfe garbage",
-    "not_utf8": lambda t: b"\xff\xfe{\"a\": 1}",
+    "not_utf8": lambda t: b'\xff\xfe{"a": 1}',
     "a_list": lambda t: b"[1, 2, 3]",
     "a_string": lambda t: b'"ok"',
     "no_config": lambda t: json.dumps({"status": "ok", "metrics": []}).encode(),
@@ -122,8 +145,9 @@ CORRUPT = {
     "too_few_epochs": lambda t: json.dumps({**_valid_record(t), "metrics": _valid_record(t)["metrics"][:1]}).encode(),
     "other_id": lambda t: json.dumps({**_valid_record(t), "id": "0123456789abcdef"}).encode(),
     "future_schema": lambda t: json.dumps({**_valid_record(t), "schema_version": 99}).encode(),
-    "string_metric": lambda t: json.dumps({**_valid_record(t), "metrics": [
-        {"epoch": 1, "test_acc": "high"}, {"epoch": 2, "test_acc": 0.5}]}).encode(),
+    "string_metric": lambda t: json.dumps(
+        {**_valid_record(t), "metrics": [{"epoch": 1, "test_acc": "high"}, {"epoch": 2, "test_acc": 0.5}]}
+    ).encode(),
 }
 
 
@@ -131,6 +155,7 @@ CORRUPT = {
 def test_corrupt_trial_file_is_summarised_quarantined_and_rerun(tmp_path, kind):
     from optlab.analysis import load
     from optlab.analysis.report import write_report
+
     spec = load_spec(SPEC, is_text=True)
     trials = expand(spec)
     res = tmp_path / "res"
@@ -165,8 +190,12 @@ def test_grid_status_cli_lists_invalid_files(tmp_path):
     Store(res).init()
     (res / "trials" / f"{trials[0].id}.json").write_text('{"status": "weird"}')
     (res / "trials" / f"{trials[1].id}.json").write_text("[]")
-    out = subprocess.run([sys.executable, "-m", "optlab.cli", "grid", "status", str(spec_path), "--results",
-                          str(res)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "optlab.cli", "grid", "status", str(spec_path), "--results", str(res)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "invalid 2" in out.stdout and "do not validate" in out.stdout and "Traceback" not in out.stderr
     assert "expected a JSON object, got list" in out.stdout
@@ -185,16 +214,22 @@ def test_results_key_chooses_a_directory(tmp_path):
     assert counts["results"] == str(tmp_path / "elsewhere") and counts["ok"] == 2
 
 
-@pytest.mark.parametrize("edit,match", [
-    (("epochs = 2", 'epochs = "two"'), r"<spec>\.run: invalid epochs='two'; expected an integer >= 1"),
-    (('name = "rel"', "name = 5"), r"<spec>\.name: expected a string, got int 5"),
-    (("[run]\n", "run = [1]\n[xrun]\n"), r"unknown key 'xrun'|run: expected a \[run\] table"),
-    (('task = "digits"', "task = 3"), r"setting\[0\]: invalid task=3"),
-    (('batch_size = 256', 'batch_size = 1.5'), r"run: invalid batch_size=1.5"),
-    (('model_options = {width = 8}', 'model_options = 3'), r"run: invalid model_options=3"),
-    (("[[optimizer]]\nname", "optimizer = 3\n[[optimizerx]]\nname"), r"unknown key 'optimizerx'|optimizer: expected"),
-    (('seeds = [0]', 'seeds = [true]'), r"seeds: invalid seed True"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (("epochs = 2", 'epochs = "two"'), r"<spec>\.run: invalid epochs='two'; expected an integer >= 1"),
+        (('name = "rel"', "name = 5"), r"<spec>\.name: expected a string, got int 5"),
+        (("[run]\n", "run = [1]\n[xrun]\n"), r"unknown key 'xrun'|run: expected a \[run\] table"),
+        (('task = "digits"', "task = 3"), r"setting\[0\]: invalid task=3"),
+        (("batch_size = 256", "batch_size = 1.5"), r"run: invalid batch_size=1.5"),
+        (("model_options = {width = 8}", "model_options = 3"), r"run: invalid model_options=3"),
+        (
+            ("[[optimizer]]\nname", "optimizer = 3\n[[optimizerx]]\nname"),
+            r"unknown key 'optimizerx'|optimizer: expected",
+        ),
+        (("seeds = [0]", "seeds = [true]"), r"seeds: invalid seed True"),
+    ],
+)
 def test_spec_type_errors_are_clear_and_attributed(edit, match):
     with pytest.raises(SpecError, match=match):
         expand(load_spec(SPEC.replace(*edit), is_text=True))
@@ -226,6 +261,7 @@ def test_stale_claim_takeover_has_exactly_one_owner(tmp_path):
     for round_ in range(5):
         tid = f"t{round_}"
         import socket
+
         (store.running / f"{tid}.lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
         barrier, out = ctx.Barrier(n), ctx.Queue()
         procs = [ctx.Process(target=_taker, args=(str(tmp_path), tid, barrier, out)) for _ in range(n)]
@@ -242,15 +278,30 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.floats(allow_nan=True),
-                     st.text(max_size=8), st.just("digits"), st.just("sgd"), st.just("../x"))
-_values = st.recursive(_scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(
-    st.sampled_from(["name", "lr", "epochs", "task", "model", "x", "seed"]), c, max_size=3)), max_leaves=6)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.just("digits"),
+    st.just("sgd"),
+    st.just("../x"),
+)
+_values = st.recursive(
+    _scalars,
+    lambda c: st.one_of(
+        st.lists(c, max_size=3),
+        st.dictionaries(st.sampled_from(["name", "lr", "epochs", "task", "model", "x", "seed"]), c, max_size=3),
+    ),
+    max_leaves=6,
+)
 _KEYS = ["name", "seeds", "run", "setting", "optimizer", "results", "protocol", "description", "bogus"]
 
 
 def _toml(obj) -> str:
     """A small TOML writer for generated specs (inline tables/arrays)."""
+
     def val(v):
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -263,6 +314,7 @@ def _toml(obj) -> str:
         if isinstance(v, dict):
             return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items() if x is not None) + "}"
         return '""'
+
     return "\n".join(f"{k} = {val(v)}" for k, v in obj.items() if v is not None) + "\n"
 
 
@@ -279,29 +331,40 @@ def test_fuzzed_specs_give_a_spec_error_never_a_traceback(spec):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(_values, st.fixed_dictionaries({"status": st.sampled_from(["ok", "failed", "x"]),
-                                                  "config": _values, "metrics": _values})))
+@given(
+    st.one_of(
+        _values,
+        st.fixed_dictionaries(
+            {"status": st.sampled_from(["ok", "failed", "x"]), "config": _values, "metrics": _values}
+        ),
+    )
+)
 def test_fuzzed_records_validate_or_are_rejected_with_a_reason(rec):
     problem = validate_record(rec, "abc")
     assert problem is None or isinstance(problem, str) and problem
 
 
 # ------------------------------------------------------------------ bad optimizer calls
-@pytest.mark.parametrize("name,hp,match", [
-    ("torch-sgd", {"lr": float("nan")}, r"torch-sgd: invalid lr=nan; expected a finite number >= 0"),
-    ("torch-sgd", {"lr": float("inf")}, r"invalid lr=inf"),
-    ("torch-sgd", {"momentum": 1.0}, r"invalid momentum=1.0; expected a number in \[0, 1\)"),
-    ("torch-adamw", {"betas": (0.9, 1.5)}, r"invalid betas=\(0.9, 1.5\)"),
-    ("torch-adamw", {"weight_decay": -1}, r"invalid weight_decay=-1"),
-])
+@pytest.mark.parametrize(
+    "name,hp,match",
+    [
+        ("torch-sgd", {"lr": float("nan")}, r"torch-sgd: invalid lr=nan; expected a finite number >= 0"),
+        ("torch-sgd", {"lr": float("inf")}, r"invalid lr=inf"),
+        ("torch-sgd", {"momentum": 1.0}, r"invalid momentum=1.0; expected a number in \[0, 1\)"),
+        ("torch-adamw", {"betas": (0.9, 1.5)}, r"invalid betas=\(0.9, 1.5\)"),
+        ("torch-adamw", {"weight_decay": -1}, r"invalid weight_decay=-1"),
+    ],
+)
 def test_baselines_validate_like_presets(name, hp, match):
     import optlab
+
     with pytest.raises(ValueError, match=match):
         optlab.optimizer(name, torch.nn.Linear(2, 2), **hp)
 
 
 def test_wrong_name_type_and_frozen_model_are_clear_errors():
     import optlab
+
     with pytest.raises(TypeError, match="first argument is the optimizer's name.*got NoneType None.*Valid: "):
         optlab.optimizer(None, torch.nn.Linear(2, 2))
     for name in ("sgd", "sgd-ph", "torch-sgd"):

@@ -1,6 +1,6 @@
 """The Parquet cache of analysis frames: identical frames, served without rebuilding while the trial
 files are unchanged, rebuilt when any file is added, rewritten or removed, never caching a lossy frame."""
-import json
+
 import math
 import os
 import time
@@ -34,12 +34,33 @@ lr = [0.01, 0.1, 1.0]
 
 def _record(t, status="ok"):
     lr = t.config["hparams"]["lr"]
-    metrics = [{"epoch": e + 1, "train_loss": 1 / (e + 1 + lr), "train_acc": 0.5, "test_loss": 1 / (e + 2),
-                "test_acc": 1 - math.exp(-(e + 1) * lr), "lr": lr, "time_epoch": 0.1, "hvp_count": e} for e in range(5)]
+    metrics = [
+        {
+            "epoch": e + 1,
+            "train_loss": 1 / (e + 1 + lr),
+            "train_acc": 0.5,
+            "test_loss": 1 / (e + 2),
+            "test_acc": 1 - math.exp(-(e + 1) * lr),
+            "lr": lr,
+            "time_epoch": 0.1,
+            "hvp_count": e,
+        }
+        for e in range(5)
+    ]
     if status == "diverged":
         metrics[-1]["train_loss"] = float("nan")
-    return {"id": t.id, "config": t.config, "status": status, "error": None, "metrics": metrics,
-            "resumed_from_epoch": None, "wall_time": 0.5, "started": 1.0, "finished": 2.0, "env": {}}
+    return {
+        "id": t.id,
+        "config": t.config,
+        "status": status,
+        "error": None,
+        "metrics": metrics,
+        "resumed_from_epoch": None,
+        "wall_time": 0.5,
+        "started": 1.0,
+        "finished": 2.0,
+        "env": {},
+    }
 
 
 @pytest.fixture
@@ -55,6 +76,7 @@ def _cached(root, calls):
     def build():
         calls.append(1)
         return load(root, cache=False)
+
     return cached_frames(root, build, options={"skip_corrupt": False}, key_of=data.load)
 
 
@@ -104,8 +126,12 @@ def test_options_and_builder_source_are_part_of_the_key(results):
     store, _ = results
     calls = []
     _cached(store.root, calls)
-    cached_frames(store.root, lambda: (calls.append(1), load(store.root, skip_corrupt=True, cache=False))[1],
-                  options={"skip_corrupt": True}, key_of=data.load)
+    cached_frames(
+        store.root,
+        lambda: (calls.append(1), load(store.root, skip_corrupt=True, cache=False))[1],
+        options={"skip_corrupt": True},
+        key_of=data.load,
+    )
     assert calls == [1, 1]
 
 

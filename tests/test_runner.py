@@ -1,4 +1,5 @@
 """Training runs and ablation grids: determinism, resume, divergence, spec errors, concurrency."""
+
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(tmp_path):
     def interrupt(row):
         if row["epoch"] == 2:
             raise KeyboardInterrupt
+
     ck = tmp_path / "run.pt"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, checkpoint=ck, progress=False, on_epoch=interrupt)
@@ -109,24 +111,45 @@ def test_grid_expansion_is_the_cartesian_product():
     trials = expand(load_spec(SPEC, is_text=True))
     assert len(trials) == 2 * (2 * 2 + 2)
     assert len({t.id for t in trials}) == len(trials)
-    hps = sorted((t.config["optimizer"], t.config["hparams"].get("hessian_momentum", -1), t.config["hparams"]["lr"],
-                  t.config["seed"]) for t in trials)
+    hps = sorted(
+        (
+            t.config["optimizer"],
+            t.config["hparams"].get("hessian_momentum", -1),
+            t.config["hparams"]["lr"],
+            t.config["seed"],
+        )
+        for t in trials
+    )
     assert hps[0] == ("sgd", -1, 0.05, 0) and hps[-1] == ("sgd-ph", 0.9, 0.1, 1)
     assert expand(load_spec(SPEC, is_text=True))[0].id == trials[0].id  # stable ids
 
 
-@pytest.mark.parametrize("text,match", [
-    ("name = 'x'\n[[optimizer]\nname='sgd'", r"invalid TOML: .*line 2"),
-    (SPEC.replace("hessian_momentum", "hesian_momentum"), r"optimizer\[0\]\.hesian_momentum: .*unknown hyperparameter 'hesian_momentum'.*Did you mean 'hessian_momentum'"),
-    (SPEC.replace("lr = [0.05, 0.1]\nhessian", "lr = []\nhessian"), r"optimizer\[0\]\.lr: empty axis"),
-    (SPEC.replace("lr = [0.05, 0.1]\n[[", "lr = [-0.1]\n[[").replace("name = \"sgd\"\nlr = [0.05, 0.1]", "name = \"sgd\"\nlr = [-0.1]"), r"optimizer\[1\].*invalid lr=-0.1"),
-    (SPEC.replace('name = "sgd"', 'name = "sgdm"'), r"optimizer\[1\]\.name: unknown optimizer 'sgdm'.*Valid:"),
-    (SPEC.replace("[run]", "[runn]"), r"unknown key 'runn'.*Did you mean 'run'"),
-    (SPEC.replace("epochs = 2", "epoch = 2"), r"run\.epoch: unknown run setting.*Did you mean 'epochs'"),
-    (SPEC.replace("hessian_momentum = [0.0, 0.9]", "hessian_momentum = [0.0, 1.0]"), r"invalid hessian_momentum=1.0"),
-    (SPEC.replace('task = "digits"', 'task = "digitz"'), r"unknown task 'digitz'"),
-    ("name = 'x'\n", r"no \[\[optimizer\]\] block"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("name = 'x'\n[[optimizer]\nname='sgd'", r"invalid TOML: .*line 2"),
+        (
+            SPEC.replace("hessian_momentum", "hesian_momentum"),
+            r"optimizer\[0\]\.hesian_momentum: .*unknown hyperparameter 'hesian_momentum'.*Did you mean 'hessian_momentum'",  # noqa: E501
+        ),
+        (SPEC.replace("lr = [0.05, 0.1]\nhessian", "lr = []\nhessian"), r"optimizer\[0\]\.lr: empty axis"),
+        (
+            SPEC.replace("lr = [0.05, 0.1]\n[[", "lr = [-0.1]\n[[").replace(
+                'name = "sgd"\nlr = [0.05, 0.1]', 'name = "sgd"\nlr = [-0.1]'
+            ),
+            r"optimizer\[1\].*invalid lr=-0.1",
+        ),
+        (SPEC.replace('name = "sgd"', 'name = "sgdm"'), r"optimizer\[1\]\.name: unknown optimizer 'sgdm'.*Valid:"),
+        (SPEC.replace("[run]", "[runn]"), r"unknown key 'runn'.*Did you mean 'run'"),
+        (SPEC.replace("epochs = 2", "epoch = 2"), r"run\.epoch: unknown run setting.*Did you mean 'epochs'"),
+        (
+            SPEC.replace("hessian_momentum = [0.0, 0.9]", "hessian_momentum = [0.0, 1.0]"),
+            r"invalid hessian_momentum=1.0",
+        ),
+        (SPEC.replace('task = "digits"', 'task = "digitz"'), r"unknown task 'digitz'"),
+        ("name = 'x'\n", r"no \[\[optimizer\]\] block"),
+    ],
+)
 def test_malformed_specs_name_the_line_or_key(text, match):
     with pytest.raises(SpecError, match=match):
         expand(load_spec(text, is_text=True))
@@ -208,21 +231,22 @@ def test_grid_survives_kill_9_mid_trial(tmp_path):
     before = {f: (res / "trials" / f).read_text() for f in _trial_files(res)}
     assert 0 < len(before) < len(trials)
     st = grid_status(spec, results=res)
-    assert st["running"] == 0 and st["missing"] == len(trials) - len(before)   # dead claim is not 'running'
+    assert st["running"] == 0 and st["missing"] == len(trials) - len(before)  # dead claim is not 'running'
     counts = run_grid(spec, workers=1, results=res, progress=False)
     assert counts["skipped_complete"] == len(before)
     after = _trial_files(res)
     assert after == sorted(f"{t.id}.json" for t in trials)
     for f, text in before.items():
-        assert (res / "trials" / f).read_text() == text     # completed trials untouched
+        assert (res / "trials" / f).read_text() == text  # completed trials untouched
     resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
-    assert any(r["resumed_from_epoch"] for r in resumed)       # the killed trial continued from its checkpoint
+    assert any(r["resumed_from_epoch"] for r in resumed)  # the killed trial continued from its checkpoint
     assert not list((res / "running").iterdir())
 
 
 def test_task_features_stay_bounded_after_standardization():
     """digits has border pixels that are constant in the training split: they must not explode."""
     from optlab.tasks import make_task
+
     for name in ("digits", "mnist1d"):
         t = make_task(name)
         assert t.x_train.abs().max() < 100 and t.x_test.abs().max() < 100, name

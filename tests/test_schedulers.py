@@ -6,6 +6,7 @@ scheduler: the learning rates and cycled momenta of every preset group must
 follow its trajectory exactly; for the ``sgd`` preset the parameters must equal
 torch.optim.SGD's bit for bit.
 """
+
 import warnings
 
 import pytest
@@ -20,20 +21,22 @@ PRESETS = ("sgd", "sgd-ph", "sgd-ph-reference", "adahessian", "sophia")
 STEPS = 7
 
 SCHEDULERS = {
-    "LambdaLR": lambda o: L.LambdaLR(o, lambda e: 0.9 ** e),
+    "LambdaLR": lambda o: L.LambdaLR(o, lambda e: 0.9**e),
     "MultiplicativeLR": lambda o: L.MultiplicativeLR(o, lambda e: 0.95),
     "StepLR": lambda o: L.StepLR(o, step_size=2, gamma=0.5),
     "MultiStepLR": lambda o: L.MultiStepLR(o, milestones=[2, 4], gamma=0.3),
     "ConstantLR": lambda o: L.ConstantLR(o, factor=0.5, total_iters=3),
     "LinearLR": lambda o: L.LinearLR(o, start_factor=0.2, total_iters=4),
     "ExponentialLR": lambda o: L.ExponentialLR(o, gamma=0.8),
-    "SequentialLR": lambda o: L.SequentialLR(o, [L.ConstantLR(o, factor=0.5, total_iters=2),
-                                                 L.ExponentialLR(o, gamma=0.9)], milestones=[2]),
+    "SequentialLR": lambda o: L.SequentialLR(
+        o, [L.ConstantLR(o, factor=0.5, total_iters=2), L.ExponentialLR(o, gamma=0.9)], milestones=[2]
+    ),
     "CosineAnnealingLR": lambda o: L.CosineAnnealingLR(o, T_max=5),
     "ChainedScheduler": lambda o: L.ChainedScheduler([L.StepLR(o, 2, 0.5), L.ExponentialLR(o, 0.9)]),
     "ReduceLROnPlateau": lambda o: L.ReduceLROnPlateau(o, patience=0, factor=0.5),
-    "CyclicLR": lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, step_size_up=2, cycle_momentum=True,
-                                     base_momentum=0.8, max_momentum=0.9),
+    "CyclicLR": lambda o: L.CyclicLR(
+        o, base_lr=1e-3, max_lr=1e-2, step_size_up=2, cycle_momentum=True, base_momentum=0.8, max_momentum=0.9
+    ),
     "CosineAnnealingWarmRestarts": lambda o: L.CosineAnnealingWarmRestarts(o, T_0=2),
     "OneCycleLR": lambda o: L.OneCycleLR(o, max_lr=1e-2, total_steps=STEPS + 1, cycle_momentum=True),
     "PolynomialLR": lambda o: L.PolynomialLR(o, total_iters=4, power=2.0),

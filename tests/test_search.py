@@ -1,36 +1,63 @@
 """Search spaces and samplers: distributions (checked with scipy's KS test and closed forms),
 determinism, equal budgets, Halton's space filling, and an Optuna study persisted and resumed."""
+
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from optlab.search import (Choice, IntUniform, LogUniform, OptunaSearch, SearchError, Uniform, parse_search,
-                           parse_space, sample_configs, stream_seed)
+from optlab.search import (
+    Choice,
+    IntUniform,
+    LogUniform,
+    OptunaSearch,
+    SearchError,
+    Uniform,
+    parse_search,
+    parse_space,
+    sample_configs,
+    stream_seed,
+)
 
-BLOCK = {"lr": {"log_uniform": [1e-3, 1.0]}, "momentum": {"uniform": [0.8, 0.99]},
-         "hessian_momentum": {"choice": [0.0, 0.9]}, "refresh": {"int_uniform": [1, 4]}, "weight_decay": 5e-4}
+BLOCK = {
+    "lr": {"log_uniform": [1e-3, 1.0]},
+    "momentum": {"uniform": [0.8, 0.99]},
+    "hessian_momentum": {"choice": [0.0, 0.9]},
+    "refresh": {"int_uniform": [1, 4]},
+    "weight_decay": 5e-4,
+}
 
 
 def test_space_parsing_and_fixed_values():
     space = parse_space("opt[0]", BLOCK, "random")
-    assert space == {"lr": LogUniform(1e-3, 1.0), "momentum": Uniform(0.8, 0.99), "hessian_momentum": Choice((0.0, 0.9)),
-                     "refresh": IntUniform(1, 4), "weight_decay": 5e-4}
+    assert space == {
+        "lr": LogUniform(1e-3, 1.0),
+        "momentum": Uniform(0.8, 0.99),
+        "hessian_momentum": Choice((0.0, 0.9)),
+        "refresh": IntUniform(1, 4),
+        "weight_decay": 5e-4,
+    }
     assert parse_space("o", {"tau": [0.1, 1.0]}, "halton") == {"tau": Choice((0.1, 1.0))}
     assert parse_space("o", {"tau": [0.1, 1.0]}, "grid") == {"tau": [0.1, 1.0]}
     assert parse_space("o", {"betas": [0.9, 0.99]}, "random", list_valued=("betas",)) == {"betas": [0.9, 0.99]}
 
 
-@pytest.mark.parametrize("block,match", [
-    ({"lr": {"log_uniformm": [1e-3, 1]}}, r"o\.lr: unknown distribution 'log_uniformm'.*Did you mean 'log_uniform'"),
-    ({"lr": {"log_uniform": [0, 1]}}, r"o\.lr: log_uniform needs 0 < low < high"),
-    ({"lr": {"uniform": [1, 0.5]}}, r"o\.lr: uniform needs \[low, high\] with low < high"),
-    ({"k": {"int_uniform": [1, 2.5]}}, r"o\.k: int_uniform needs integer bounds"),
-    ({"k": {"choice": []}}, r"o\.k: choice needs a non-empty list"),
-    ({"k": {"uniform": [0, 1], "choice": [1]}}, r"o\.k: a search dimension is one of"),
-    ({"k": []}, r"o\.k: empty axis"),
-])
+@pytest.mark.parametrize(
+    "block,match",
+    [
+        (
+            {"lr": {"log_uniformm": [1e-3, 1]}},
+            r"o\.lr: unknown distribution 'log_uniformm'.*Did you mean 'log_uniform'",
+        ),
+        ({"lr": {"log_uniform": [0, 1]}}, r"o\.lr: log_uniform needs 0 < low < high"),
+        ({"lr": {"uniform": [1, 0.5]}}, r"o\.lr: uniform needs \[low, high\] with low < high"),
+        ({"k": {"int_uniform": [1, 2.5]}}, r"o\.k: int_uniform needs integer bounds"),
+        ({"k": {"choice": []}}, r"o\.k: choice needs a non-empty list"),
+        ({"k": {"uniform": [0, 1], "choice": [1]}}, r"o\.k: a search dimension is one of"),
+        ({"k": []}, r"o\.k: empty axis"),
+    ],
+)
 def test_bad_spaces_name_the_key(block, match):
     with pytest.raises(SearchError, match=match):
         parse_space("o", block, "random")
@@ -73,8 +100,11 @@ def test_samplers_follow_their_distributions(sampler):
 
 def test_halton_fills_space_more_evenly_than_random():
     space = {"a": Uniform(0, 1), "b": Uniform(0, 1)}
-    pts = {s: np.array([[c["a"], c["b"]] for c in sample_configs(space, s, n=64, seed=0)]) for s in ("random", "halton")}
+    pts = {
+        s: np.array([[c["a"], c["b"]] for c in sample_configs(space, s, n=64, seed=0)]) for s in ("random", "halton")
+    }
     from scipy.stats import qmc
+
     assert qmc.discrepancy(pts["halton"]) < 0.5 * qmc.discrepancy(pts["random"])
 
 
@@ -89,13 +119,14 @@ def test_deterministic_given_seed_and_independent_per_optimizer(sampler):
 
 def _objective(cfg):
     """A closed-form objective with its maximum 1 at lr = 0.01, momentum = 0.9."""
-    return math.exp(-(math.log10(cfg["lr"]) + 2) ** 2 - 50 * (cfg["momentum"] - 0.9) ** 2)
+    return math.exp(-((math.log10(cfg["lr"]) + 2) ** 2) - 50 * (cfg["momentum"] - 0.9) ** 2)
 
 
 def test_optuna_tpe_study_persists_resumes_and_beats_random(tmp_path):
     pytest.importorskip("optuna")
-    space = parse_space("o", {"lr": {"log_uniform": [1e-4, 1.0]}, "momentum": {"uniform": [0.5, 0.99]}, "wd": 0.0},
-                        "optuna")
+    space = parse_space(
+        "o", {"lr": {"log_uniform": [1e-4, 1.0]}, "momentum": {"uniform": [0.5, 0.99]}, "wd": 0.0}, "optuna"
+    )
     db = tmp_path / "optuna.db"
     s = OptunaSearch(space, db, "grid/sgd", budget=40, seed=0, batch=4)
     asked = s.ask()
@@ -119,6 +150,13 @@ def test_optuna_tpe_study_persists_resumes_and_beats_random(tmp_path):
     assert c["complete"] + c["failed"] == 40 and c["running"] == 0 and c["failed"] > 0
     assert s.ask() == []  # budget spent
     best_cfg, best = s.best()
-    rand = max(_objective(cfg) for cfg in sample_configs(parse_space("o", {"lr": {"log_uniform": [1e-4, 1.0]},
-               "momentum": {"uniform": [0.5, 0.99]}}, "random"), "random", n=c["complete"], seed=0))
+    rand = max(
+        _objective(cfg)
+        for cfg in sample_configs(
+            parse_space("o", {"lr": {"log_uniform": [1e-4, 1.0]}, "momentum": {"uniform": [0.5, 0.99]}}, "random"),
+            "random",
+            n=c["complete"],
+            seed=0,
+        )
+    )
     assert best > 0.9 and best >= rand, (best, rand, best_cfg)

@@ -1,9 +1,9 @@
 """Metric sinks: what each writes is read back with the tool's own reader (csv, TensorBoard's
 EventAccumulator, MlflowClient, W&B's offline run file) and matches the stored JSON record."""
+
 import csv
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -12,14 +12,30 @@ from optlab.sinks import CSVSink, SinkError, export, make_sinks
 
 
 def _record(tid="t1", lr=0.1, status="ok", epochs=3):
-    metrics = [{"epoch": e + 1, "train_loss": 1.0 / (e + 1), "test_acc": 0.5 + 0.1 * e, "lr": lr,
-                "hvp_count": 10 * (e + 1)} for e in range(epochs)]
+    metrics = [
+        {"epoch": e + 1, "train_loss": 1.0 / (e + 1), "test_acc": 0.5 + 0.1 * e, "lr": lr, "hvp_count": 10 * (e + 1)}
+        for e in range(epochs)
+    ]
     if status == "diverged":
         metrics[-1]["train_loss"] = math.nan
-    return {"id": tid, "status": status, "started": 1.7e9, "finished": 1.7e9 + 5, "error": None, "metrics": metrics,
-            "config": {"task": "digits", "model": "mlp-bn", "optimizer": "sgd-ph", "seed": 0, "epochs": epochs,
-                       "hparams": {"lr": lr, "hessian_momentum": 0.9}, "model_options": {"width": 8},
-                       "milestones": None}}
+    return {
+        "id": tid,
+        "status": status,
+        "started": 1.7e9,
+        "finished": 1.7e9 + 5,
+        "error": None,
+        "metrics": metrics,
+        "config": {
+            "task": "digits",
+            "model": "mlp-bn",
+            "optimizer": "sgd-ph",
+            "seed": 0,
+            "epochs": epochs,
+            "hparams": {"lr": lr, "hessian_momentum": 0.9},
+            "model_options": {"width": 8},
+            "milestones": None,
+        },
+    }
 
 
 RECORDS = [_record("t1", 0.1), _record("t2", 0.05, status="diverged")]
@@ -48,6 +64,7 @@ def test_csv_is_tidy_and_idempotent(tmp_path):
 def test_tensorboard_event_files_hold_every_epoch(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     [sink] = make_sinks(tmp_path, {"tensorboard": {}})
     export(RECORDS, [sink])
     export(RECORDS, make_sinks(tmp_path, {"tensorboard": {}}))  # replay: no second event file
@@ -64,9 +81,13 @@ def test_tensorboard_event_files_hold_every_epoch(tmp_path):
     div.Reload()
     assert [e.step for e in div.Scalars("train_loss")] == [1, 2]  # the NaN epoch is skipped
     from tensorboard.plugins.hparams import plugin_data_pb2
+
     content = acc.PluginTagToContent("hparams")  # the HParams plugin's session data, with this trial's values
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert start.hparams["hp.lr"].number_value == pytest.approx(0.1) and start.hparams["optimizer"].string_value == "sgd-ph"
+    assert (
+        start.hparams["hp.lr"].number_value == pytest.approx(0.1)
+        and start.hparams["optimizer"].string_value == "sgd-ph"
+    )
     assert acc.Scalars("final/test_acc")[0].value == pytest.approx(0.7)
 
 
@@ -74,6 +95,7 @@ def test_tensorboard_event_files_hold_every_epoch(tmp_path):
 def test_mlflow_runs_hold_params_and_metric_history(tmp_path, uri, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
+
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3: the file store is opt-in
     opts = {} if uri == "sqlite" else {"tracking_uri": (tmp_path / "mlruns").as_uri()}
     [sink] = make_sinks(tmp_path, {"mlflow": {**opts, "experiment": "exp1"}})
@@ -81,7 +103,9 @@ def test_mlflow_runs_hold_params_and_metric_history(tmp_path, uri, monkeypatch):
     export(RECORDS, make_sinks(tmp_path, {"mlflow": {**opts, "experiment": "exp1"}}))  # replay: no duplicates
     client = MlflowClient(tracking_uri=sink.tracking_uri)
     if uri == "sqlite":
-        assert sink.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" and (tmp_path / "mlflow.db").exists()
+        assert (
+            sink.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" and (tmp_path / "mlflow.db").exists()
+        )
     exp = client.get_experiment_by_name("exp1")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.tags["optlab.trial_id"] for r in runs) == ["t1", "t2"]
@@ -93,7 +117,10 @@ def test_mlflow_runs_hold_params_and_metric_history(tmp_path, uri, monkeypatch):
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx([0.5, 0.6, 0.7])
     assert r1.info.status == "FINISHED"
     r2 = next(r for r in runs if r.data.tags["optlab.trial_id"] == "t2")
-    assert r2.data.tags["optlab.status"] == "diverged" and len(client.get_metric_history(r2.info.run_id, "train_loss")) == 2
+    assert (
+        r2.data.tags["optlab.status"] == "diverged"
+        and len(client.get_metric_history(r2.info.run_id, "train_loss")) == 2
+    )
 
 
 def test_wandb_offline_run_is_written_locally(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """optlab.analysis.stats against scipy, closed forms, brute force and simulation."""
+
 import itertools
 import math
 import warnings
@@ -18,7 +19,7 @@ def test_paired_t_matches_scipy_and_hand_value():
     # (for df = 2, F_t(t) = 1/2 + t / (2 sqrt(2 + t^2)), so p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(12/14))
     assert S.paired_t_pvalue([1.0, 2.0, 3.0]) == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-10)
     # zero spread (t undefined): the exact sign test -- 2 identical differences are never significant
-    assert S.paired_t_pvalue([0.01, 0.01, 0.01]) == pytest.approx(2 * 0.5 ** 3)
+    assert S.paired_t_pvalue([0.01, 0.01, 0.01]) == pytest.approx(2 * 0.5**3)
     assert S.paired_t_pvalue([0.01, 0.01]) == pytest.approx(0.5)
     assert S.paired_t_pvalue([-0.01] * 20) == pytest.approx(stats.binomtest(20, 20).pvalue)
     assert S.paired_t_pvalue([0.0, 0.0, 0.0]) == 1.0
@@ -51,7 +52,7 @@ def test_tost_is_two_one_sided_t_tests():
     assert S.tost_pvalue([-0.01, 0.0, 0.01], margin=0.02) == pytest.approx(stats.t.sf(t, 2), rel=1e-10)
     # a clear difference is not equivalent; zero spread inside / outside the margin
     assert S.tost_pvalue(d + 0.02, margin=m) > 0.5
-    assert S.tost_pvalue([0.001] * 4, margin=m) == pytest.approx(0.5 ** 4)  # sign test on each side
+    assert S.tost_pvalue([0.001] * 4, margin=m) == pytest.approx(0.5**4)  # sign test on each side
     assert S.tost_pvalue([0.01] * 4, margin=m) == 1.0
     with pytest.raises(ValueError, match="invalid margin=0"):
         S.tost_pvalue(d, margin=0)
@@ -75,8 +76,10 @@ def test_bootstrap_bca_is_reproducible_close_to_t_for_normal_data_and_covers():
     assert lo == pytest.approx(d.mean() - half, abs=0.15 * half)
     assert hi == pytest.approx(d.mean() + half, abs=0.15 * half)
     # coverage over 200 simulated experiments of 20 seeds (true mean 0.003): about 95 %
-    hits = sum(lo <= 0.003 <= hi for lo, hi in
-               (S.bootstrap_ci(rng.normal(0.003, 0.01, 20), n_resamples=2000) for _ in range(200)))
+    hits = sum(
+        lo <= 0.003 <= hi
+        for lo, hi in (S.bootstrap_ci(rng.normal(0.003, 0.01, 20), n_resamples=2000) for _ in range(200))
+    )
     assert 0.88 <= hits / 200 <= 0.99
     assert S.bootstrap_ci([0.01, 0.01, 0.01]) == (0.01, 0.01)
     assert all(math.isnan(x) for x in S.bootstrap_ci([0.01]))

@@ -7,21 +7,28 @@ pair those seeds and read the test metric. Without evaluation-stage trials the
 comparison falls back to the tuning seeds that did the selecting and says it is
 selection-biased.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import stats as S
-from .data import (REPORT_METRIC, SELECT_METRIC, WITHIN, best_configs, direction, selected_trials,
-                   selection_metric)
+from .data import REPORT_METRIC, SELECT_METRIC, WITHIN, best_configs, direction, selected_trials, selection_metric
 
-__all__ = ["budgets", "expected_max_curve", "comparisons", "paired_comparison", "BudgetWarning",
-           "DEFAULT_MARGIN", "DEFAULT_CONTROLS"]
+__all__ = [
+    "budgets",
+    "expected_max_curve",
+    "comparisons",
+    "paired_comparison",
+    "BudgetWarning",
+    "DEFAULT_MARGIN",
+    "DEFAULT_CONTROLS",
+]
 
 #: equivalence margin for accuracies: 0.5 percentage points (docs/analysis.md says why)
 DEFAULT_MARGIN = 0.005
@@ -38,10 +45,16 @@ def budgets(trials: pd.DataFrame) -> pd.DataFrame:
     their status), ``trials`` and ``seeds``; ``equal`` is False where arms of the same task/model had
     different budgets."""
     tun = trials[trials["stage"] == "tuning"]
-    out = (tun.groupby(list(WITHIN), observed=True)
-           .agg(optimizer=("optimizer", "first"), configs=("config_key", "nunique"), trials=("trial_id", "size"),
-                seeds=("seed", "nunique"))
-           .reset_index())
+    out = (
+        tun.groupby(list(WITHIN), observed=True)
+        .agg(
+            optimizer=("optimizer", "first"),
+            configs=("config_key", "nunique"),
+            trials=("trial_id", "size"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+    )
     out["equal"] = out.groupby(["task", "model"], observed=True)["configs"].transform("nunique") == 1
     return out
 
@@ -63,9 +76,17 @@ def expected_max_curve(trials: pd.DataFrame, metric: str = SELECT_METRIC) -> pd.
             continue
         ns = np.arange(1, len(scores) + 1)
         curve = S.expected_max(scores.to_numpy(), ns)
-        rows += [{**dict(zip(WITHIN, key)), "n": int(n), "expected_max": float(e),
-                  "configs": cell["config_key"].nunique(), "scored": len(scores), "selected_on": used}
-                 for n, e in zip(ns, curve)]
+        rows += [
+            {
+                **dict(zip(WITHIN, key)),
+                "n": int(n),
+                "expected_max": float(e),
+                "configs": cell["config_key"].nunique(),
+                "scored": len(scores),
+                "selected_on": used,
+            }
+            for n, e in zip(ns, curve)
+        ]
     out = pd.DataFrame(rows)
     if len(out):
         smallest = out.groupby(["task", "model"], observed=True)["scored"].transform("min")
@@ -82,10 +103,19 @@ def _pairs(optimizers: Sequence[str], baseline: str, controls: Sequence[str]):
             yield o, ref, "baseline" if ref == baseline else "control"
 
 
-def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[str] = DEFAULT_CONTROLS,
-                metric: str = REPORT_METRIC, select: str = SELECT_METRIC, margin: float = DEFAULT_MARGIN,
-                alpha: float = 0.05, mode: str | None = None, n_resamples: int = S.DEFAULT_RESAMPLES,
-                ci_method: str = "BCa", seed: int = 0) -> pd.DataFrame:
+def comparisons(
+    trials: pd.DataFrame,
+    baseline: str = "sgd",
+    controls: Sequence[str] = DEFAULT_CONTROLS,
+    metric: str = REPORT_METRIC,
+    select: str = SELECT_METRIC,
+    margin: float = DEFAULT_MARGIN,
+    alpha: float = 0.05,
+    mode: str | None = None,
+    n_resamples: int = S.DEFAULT_RESAMPLES,
+    ci_method: str = "BCa",
+    seed: int = 0,
+) -> pd.DataFrame:
     """Each optimizer arm against the baseline and the controls, per task/model: one row a comparison.
 
     ``baseline`` and ``controls`` name arms (an unlabelled ``[[optimizer]]`` block's arm is the
@@ -120,48 +150,93 @@ def comparisons(trials: pd.DataFrame, baseline: str = "sgd", controls: Sequence[
             if ref not in here:
                 continue
             side = {a: sel[(sel["task"] == task) & (sel["model"] == model) & (sel["arm"] == a)] for a in (arm, ref)}
-            per_seed = {a: s[s["status"] == "ok"].dropna(subset=[metric]).groupby("seed")[metric].mean()
-                        for a, s in side.items()}
+            per_seed = {
+                a: s[s["status"] == "ok"].dropna(subset=[metric]).groupby("seed")[metric].mean()
+                for a, s in side.items()
+            }
             common = sorted(set(per_seed[arm].index) & set(per_seed[ref].index))
             x, y = per_seed[arm].loc[common].to_numpy(), per_seed[ref].loc[common].to_numpy()
             r = S.paired(x, y, margin=margin, alpha=alpha, n_resamples=n_resamples, ci_method=ci_method, seed=seed)
             evaluated = all(set(s["from_stage"]) == {"evaluation"} for s in side.values())
             pick = {a: g[g["arm"] == a].iloc[0] for a in (arm, ref)}
             b_arm, b_ref = int(bud.get((task, model, arm), 0)), int(bud.get((task, model, ref), 0))
-            rows.append({
-                "task": task, "model": model, "arm": arm, "optimizer": pick[arm]["optimizer"], "reference": ref,
-                "kind": kind, "metric": metric, "stage": "evaluation" if evaluated else "tuning",
-                "selection_biased": not evaluated or any(bool(p["selection_biased"]) for p in pick.values()),
-                "selected_on": ", ".join(sorted({p["selected_on"] for p in pick.values()})),
-                "n_pairs": r.n, "seeds": ",".join(map(str, common)),
-                "n_unpaired": len(set(side[arm]["seed"]) | set(side[ref]["seed"])) - len(common),
-                "mean": float(x.mean()) if common else math.nan,
-                "reference_mean": float(y.mean()) if common else math.nan,
-                "mean_diff": r.mean_diff, "sd_diff": r.sd_diff, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                "ci_method": f"{r.ci_method} bootstrap, {n_resamples} resamples",
-                "p_value": r.p_t, "p_wilcoxon": r.p_wilcoxon, "p_tost": r.p_tost, "margin": margin, "mde": r.mde,
-                "budget": b_arm, "reference_budget": b_ref, "budget_equal": b_arm == b_ref,
-                "config": pick[arm]["config"], "reference_config": pick[ref]["config"]})
+            rows.append(
+                {
+                    "task": task,
+                    "model": model,
+                    "arm": arm,
+                    "optimizer": pick[arm]["optimizer"],
+                    "reference": ref,
+                    "kind": kind,
+                    "metric": metric,
+                    "stage": "evaluation" if evaluated else "tuning",
+                    "selection_biased": not evaluated or any(bool(p["selection_biased"]) for p in pick.values()),
+                    "selected_on": ", ".join(sorted({p["selected_on"] for p in pick.values()})),
+                    "n_pairs": r.n,
+                    "seeds": ",".join(map(str, common)),
+                    "n_unpaired": len(set(side[arm]["seed"]) | set(side[ref]["seed"])) - len(common),
+                    "mean": float(x.mean()) if common else math.nan,
+                    "reference_mean": float(y.mean()) if common else math.nan,
+                    "mean_diff": r.mean_diff,
+                    "sd_diff": r.sd_diff,
+                    "ci_low": r.ci_low,
+                    "ci_high": r.ci_high,
+                    "ci_method": f"{r.ci_method} bootstrap, {n_resamples} resamples",
+                    "p_value": r.p_t,
+                    "p_wilcoxon": r.p_wilcoxon,
+                    "p_tost": r.p_tost,
+                    "margin": margin,
+                    "mde": r.mde,
+                    "budget": b_arm,
+                    "reference_budget": b_ref,
+                    "budget_equal": b_arm == b_ref,
+                    "config": pick[arm]["config"],
+                    "reference_config": pick[ref]["config"],
+                }
+            )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["p_holm"] = S.holm(out["p_value"].to_numpy())
     out["p_tost_holm"] = S.holm(out["p_tost"].to_numpy())
-    out["verdict"] = [S.verdict(r.mean_diff, (r.ci_low, r.ci_high), r.p_holm, r.p_tost_holm, alpha=alpha,
-                                higher_is_better=direction(metric) == "max") for r in out.itertuples()]
+    out["verdict"] = [
+        S.verdict(
+            r.mean_diff,
+            (r.ci_low, r.ci_high),
+            r.p_holm,
+            r.p_tost_holm,
+            alpha=alpha,
+            higher_is_better=direction(metric) == "max",
+        )
+        for r in out.itertuples()
+    ]
     unequal = out[~out["budget_equal"]]
     if len(unequal):
-        warnings.warn(BudgetWarning(
-            "unequal tuning budgets (configurations tried): " + "; ".join(
-                f"{r.task}/{r.model} {r.arm} {r.budget} vs {r.reference} {r.reference_budget}"
-                for r in unequal.itertuples()) + " -- the larger search has more chances to win by luck; "
-            "compare at equal budget with expected_max_curve"), stacklevel=2)
-    out.attrs.update(margin=margin, alpha=alpha, baseline=baseline, controls=list(controls), metric=metric,
-                     select=select)
+        warnings.warn(
+            BudgetWarning(
+                "unequal tuning budgets (configurations tried): "
+                + "; ".join(
+                    f"{r.task}/{r.model} {r.arm} {r.budget} vs {r.reference} {r.reference_budget}"
+                    for r in unequal.itertuples()
+                )
+                + " -- the larger search has more chances to win by luck; "
+                "compare at equal budget with expected_max_curve"
+            ),
+            stacklevel=2,
+        )
+    out.attrs.update(
+        margin=margin, alpha=alpha, baseline=baseline, controls=list(controls), metric=metric, select=select
+    )
     return out
 
 
-def paired_comparison(trials: pd.DataFrame, baseline: str = "sgd", metric: str = REPORT_METRIC,
-                      mode: str | None = None, select: str = SELECT_METRIC, **kw) -> pd.DataFrame:
+def paired_comparison(
+    trials: pd.DataFrame,
+    baseline: str = "sgd",
+    metric: str = REPORT_METRIC,
+    mode: str | None = None,
+    select: str = SELECT_METRIC,
+    **kw,
+) -> pd.DataFrame:
     """Every optimizer against ``baseline`` only (:func:`comparisons` without controls)."""
     return comparisons(trials, baseline=baseline, controls=(), metric=metric, select=select, mode=mode, **kw)

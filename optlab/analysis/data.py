@@ -20,14 +20,15 @@ the seed). **Selection** (:func:`best_configs`, :func:`sensitivity`) reads a
 validation metric of tuning-stage trials only; test metrics are reported for
 what validation selected.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,15 +36,39 @@ import pandas as pd
 from optlab.grid import config_label
 from optlab.store import Store, StoreError
 
-__all__ = ["load", "summarize", "best_configs", "sensitivity", "performance_profile", "hparam_columns",
-           "expected_trials", "selection_metric", "MetricError", "SelectionBiasWarning", "SELECT_METRIC",
-           "REPORT_METRIC"]
+__all__ = [
+    "load",
+    "summarize",
+    "best_configs",
+    "sensitivity",
+    "performance_profile",
+    "hparam_columns",
+    "expected_trials",
+    "selection_metric",
+    "MetricError",
+    "SelectionBiasWarning",
+    "SELECT_METRIC",
+    "REPORT_METRIC",
+]
 
-ID_COLS = ["trial_id", "task", "model", "optimizer", "arm", "seed", "status", "stage", "config",
-           "config_key"]
+ID_COLS = ["trial_id", "task", "model", "optimizer", "arm", "seed", "status", "stage", "config", "config_key"]
 RUN_COLS = ["epochs", "batch_size", "lr_schedule", "warmup_epochs", "decouple", "engine"]
-METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "time_forward_backward",
-           "time_curvature", "time_update", "time_epoch", "wall_time", "hvp_count", "vjp_count"]
+METRICS = [
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "time_forward_backward",
+    "time_curvature",
+    "time_update",
+    "time_epoch",
+    "wall_time",
+    "hvp_count",
+    "vjp_count",
+]
 #: what selection reads by default, and what is reported for the selected configurations
 SELECT_METRIC = "final_val_acc"
 REPORT_METRIC = "final_test_acc"
@@ -62,6 +87,7 @@ class SelectionBiasWarning(UserWarning):
 def _preset_defaults(name: str) -> dict:
     try:
         from optlab import api
+
         return {k: v for k, v in api.preset_hparams(name).items() if isinstance(v, (int, float, str, bool))}
     except Exception:  # plugin not installed here: no defaults to fill in
         return {}
@@ -77,21 +103,30 @@ def _scalars(hp: dict) -> dict:
     return {k: v for k, v in hp.items() if v is None or isinstance(v, (int, float, str, bool, list, tuple))}
 
 
-def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False,
-         cache: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load(
+    results: str | Path | Iterable[dict], skip_corrupt: bool = False, cache: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``.
 
     A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.results_cache`),
     rebuilt whenever a trial file is added, changed or removed; ``cache=False`` (or
     ``OPTLAB_NO_CACHE=1``) always builds from the JSON files.
     """
-    if cache and isinstance(results, (str, Path)) and os.environ.get("OPTLAB_NO_CACHE") != "1" \
-            and (Path(results) / "trials").is_dir():
+    if (
+        cache
+        and isinstance(results, (str, Path))
+        and os.environ.get("OPTLAB_NO_CACHE") != "1"
+        and (Path(results) / "trials").is_dir()
+    ):
         from optlab.results_cache import cached_frames
         from optlab.store import SCHEMA_VERSION
-        return cached_frames(results, lambda: load(results, skip_corrupt, cache=False), key_of=load,
-                             options={"skip_corrupt": skip_corrupt, "schema": SCHEMA_VERSION,
-                                      "pandas": pd.__version__})
+
+        return cached_frames(
+            results,
+            lambda: load(results, skip_corrupt, cache=False),
+            key_of=load,
+            options={"skip_corrupt": skip_corrupt, "schema": SCHEMA_VERSION, "pandas": pd.__version__},
+        )
     if isinstance(results, (str, Path)):
         records = list(Store(results).iter_results(skip_corrupt=skip_corrupt))
         if not records:
@@ -120,10 +155,18 @@ def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False,
         hp_names |= set(hp)
         run = {k: cfg.get(k) for k in RUN_COLS}
         arm = r.get("arm") or opt
-        ident = {"trial_id": r.get("id"), "task": cfg["task"], "model": cfg["model"], "optimizer": opt,
-                 "arm": arm,
-                 "seed": cfg.get("seed", 0), "status": r.get("status", "failed"), "stage": r.get("stage", "tuning"),
-                 "config": _config_label(arm, cfg.get("hparams", {}), run), "config_key": config_label(cfg)}
+        ident = {
+            "trial_id": r.get("id"),
+            "task": cfg["task"],
+            "model": cfg["model"],
+            "optimizer": opt,
+            "arm": arm,
+            "seed": cfg.get("seed", 0),
+            "status": r.get("status", "failed"),
+            "stage": r.get("stage", "tuning"),
+            "config": _config_label(arm, cfg.get("hparams", {}), run),
+            "config_key": config_label(cfg),
+        }
         metrics = r.get("metrics") or []
         for m in metrics:
             erows.append({**ident, **hp, **run, **{k: m.get(k, np.nan) for k in METRICS}, "epoch": m.get("epoch")})
@@ -131,26 +174,39 @@ def load(results: str | Path | Iterable[dict], skip_corrupt: bool = False,
         best_test = _best_epoch(metrics, "test_acc")
         best_val = _best_epoch(metrics, "val_acc")
         selection = r.get("selection") or {}
-        trows.append({
-            **ident, **hp, **run,
-            "schema_version": int(r.get("schema_version", 1)), "legacy": legacy,
-            "epochs_run": len(metrics),
-            **{f"final_{k}": last.get(k, np.nan) for k in ("val_acc", "val_loss", "test_acc", "test_loss",
-                                                           "train_loss", "train_acc")},
-            "best_val_acc": best_val.get("val_acc", np.nan), "best_val_epoch": best_val.get("epoch", np.nan),
-            "test_acc_at_best_val": best_val.get("test_acc", np.nan),
-            "best_test_acc": best_test.get("test_acc", np.nan), "best_epoch": best_test.get("epoch", np.nan),
-            "wall_time": sum(m.get("time_epoch", 0.0) for m in metrics),
-            "time_forward_backward": _mean([m.get("time_forward_backward") for m in metrics]),
-            "time_curvature": _mean([m.get("time_curvature") for m in metrics]),
-            "time_update": _mean([m.get("time_update") for m in metrics]),
-            "time_epoch": _mean([m.get("time_epoch") for m in metrics]),
-            "hvp_count": sum(m.get("hvp_count", 0) or 0 for m in metrics),
-            "diverged": ident["status"] == "diverged", "failed": ident["status"] == "failed", "error": r.get("error"),
-            "selection_config": selection.get("config"), "selection_metric": selection.get("metric"),
-            "plugins": ", ".join(f"{k}={v}" for k, v in sorted((r.get("plugins") or {}).items())) or None,
-            "host": (r.get("env") or {}).get("host"), "git_revision": (r.get("env") or {}).get("git_revision"),
-        })
+        trows.append(
+            {
+                **ident,
+                **hp,
+                **run,
+                "schema_version": int(r.get("schema_version", 1)),
+                "legacy": legacy,
+                "epochs_run": len(metrics),
+                **{
+                    f"final_{k}": last.get(k, np.nan)
+                    for k in ("val_acc", "val_loss", "test_acc", "test_loss", "train_loss", "train_acc")
+                },
+                "best_val_acc": best_val.get("val_acc", np.nan),
+                "best_val_epoch": best_val.get("epoch", np.nan),
+                "test_acc_at_best_val": best_val.get("test_acc", np.nan),
+                "best_test_acc": best_test.get("test_acc", np.nan),
+                "best_epoch": best_test.get("epoch", np.nan),
+                "wall_time": sum(m.get("time_epoch", 0.0) for m in metrics),
+                "time_forward_backward": _mean([m.get("time_forward_backward") for m in metrics]),
+                "time_curvature": _mean([m.get("time_curvature") for m in metrics]),
+                "time_update": _mean([m.get("time_update") for m in metrics]),
+                "time_epoch": _mean([m.get("time_epoch") for m in metrics]),
+                "hvp_count": sum(m.get("hvp_count", 0) or 0 for m in metrics),
+                "diverged": ident["status"] == "diverged",
+                "failed": ident["status"] == "failed",
+                "error": r.get("error"),
+                "selection_config": selection.get("config"),
+                "selection_metric": selection.get("metric"),
+                "plugins": ", ".join(f"{k}={v}" for k, v in sorted((r.get("plugins") or {}).items())) or None,
+                "host": (r.get("env") or {}).get("host"),
+                "git_revision": (r.get("env") or {}).get("git_revision"),
+            }
+        )
     trials = _dtypes(pd.DataFrame(trows), hp_names)
     epochs = _dtypes(pd.DataFrame(erows), hp_names) if erows else pd.DataFrame(columns=list(trials.columns) + METRICS)
     trials.attrs["hparams"] = sorted(hp_names)
@@ -198,14 +254,14 @@ def expected_trials(results: str | Path) -> list[dict] | None:
     if not spec_path.exists():
         return None
     from optlab.grid import evaluation_trials, load_spec, tuning_trials
+
     try:  # tuning_trials: for an optuna search, the configurations its studies asked
         spec = load_spec(spec_path)
         trials = tuning_trials(spec, results)
         if spec.protocol is not None:
             good, _ = Store(results).scan()
             trials += evaluation_trials(spec, trials, good)[0]
-        return [{"trial_id": t.id, "arm": t.arm or t.config["optimizer"], "stage": t.stage, **t.config}
-                for t in trials]
+        return [{"trial_id": t.id, "arm": t.arm or t.config["optimizer"], "stage": t.stage, **t.config} for t in trials]
     except Exception:  # a spec this optlab cannot expand (e.g. a plugin is missing): no expectations
         return None
 
@@ -214,11 +270,16 @@ def _ci95(std: float, n: int) -> float:
     if n < 2 or not math.isfinite(std):
         return np.nan
     from scipy import stats
+
     return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
-def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str = REPORT_METRIC,
-              expected_seeds: int | None = None) -> pd.DataFrame:
+def summarize(
+    trials: pd.DataFrame,
+    by: Sequence[str] | None = None,
+    metric: str = REPORT_METRIC,
+    expected_seeds: int | None = None,
+) -> pd.DataFrame:
     """Mean, std, SEM and 95 % CI (Student t) over seeds per cell of ``by``.
 
     ``by`` defaults to task, model, arm, optimizer, stage and the grid axes (tuning
@@ -235,9 +296,16 @@ def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str
     rows = []
     for key, g in trials.groupby(by, observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), **_seed_stats(g, metric), "n_seeds": g["seed"].nunique(),
-                     "n_diverged": int(g["diverged"].sum()), "n_failed": int(g["failed"].sum()),
-                     "seeds": ",".join(map(str, sorted(g["seed"].unique())))})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                **_seed_stats(g, metric),
+                "n_seeds": g["seed"].nunique(),
+                "n_diverged": int(g["diverged"].sum()),
+                "n_failed": int(g["failed"].sum()),
+                "seeds": ",".join(map(str, sorted(g["seed"].unique()))),
+            }
+        )
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -248,7 +316,7 @@ def summarize(trials: pd.DataFrame, by: Sequence[str] | None = None, metric: str
     else:
         exp = int(out["n_seeds"].max())
     out["n_missing"] = (exp - out["n_seeds"]).clip(lower=0)
-    out["complete"] = (out["n"] == exp)
+    out["complete"] = out["n"] == exp
     out.attrs["metric"] = metric
     return out
 
@@ -257,8 +325,13 @@ def _seed_stats(g: pd.DataFrame, metric: str, prefix: str = "") -> dict:
     """Mean, std, SEM, Student-t 95 % CI half-width and n of ``metric`` over ``g``'s ok trials."""
     ok = g.loc[g["status"] == "ok", metric].dropna().astype(float)
     n, std = len(ok), float(ok.std(ddof=1)) if len(ok) > 1 else np.nan
-    return {f"{prefix}mean": float(ok.mean()) if n else np.nan, f"{prefix}std": std,
-            f"{prefix}sem": std / math.sqrt(n) if n > 1 else np.nan, f"{prefix}ci95": _ci95(std, n), f"{prefix}n": n}
+    return {
+        f"{prefix}mean": float(ok.mean()) if n else np.nan,
+        f"{prefix}std": std,
+        f"{prefix}sem": std / math.sqrt(n) if n > 1 else np.nan,
+        f"{prefix}ci95": _ci95(std, n),
+        f"{prefix}n": n,
+    }
 
 
 def _check_metric(trials: pd.DataFrame, metric: str) -> None:
@@ -286,9 +359,15 @@ def selection_metric(cell: pd.DataFrame, metric: str) -> str:
     return metric
 
 
-def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | None = None,
-                 within: Sequence[str] = WITHIN, report: str = REPORT_METRIC, stage: str | None = "tuning",
-                 tol: float = 0.0) -> pd.DataFrame:
+def best_configs(
+    trials: pd.DataFrame,
+    metric: str = SELECT_METRIC,
+    mode: str | None = None,
+    within: Sequence[str] = WITHIN,
+    report: str = REPORT_METRIC,
+    stage: str | None = "tuning",
+    tol: float = 0.0,
+) -> pd.DataFrame:
     """The configuration selected in each ``within`` cell (task, model, arm), by the grid runner's
     rule (:func:`optlab.grid.select_configs`).
 
@@ -335,20 +414,38 @@ def best_configs(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | 
         tied = [c for c, m in zip(pool, means) if abs(m - best) <= tol]
         label, g, st, eligible = tied[0]
         first = g.iloc[0]
-        rows.append({**dict(zip(within, key if isinstance(key, tuple) else (key,))),
-                     **({"optimizer": first["optimizer"]} if "optimizer" not in within else {}),
-                     **{c: first[c] for c in keep}, "config": label, "config_key": first["config_key"],
-                     "stage": stage or "any", **st,
-                     "n_seeds": g["seed"].nunique(), "n_diverged": int(g["diverged"].sum()),
-                     "n_failed": int(g["failed"].sum()), "n_missing": int(full - g["seed"].nunique()),
-                     "complete": st["n"] == full, "eligible": eligible, "n_configs": len(cands),
-                     "n_tied": len(tied), "selected_on": used, "selection_biased": used != metric,
-                     "report_metric": report, **_seed_stats(g, report, prefix="report_")})
+        rows.append(
+            {
+                **dict(zip(within, key if isinstance(key, tuple) else (key,))),
+                **({"optimizer": first["optimizer"]} if "optimizer" not in within else {}),
+                **{c: first[c] for c in keep},
+                "config": label,
+                "config_key": first["config_key"],
+                "stage": stage or "any",
+                **st,
+                "n_seeds": g["seed"].nunique(),
+                "n_diverged": int(g["diverged"].sum()),
+                "n_failed": int(g["failed"].sum()),
+                "n_missing": int(full - g["seed"].nunique()),
+                "complete": st["n"] == full,
+                "eligible": eligible,
+                "n_configs": len(cands),
+                "n_tied": len(tied),
+                "selected_on": used,
+                "selection_biased": used != metric,
+                "report_metric": report,
+                **_seed_stats(g, report, prefix="report_"),
+            }
+        )
     if biased:
-        warnings.warn(SelectionBiasWarning(
-            f"no validation metric {metric!r} in {', '.join(biased[:4])}"
-            f"{f' and {len(biased) - 4} more' if len(biased) > 4 else ''} (legacy results): selected on "
-            f"{metric.replace('val_', 'test_', 1)!r} instead -- selected on test: biased"), stacklevel=2)
+        warnings.warn(
+            SelectionBiasWarning(
+                f"no validation metric {metric!r} in {', '.join(biased[:4])}"
+                f"{f' and {len(biased) - 4} more' if len(biased) > 4 else ''} (legacy results): selected on "
+                f"{metric.replace('val_', 'test_', 1)!r} instead -- selected on test: biased"
+            ),
+            stacklevel=2,
+        )
     out = pd.DataFrame(rows)
     out.attrs.update(metric=metric, report=report, stage=stage)
     return out
@@ -385,18 +482,31 @@ def selected_trials(trials: pd.DataFrame, selected: pd.DataFrame, within: Sequen
             if row["config_key"] in set(ev["config_key"]):
                 ev = ev[ev["config_key"] == row["config_key"]]
             else:
-                warnings.warn(SelectionMismatchWarning(
-                    f"{'/'.join(str(row[c]) for c in within)}: evaluation trials ran "
-                    f"{', '.join(sorted(set(ev['config'])))} but validation selects {row['config']}"), stacklevel=2)
+                warnings.warn(
+                    SelectionMismatchWarning(
+                        f"{'/'.join(str(row[c]) for c in within)}: evaluation trials ran "
+                        f"{', '.join(sorted(set(ev['config'])))} but validation selects {row['config']}"
+                    ),
+                    stacklevel=2,
+                )
             parts.append(ev.assign(from_stage="evaluation"))
         else:
-            parts.append(cell[(cell["stage"] == "tuning") & (cell["config_key"] == row["config_key"])]
-                         .assign(from_stage="tuning"))
+            parts.append(
+                cell[(cell["stage"] == "tuning") & (cell["config_key"] == row["config_key"])].assign(
+                    from_stage="tuning"
+                )
+            )
     return pd.concat(parts) if parts else trials.iloc[0:0].assign(from_stage=[])
 
 
-def sensitivity(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str | None = None,
-                aggregate: str = "best", report: str = REPORT_METRIC) -> pd.DataFrame:
+def sensitivity(
+    trials: pd.DataFrame,
+    axis: str,
+    metric: str = SELECT_METRIC,
+    mode: str | None = None,
+    aggregate: str = "best",
+    report: str = REPORT_METRIC,
+) -> pd.DataFrame:
     """``metric`` (validation, tuning stage) as a function of ``axis`` per task/model/optimizer.
 
     ``aggregate="best"``: at each axis value, the configuration that
@@ -418,19 +528,36 @@ def sensitivity(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mo
         used = selection_metric(g, metric)
         ok = g[g["status"] == "ok"]
         per_seed = ok.groupby("seed")[list(dict.fromkeys([used, report]))].mean().assign(status="ok")
-        rows.append({**dict(zip(keys, key)), **_seed_stats(per_seed, used),
-                     **_seed_stats(per_seed, report, prefix="report_"), "selected_on": used})
+        rows.append(
+            {
+                **dict(zip(keys, key)),
+                **_seed_stats(per_seed, used),
+                **_seed_stats(per_seed, report, prefix="report_"),
+                "selected_on": used,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _axes_label(row: pd.Series, axes: Sequence[str]) -> str:
     """The grid axes of one cell, e.g. ``lr=0.1, weight_decay=0.0005`` (NaN axes omitted)."""
-    return ", ".join(f"{a}={row[a]:g}" if isinstance(row[a], float) else f"{a}={row[a]}"
-                     for a in axes if not (isinstance(row[a], float) and math.isnan(row[a]))) or "-"
+    return (
+        ", ".join(
+            f"{a}={row[a]:g}" if isinstance(row[a], float) else f"{a}={row[a]}"
+            for a in axes
+            if not (isinstance(row[a], float) and math.isnan(row[a]))
+        )
+        or "-"
+    )
 
 
-def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode: str | None = None,
-                        taus: Sequence[float] | None = None, report: str = REPORT_METRIC) -> pd.DataFrame:
+def performance_profile(
+    trials: pd.DataFrame,
+    metric: str = SELECT_METRIC,
+    mode: str | None = None,
+    taus: Sequence[float] | None = None,
+    report: str = REPORT_METRIC,
+) -> pd.DataFrame:
     """Dolan-Moré performance profiles over problems (task/model pairs).
 
     Each optimizer's configuration is selected on ``metric`` (validation);
@@ -449,14 +576,22 @@ def performance_profile(trials: pd.DataFrame, metric: str = SELECT_METRIC, mode:
     for _, g in means.groupby("problem"):
         m = g["cost"].min()
         for _, r in g.iterrows():
-            ratios.append({"problem": r["problem"], "arm": r["arm"], "optimizer": r["optimizer"],
-                           "ratio": r["cost"] / m if m > 0 else (1.0 if r["cost"] == m else np.inf)})
+            ratios.append(
+                {
+                    "problem": r["problem"],
+                    "arm": r["arm"],
+                    "optimizer": r["optimizer"],
+                    "ratio": r["cost"] / m if m > 0 else (1.0 if r["cost"] == m else np.inf),
+                }
+            )
     rdf = pd.DataFrame(ratios)
     n_problems = rdf["problem"].nunique()
     if taus is None:
         top = max(2.0, rdf["ratio"].replace(np.inf, np.nan).max() * 1.05)
         taus = sorted(set([1.0] + list(np.linspace(1, top, 50))))
-    rows = [{"arm": a, "optimizer": g["optimizer"].iloc[0], "tau": t,
-             "rho": float((g["ratio"] <= t).sum() / n_problems)}
-            for a, g in rdf.groupby("arm", observed=True) for t in taus]
+    rows = [
+        {"arm": a, "optimizer": g["optimizer"].iloc[0], "tau": t, "rho": float((g["ratio"] <= t).sum() / n_problems)}
+        for a, g in rdf.groupby("arm", observed=True)
+        for t in taus
+    ]
     return pd.DataFrame(rows)

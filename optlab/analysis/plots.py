@@ -1,5 +1,6 @@
 """Seaborn figures. Every function takes a DataFrame from :mod:`optlab.analysis.data`
 and returns a matplotlib ``Figure`` (compose them in notebooks; ``save`` writes PNG+SVG)."""
+
 from __future__ import annotations
 
 import math
@@ -13,18 +14,33 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .data import (SELECT_METRIC, WITHIN, best_configs, hparam_columns, selected_trials,  # noqa: E402
-                   sensitivity)
+from .data import SELECT_METRIC, WITHIN, best_configs, hparam_columns, selected_trials, sensitivity  # noqa: E402
 
-__all__ = ["heatmaps", "sensitivity_plot", "training_curves", "cost_bars", "profile_plot", "expected_max_plot",
-           "save", "STYLE"]
+__all__ = [
+    "heatmaps",
+    "sensitivity_plot",
+    "training_curves",
+    "cost_bars",
+    "profile_plot",
+    "expected_max_plot",
+    "save",
+    "STYLE",
+]
 
 STYLE = {"style": "whitegrid", "context": "notebook", "palette": "colorblind"}
-METRIC_LABELS = {"final_test_acc": "final test accuracy", "best_test_acc": "best test accuracy",
-                 "final_val_acc": "final validation accuracy", "best_val_acc": "best validation accuracy",
-                 "final_val_loss": "final validation loss", "val_acc": "validation accuracy",
-                 "final_test_loss": "final test loss", "final_train_loss": "final train loss",
-                 "test_acc": "test accuracy", "train_loss": "train loss", "test_loss": "test loss"}
+METRIC_LABELS = {
+    "final_test_acc": "final test accuracy",
+    "best_test_acc": "best test accuracy",
+    "final_val_acc": "final validation accuracy",
+    "best_val_acc": "best validation accuracy",
+    "final_val_loss": "final validation loss",
+    "val_acc": "validation accuracy",
+    "final_test_loss": "final test loss",
+    "final_train_loss": "final train loss",
+    "test_acc": "test accuracy",
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+}
 
 
 def _label(m: str) -> str:
@@ -46,8 +62,9 @@ def save(fig, path_stem: str | Path) -> list[Path]:
     return out
 
 
-def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metric: str = SELECT_METRIC,
-             mode: str | None = None):
+def heatmaps(
+    trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metric: str = SELECT_METRIC, mode: str | None = None
+):
     """One heatmap per optimizer (and task/model) of ``metric`` (validation, tuning seeds) over ``x`` x ``y``.
 
     Each cell is the configuration :func:`best_configs` selects among those with
@@ -72,8 +89,19 @@ def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metri
         annot = table.map(lambda v: f"{v:.3f}" if pd.notna(v) else "")
         full = int(s["n_seeds"].max())
         annot = annot.where(nmat >= full, annot + nmat.map(lambda n: f"\n(n={int(n)})" if pd.notna(n) else ""))
-        sns.heatmap(table, ax=ax, vmin=vmin, vmax=vmax, cmap="viridis", annot=annot, fmt="", cbar=True,
-                    cbar_kws={"label": _label(metric)}, linewidths=0.5, annot_kws={"fontsize": 8})
+        sns.heatmap(
+            table,
+            ax=ax,
+            vmin=vmin,
+            vmax=vmax,
+            cmap="viridis",
+            annot=annot,
+            fmt="",
+            cbar=True,
+            cbar_kws={"label": _label(metric)},
+            linewidths=0.5,
+            annot_kws={"fontsize": 8},
+        )
         pick = chosen.loc[key]
         r, c = list(table.index).index(pick[y]), list(table.columns).index(pick[x])
         ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.5))
@@ -81,16 +109,25 @@ def heatmaps(trials: pd.DataFrame, x: str = "lr", y: str = "weight_decay", metri
         ax.set_title(f"{opt} -- {task}/{model}")
         ax.set_xlabel(x)
         ax.set_ylabel(y)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle(f"{_label(metric)} (tuning seeds) over {x} x {y}; other axes at their best on it; "
-                 "red: the selected configuration", y=1.02)
+    fig.suptitle(
+        f"{_label(metric)} (tuning seeds) over {x} x {y}; other axes at their best on it; "
+        "red: the selected configuration",
+        y=1.02,
+    )
     fig.tight_layout()
     return fig
 
 
-def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRIC, mode: str | None = None,
-                     aggregate: str = "best", log_x: bool | None = None):
+def sensitivity_plot(
+    trials: pd.DataFrame,
+    axis: str,
+    metric: str = SELECT_METRIC,
+    mode: str | None = None,
+    aggregate: str = "best",
+    log_x: bool | None = None,
+):
     """``metric`` (validation, tuning seeds) vs one axis per optimizer, mean with a 95 % CI band over seeds
     (:func:`sensitivity`: other axes at their best on ``metric``, or averaged)."""
     sens = sensitivity(trials, axis, metric=metric, mode=mode, aggregate=aggregate)
@@ -122,8 +159,9 @@ def sensitivity_plot(trials: pd.DataFrame, axis: str, metric: str = SELECT_METRI
     return fig
 
 
-def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch", metric: str = SELECT_METRIC,
-                    mode: str | None = None):
+def training_curves(
+    epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch", metric: str = SELECT_METRIC, mode: str | None = None
+):
     """Test accuracy and train loss against ``x`` (``epoch`` or ``wall_time``) for each
     optimizer's configuration selected on ``metric`` (validation): mean over the seeds
     that stand for it (evaluation seeds where there are any, :func:`selected_trials`)
@@ -148,8 +186,11 @@ def training_curves(epochs: pd.DataFrame, trials: pd.DataFrame, x: str = "epoch"
             if y == "train_loss":
                 ax.set_yscale("log")
             ax.set_title(f"{task}/{model}" if i == 0 else "")
-    fig.suptitle(f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (configuration selected on "
-                 f"{_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)", y=1.02)
+    fig.suptitle(
+        f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (configuration selected on "
+        f"{_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)",
+        y=1.02,
+    )
     fig.tight_layout()
     return fig
 

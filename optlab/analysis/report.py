@@ -1,5 +1,6 @@
 """``write_report(results, out)``: a self-contained HTML report (figures embedded, works
 offline) and a Markdown version with the figures beside it."""
+
 from __future__ import annotations
 
 import base64
@@ -44,9 +45,9 @@ def _table(df: pd.DataFrame, cols: list[str] | None = None, rename: dict | None 
 class _Section:
     def __init__(self, title: str, text: str = ""):
         self.title, self.text = title, text
-        self.warnings: list[str] = []   # shown loudly, before the tables
+        self.warnings: list[str] = []  # shown loudly, before the tables
         self.tables: list[tuple[str, pd.DataFrame]] = []
-        self.figures: list[tuple[str, str, str]] = []   # (caption, png path, svg path)
+        self.figures: list[tuple[str, str, str]] = []  # (caption, png path, svg path)
         self.pre: str | None = None
 
 
@@ -63,46 +64,66 @@ def verdict_table(cmp: pd.DataFrame) -> pd.DataFrame:
 
     def num(x: float, sign: str = "+") -> str:
         return "–" if not math.isfinite(x) else f"{k * x:{sign}.{2 if k == 100 else 4}f}"
-    return pd.DataFrame({
-        "task": cmp["task"].astype(str) + "/" + cmp["model"].astype(str),
-        "optimizer": cmp["arm"], "vs": cmp["reference"],
-        f"Δ{unit}": cmp["mean_diff"].map(num),
-        f"95 % CI{unit}": [f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
-        "verdict": cmp["verdict"], "seeds": cmp["n_pairs"],
-        "budgets": [f"{a} vs {b}" + ("" if a == b else " (!)") for a, b in zip(cmp["budget"], cmp["reference_budget"])],
-        "p (Holm)": cmp["p_holm"].map(_fmt), "p TOST (Holm)": cmp["p_tost_holm"].map(_fmt),
-        f"MDE{unit}": cmp["mde"].map(lambda x: num(x, "")),
-        f"margin{unit}": cmp["margin"].map(lambda x: "±" + num(x, "")),
-        "stage": [st + (" (selection-biased)" if b else "") for st, b in zip(cmp["stage"], cmp["selection_biased"])],
-    })
+
+    return pd.DataFrame(
+        {
+            "task": cmp["task"].astype(str) + "/" + cmp["model"].astype(str),
+            "optimizer": cmp["arm"],
+            "vs": cmp["reference"],
+            f"Δ{unit}": cmp["mean_diff"].map(num),
+            f"95 % CI{unit}": [f"[{num(lo)}, {num(hi)}]" for lo, hi in zip(cmp["ci_low"], cmp["ci_high"])],
+            "verdict": cmp["verdict"],
+            "seeds": cmp["n_pairs"],
+            "budgets": [
+                f"{a} vs {b}" + ("" if a == b else " (!)") for a, b in zip(cmp["budget"], cmp["reference_budget"])
+            ],
+            "p (Holm)": cmp["p_holm"].map(_fmt),
+            "p TOST (Holm)": cmp["p_tost_holm"].map(_fmt),
+            f"MDE{unit}": cmp["mde"].map(lambda x: num(x, "")),
+            f"margin{unit}": cmp["margin"].map(lambda x: "±" + num(x, "")),
+            "stage": [
+                st + (" (selection-biased)" if b else "") for st, b in zip(cmp["stage"], cmp["selection_biased"])
+            ],
+        }
+    )
 
 
-def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: float, alpha: float,
-                     select: str, metric: str) -> tuple[_Section, pd.DataFrame]:
+def _verdict_section(
+    trials: pd.DataFrame, baseline: str, controls, margin: float, alpha: float, select: str, metric: str
+) -> tuple[_Section, pd.DataFrame]:
     opts = sorted(trials["arm"].astype(str).unique())
     present = [c for c in controls if c in opts]
-    sec = _Section("Verdict", (
-        f"Each optimizer against the baseline `{baseline}`"
-        + (f" and the controls {', '.join(f'`{c}`' for c in present)}" if present else "")
-        + f", per task/model. Δ = optimizer − reference of {P._label(metric)}"
-        + (" in percentage points (pp)" if _units(metric)[0] == 100 else "") + ", "
-        f"paired by seed; each optimizer at the one configuration selected on {P._label(select)} over its "
-        f"tuning seeds. 95 % CI: BCa bootstrap over seeds ({S.DEFAULT_RESAMPLES} resamples, fixed seed). "
-        f"Verdict: **better**/**worse** = paired t-test significant at α = {alpha} after Holm correction across "
-        f"all comparisons of this table AND the CI excludes 0; **equivalent** = the equivalence test (TOST, "
-        f"Holm-adjusted) puts the difference within ±{_units(metric)[0] * margin:g}"
-        + (" pp" if _units(metric)[0] == 100 else "") + " (the margin, `--margin`); "
-        "**inconclusive** = neither: the seeds cannot tell -- MDE is the smallest true difference this many "
-        "seeds detect with 80 % power. Budgets: configurations each side tried while tuning."))
+    sec = _Section(
+        "Verdict",
+        (
+            f"Each optimizer against the baseline `{baseline}`"
+            + (f" and the controls {', '.join(f'`{c}`' for c in present)}" if present else "")
+            + f", per task/model. Δ = optimizer − reference of {P._label(metric)}"
+            + (" in percentage points (pp)" if _units(metric)[0] == 100 else "")
+            + ", "
+            f"paired by seed; each optimizer at the one configuration selected on {P._label(select)} over its "
+            f"tuning seeds. 95 % CI: BCa bootstrap over seeds ({S.DEFAULT_RESAMPLES} resamples, fixed seed). "
+            f"Verdict: **better**/**worse** = paired t-test significant at α = {alpha} after Holm correction across "
+            f"all comparisons of this table AND the CI excludes 0; **equivalent** = the equivalence test (TOST, "
+            f"Holm-adjusted) puts the difference within ±{_units(metric)[0] * margin:g}"
+            + (" pp" if _units(metric)[0] == 100 else "")
+            + " (the margin, `--margin`); "
+            "**inconclusive** = neither: the seeds cannot tell -- MDE is the smallest true difference this many "
+            "seeds detect with 80 % power. Budgets: configurations each side tried while tuning."
+        ),
+    )
     if baseline not in opts:
-        sec.warnings.append(f"No comparison: the baseline `{baseline}` is not in these results (optimizers: "
-                            f"{', '.join(opts)}); choose one with `--baseline`.")
+        sec.warnings.append(
+            f"No comparison: the baseline `{baseline}` is not in these results (optimizers: "
+            f"{', '.join(opts)}); choose one with `--baseline`."
+        )
         return sec, pd.DataFrame()
     missing = [c for c in controls if c not in opts]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cmp = C.comparisons(trials, baseline=baseline, controls=controls, margin=margin, alpha=alpha,
-                            select=select, metric=metric)
+        cmp = C.comparisons(
+            trials, baseline=baseline, controls=controls, margin=margin, alpha=alpha, select=select, metric=metric
+        )
     if cmp.empty:
         sec.warnings.append(f"No comparison: no task/model has both `{baseline}` and another optimizer.")
         return sec, cmp
@@ -112,23 +133,37 @@ def _verdict_section(trials: pd.DataFrame, baseline: str, controls, margin: floa
     if (cmp["stage"] == "tuning").any():
         sec.warnings.append(
             "Selection-biased comparison: these results have no evaluation-stage trials (yet) for "
-            + ", ".join(sorted(set(cmp.loc[cmp["stage"] == "tuning", "arm"].astype(str))
-                               | set(cmp.loc[cmp["stage"] == "tuning", "reference"].astype(str))))
+            + ", ".join(
+                sorted(
+                    set(cmp.loc[cmp["stage"] == "tuning", "arm"].astype(str))
+                    | set(cmp.loc[cmp["stage"] == "tuning", "reference"].astype(str))
+                )
+            )
             + ", so the differences are measured on the same tuning seeds that selected each configuration "
             "(a winner's curse that favours the optimizer with the larger search). Add evaluation seeds to the "
-            "grid spec for an unbiased comparison.")
+            "grid spec for an unbiased comparison."
+        )
     if cmp["selected_on"].str.contains("test").any():
-        sec.warnings.append("Selected on test: biased. Some results have no validation metric (legacy records); "
-                            "their configurations were selected on the test metric they are compared on.")
+        sec.warnings.append(
+            "Selected on test: biased. Some results have no validation metric (legacy records); "
+            "their configurations were selected on the test metric they are compared on."
+        )
     if missing:
         sec.text += f" Controls not in these results: {', '.join(missing)}."
     sec.tables.append(("", verdict_table(cmp)))
     return sec, cmp
 
 
-def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
-                   controls=C.DEFAULT_CONTROLS, margin: float = C.DEFAULT_MARGIN, alpha: float = 0.05,
-                   select: str = D.SELECT_METRIC, metric: str = D.REPORT_METRIC) -> tuple[str, list[_Section]]:
+def build_sections(
+    results: str | Path,
+    fig_dir: Path,
+    baseline: str = "sgd",
+    controls=C.DEFAULT_CONTROLS,
+    margin: float = C.DEFAULT_MARGIN,
+    alpha: float = 0.05,
+    select: str = D.SELECT_METRIC,
+    metric: str = D.REPORT_METRIC,
+) -> tuple[str, list[_Section]]:
     results = Path(results)
     store = Store(results)
     records = list(store.iter_results(skip_corrupt=True))
@@ -151,33 +186,55 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
 
     # --- 2. budgets and the expected-maximum curve
     bud = C.budgets(trials)
-    sec = _Section("Budgets and expected maximum", (
-        "Configurations tried per optimizer while tuning (`configs`). A larger search finds a luckier "
-        "best configuration, so optimizers tuned with unequal budgets are not compared fairly by their best "
-        f"configurations. The expected maximum (Dodge et al. 2019) is the expected best {sel_lab} (seed-mean, "
-        "tuning seeds) after n configurations drawn at random from those tried: compare optimizers at the same n "
-        "(`n matched` = the smallest budget of the task/model)."))
+    sec = _Section(
+        "Budgets and expected maximum",
+        (
+            "Configurations tried per optimizer while tuning (`configs`). A larger search finds a luckier "
+            "best configuration, so optimizers tuned with unequal budgets are not compared fairly by their best "
+            f"configurations. The expected maximum (Dodge et al. 2019) is the expected best {sel_lab} (seed-mean, "
+            "tuning seeds) after n configurations drawn at random from those tried: compare optimizers at the same n "
+            "(`n matched` = the smallest budget of the task/model)."
+        ),
+    )
     if not bud["equal"].all():
         uneq = bud[~bud["equal"]]
-        sec.warnings.append("Unequal tuning budgets: " + "; ".join(
-            f"{t}/{m}: " + ", ".join(f"{o} {c}" for o, c in zip(g["arm"], g["configs"]))
-            for (t, m), g in uneq.groupby(["task", "model"], observed=True)) + ". Read the expected maximum "
-            "at equal n, not the best configurations.")
-    sec.tables.append(("Tuning budget", _table(bud, ["task", "model", "arm", "optimizer", "configs", "seeds",
-                                                     "trials", "equal"])))
+        sec.warnings.append(
+            "Unequal tuning budgets: "
+            + "; ".join(
+                f"{t}/{m}: " + ", ".join(f"{o} {c}" for o, c in zip(g["arm"], g["configs"]))
+                for (t, m), g in uneq.groupby(["task", "model"], observed=True)
+            )
+            + ". Read the expected maximum "
+            "at equal n, not the best configurations."
+        )
+    sec.tables.append(
+        ("Tuning budget", _table(bud, ["task", "model", "arm", "optimizer", "configs", "seeds", "trials", "equal"]))
+    )
     curve = C.expected_max_curve(trials, metric=select)
     if len(curve):
         rows = []
         for (t, m, o), g in curve.groupby(list(D.WITHIN), observed=True):
             matched = g.loc[g["budget_matched"], "expected_max"]
-            rows.append({"task": t, "model": m, "arm": o, "configs": g["configs"].iloc[0],
-                         "n matched": int(g.loc[g["budget_matched"], "n"].iloc[0]) if len(matched) else math.nan,
-                         "E[max] at n matched": matched.iloc[0] if len(matched) else math.nan,
-                         "E[max] at n=1 (mean)": g["expected_max"].iloc[0],
-                         "E[max] at own budget": g["expected_max"].iloc[-1], "selected_on": g["selected_on"].iloc[0]})
+            rows.append(
+                {
+                    "task": t,
+                    "model": m,
+                    "arm": o,
+                    "configs": g["configs"].iloc[0],
+                    "n matched": int(g.loc[g["budget_matched"], "n"].iloc[0]) if len(matched) else math.nan,
+                    "E[max] at n matched": matched.iloc[0] if len(matched) else math.nan,
+                    "E[max] at n=1 (mean)": g["expected_max"].iloc[0],
+                    "E[max] at own budget": g["expected_max"].iloc[-1],
+                    "selected_on": g["selected_on"].iloc[0],
+                }
+            )
         sec.tables.append(("Expected best validation score", _table(pd.DataFrame(rows))))
-        figure(sec, P.expected_max_plot(curve), "expected_max",
-               f"Expected best {sel_lab} (tuning seeds) vs configurations tried; dotted line: equal budget.")
+        figure(
+            sec,
+            P.expected_max_plot(curve),
+            "expected_max",
+            f"Expected best {sel_lab} (tuning seeds) vs configurations tried; dotted line: equal budget.",
+        )
     sections.append(sec)
 
     # --- overview / status and the selected configurations
@@ -188,30 +245,60 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
     counts = trials["status"].astype(str).value_counts().to_dict()
     stages = trials["stage"].astype(str).value_counts().to_dict()
     total = len(expected) if expected is not None else len(trials)
-    sec = _Section("Overview", f"{len(trials)} of {total} trials have results: "
-                   + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-                   + (f"; {len(missing)} missing ({len([m for m in missing if m['trial_id'] in live])} running now)"
-                      if expected is not None else "") + ". Stages: "
-                   + ", ".join(f"{k} {v}" for k, v in sorted(stages.items())) + ".")
+    sec = _Section(
+        "Overview",
+        f"{len(trials)} of {total} trials have results: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        + (
+            f"; {len(missing)} missing ({len([m for m in missing if m['trial_id'] in live])} running now)"
+            if expected is not None
+            else ""
+        )
+        + ". Stages: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
+        + ".",
+    )
     n_legacy = int(trials["legacy"].sum())
     if n_legacy:
-        sec.warnings.append(f"{n_legacy} legacy trial(s) (no schema version 2 / no resolved hyperparameters): "
-                            "the hyperparameters they left unset are shown with today's preset defaults, which "
-                            "may differ from what they ran with (column `legacy`).")
+        sec.warnings.append(
+            f"{n_legacy} legacy trial(s) (no schema version 2 / no resolved hyperparameters): "
+            "the hyperparameters they left unset are shown with today's preset defaults, which "
+            "may differ from what they ran with (column `legacy`)."
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", D.SelectionBiasWarning)
         best = D.best_configs(trials, metric=select, report=metric)
     if len(best):
-        sec.tables.append((f"Selected configuration per optimizer (on {sel_lab}, tuning seeds; test reported "
-                           "for it)", _table(best, ["task", "model", "arm", "optimizer"] + axes + [
-                               "selected_on", "mean", "std", "n", "n_missing", "n_diverged", "eligible",
-                               "n_configs", "n_tied", "report_mean", "report_std"],
-                               rename={"mean": "val mean", "std": "val std", "report_mean": "test mean",
-                                       "report_std": "test std"})))
-        sec.text += (" `val mean`: the selection score; `eligible`: every tuning seed finished ok (otherwise the "
-                     "best mean over finished seeds won); `n_tied`: configurations whose score tied with the winner "
-                     "(this replaces the old `tie` column: the first configuration label in sorted order wins, "
-                     "as in the grid runner); `test mean`: reported, never selected on.")
+        sec.tables.append(
+            (
+                f"Selected configuration per optimizer (on {sel_lab}, tuning seeds; test reported for it)",
+                _table(
+                    best,
+                    ["task", "model", "arm", "optimizer"]
+                    + axes
+                    + [
+                        "selected_on",
+                        "mean",
+                        "std",
+                        "n",
+                        "n_missing",
+                        "n_diverged",
+                        "eligible",
+                        "n_configs",
+                        "n_tied",
+                        "report_mean",
+                        "report_std",
+                    ],
+                    rename={"mean": "val mean", "std": "val std", "report_mean": "test mean", "report_std": "test std"},
+                ),
+            )
+        )
+        sec.text += (
+            " `val mean`: the selection score; `eligible`: every tuning seed finished ok (otherwise the "
+            "best mean over finished seeds won); `n_tied`: configurations whose score tied with the winner "
+            "(this replaces the old `tie` column: the first configuration label in sorted order wins, "
+            "as in the grid runner); `test mean`: reported, never selected on."
+        )
     sections.append(sec)
 
     spec = results / "spec.toml"
@@ -229,22 +316,35 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
         env_rows.setdefault("schema_version", set()).add(str(r.get("schema_version", "1 (legacy)")))
         for pkg, v in (r.get("plugins") or {}).items():
             env_rows.setdefault(f"plugin {pkg}", set()).add(str(v))
-    sec = _Section("Environment", "Values recorded with the trials (several values: trials ran in different "
-                   "environments).")
+    sec = _Section(
+        "Environment", "Values recorded with the trials (several values: trials ran in different environments)."
+    )
     sec.tables.append(("", pd.DataFrame([{"item": k, "value": ", ".join(sorted(v))} for k, v in env_rows.items()])))
     sections.append(sec)
 
     # --- summary
     summ = D.summarize(trials, metric=metric)
-    sec = _Section("Summary over seeds", f"{P._label(metric).capitalize()} per configuration and stage "
-                   "(description only: nothing is selected here): mean, standard deviation, standard error and "
-                   "95 % confidence interval (Student t) over seeds that finished; "
-                   "`n_missing`/`n_diverged`/`n_failed` show cells that are incomplete -- they are never "
-                   "averaged silently over fewer seeds.")
+    sec = _Section(
+        "Summary over seeds",
+        f"{P._label(metric).capitalize()} per configuration and stage "
+        "(description only: nothing is selected here): mean, standard deviation, standard error and "
+        "95 % confidence interval (Student t) over seeds that finished; "
+        "`n_missing`/`n_diverged`/`n_failed` show cells that are incomplete -- they are never "
+        "averaged silently over fewer seeds.",
+    )
     if len(summ):
         summ = summ.sort_values(["task", "model", "stage", "mean"], ascending=[True, True, False, False])
-        sec.tables.append(("", _table(summ, ["task", "model", "arm", "stage"] + axes +
-                                      ["mean", "std", "sem", "ci95", "n", "n_missing", "n_diverged", "n_failed"])))
+        sec.tables.append(
+            (
+                "",
+                _table(
+                    summ,
+                    ["task", "model", "arm", "stage"]
+                    + axes
+                    + ["mean", "std", "sem", "ci95", "n", "n_missing", "n_diverged", "n_failed"],
+                ),
+            )
+        )
     sections.append(sec)
 
     # --- heatmaps and sensitivity
@@ -252,14 +352,21 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
         warnings.simplefilter("ignore", D.SelectionBiasWarning)
         if "lr" in axes and "weight_decay" in axes:
             sec = _Section("Learning rate x weight decay")
-            figure(sec, P.heatmaps(trials, "lr", "weight_decay", metric=select), "heatmap_lr_wd",
-                   f"{sel_lab.capitalize()} (tuning seeds) over lr x weight decay, other axes at their best on it; "
-                   "one panel per optimizer, one colour scale; red: the configuration selected on it.")
+            figure(
+                sec,
+                P.heatmaps(trials, "lr", "weight_decay", metric=select),
+                "heatmap_lr_wd",
+                f"{sel_lab.capitalize()} (tuning seeds) over lr x weight decay, other axes at their best on it; "
+                "one panel per optimizer, one colour scale; red: the configuration selected on it.",
+            )
             sections.append(sec)
         sens_axes = [a for a in AXES_ORDER if a in axes] + [a for a in axes if a not in AXES_ORDER]
         if sens_axes:
-            sec = _Section("Sensitivity", f"Each axis with the other axes at their best on {sel_lab} (tuning "
-                           "seeds, seed-mean); band: 95 % CI. `test mean` is reported for the same configurations.")
+            sec = _Section(
+                "Sensitivity",
+                f"Each axis with the other axes at their best on {sel_lab} (tuning "
+                "seeds, seed-mean); band: 95 % CI. `test mean` is reported for the same configurations.",
+            )
             for a in sens_axes:
                 try:
                     s = D.sensitivity(trials, a, metric=select, report=metric)
@@ -267,56 +374,132 @@ def build_sections(results: str | Path, fig_dir: Path, baseline: str = "sgd",
                     continue
                 if s.empty or s.groupby(list(D.WITHIN), observed=True)[a].nunique().max() < 2:  # no arm varies it
                     continue
-                figure(sec, P.sensitivity_plot(trials, a, metric=select), f"sensitivity_{a}",
-                       f"Sensitivity to {a}: {sel_lab}, tuning seeds, selected on it.")
-                sec.tables.append((f"{a}", _table(s, ["task", "model", "arm", a, "selected_on", "mean", "ci95",
-                                                      "n", "report_mean"],
-                                                  rename={"mean": "val mean", "report_mean": "test mean"})))
+                figure(
+                    sec,
+                    P.sensitivity_plot(trials, a, metric=select),
+                    f"sensitivity_{a}",
+                    f"Sensitivity to {a}: {sel_lab}, tuning seeds, selected on it.",
+                )
+                sec.tables.append(
+                    (
+                        f"{a}",
+                        _table(
+                            s,
+                            ["task", "model", "arm", a, "selected_on", "mean", "ci95", "n", "report_mean"],
+                            rename={"mean": "val mean", "report_mean": "test mean"},
+                        ),
+                    )
+                )
             sections.append(sec)
 
         # --- comparison details
-        sec = _Section("Comparison details", "Every statistic behind the verdict table: paired t and Wilcoxon "
-                       "signed-rank p-values (unadjusted), Holm-adjusted p, TOST p, SD of the seed differences, "
-                       "the seeds paired and the configurations compared.")
+        sec = _Section(
+            "Comparison details",
+            "Every statistic behind the verdict table: paired t and Wilcoxon "
+            "signed-rank p-values (unadjusted), Holm-adjusted p, TOST p, SD of the seed differences, "
+            "the seeds paired and the configurations compared.",
+        )
         if len(cmp):
-            sec.tables.append(("", _table(cmp, [
-                "task", "model", "arm", "reference", "stage", "n_pairs", "n_unpaired", "mean", "reference_mean",
-                "mean_diff", "ci_low", "ci_high", "sd_diff", "p_value", "p_wilcoxon", "p_holm", "p_tost",
-                "p_tost_holm", "mde", "verdict", "seeds", "config", "reference_config"])))
+            sec.tables.append(
+                (
+                    "",
+                    _table(
+                        cmp,
+                        [
+                            "task",
+                            "model",
+                            "arm",
+                            "reference",
+                            "stage",
+                            "n_pairs",
+                            "n_unpaired",
+                            "mean",
+                            "reference_mean",
+                            "mean_diff",
+                            "ci_low",
+                            "ci_high",
+                            "sd_diff",
+                            "p_value",
+                            "p_wilcoxon",
+                            "p_holm",
+                            "p_tost",
+                            "p_tost_holm",
+                            "mde",
+                            "verdict",
+                            "seeds",
+                            "config",
+                            "reference_config",
+                        ],
+                    ),
+                )
+            )
         sections.append(sec)
 
         # --- curves, cost, profile
         stage_word = "evaluation seeds where present, else tuning seeds"
-        sec = _Section("Training curves", f"Each optimizer's configuration selected on {sel_lab}; curves over "
-                       f"{stage_word}.")
-        figure(sec, P.training_curves(epochs, trials, x="epoch", metric=select), "curves_epoch",
-               f"Against epochs (selected on {sel_lab}; {stage_word}).")
-        figure(sec, P.training_curves(epochs, trials, x="wall_time", metric=select), "curves_time",
-               f"Against wall-clock time (selected on {sel_lab}; {stage_word}).")
+        sec = _Section(
+            "Training curves", f"Each optimizer's configuration selected on {sel_lab}; curves over {stage_word}."
+        )
+        figure(
+            sec,
+            P.training_curves(epochs, trials, x="epoch", metric=select),
+            "curves_epoch",
+            f"Against epochs (selected on {sel_lab}; {stage_word}).",
+        )
+        figure(
+            sec,
+            P.training_curves(epochs, trials, x="wall_time", metric=select),
+            "curves_time",
+            f"Against wall-clock time (selected on {sel_lab}; {stage_word}).",
+        )
         sections.append(sec)
 
         sec = _Section("Cost", "Mean seconds per epoch by phase, as recorded by the runner (all trials).")
         figure(sec, P.cost_bars(trials), "cost", "Per-epoch time split.")
-        cost = trials.groupby(["task", "model", "arm"], observed=True)[
-            ["time_epoch", "time_forward_backward", "time_curvature", "time_update", "hvp_count"]].mean().reset_index()
+        cost = (
+            trials.groupby(["task", "model", "arm"], observed=True)[
+                ["time_epoch", "time_forward_backward", "time_curvature", "time_update", "hvp_count"]
+            ]
+            .mean()
+            .reset_index()
+        )
         sec.tables.append(("", _table(cost)))
         sections.append(sec)
 
         if trials.groupby(["task", "model"], observed=True).ngroups > 1:
-            sec = _Section("Performance profile", f"Dolan-Moré profile of {P._label(metric)} error across task/model "
-                           f"problems, each optimizer at its configuration selected on {sel_lab} ({stage_word}).")
+            sec = _Section(
+                "Performance profile",
+                f"Dolan-Moré profile of {P._label(metric)} error across task/model "
+                f"problems, each optimizer at its configuration selected on {sel_lab} ({stage_word}).",
+            )
             figure(sec, P.profile_plot(D.performance_profile(trials, metric=select, report=metric)), "profile", "")
             sections.append(sec)
 
     # --- problems
     bad = trials[trials["status"] != "ok"]
     sec = _Section("Missing, failed and diverged trials")
-    rows = [{"trial": r["trial_id"], "status": r["status"], "stage": r["stage"], "config": r["config"],
-             "seed": r["seed"], "error": (r["error"] or "")[:200]} for _, r in bad.iterrows()]
-    rows += [{"trial": m["trial_id"], "status": "running" if m["trial_id"] in live else "missing",
-              "stage": m.get("stage", "tuning"),
-              "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
-              "seed": m["seed"], "error": ""} for m in missing]
+    rows = [
+        {
+            "trial": r["trial_id"],
+            "status": r["status"],
+            "stage": r["stage"],
+            "config": r["config"],
+            "seed": r["seed"],
+            "error": (r["error"] or "")[:200],
+        }
+        for _, r in bad.iterrows()
+    ]
+    rows += [
+        {
+            "trial": m["trial_id"],
+            "status": "running" if m["trial_id"] in live else "missing",
+            "stage": m.get("stage", "tuning"),
+            "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
+            "seed": m["seed"],
+            "error": "",
+        }
+        for m in missing
+    ]
     if rows:
         sec.tables.append(("", pd.DataFrame(rows)))
     else:
@@ -343,8 +526,9 @@ def _anchor(t: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in t.lower())
 
 
-def write_report(results: str | Path, output: str | Path | None = None, title: str | None = None,
-                 **options) -> list[Path]:
+def write_report(
+    results: str | Path, output: str | Path | None = None, title: str | None = None, **options
+) -> list[Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``output``.
 
     ``options`` go to :func:`build_sections`: ``baseline``, ``controls``, ``margin``, ``alpha``,
@@ -357,9 +541,11 @@ def write_report(results: str | Path, output: str | Path | None = None, title: s
         auto_title, sections = build_sections(results, out / "figures", **options)
     title = title or auto_title
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-         f"<p class='meta'>generated {stamp} from <code>{html.escape(str(results))}</code></p><nav>"]
+    h = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p class='meta'>generated {stamp} from <code>{html.escape(str(results))}</code></p><nav>",
+    ]
     h += [f"<a href='#{_anchor(s.title)}'>{html.escape(s.title)}</a>" for s in sections]
     h.append("</nav>")
     md = [f"# {title}", "", f"_generated {stamp} from `{results}`_", ""]
@@ -384,8 +570,10 @@ def write_report(results: str | Path, output: str | Path | None = None, title: s
             md += [_md_table(t), ""]
         for cap, png, _svg in s.figures:
             b64 = base64.b64encode(Path(png).read_bytes()).decode()
-            h.append(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
-                     f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+            h.append(
+                f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+            )
             md += [f"![{cap}](figures/{Path(png).name})", f"_{cap}_ ([SVG](figures/{Path(_svg).name}))", ""]
     h.append("</body></html>")
     html_path, md_path = out / "report.html", out / "report.md"
@@ -412,4 +600,3 @@ def _md_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(esc(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
-

@@ -14,18 +14,31 @@ sign test stands in for it (all n differences on one side: p = 0.5^n
 one-sided, 2 * 0.5^n two-sided; so 2 identical differences never make a
 significant result), the MDE is NaN and the bootstrap interval is the point.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["PairedResult", "paired", "bootstrap_ci", "paired_t_pvalue", "wilcoxon_pvalue", "tost_pvalue",
-           "min_detectable_effect", "holm", "verdict", "expected_max", "VERDICTS", "CI_METHODS",
-           "DEFAULT_RESAMPLES"]
+__all__ = [
+    "PairedResult",
+    "paired",
+    "bootstrap_ci",
+    "paired_t_pvalue",
+    "wilcoxon_pvalue",
+    "tost_pvalue",
+    "min_detectable_effect",
+    "holm",
+    "verdict",
+    "expected_max",
+    "VERDICTS",
+    "CI_METHODS",
+    "DEFAULT_RESAMPLES",
+]
 
 VERDICTS = ("better", "worse", "equivalent", "inconclusive")
 CI_METHODS = ("BCa", "percentile")
@@ -38,13 +51,16 @@ def _diffs(a, b=None) -> np.ndarray:
     if d.ndim != 1:
         raise ValueError(f"expected 1-D paired samples, got shape {d.shape}")
     if not np.isfinite(d).all():
-        raise ValueError(f"paired samples contain non-finite values at positions "
-                         f"{np.flatnonzero(~np.isfinite(d)).tolist()}; drop those seeds from both samples first")
+        raise ValueError(
+            f"paired samples contain non-finite values at positions "
+            f"{np.flatnonzero(~np.isfinite(d)).tolist()}; drop those seeds from both samples first"
+        )
     return d
 
 
-def bootstrap_ci(d, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, method: str = "BCa",
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    d, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPLES, method: str = "BCa", seed: int = 0
+) -> tuple[float, float]:
     """Bootstrap ``confidence`` interval of the mean of the paired differences ``d``.
 
     Resampling seeds (pairs) with replacement, ``n_resamples`` times, from a
@@ -56,15 +72,23 @@ def bootstrap_ci(d, confidence: float = 0.95, n_resamples: int = DEFAULT_RESAMPL
     if method not in CI_METHODS:
         raise ValueError(f"invalid method={method!r}; expected one of {', '.join(CI_METHODS)}")
     if n_resamples < 1000:
-        raise ValueError(f"n_resamples={n_resamples} is too few for a 95 % interval; use >= 1000 "
-                         f"(default {DEFAULT_RESAMPLES})")
+        raise ValueError(
+            f"n_resamples={n_resamples} is too few for a 95 % interval; use >= 1000 (default {DEFAULT_RESAMPLES})"
+        )
     d = _diffs(d)
     if len(d) < 2:
         return (math.nan, math.nan)
     if np.ptp(d) == 0:  # every resample has the same mean
         return (float(d[0]), float(d[0]))
-    res = stats.bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method=method,
-                          vectorized=True, rng=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (d,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method=method,
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -74,8 +98,8 @@ def _sign_test_equal(value: float, popmean: float, n: int, alternative: str) -> 
     if diff == 0:
         return 1.0
     if alternative == "two-sided":
-        return min(1.0, 2 * 0.5 ** n)
-    return 0.5 ** n if (diff > 0) == (alternative == "greater") else 1.0
+        return min(1.0, 2 * 0.5**n)
+    return 0.5**n if (diff > 0) == (alternative == "greater") else 1.0
 
 
 def _t_pvalue(d: np.ndarray, popmean: float, alternative: str) -> float:
@@ -165,8 +189,14 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def verdict(mean_diff: float, ci: tuple[float, float], p_adjusted: float, p_equivalence: float,
-            alpha: float = 0.05, higher_is_better: bool = True) -> str:
+def verdict(
+    mean_diff: float,
+    ci: tuple[float, float],
+    p_adjusted: float,
+    p_equivalence: float,
+    alpha: float = 0.05,
+    higher_is_better: bool = True,
+) -> str:
     """One word for one comparison.
 
     * ``better`` / ``worse``: the (multiplicity-adjusted) test rejects "no
@@ -187,6 +217,7 @@ def verdict(mean_diff: float, ci: tuple[float, float], p_adjusted: float, p_equi
 @dataclass(frozen=True)
 class PairedResult:
     """Statistics of one seed-paired comparison (``d = a - b``)."""
+
     n: int
     mean_diff: float
     sd_diff: float
@@ -203,8 +234,16 @@ class PairedResult:
         return asdict(self)
 
 
-def paired(a, b, margin: float = 0.005, alpha: float = 0.05, power: float = 0.8,
-           n_resamples: int = DEFAULT_RESAMPLES, ci_method: str = "BCa", seed: int = 0) -> PairedResult:
+def paired(
+    a,
+    b,
+    margin: float = 0.005,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    ci_method: str = "BCa",
+    seed: int = 0,
+) -> PairedResult:
     """Everything :func:`verdict` needs for ``a`` vs ``b`` (same seeds, same order).
 
     ``mde`` is :func:`min_detectable_effect` from the observed SD of the
@@ -215,10 +254,19 @@ def paired(a, b, margin: float = 0.005, alpha: float = 0.05, power: float = 0.8,
     n = len(d)
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     lo, hi = bootstrap_ci(d, 1 - alpha, n_resamples=n_resamples, method=ci_method, seed=seed)
-    return PairedResult(n=n, mean_diff=float(d.mean()) if n else math.nan, sd_diff=sd, ci_low=lo, ci_high=hi,
-                        ci_method=ci_method, p_t=paired_t_pvalue(d), p_wilcoxon=wilcoxon_pvalue(d),
-                        p_tost=tost_pvalue(d, margin=margin), margin=margin,
-                        mde=min_detectable_effect(sd, n, alpha=alpha, power=power))
+    return PairedResult(
+        n=n,
+        mean_diff=float(d.mean()) if n else math.nan,
+        sd_diff=sd,
+        ci_low=lo,
+        ci_high=hi,
+        ci_method=ci_method,
+        p_t=paired_t_pvalue(d),
+        p_wilcoxon=wilcoxon_pvalue(d),
+        p_tost=tost_pvalue(d, margin=margin),
+        margin=margin,
+        mde=min_detectable_effect(sd, n, alpha=alpha, power=power),
+    )
 
 
 def expected_max(values, n: int | Sequence[int]) -> np.ndarray:

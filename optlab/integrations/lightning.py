@@ -23,13 +23,15 @@ on curvature steps the gradients exist only inside ``opt.step``. ``accumulate_gr
 with a curvature preset is refused on curvature steps (use the backward-first style in a
 manual-optimization loop). Other strategies than DDP (FSDP, DeepSpeed) are refused.
 """
+
 from __future__ import annotations
 
 try:
     import lightning.pytorch as pl
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("optlab.integrations.lightning needs the 'lightning' extra: "
-                      "pip install -c constraints.txt 'optlab[lightning]'") from exc
+    raise ImportError(
+        "optlab.integrations.lightning needs the 'lightning' extra: pip install -c constraints.txt 'optlab[lightning]'"
+    ) from exc
 
 from torch.nn.parallel import DistributedDataParallel
 
@@ -58,4 +60,5 @@ class OptlabCallback(pl.Callback):
             elif trainer.world_size > 1:
                 raise TypeError(
                     f"{opt.name}: Lightning strategy {type(trainer.strategy).__name__} is not supported with "
-                    f"{trainer.world_size} processes; use strategy='ddp' (or 'ddp_spawn').")
+                    f"{trainer.world_size} processes; use strategy='ddp' (or 'ddp_spawn')."
+                )

@@ -1,4 +1,5 @@
 """optlab's built-in plugin: registered through the ``optlab`` entry point like any other."""
+
 from __future__ import annotations
 
 from optlab.hookspecs import hookimpl
@@ -33,6 +34,7 @@ def optlab_register_presets(register):
 @hookimpl
 def optlab_register_tasks(register):
     from . import tasks
+
     for name, fn in tasks.TASKS.items():
         register(name, fn)
 
@@ -40,6 +42,7 @@ def optlab_register_tasks(register):
 @hookimpl
 def optlab_register_models(register):
     from . import models
+
     for name, fn in models.MODELS.items():
         register(name, fn)
 
@@ -47,6 +50,7 @@ def optlab_register_models(register):
 @hookimpl
 def optlab_register_baselines(register):
     from . import baselines
+
     for name, fn in baselines.BASELINES.items():
         register(name, fn)
 
@@ -54,6 +58,7 @@ def optlab_register_baselines(register):
 @hookimpl
 def optlab_register_executors(register):
     from optlab import executors
+
     for name, cls in executors.EXECUTORS.items():
         register(name, cls)
 
@@ -61,5 +66,6 @@ def optlab_register_executors(register):
 @hookimpl
 def optlab_register_sinks(register):
     from optlab import sinks
+
     for name, cls in sinks.SINKS.items():
         register(name, cls)

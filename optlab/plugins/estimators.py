@@ -1,4 +1,5 @@
 """Built-in curvature estimators. Each is named for what it computes."""
+
 from __future__ import annotations
 
 import torch
@@ -46,8 +47,10 @@ class ExactDiag(CurvatureEstimator):
     hparams = {"chunk_size": CHUNK()}
 
     def estimate(self, ctx, indices, group, generator):
-        return {k: ctx.dense_block([k], chunk_size=group["chunk_size"]).diagonal().reshape(ctx.params[k].shape).clone()
-                for k in indices}
+        return {
+            k: ctx.dense_block([k], chunk_size=group["chunk_size"]).diagonal().reshape(ctx.params[k].shape).clone()
+            for k in indices
+        }
 
 
 def _signs(shape, generator, like: torch.Tensor) -> torch.Tensor:
@@ -120,8 +123,11 @@ class Hutchinson(CurvatureEstimator):
         return out
 
 
-LOSS = lambda: choice("cross_entropy", ("cross_entropy", "mse"),  # noqa: E731
-                      "the loss the closure computes on the outputs (mean reduction)")
+LOSS = lambda: choice(
+    "cross_entropy",
+    ("cross_entropy", "mse"),  # noqa: E731
+    "the loss the closure computes on the outputs (mean reduction)",
+)
 
 
 def _output_sqrt_rows(outputs: torch.Tensor, loss: str) -> torch.Tensor:
@@ -139,7 +145,7 @@ def _output_sqrt_rows(outputs: torch.Tensor, loss: str) -> torch.Tensor:
     n, c = outputs.shape
     p = outputs.softmax(-1)
     sp = p.sqrt()
-    S = (torch.diag_embed(sp) - sp.unsqueeze(-1) * p.unsqueeze(-2)) / n ** 0.5   # (N, C, C), rows r
+    S = (torch.diag_embed(sp) - sp.unsqueeze(-1) * p.unsqueeze(-2)) / n**0.5  # (N, C, C), rows r
     rows = torch.zeros(n, c, n, c, dtype=outputs.dtype, device=outputs.device)
     idx = torch.arange(n)
     rows[idx, :, idx, :] = S
@@ -182,8 +188,7 @@ class GGNMonteCarlo(CurvatureEstimator):
     stochastic = True
     target = "ggn_diag"
     requires = {"closure": "loss_outputs"}
-    hparams = {"loss": LOSS(), "samples": positive_int(1, "sampled label sets per refresh"),
-               "chunk_size": CHUNK()}
+    hparams = {"loss": LOSS(), "samples": positive_int(1, "sampled label sets per refresh"), "chunk_size": CHUNK()}
 
     def estimate(self, ctx, indices, group, generator):
         if not indices:

@@ -3,12 +3,13 @@
 Every model accepts ``decouple=True`` to weight-normalize its conv/linear layers
 (``optlab.decouple``), giving channel-wise scales to BN-free variants.
 """
+
 from __future__ import annotations
 
 import functools
 
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from optlab.modeltools import decouple as _decouple
 
@@ -18,6 +19,7 @@ def _with_decouple(build):
     def fn(task_info, decouple: bool = False, **options):
         model = build(task_info, **options)
         return _decouple(model) if decouple else model
+
     return fn
 
 
@@ -48,10 +50,20 @@ def cnn_bn(info, width: int = 32, bn: bool = True):
     c = info["input_shape"][0]
     w = width
     return nn.Sequential(
-        nn.Conv2d(c, w, 3, padding=1, bias=not bn), _norm2d(w, bn), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, padding=1, bias=not bn), _norm2d(2 * w, bn), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=not bn), _norm2d(2 * w, bn), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, info["num_classes"]))
+        nn.Conv2d(c, w, 3, padding=1, bias=not bn),
+        _norm2d(w, bn),
+        nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=not bn),
+        _norm2d(2 * w, bn),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=not bn),
+        _norm2d(2 * w, bn),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * w, info["num_classes"]),
+    )
 
 
 @_with_decouple
@@ -60,10 +72,19 @@ def cnn1d(info, width: int = 32, bn: bool = True):
     c, w = info["input_shape"][0], width
     norm = (lambda k: nn.BatchNorm1d(k)) if bn else (lambda k: nn.Identity())
     return nn.Sequential(
-        nn.Conv1d(c, w, 5, padding=2, bias=not bn), norm(w), nn.ReLU(),
-        nn.Conv1d(w, 2 * w, 3, stride=2, padding=1, bias=not bn), norm(2 * w), nn.ReLU(),
-        nn.Conv1d(2 * w, 2 * w, 3, stride=2, padding=1, bias=not bn), norm(2 * w), nn.ReLU(),
-        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(2 * w, info["num_classes"]))
+        nn.Conv1d(c, w, 5, padding=2, bias=not bn),
+        norm(w),
+        nn.ReLU(),
+        nn.Conv1d(w, 2 * w, 3, stride=2, padding=1, bias=not bn),
+        norm(2 * w),
+        nn.ReLU(),
+        nn.Conv1d(2 * w, 2 * w, 3, stride=2, padding=1, bias=not bn),
+        norm(2 * w),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(2 * w, info["num_classes"]),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -111,6 +132,7 @@ def _resnet(depth):
     @_with_decouple
     def build(info, width: int = 16, bn: bool = True):
         return CifarResNet(info, [n] * 3, [width, 2 * width, 4 * width], stem=width, bn=bn)
+
     build.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016, 3 stages of {n} basic blocks)."
     return build
 
@@ -121,8 +143,10 @@ def resnet18(info, width: int = 64, bn: bool = True):
     return CifarResNet(info, [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], stem=width, bn=bn)
 
 
-VGG_CFG = {11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-           16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]}
+VGG_CFG = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
 
 
 def _vgg(depth, bn):
@@ -137,12 +161,21 @@ def _vgg(depth, bn):
             layers += [nn.Conv2d(c, w, 3, padding=1, bias=not bn)] + ([nn.BatchNorm2d(w)] if bn else []) + [nn.ReLU()]
             c = w
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, info["num_classes"]))
+
     build.__doc__ = f"VGG-{depth}{' with BatchNorm' if bn else ''} for 32x32 inputs (one linear head)."
     return build
 
 
 MODELS = {
-    "mlp-bn": mlp_bn, "cnn-bn": cnn_bn, "cnn1d": cnn1d,
-    "resnet20": _resnet(20), "resnet32": _resnet(32), "resnet56": _resnet(56), "resnet18": resnet18,
-    "vgg11": _vgg(11, False), "vgg11-bn": _vgg(11, True), "vgg16": _vgg(16, False), "vgg16-bn": _vgg(16, True),
+    "mlp-bn": mlp_bn,
+    "cnn-bn": cnn_bn,
+    "cnn1d": cnn1d,
+    "resnet20": _resnet(20),
+    "resnet32": _resnet(32),
+    "resnet56": _resnet(56),
+    "resnet18": resnet18,
+    "vgg11": _vgg(11, False),
+    "vgg11-bn": _vgg(11, True),
+    "vgg16": _vgg(16, False),
+    "vgg16-bn": _vgg(16, True),
 }

@@ -3,6 +3,7 @@
 Each preset is ``fn(model, **hparams) -> list[Rule]``; read them like optax's
 ``alias.py``.
 """
+
 from __future__ import annotations
 
 from optlab import api
@@ -20,8 +21,9 @@ def sgd(model, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=F
     return [Rule("all", rest(), None, api.stepper("sgd"), hp)]
 
 
-def sgd_scaled(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, channelwise_lr_scale=0.1,
-               selector="channelwise"):
+def sgd_scaled(
+    model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, channelwise_lr_scale=0.1, selector="channelwise"
+):
     """Control: SGD with momentum everywhere, the channel-wise parameters at ``lr * channelwise_lr_scale``.
 
     SGD-PH's Newton step on a channel-wise parameter is the SGD-M step scaled by
@@ -29,15 +31,25 @@ def sgd_scaled(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, ch
     it matches SGD-PH, "a smaller step on normalization parameters" explains the
     effect, not the curvature. ``channelwise_lr_scale=0`` freezes them (``sgd-frozen``).
     """
-    if not isinstance(channelwise_lr_scale, (int, float)) or isinstance(channelwise_lr_scale, bool) \
-            or not 0 <= channelwise_lr_scale < float("inf"):
-        raise ValueError(f"sgd-scaled: invalid channelwise_lr_scale={channelwise_lr_scale!r}; expected a finite "
-                         "number >= 0")
+    if (
+        not isinstance(channelwise_lr_scale, (int, float))
+        or isinstance(channelwise_lr_scale, bool)
+        or not 0 <= channelwise_lr_scale < float("inf")
+    ):
+        raise ValueError(
+            f"sgd-scaled: invalid channelwise_lr_scale={channelwise_lr_scale!r}; expected a finite number >= 0"
+        )
     hp = dict(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return [
-        Rule("channelwise", _selector(selector), None, api.stepper("sgd"), dict(lr=lr * channelwise_lr_scale, **hp),
-             if_empty=f"sgd-scaled: no channel-wise parameter in {type(model).__name__} (selector {selector!r}); "
-                      "the control reduces to SGD with momentum."),
+        Rule(
+            "channelwise",
+            _selector(selector),
+            None,
+            api.stepper("sgd"),
+            dict(lr=lr * channelwise_lr_scale, **hp),
+            if_empty=f"sgd-scaled: no channel-wise parameter in {type(model).__name__} (selector {selector!r}); "
+            "the control reduces to SGD with momentum.",
+        ),
         Rule("rest", rest(), None, api.stepper("sgd"), dict(lr=lr, **hp)),
     ]
 
@@ -45,13 +57,34 @@ def sgd_scaled(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, ch
 def sgd_frozen(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, selector="channelwise"):
     """Control: SGD with momentum on everything but the channel-wise parameters, which stay at their
     initial values (``sgd-scaled`` with ``channelwise_lr_scale=0``)."""
-    return sgd_scaled(model, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                      channelwise_lr_scale=0.0, selector=selector)
+    return sgd_scaled(
+        model,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        channelwise_lr_scale=0.0,
+        selector=selector,
+    )
 
 
-def sgd_ph(model, lr=0.1, momentum=0.9, weight_decay=0.0, hessian_momentum=0.9, tau=1e-3, eps=1e-4,
-           every=50, schedule="all", estimator="block_rademacher", rectify="abs", rectify_at=None,
-           selector="channelwise", nesterov=False, **estimator_options):
+def sgd_ph(
+    model,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=0.0,
+    hessian_momentum=0.9,
+    tau=1e-3,
+    eps=1e-4,
+    every=50,
+    schedule="all",
+    estimator="block_rademacher",
+    rectify="abs",
+    rectify_at=None,
+    selector="channelwise",
+    nesterov=False,
+    **estimator_options,
+):
     """SGD-PH: diagonal Newton on channel-wise parameters, SGD-momentum on the rest.
 
     Default refresh: every tensor's H_kk 1 every 50 steps from one block-Rademacher
@@ -69,15 +102,30 @@ def sgd_ph(model, lr=0.1, momentum=0.9, weight_decay=0.0, hessian_momentum=0.9, 
     est = api.estimator(estimator)
     if rectify_at is None:
         rectify_at = "use" if est.stochastic else "refresh"
-    second = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, hessian_momentum=hessian_momentum,
-                  tau=tau, eps=eps, rectify=rectify, rectify_at=rectify_at, **estimator_options)
+    second = dict(
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        hessian_momentum=hessian_momentum,
+        tau=tau,
+        eps=eps,
+        rectify=rectify,
+        rectify_at=rectify_at,
+        **estimator_options,
+    )
     first = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return [
-        Rule("channelwise", _selector(selector), est, api.stepper("diag_newton"), second,
-             schedule=Schedule(every, schedule),
-             if_empty=f"sgd-ph: no channel-wise parameter in {type(model).__name__} (selector "
-                      f"{selector!r}); SGD-PH reduces to SGD with momentum. For a network without "
-                      "normalization layers, apply optlab.decouple(model) first."),
+        Rule(
+            "channelwise",
+            _selector(selector),
+            est,
+            api.stepper("diag_newton"),
+            second,
+            schedule=Schedule(every, schedule),
+            if_empty=f"sgd-ph: no channel-wise parameter in {type(model).__name__} (selector "
+            f"{selector!r}); SGD-PH reduces to SGD with momentum. For a network without "
+            "normalization layers, apply optlab.decouple(model) first.",
+        ),
         Rule("rest", rest(), None, api.stepper("sgd"), first),
     ]
 
@@ -94,20 +142,44 @@ def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=1e-4, ta
     one_d = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() == 1]
     m = len(one_d)
     ph = api.selector("names", *one_d[:-1])
-    second = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, hessian_momentum=momentum, tau=tau,
-                  eps=eps, rectify="abs", rectify_at="refresh", bias_correction="reference",
-                  bias_period=m or None)
+    second = dict(
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        hessian_momentum=momentum,
+        tau=tau,
+        eps=eps,
+        rectify="abs",
+        rectify_at="refresh",
+        bias_correction="reference",
+        bias_period=m or None,
+    )
     return [
-        Rule("newton_1d", ph, api.estimator("rowsum_hvp"), api.stepper("diag_newton"), second,
-             schedule=Schedule(1, "round_robin", period=m or None),
-             if_empty=f"sgd-ph-reference: {type(model).__name__} has fewer than two 1-D parameter "
-                      "tensors; the reference update reduces to SGD with momentum."),
+        Rule(
+            "newton_1d",
+            ph,
+            api.estimator("rowsum_hvp"),
+            api.stepper("diag_newton"),
+            second,
+            schedule=Schedule(1, "round_robin", period=m or None),
+            if_empty=f"sgd-ph-reference: {type(model).__name__} has fewer than two 1-D parameter "
+            "tensors; the reference update reduces to SGD with momentum.",
+        ),
         Rule("rest", rest(), None, api.stepper("sgd"), dict(lr=lr, momentum=momentum, weight_decay=weight_decay)),
     ]
 
 
-def adahessian(model, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0, hessian_power=1.0,
-               probes=1, every=1, spatial_average=True):
+def adahessian(
+    model,
+    lr=0.15,
+    betas=(0.9, 0.999),
+    eps=1e-4,
+    weight_decay=0.0,
+    hessian_power=1.0,
+    probes=1,
+    every=1,
+    spatial_average=True,
+):
     """AdaHessian = Hutchinson (spatially averaged) + ``adam_hessian`` for every parameter.
 
     Differs from Yao et al. (2021): one Hutchinson draw per refresh from the
@@ -115,14 +187,35 @@ def adahessian(model, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0, h
     special-cased, and bias correction of the curvature EMA counts refreshes
     (equal to steps when ``every=1``).
     """
-    hp = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, hessian_power=hessian_power,
-              probes=probes, distribution="rademacher", spatial_average=spatial_average)
-    return [Rule("all", rest(), api.estimator("hutchinson"), api.stepper("adam_hessian"), hp,
-                 schedule=Schedule(every, "all"))]
+    hp = dict(
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        hessian_power=hessian_power,
+        probes=probes,
+        distribution="rademacher",
+        spatial_average=spatial_average,
+    )
+    return [
+        Rule(
+            "all", rest(), api.estimator("hutchinson"), api.stepper("adam_hessian"), hp, schedule=Schedule(every, "all")
+        )
+    ]
 
 
-def sophia(model, lr=1e-3, betas=(0.965, 0.99), rho=0.04, eps=1e-15, weight_decay=0.1, every=10,
-           estimator="ggn_mc", samples=1, probes=1):
+def sophia(
+    model,
+    lr=1e-3,
+    betas=(0.965, 0.99),
+    rho=0.04,
+    eps=1e-15,
+    weight_decay=0.1,
+    every=10,
+    estimator="ggn_mc",
+    samples=1,
+    probes=1,
+):
     """Sophia = a curvature estimate every ``every`` steps + ``clipped_newton``.
 
     ``estimator="ggn_mc"`` is Sophia-G (Gauss-Newton-Bartlett; the closure must
@@ -136,5 +229,12 @@ def sophia(model, lr=1e-3, betas=(0.965, 0.99), rho=0.04, eps=1e-15, weight_deca
     return [Rule("all", rest(), est, api.stepper("clipped_newton"), hp, schedule=Schedule(every, "all"))]
 
 
-PRESETS = {"sgd": sgd, "sgd-scaled": sgd_scaled, "sgd-frozen": sgd_frozen, "sgd-ph": sgd_ph, "sgd-ph-reference": sgd_ph_reference,
-           "adahessian": adahessian, "sophia": sophia}
+PRESETS = {
+    "sgd": sgd,
+    "sgd-scaled": sgd_scaled,
+    "sgd-frozen": sgd_frozen,
+    "sgd-ph": sgd_ph,
+    "sgd-ph-reference": sgd_ph_reference,
+    "adahessian": adahessian,
+    "sophia": sophia,
+}

@@ -1,4 +1,5 @@
 """Built-in parameter selectors (registered as factories: ``factory(**options) -> Selector``)."""
+
 from __future__ import annotations
 
 from optlab.selectors import Selector, by_predicate, is_norm_affine, is_weight_norm_scale, regex, rest

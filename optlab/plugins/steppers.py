@@ -1,4 +1,5 @@
 """Built-in steppers: ``sgd`` (torch.optim.SGD's rule) and ``diag_newton``."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,8 @@ WEIGHT_DECAY = nonneg(0.0, "L2 weight decay")
 class SGD(Stepper):
     """Exactly ``torch.optim.SGD`` (single-tensor path)::
 
-        d = g + wd*p;  b <- d (first step) | momentum*b + (1-dampening)*d
-        d <- d + momentum*b (nesterov) | b;  p <- p - lr*d
+    d = g + wd*p;  b <- d (first step) | momentum*b + (1-dampening)*d
+    d <- d + momentum*b (nesterov) | b;  p <- p - lr*d
     """
 
     name = "sgd"
@@ -31,8 +32,9 @@ class SGD(Stepper):
         lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
         damp, nesterov = group["dampening"], group["nesterov"]
         if nesterov and (mom <= 0 or damp != 0):
-            raise ValueError(f"sgd: nesterov=True needs momentum > 0 and dampening = 0 "
-                             f"(got momentum={mom}, dampening={damp})")
+            raise ValueError(
+                f"sgd: nesterov=True needs momentum > 0 and dampening = 0 (got momentum={mom}, dampening={damp})"
+            )
         for p, g, st in zip(params, grads, states):
             if g is None:
                 continue
@@ -136,7 +138,7 @@ class DiagNewton(Stepper):
                 if n == 0:
                     u = buf.clone()
                 else:
-                    u = buf.mul(tau).div_(rect(D.div(1 - beta ** n)).add(eps))
+                    u = buf.mul(tau).div_(rect(D.div(1 - beta**n)).add(eps))
             if wd != 0:
                 u.add_(p, alpha=wd)
             p.add_(u, alpha=-lr)
@@ -161,8 +163,15 @@ class AdamHessian(Stepper):
     needs_curvature = True
     hparams = {
         "lr": nonneg(0.15),
-        "betas": HParam((0.9, 0.999), lambda b: isinstance(b, (tuple, list)) and len(b) == 2
-                        and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b), "two numbers in [0, 1)"),
+        "betas": HParam(
+            (0.9, 0.999),
+            lambda b: (
+                isinstance(b, (tuple, list))
+                and len(b) == 2
+                and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b)
+            ),
+            "two numbers in [0, 1)",
+        ),
         "eps": positive(1e-4),
         "weight_decay": WEIGHT_DECAY,
         "hessian_power": HParam(1.0, lambda k: isinstance(k, (int, float)) and 0 <= k <= 1, "a number in [0, 1]"),
@@ -177,7 +186,11 @@ class AdamHessian(Stepper):
                 continue
             if "exp_avg" not in st:
                 st["exp_avg"], st["exp_hessian_sq"], st["steps"], st["hessian_refreshes"] = (
-                    torch.zeros_like(p), torch.zeros_like(p), 0, 0)
+                    torch.zeros_like(p),
+                    torch.zeros_like(p),
+                    0,
+                    0,
+                )
             st["steps"] += 1
             st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
             if h is not None:
@@ -186,7 +199,7 @@ class AdamHessian(Stepper):
             n = st["hessian_refreshes"]
             if n == 0:
                 continue
-            denom = (st["exp_hessian_sq"] / (1 - b2 ** n)).pow(k / 2).add_(eps)
+            denom = (st["exp_hessian_sq"] / (1 - b2**n)).pow(k / 2).add_(eps)
             if wd != 0:
                 p.mul_(1 - lr * wd)
             p.addcdiv_(st["exp_avg"], denom, value=-lr / (1 - b1 ** st["steps"]))
@@ -207,8 +220,15 @@ class ClippedNewton(Stepper):
     needs_curvature = True
     hparams = {
         "lr": nonneg(1e-3),
-        "betas": HParam((0.965, 0.99), lambda b: isinstance(b, (tuple, list)) and len(b) == 2
-                        and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b), "two numbers in [0, 1)"),
+        "betas": HParam(
+            (0.965, 0.99),
+            lambda b: (
+                isinstance(b, (tuple, list))
+                and len(b) == 2
+                and all(isinstance(x, (int, float)) and 0 <= x < 1 for x in b)
+            ),
+            "two numbers in [0, 1)",
+        ),
         "rho": positive(0.04, "gamma of the paper: scale of the curvature in the denominator"),
         "eps": positive(1e-15),
         "weight_decay": nonneg(0.1),

@@ -1,5 +1,6 @@
 """Built-in tasks. Nothing here downloads: digits ships with scikit-learn, mnist1d is
 generated procedurally, CIFAR is read from a local directory in torchvision's layout."""
+
 from __future__ import annotations
 
 import functools
@@ -27,9 +28,15 @@ def _standardize(x_train: torch.Tensor, *others: torch.Tensor):
 def _digits_arrays(test_fraction: float):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     d = load_digits()
-    return train_test_split(d.data.astype(np.float32), d.target.astype(np.int64), test_size=test_fraction,
-                            random_state=SPLIT_SEED, stratify=d.target)
+    return train_test_split(
+        d.data.astype(np.float32),
+        d.target.astype(np.int64),
+        test_size=test_fraction,
+        random_state=SPLIT_SEED,
+        stratify=d.target,
+    )
 
 
 def digits(seed: int = 0, test_fraction: float = 0.25, val_fraction: float = 0.2) -> Task:
@@ -43,18 +50,32 @@ def digits(seed: int = 0, test_fraction: float = 0.25, val_fraction: float = 0.2
     xtr, ytr, xva, yva = split_validation(torch.from_numpy(xtr), torch.from_numpy(ytr), val_fraction)
     xtr, xva, xte = _standardize(xtr, xva, torch.from_numpy(xte))
     shape = (-1, 1, 8, 8)
-    return Task("digits", xtr.reshape(shape), ytr, xte.reshape(shape), torch.from_numpy(yte), num_classes=10,
-                x_val=xva.reshape(shape), y_val=yva)
+    return Task(
+        "digits",
+        xtr.reshape(shape),
+        ytr,
+        xte.reshape(shape),
+        torch.from_numpy(yte),
+        num_classes=10,
+        x_val=xva.reshape(shape),
+        y_val=yva,
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def _mnist1d_arrays(num_samples: int):
     from mnist1d.data import get_dataset_args, make_dataset
+
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = 42  # the package default; the data set is the same for every run
     d = make_dataset(args)
-    return d["x"].astype(np.float32), d["y"].astype(np.int64), d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
+    return (
+        d["x"].astype(np.float32),
+        d["y"].astype(np.int64),
+        d["x_test"].astype(np.float32),
+        d["y_test"].astype(np.int64),
+    )
 
 
 def mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0.2) -> Task:
@@ -67,8 +88,16 @@ def mnist1d(seed: int = 0, num_samples: int = 5000, val_fraction: float = 0.2) -
     xtr, ytr, xte, yte = _mnist1d_arrays(num_samples)
     xtr, ytr, xva, yva = split_validation(torch.from_numpy(xtr), torch.from_numpy(ytr), val_fraction)
     xtr, xva, xte = _standardize(xtr, xva, torch.from_numpy(xte))
-    return Task("mnist1d", xtr.unsqueeze(1), ytr, xte.unsqueeze(1), torch.from_numpy(yte), num_classes=10,
-                x_val=xva.unsqueeze(1), y_val=yva)
+    return Task(
+        "mnist1d",
+        xtr.unsqueeze(1),
+        ytr,
+        xte.unsqueeze(1),
+        torch.from_numpy(yte),
+        num_classes=10,
+        x_val=xva.unsqueeze(1),
+        y_val=yva,
+    )
 
 
 def _cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -89,19 +118,25 @@ def _cifar_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _cifar(name: str, cls_name: str, data_dir: str | None, augment: bool, val_fraction: float) -> Task:
     root = data_dir or os.environ.get("OPTLAB_DATA")
     if not root:
-        raise FileNotFoundError(f"{name}: no data directory; pass data_dir=... (task option) or set OPTLAB_DATA "
-                                f"to a folder holding torchvision's {name} files. optlab never downloads data.")
+        raise FileNotFoundError(
+            f"{name}: no data directory; pass data_dir=... (task option) or set OPTLAB_DATA "
+            f"to a folder holding torchvision's {name} files. optlab never downloads data."
+        )
     try:
         import torchvision
     except ImportError as exc:
-        raise ImportError(f"{name} needs torchvision: install the 'vision' extra with a torch build that "
-                          "matches it (see README, 'CIFAR on a GPU machine').") from exc
+        raise ImportError(
+            f"{name} needs torchvision: install the 'vision' extra with a torch build that "
+            "matches it (see README, 'CIFAR on a GPU machine')."
+        ) from exc
     cls = getattr(torchvision.datasets, cls_name)
     try:
         train = cls(root=str(Path(root)), train=True, download=False)
         test = cls(root=str(Path(root)), train=False, download=False)
     except RuntimeError as exc:
-        raise FileNotFoundError(f"{name}: files not found under {root!r} ({exc}); optlab never downloads data.") from exc
+        raise FileNotFoundError(
+            f"{name}: files not found under {root!r} ({exc}); optlab never downloads data."
+        ) from exc
 
     def tensors(ds):
         x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255)
@@ -113,8 +148,17 @@ def _cifar(name: str, cls_name: str, data_dir: str | None, augment: bool, val_fr
     mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
     std = xtr.std(dim=(0, 2, 3), keepdim=True)
     xtr, xva, xte = (xtr - mean) / std, (xva - mean) / std, (xte - mean) / std
-    return Task(name, xtr, ytr, xte, yte, num_classes=int(ytr.max()) + 1,
-                augment=_cifar_augment if augment else None, x_val=xva, y_val=yva)
+    return Task(
+        name,
+        xtr,
+        ytr,
+        xte,
+        yte,
+        num_classes=int(ytr.max()) + 1,
+        augment=_cifar_augment if augment else None,
+        x_val=xva,
+        y_val=yva,
+    )
 
 
 def cifar10(seed: int = 0, data_dir: str | None = None, augment: bool = True, val_fraction: float = 0.1) -> Task:

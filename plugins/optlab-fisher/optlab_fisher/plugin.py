@@ -4,6 +4,7 @@
 * ``fd_rowsum`` (finite differences of the gradient at perturbed parameters) +
   ``levenberg_newton`` (damping adapted from the step's loss) = preset ``sgd-lm``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,8 @@ class EmpiricalFisherDiag(optlab.CurvatureEstimator):
     """
 
     name = "empirical_fisher_diag"
-    target = "empirical_fisher_diag"             # the conformance kit's reference for it
-    requires = {"closure": "loss_outputs"}      # reads d loss / d outputs
+    target = "empirical_fisher_diag"  # the conformance kit's reference for it
+    requires = {"closure": "loss_outputs"}  # reads d loss / d outputs
     hparams = {"chunk_size": optional(positive_int(None, "samples per vmapped batch"))}
 
     def estimate(self, ctx, indices, group, generator):
@@ -43,8 +44,13 @@ class RMSNewton(optlab.Stepper):
 
     name = "rms_newton"
     needs_curvature = True
-    hparams = {"lr": nonneg(0.01), "beta1": unit_interval(0.9), "beta2": unit_interval(0.99),
-               "eps": positive(1e-8), "weight_decay": nonneg(0.0)}
+    hparams = {
+        "lr": nonneg(0.01),
+        "beta1": unit_interval(0.9),
+        "beta2": unit_interval(0.99),
+        "eps": positive(1e-8),
+        "weight_decay": nonneg(0.0),
+    }
 
     def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
         lr, b1, b2, eps, wd = (group[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay"))
@@ -82,9 +88,15 @@ class FiniteDifferenceRowsum(optlab.CurvatureEstimator):
 
     name = "fd_rowsum"
     target = "hessian_rowsum"
-    hparams = {"fd_step": optional(positive(1e-4, "finite-difference step h; None: eps^(1/3) (1 + max|p|)")),
-               "absolute": HParam(True, lambda x: isinstance(x, bool), "True or False",
-                                  "return |H_kk 1| (as the paper's estimator) instead of the signed row sums")}
+    hparams = {
+        "fd_step": optional(positive(1e-4, "finite-difference step h; None: eps^(1/3) (1 + max|p|)")),
+        "absolute": HParam(
+            True,
+            lambda x: isinstance(x, bool),
+            "True or False",
+            "return |H_kk 1| (as the paper's estimator) instead of the signed row sums",
+        ),
+    }
 
     def estimate(self, ctx, indices, group, generator):
         out = {}
@@ -115,12 +127,15 @@ class LevenbergNewton(optlab.Stepper):
 
     name = "levenberg_newton"
     needs_curvature = True
-    needs_loss = True       # step() receives loss= (the step's loss, before the update)
-    hparams = {"lr": nonneg(1.0), "beta": unit_interval(0.9, "EMA coefficient of the curvature"),
-               "damping": positive(1.0, "initial lambda"),
-               "increase": HParam(2.0, lambda x: isinstance(x, (int, float)) and x >= 1, "a number >= 1"),
-               "decrease": HParam(0.9, lambda x: isinstance(x, (int, float)) and 0 < x <= 1, "a number in (0, 1]"),
-               "min_damping": positive(1e-3, "lower bound of lambda")}
+    needs_loss = True  # step() receives loss= (the step's loss, before the update)
+    hparams = {
+        "lr": nonneg(1.0),
+        "beta": unit_interval(0.9, "EMA coefficient of the curvature"),
+        "damping": positive(1.0, "initial lambda"),
+        "increase": HParam(2.0, lambda x: isinstance(x, (int, float)) and x >= 1, "a number >= 1"),
+        "decrease": HParam(0.9, lambda x: isinstance(x, (int, float)) and 0 < x <= 1, "a number in (0, 1]"),
+        "min_damping": positive(1e-3, "lower bound of lambda"),
+    }
 
     def step(self, params, grads, states, group, *, curvature=None, rule_step=0, loss=None):
         lr, beta = group["lr"], group["beta"]
@@ -145,12 +160,21 @@ class LevenbergNewton(optlab.Stepper):
 def sgd_ef(model, lr=0.1, momentum=0.9, weight_decay=0.0, newton_lr=0.01, beta2=0.99, eps=1e-8, every=1):
     """RMS-Newton with the empirical Fisher on channel-wise parameters, SGD-momentum on the rest."""
     return [
-        optlab.Rule("channelwise", optlab.selector("channelwise"), optlab.estimator("empirical_fisher_diag"),
-                    optlab.stepper("rms_newton"),
-                    dict(lr=newton_lr, beta1=momentum, beta2=beta2, eps=eps, weight_decay=weight_decay),
-                    schedule=optlab.Schedule(every, "all")),
-        optlab.Rule("rest", optlab.rest(), None, optlab.stepper("sgd"),
-                    dict(lr=lr, momentum=momentum, weight_decay=weight_decay)),
+        optlab.Rule(
+            "channelwise",
+            optlab.selector("channelwise"),
+            optlab.estimator("empirical_fisher_diag"),
+            optlab.stepper("rms_newton"),
+            dict(lr=newton_lr, beta1=momentum, beta2=beta2, eps=eps, weight_decay=weight_decay),
+            schedule=optlab.Schedule(every, "all"),
+        ),
+        optlab.Rule(
+            "rest",
+            optlab.rest(),
+            None,
+            optlab.stepper("sgd"),
+            dict(lr=lr, momentum=momentum, weight_decay=weight_decay),
+        ),
     ]
 
 
@@ -158,11 +182,21 @@ def sgd_lm(model, lr=0.1, momentum=0.9, weight_decay=0.0, newton_lr=1.0, damping
     """Levenberg-damped diagonal Newton with finite-difference H_kk 1 on channel-wise parameters,
     SGD-momentum on the rest."""
     return [
-        optlab.Rule("channelwise", optlab.selector("channelwise"), optlab.estimator("fd_rowsum"),
-                    optlab.stepper("levenberg_newton"), dict(lr=newton_lr, damping=damping, beta=beta),
-                    schedule=optlab.Schedule(every, "all")),
-        optlab.Rule("rest", optlab.rest(), None, optlab.stepper("sgd"),
-                    dict(lr=lr, momentum=momentum, weight_decay=weight_decay)),
+        optlab.Rule(
+            "channelwise",
+            optlab.selector("channelwise"),
+            optlab.estimator("fd_rowsum"),
+            optlab.stepper("levenberg_newton"),
+            dict(lr=newton_lr, damping=damping, beta=beta),
+            schedule=optlab.Schedule(every, "all"),
+        ),
+        optlab.Rule(
+            "rest",
+            optlab.rest(),
+            None,
+            optlab.stepper("sgd"),
+            dict(lr=lr, momentum=momentum, weight_decay=weight_decay),
+        ),
     ]
 
 
