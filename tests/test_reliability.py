@@ -171,7 +171,8 @@ def test_corrupt_trial_file_is_summarised_quarantined_and_rerun(tmp_path, kind):
     assert trials[0].id not in set(frame["trial_id"])
     with pytest.raises(CorruptRecord):
         load(res)
-    write_report(res, tmp_path / "rep")
+    _, md = write_report(res, tmp_path / "rep")
+    assert "invalid file" in md.read_text() and trials[0].id in md.read_text()
     # grid run: quarantine (kept for inspection) and rerun
     with pytest.warns(RuntimeWarning, match="moved to .*quarantine"):
         counts = run_grid(spec, results=res, progress=False, retry_failed=True)

@@ -166,7 +166,10 @@ def build_sections(
 ) -> tuple[str, list[_Section]]:
     results = Path(results)
     store = Store(results)
-    records = list(store.iter_results(skip_corrupt=True))
+    if not store.trials.is_dir():
+        next(store.iter_results(), None)  # raises the "does not exist" / "not a results directory" error
+    good, invalid = store.scan()  # files that do not validate are listed, never read (optlab.store.validate_record)
+    records = list(good.values())
     if not records:
         raise StoreError(f"{results}: no completed trials to report on (trials/ is empty)")
     epochs, trials = D.load(records)
@@ -499,6 +502,17 @@ def build_sections(
             "error": "",
         }
         for m in missing
+    ]
+    rows += [
+        {
+            "trial": exc.path.stem,
+            "status": "invalid file",
+            "stage": "",
+            "config": exc.path.name,
+            "seed": "",
+            "error": exc.problem[:200] + " (the next `optlab grid run` quarantines it and reruns the trial)",
+        }
+        for exc in invalid
     ]
     if rows:
         sec.tables.append(("", pd.DataFrame(rows)))
