@@ -37,6 +37,7 @@ import inspect
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -137,6 +138,14 @@ class LocalExecutor:
             try:
                 yield from drain()
             except KeyboardInterrupt:
+                manager = getattr(ex, "_executor_manager_thread", None)
+                previous = threading.excepthook
+
+                def quiet(args, manager=manager, previous=previous):  # the pool's thread sees its workers die
+                    if args.thread is not manager:
+                        previous(args)
+
+                threading.excepthook = quiet
                 for proc in list(getattr(ex, "_processes", {}).values()):
                     proc.terminate()
                 ex.shutdown(wait=False, cancel_futures=True)
