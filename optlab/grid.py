@@ -514,8 +514,17 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
     return trials, waiting
 
 
+_BUILT_OK: set[str] = set()  # (optimizer, hyperparameters) already built successfully in this process
+
+
 def _check_hparams(where: str, name: str, hp: dict) -> None:
-    """Build the optimizer on a tiny BatchNorm model: every bad value fails here, named."""
+    """Build the optimizer on a tiny BatchNorm model: every bad value fails here, named.
+
+    A combination that built once is not built again (``expand`` checks every grid cell,
+    and most cells of a large grid repeat a combination already seen)."""
+    key = json.dumps([name, hp], sort_keys=True, default=repr)
+    if key in _BUILT_OK:
+        return
     from torch import nn
 
     probe = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
@@ -523,10 +532,9 @@ def _check_hparams(where: str, name: str, hp: dict) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             api.optimizer(name, probe, **hp)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ImportError) as exc:
         raise SpecError(f"{where}: {exc}") from exc
-    except ImportError as exc:
-        raise SpecError(f"{where}: {exc}") from exc
+    _BUILT_OK.add(key)
 
 
 def environment() -> dict:

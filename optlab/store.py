@@ -148,17 +148,13 @@ class Store:
         for d in (self.trials, self.running, self.checkpoints):
             d.mkdir(parents=True, exist_ok=True)
         if spec_text is not None and not (self.root / "spec.toml").exists():
-            self._atomic_write(self.root / "spec.toml", spec_text)
+            atomic_write(self.root / "spec.toml", spec_text)
         return self
 
     # ------------------------------------------------------------- writing
-    @staticmethod
-    def _atomic_write(path: Path, text: str) -> None:
-        atomic_write(path, text)
-
     def write(self, trial_id: str, result: dict) -> Path:
         path = self.trials / f"{trial_id}.json"
-        self._atomic_write(path, json.dumps(result, indent=1, default=str))
+        atomic_write(path, json.dumps(result, indent=1, default=str))
         return path
 
     # ------------------------------------------------------------- claims

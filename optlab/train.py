@@ -9,6 +9,7 @@ reaching the same final metrics as an uninterrupted run.
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import os
@@ -241,16 +242,10 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
     defaults of the code that ran), ``rules`` (per rule: stepper, estimator, tensors,
     resolved group hyperparameters) and ``plugins`` (distribution -> version of every
     loaded optlab plugin)."""
-    import inspect
     from importlib.metadata import entry_points
 
     entry = registry.items("preset").get(cfg.optimizer) or registry.items("baseline")[cfg.optimizer]
-    params = list(inspect.signature(entry.item).parameters.values())[1:]
-    resolved = {
-        p.name: p.default
-        for p in params
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
-    }
+    resolved = {k: v for k, v in api.preset_hparams(cfg.optimizer).items() if v is not inspect.Parameter.empty}
     resolved.update(cfg.hparams)
     rules = {}
     for g in opt.param_groups:

@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from optlab.store import Store, StoreError
+from optlab.store import Store, StoreError, atomic_write
 
 from . import compare as C
 from . import data as D
@@ -591,8 +591,8 @@ def write_report(
             md += [f"![{cap}](figures/{Path(png).name})", f"_{cap}_ ([SVG](figures/{Path(_svg).name}))", ""]
     h.append("</body></html>")
     html_path, md_path = out / "report.html", out / "report.md"
-    Store._atomic_write(html_path, "\n".join(h))
-    Store._atomic_write(md_path, "\n".join(md))
+    atomic_write(html_path, "\n".join(h))
+    atomic_write(md_path, "\n".join(md))
     return [html_path, md_path]
 
 
