@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
+import shutil
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -43,19 +47,32 @@ def _probability(text: str) -> float:
     return v
 
 
+def _summary(item) -> str:
+    """The first paragraph of an item's docstring, on one line (what ``optlab plugins`` shows)."""
+    doc = inspect.getdoc(item) or ""
+    text = " ".join(doc.split("\n\n")[0].split())
+    return text[:-2] + "." if text.endswith("::") else text  # reST literal-block marker
+
+
 def cmd_plugins(args) -> int:
     from . import registry
 
     errors = registry.load_errors()
     rows = [
-        (kind, e.name, e.plugin, (getattr(e.item, "__doc__", "") or "").strip().split("\n")[0])
+        (kind, e.name, e.plugin, _summary(e.item))
         for kind in registry.KINDS
         for e in sorted(registry.items(kind).values(), key=lambda e: e.name)
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
+    indent = sum(w) + 6
+    # descriptions wrap at word boundaries to the terminal (80 columns when not a terminal), never cut
+    width = max(shutil.get_terminal_size((100, 24)).columns, indent + 30)
     print(f"{'kind'.ljust(w[0])}  {'name'.ljust(w[1])}  {'plugin'.ljust(w[2])}  description")
     for r in rows:
-        print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {r[3][:70]}")
+        lines = textwrap.wrap(r[3], width - indent, break_long_words=False, break_on_hyphens=False) or ["-"]
+        print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {lines[0]}")
+        for line in lines[1:]:
+            print(" " * indent + line)
     for e in errors:
         print(f"warning: {e}", file=sys.stderr)
     return 0
@@ -134,6 +151,16 @@ def cmd_train(args) -> int:
             )
             print(f"\ninterrupted: {where}", file=sys.stderr)
             return 130
+    done = res.get("resumed_from_epoch")
+    if done is not None and done >= cfg.epochs:
+        print(
+            f"checkpoint {args.checkpoint} already holds all {cfg.epochs} epochs of this configuration: nothing "
+            "was trained. Its last epoch:",
+        )
+        show(res["metrics"][-1])
+        print(f"(delete {args.checkpoint} or pass another --checkpoint to train again)")
+    elif done:
+        print(f"resumed from {args.checkpoint} after epoch {done}/{cfg.epochs}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1, default=str))
         print(f"wrote {args.out}")
@@ -484,14 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.strict:
-        import os
-
         from . import registry
 
         os.environ["OPTLAB_STRICT_PLUGINS"] = "1"
         registry.reset()
     try:
         return args.fn(args)
+    except BrokenPipeError:
+        # the reader went away (``optlab plugins | head``): stop quietly, as ``cat`` does; point stdout at
+        # devnull so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, KeyError, TypeError, FileNotFoundError, ImportError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

@@ -103,6 +103,7 @@ def _check_composable(*sels) -> None:
 
 
 def rest() -> Rest:
+    """Every parameter that no other rule selected (at most one ``rest`` rule per optimizer)."""
     return Rest()
 
 
@@ -146,5 +147,6 @@ def is_weight_norm_scale(name: str, p: torch.Tensor, owner: nn.Module) -> bool:
 
 
 def regex(pattern: str) -> Selector:
+    """Parameters whose qualified name matches ``pattern`` (``re.search``), e.g. ``r"^fc\\."``."""
     rx = re.compile(pattern)
     return Selector(lambda n, p, m: rx.search(n) is not None, f"regex({pattern!r})")
