@@ -5,7 +5,7 @@ Layout::
     RESULTS/
       spec.toml                 copy of the grid spec (first run)
       trials/<trial_id>.json    a completed trial (ok / diverged / failed), written atomically
-      running/<trial_id>.lock   claimed by a live process (pid, host)
+      running/<trial_id>.lock   claimed by a live process (pid, host); its mtime is the heartbeat
       checkpoints/<trial_id>.pt per-epoch checkpoint of an unfinished trial
       quarantine/               trial files that failed validation (moved aside, kept for inspection)
                                 and checkpoints that could not be loaded safely
@@ -13,7 +13,12 @@ Layout::
 A trial file appears only through ``os.replace`` of a fully written, fsynced
 temporary file, so a crash (even ``kill -9``) never leaves a half-written result
 that looks complete. Claims use ``O_CREAT | O_EXCL``, safe for concurrent
-workers; a claim whose process is gone (same host) is stale and is taken over
+workers. While a trial runs, a daemon thread of its process touches the claim
+every ``heartbeat_s`` seconds (30). A claim is stale when its process is gone
+(same host: the pid is checked) or, for a claim of another host (a SLURM or Ray
+node, whose processes cannot be checked), when its heartbeat is older than
+``stale_after_s`` (600, ``$OPTLAB_CLAIM_STALE_AFTER``; keep it well above the
+heartbeat and any clock skew between hosts). A stale claim is taken over
 atomically (check-and-remove under a ``flock``, so of many processes racing for
 one dead claim exactly one wins).
 
@@ -29,6 +34,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -136,9 +142,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _default_stale_after() -> float:
+    text = os.environ.get("OPTLAB_CLAIM_STALE_AFTER", "600")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise StoreError(f"invalid OPTLAB_CLAIM_STALE_AFTER={text!r}; expected seconds > 0, e.g. 600")
+    return value
+
+
 class Store:
-    def __init__(self, root: str | Path):
+    """The results directory of one grid (layout in the module docstring)."""
+
+    def __init__(self, root: str | Path, *, heartbeat_s: float = 30.0, stale_after_s: float | None = None):
         self.root = Path(root)
+        #: seconds between two touches of a claim this process holds
+        self.heartbeat_s = float(heartbeat_s)
+        #: a claim of another host whose heartbeat is older than this is stale
+        self.stale_after_s = _default_stale_after() if stale_after_s is None else float(stale_after_s)
+        self._beats: dict[str, threading.Event] = {}
         self.trials = self.root / "trials"
         self.running = self.root / "running"
         self.checkpoints = self.root / "checkpoints"
@@ -181,17 +205,32 @@ class Store:
             with os.fdopen(fd, "w") as f:
                 f.write(info)
                 f.flush()
+            self._start_heartbeat(trial_id, lock)
             return True
         return False
 
+    def _start_heartbeat(self, trial_id: str, lock: Path) -> None:
+        stop = self._beats[trial_id] = threading.Event()
+
+        def beat():
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    os.utime(lock)
+                except FileNotFoundError:
+                    return  # released (or taken over after this process was presumed dead)
+
+        threading.Thread(target=beat, name=f"optlab-heartbeat-{trial_id}", daemon=True).start()
+
     def release(self, trial_id: str) -> None:
+        stop = self._beats.pop(trial_id, None)
+        if stop is not None:
+            stop.set()
         try:
             (self.running / f"{trial_id}.lock").unlink()
         except FileNotFoundError:
             pass
 
-    @staticmethod
-    def _lock_live(lock: Path) -> bool:
+    def _lock_live(self, lock: Path) -> bool:
         try:
             info = json.loads(lock.read_text() or "{}")
             if not isinstance(info, dict):
@@ -205,7 +244,11 @@ class Store:
             except FileNotFoundError:
                 return False
         if info.get("host") != socket.gethostname():
-            return True  # cannot check another host's processes
+            # another host's process cannot be checked: its heartbeat (the file's mtime) says whether it lives
+            try:
+                return time.time() - lock.stat().st_mtime < self.stale_after_s
+            except FileNotFoundError:
+                return False
         try:
             return _pid_alive(int(info.get("pid", -1)))
         except (TypeError, ValueError):

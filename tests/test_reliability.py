@@ -3,8 +3,10 @@ trial files, spec names that escape results/, malformed specs, concurrent stale-
 
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -272,6 +274,60 @@ def test_stale_claim_takeover_has_exactly_one_owner(tmp_path):
             p.join(60)
         wins = [out.get(timeout=10) for _ in range(n)]
         assert sum(wins) == 1, f"round {round_}: {sum(wins)} owners"
+
+
+_HOLDER = """
+import json, sys, time
+from pathlib import Path
+from optlab.store import Store
+root, tid = sys.argv[1], sys.argv[2]
+store = Store(root, heartbeat_s=0.1)
+assert store.claim(tid)
+lock = Path(root) / "running" / f"{tid}.lock"
+info = json.loads(lock.read_text())
+info["host"] = "node-elsewhere"  # as a SLURM/Ray node would have written it: its pid cannot be checked here
+lock.write_text(json.dumps(info))
+print("claimed", flush=True)
+time.sleep(600)
+"""
+
+
+def test_another_hosts_claim_is_live_while_it_beats_and_stale_after_its_process_dies(tmp_path):
+    """A claim of another host used to stay 'live' forever: a dead node kept its trial busy. The holder's
+    heartbeat (the lock's mtime, touched by a thread) keeps it live; once the process is killed the heartbeat
+    stops and, ``stale_after_s`` later, another worker takes the trial over."""
+    store = Store(tmp_path).init()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), "t0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        other = Store(tmp_path, stale_after_s=1.0)
+        t_end = time.time() + 3.0  # three times stale_after: without the heartbeat the claim would go stale
+        while time.time() < t_end:
+            assert other.live_claims() == {"t0"}
+            assert not other.claim("t0"), "a beating claim of another host was taken over"
+            time.sleep(0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = store.running / "t0.lock"
+    assert json.loads(lock.read_text())["host"] == "node-elsewhere"
+    assert not other.claim("t0")  # just killed: its last heartbeat is recent, the claim still counts
+    time.sleep(1.2)
+    assert other.live_claims() == set()
+    assert other.claim("t0")  # taken over: the lock is now this process's
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    other.release("t0")
+    assert not lock.exists()
+
+
+def test_claim_stale_after_must_be_positive_seconds(monkeypatch, tmp_path):
+    from optlab.store import StoreError
+
+    monkeypatch.setenv("OPTLAB_CLAIM_STALE_AFTER", "soon")
+    with pytest.raises(StoreError, match="OPTLAB_CLAIM_STALE_AFTER='soon'.*seconds > 0"):
+        Store(tmp_path)
+    monkeypatch.setenv("OPTLAB_CLAIM_STALE_AFTER", "90")
+    assert Store(tmp_path).stale_after_s == 90.0
 
 
 # ------------------------------------------------------------------ fuzz: malformed specs and records
