@@ -190,6 +190,14 @@ def cmd_grid(args) -> int:
                     f"not {chosen!r} (choose one with --executor)"
                 )
             options[key[chosen] if isinstance(key, dict) else key] = value
+        import signal
+
+        from .executors import AbandonRunning
+
+        def terminate(signum, frame):  # a batch system's time limit, `kill`: abandon running trials now
+            raise AbandonRunning()
+
+        previous = signal.signal(signal.SIGTERM, terminate)
         try:
             counts = run_grid(
                 spec,
@@ -201,16 +209,18 @@ def cmd_grid(args) -> int:
                 executor_options=options,
             )
         except GridInterrupted as exc:
+            terminated = isinstance(exc.__cause__, AbandonRunning)
             done = {k: v for k, v in exc.counts.items() if k not in ("results",)}
-            print(
-                f"grid {spec.name} interrupted -> " + ", ".join(f"{k}: {v}" for k, v in done.items()), file=sys.stderr
-            )
+            how = "terminated (SIGTERM)" if terminated else "interrupted"
+            print(f"grid {spec.name} {how} -> " + ", ".join(f"{k}: {v}" for k, v in done.items()), file=sys.stderr)
             print(
                 f"Everything finished is saved in {exc.counts['results']}; resume with: optlab grid run {args.spec}"
                 + (f" --results {args.results}" if args.results else ""),
                 file=sys.stderr,
             )
-            return 130
+            return 143 if terminated else 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         print("grid", spec.name, "->", ", ".join(f"{k}: {v}" for k, v in counts.items()))
         return 0
     st = grid_status(spec, results=args.results)

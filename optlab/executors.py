@@ -120,11 +120,28 @@ class LocalExecutor:
                     if not f.cancelled():
                         yield _outcome(t, f.result)
 
+        def abandon():  # terminate the workers now: no result written, claims go stale, checkpoints stay
+            manager = getattr(ex, "_executor_manager_thread", None)
+            previous = threading.excepthook
+
+            def quiet(args, manager=manager, previous=previous):  # the pool's thread sees its workers die
+                if args.thread is not manager:
+                    previous(args)
+
+            threading.excepthook = quiet
+            for proc in list(getattr(ex, "_processes", {}).values()):
+                proc.terminate()
+            ex.shutdown(wait=False, cancel_futures=True)
+
         # Ctrl-C: the first stops handing out trials and waits for the running ones (their results
-        # still come back); the second abandons them (no result written, claims go stale,
-        # checkpoints stay) -- the driver decides, the workers ignore SIGINT
+        # still come back); the second abandons them (their last epoch checkpoints stay) -- the driver
+        # decides, the workers ignore SIGINT. AbandonRunning (SIGTERM from `optlab grid run`, e.g. a
+        # batch system's time limit) abandons at once.
         try:
             yield from drain()
+        except AbandonRunning:
+            abandon()
+            raise
         except KeyboardInterrupt:
             for f in list(pending):
                 if f.cancel():  # not started yet: never handed out
@@ -138,24 +155,18 @@ class LocalExecutor:
             try:
                 yield from drain()
             except KeyboardInterrupt:
-                manager = getattr(ex, "_executor_manager_thread", None)
-                previous = threading.excepthook
-
-                def quiet(args, manager=manager, previous=previous):  # the pool's thread sees its workers die
-                    if args.thread is not manager:
-                        previous(args)
-
-                threading.excepthook = quiet
-                for proc in list(getattr(ex, "_processes", {}).values()):
-                    proc.terminate()
-                ex.shutdown(wait=False, cancel_futures=True)
+                abandon()
                 raise
             ex.shutdown(wait=True)
             raise
         except BaseException:  # the consumer stopped early (GeneratorExit) or failed: leave nothing running
-            ex.shutdown(wait=False, cancel_futures=True)
+            abandon()
             raise
         ex.shutdown(wait=True)
+
+
+class AbandonRunning(KeyboardInterrupt):
+    """Stop now: running trials are abandoned (not waited for) -- what SIGTERM to ``optlab grid run`` raises."""
 
 
 def _pool_worker_init() -> None:

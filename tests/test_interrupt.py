@@ -88,3 +88,33 @@ def test_ctrl_c_stops_the_grid_and_a_rerun_completes(tmp_path, workers, presses)
     for name, content in done_before.items():  # completed files untouched
         assert (trials / name).read_bytes() == content
     assert not list(Store(res).running.glob("*.lock"))
+
+
+def test_sigterm_abandons_running_trials_and_leaves_no_worker_behind(tmp_path):
+    """SIGTERM to the driver alone (a batch system's time limit, ``kill PID``) used to leave the pool's
+    workers training on as orphans. Now the driver terminates them, says how to resume, exits 143."""
+    import json
+
+    spec, res, proc = _start(tmp_path, 2)
+    running = res / "running"
+    assert _wait_for(lambda: running.exists() and len(list(running.glob("*.lock"))) == 2), "no trials running"
+    workers = {json.loads(p.read_text())["pid"] for p in running.glob("*.lock")}
+    assert proc.pid not in workers and len(workers) == 2
+    proc.send_signal(signal.SIGTERM)  # the driver only, not its process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated (SIGTERM)" in err and "resume with: optlab grid run" in err and "Traceback" not in err
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie (reaped later by its parent's parent) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+
+    assert _wait_for(lambda: all(gone(p) for p in workers), timeout=20), "worker processes outlived the driver"
+    n_total = len(expand(load_spec(spec)))
+    run_grid(spec, results=res, progress=False, workers=2)
+    assert grid_status(spec, results=res)["ok"] == n_total
