@@ -344,6 +344,7 @@ class SubmititExecutor:
 
         cluster = self.cluster or ("slurm" if shutil.which("sbatch") else "local")
         folder = (Path(self.folder) if self.folder else Path(root) / "submitit") / "%j"
+        ex: submitit.SlurmExecutor | submitit.LocalExecutor | submitit.DebugExecutor
         if cluster == "slurm":
             ex = submitit.SlurmExecutor(folder=folder)
             ex.update_parameters(**self.slurm_parameters())
@@ -359,15 +360,18 @@ class SubmititExecutor:
         trials = list(trials)
         if not trials:
             return
+        import submitit
+
         ex = self._executor(root)
-        if isinstance(ex, __import__("submitit").SlurmExecutor):
+        if isinstance(ex, submitit.SlurmExecutor):
             # one job array; SLURM runs at most array_parallelism of it at once
             jobs = ex.map_array(_run_trial, [root] * len(trials), trials, [threads] * len(trials))
             yield from self._wait(dict(zip(jobs, trials)))
             return
         # local / debug: submitit starts every job at once, so keep at most `slots` running here
         slots = min(self.array_parallelism, max(1, (os.cpu_count() or 1) // self.cpus_per_task))
-        queue, pending = list(trials), {}
+        queue = list(trials)
+        pending: dict = {}
         while queue or pending:
             while queue and len(pending) < slots:
                 t = queue.pop(0)

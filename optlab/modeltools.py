@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -25,11 +26,11 @@ class PrimitiveWeightNorm(_WeightNorm):
         return weight_v * (weight_g / weight_v.pow(2).sum(dim=dims, keepdim=True).sqrt())
 
 
-DEFAULT_DECOUPLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DEFAULT_DECOUPLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def decouple(
-    model: nn.Module, types: tuple[type, ...] = DEFAULT_DECOUPLE_TYPES, exclude: str | None = None
+    model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_DECOUPLE_TYPES, exclude: str | None = None
 ) -> nn.Module:
     """Weight-normalize conv/linear layers in place: ``w = g * v / ||v||`` per output channel.
 
@@ -44,7 +45,7 @@ def decouple(
     swapped = 0
     for m in model.modules():  # torch's own weight_norm: same maths, but no forward-mode AD -> swap
         if parametrize.is_parametrized(m, "weight"):
-            plist = m.parametrizations.weight
+            plist = cast(nn.ModuleList, cast(nn.ModuleDict, m.parametrizations)["weight"])
             for i, pm in enumerate(plist):
                 if type(pm) is _WeightNorm:
                     plist[i] = PrimitiveWeightNorm(pm.dim)
@@ -61,6 +62,6 @@ def decouple(
             f"decouple: {type(model).__name__} has no {', '.join(t.__name__ for t in types)} "
             "layer to weight-normalize" + (f" outside exclude={exclude!r}" if exclude else "")
         )
-    for _, m in targets:
-        parametrize.register_parametrization(m, "weight", PrimitiveWeightNorm(0), unsafe=True)
+    for _, layer in targets:
+        parametrize.register_parametrization(layer, "weight", PrimitiveWeightNorm(0), unsafe=True)
     return model

@@ -151,13 +151,10 @@ def make_problem(name: str, seed: int = 0, dtype=torch.float64) -> Problem:
     model = model.to(dtype).train()
     with torch.no_grad():  # non-trivial affine parameters so blocks are generic
         for m in model.modules():
-            if (
-                isinstance(m, NORM_TYPES)
-                and getattr(m, "weight", None) is not None
-                and getattr(m, "bias", None) is not None
-            ):
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=dtype))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=g, dtype=dtype))
+            w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+            if isinstance(m, NORM_TYPES) and isinstance(w, torch.Tensor) and isinstance(b, torch.Tensor):
+                w.copy_(1 + 0.3 * torch.randn(w.shape, generator=g, dtype=dtype))
+                b.copy_(0.2 * torch.randn(b.shape, generator=g, dtype=dtype))
     x = torch.randn(xshape, generator=g, dtype=dtype)
     y = torch.randint(0, 3, (xshape[0],), generator=g)
     return Problem(name, model, x, y)
@@ -168,7 +165,8 @@ def flat(ts) -> torch.Tensor:
 
 
 def unflat(v: torch.Tensor, like) -> list[torch.Tensor]:
-    out, i = [], 0
+    out: list[torch.Tensor] = []
+    i = 0
     for t in like:
         out.append(v[i : i + t.numel()].reshape(t.shape))
         i += t.numel()
@@ -189,8 +187,8 @@ def dense_hessian(
         n = g.numel()
         eye = torch.eye(n, dtype=g.dtype, device=g.device)
         cols = torch.autograd.grad(g, params, eye, is_grads_batched=True, allow_unused=True)
-    cols = [c if c is not None else torch.zeros(n, *p.shape, dtype=g.dtype) for c, p in zip(cols, params)]
-    return torch.cat([c.reshape(n, -1) for c in cols], dim=1)  # row j = (H e_j)^T = column j (H symmetric)
+    full = [c if c is not None else torch.zeros(n, *p.shape, dtype=g.dtype) for c, p in zip(cols, params)]
+    return torch.cat([c.reshape(n, -1) for c in full], dim=1)  # row j = (H e_j)^T = column j (H symmetric)
 
 
 def fd_hessian(

@@ -45,7 +45,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -275,7 +275,7 @@ class OptunaSearch:
         study_name: str,
         budget: int,
         seed: int = 0,
-        direction: str = "maximize",
+        direction: Literal["maximize", "minimize"] = "maximize",
         batch: int = 1,
         pruning: bool = False,
     ):
@@ -337,10 +337,10 @@ class OptunaSearch:
 
     def ask(self) -> list[tuple[int, dict]]:
         st = self.optuna.trial.TrialState
-        out = []
-        for t in self.study.get_trials(deepcopy=False, states=(st.RUNNING,)):
-            if t.number not in self._handed and len(out) < self.batch:
-                out.append((t.number, {**self.fixed, **t.params}))
+        out: list[tuple[int, dict]] = []
+        for frozen in self.study.get_trials(deepcopy=False, states=(st.RUNNING,)):
+            if frozen.number not in self._handed and len(out) < self.batch:
+                out.append((frozen.number, {**self.fixed, **frozen.params}))
         used = len(self.study.get_trials(deepcopy=False))
         dists = self._distributions()
         while len(out) < self.batch and used < self.budget:

@@ -112,7 +112,7 @@ def by_predicate(predicate: Predicate, description: str) -> Selector:
 
 
 # --- module-type knowledge shared by the built-in selectors ------------------------
-NORM_TYPES: tuple[type, ...] = (
+NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,  # BatchNorm1d/2d/3d, SyncBatchNorm, LazyBatchNorm*
     nn.GroupNorm,
     nn.LayerNorm,

@@ -14,7 +14,6 @@ import math
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from . import stats as S
@@ -74,7 +73,7 @@ def expected_max_curve(trials: pd.DataFrame, metric: str = SELECT_METRIC) -> pd.
         scores = cell[cell["status"] == "ok"].groupby("config_key")[used].mean().dropna()
         if scores.empty:
             continue
-        ns = np.arange(1, len(scores) + 1)
+        ns = list(range(1, len(scores) + 1))
         curve = S.expected_max(scores.to_numpy(), ns)
         rows += [
             {

@@ -33,7 +33,8 @@ def _flat_dim(shape) -> int:
 @_with_decouple
 def mlp_bn(info, width: int = 128, depth: int = 2):
     """MLP with BatchNorm1d after every hidden linear layer."""
-    layers, d = [nn.Flatten()], _flat_dim(info["input_shape"])
+    layers: list[nn.Module] = [nn.Flatten()]
+    d = _flat_dim(info["input_shape"])
     for _ in range(depth):
         layers += [nn.Linear(d, width), nn.BatchNorm1d(width), nn.ReLU()]
         d = width
@@ -143,7 +144,7 @@ def resnet18(info, width: int = 64, bn: bool = True):
     return CifarResNet(info, [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], stem=width, bn=bn)
 
 
-VGG_CFG = {
+VGG_CFG: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
@@ -152,13 +153,14 @@ VGG_CFG = {
 def _vgg(depth, bn):
     @_with_decouple
     def build(info, width_mult: float = 1.0):
-        layers, c = [], info["input_shape"][0]
+        layers: list[nn.Module] = []
+        c = info["input_shape"][0]
         for v in VGG_CFG[depth]:
-            if v == "M":
+            if isinstance(v, str):  # "M"
                 layers.append(nn.MaxPool2d(2))
                 continue
             w = max(1, int(v * width_mult))
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=not bn)] + ([nn.BatchNorm2d(w)] if bn else []) + [nn.ReLU()]
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=not bn), *([nn.BatchNorm2d(w)] if bn else []), nn.ReLU()]
             c = w
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, info["num_classes"]))
 
