@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,6 +16,8 @@ from .rules import CurvatureEstimator, Rule, Stepper
 from .selectors import Selector, named_parameters_with_owner
 
 __all__ = [
+    "OptimizerEntry",
+    "optimizer_entry",
     "optimizer",
     "explain",
     "selector",
@@ -39,46 +42,86 @@ def stepper(name: str) -> Stepper:
     return registry.get("stepper", name)()
 
 
+#: the ways a training loop may hand the loss to an optimizer (see :mod:`optlab.closures`)
+CLOSURE_STYLES = ("forward-only", "torch-standard", "backward-first")
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """Everything the api, the grid and the runner need to know about one optimizer name.
+
+    ``kind``: ``"preset"`` (``builder(model, **hparams) -> list[Rule]``, run by a
+    :class:`RuleOptimizer`) or ``"baseline"`` (``builder(model, **hparams) ->
+    torch.optim.Optimizer``, given optlab's step styles by :func:`optlab.closures.closure_mix_in`).
+    ``hparams``: the declared keyword hyperparameters with their defaults
+    (``inspect.Parameter.empty`` for one without default); ``open_hparams``: the builder
+    also forwards other names to the parts it builds (a preset's estimator options), checked
+    when the rules are resolved. Step protocol: ``create_graph`` -- every step reads ``p.grad``
+    built with a double-backward graph (AdaHessian-like baselines; presets build what they need
+    themselves); ``closure_styles`` -- every optimizer serves all of :data:`CLOSURE_STYLES`;
+    ``takes_engine`` -- ``engine=`` and ``seed=`` apply (presets' HVP engine and estimator seed).
+    """
+
+    name: str
+    kind: Literal["preset", "baseline"]
+    builder: Any
+    plugin: str
+    hparams: dict[str, Any]
+    open_hparams: bool
+    create_graph: bool
+    closure_styles: tuple[str, ...] = CLOSURE_STYLES
+
+    @property
+    def takes_engine(self) -> bool:
+        return self.kind == "preset"
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The declared hyperparameters that have a default."""
+        return {k: v for k, v in self.hparams.items() if v is not inspect.Parameter.empty}
+
+    def check_names(self, hparams: dict) -> None:
+        """Unknown hyperparameter names raise a ``TypeError`` naming the valid ones."""
+        if self.open_hparams:
+            return  # validated later against the rules' declared hyperparameters
+        for k in hparams:
+            if k not in self.hparams:
+                raise TypeError(f"{self.name}: " + unknown_name("hyperparameter", k, list(self.hparams)))
+
+
+def optimizer_entry(name: str) -> OptimizerEntry:
+    """The registry entry of preset or baseline ``name``; an unknown name lists the valid ones."""
+    presets, baselines = registry.items("preset"), registry.items("baseline")
+    entry = presets.get(name) or baselines.get(name)
+    if entry is None:
+        raise registry.RegistryError(unknown_name("optimizer", name, optimizer_names()))
+    params = list(inspect.signature(entry.item).parameters.values())[1:]
+    return OptimizerEntry(
+        name=name,
+        kind="preset" if name in presets else "baseline",
+        builder=entry.item,
+        plugin=entry.plugin,
+        hparams={p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)},
+        open_hparams=any(p.kind == p.VAR_KEYWORD for p in params),
+        create_graph=bool(getattr(entry.item, "create_graph", False)),
+    )
+
+
 def preset_hparams(name: str) -> dict[str, Any]:
     """The keyword hyperparameters of a preset or baseline with their defaults."""
-    fn = _lookup(name)[1]
-    sig = inspect.signature(fn)
-    return {
-        k: p.default for k, p in list(sig.parameters.items())[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    return dict(optimizer_entry(name).hparams)
 
 
 def optimizer_names() -> list[str]:
     return sorted(set(registry.items("preset")) | set(registry.items("baseline")))
 
 
-def _lookup(name: str):
-    presets, baselines = registry.items("preset"), registry.items("baseline")
-    if name in presets:
-        return "preset", presets[name].item
-    if name in baselines:
-        return "baseline", baselines[name].item
-    valid = optimizer_names()
-    raise registry.RegistryError(unknown_name("optimizer", name, valid))
-
-
-def _check_kwargs(name: str, fn, hparams: dict) -> None:
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())[1:]
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return  # validated later against the rules' declared hyperparameters
-    valid = [p.name for p in params]
-    for k in hparams:
-        if k not in valid:
-            raise TypeError(f"{name}: " + unknown_name("hyperparameter", k, valid))
-
-
 def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
-    kind, fn = _lookup(name)
-    if kind != "preset":
+    entry = optimizer_entry(name)
+    if entry.kind != "preset":
         raise ValueError(f"{name!r} is a baseline optimizer, not a preset built from rules")
-    _check_kwargs(name, fn, hparams)
-    return fn(model, **hparams)
+    entry.check_names(hparams)
+    return entry.builder(model, **hparams)
 
 
 def optimizer(
@@ -110,21 +153,20 @@ def optimizer(
         raise TypeError(
             f"optlab.optimizer needs the nn.Module whose parameters it optimizes; got {type(model).__name__}"
         )
-    kind, fn = _lookup(name)
-    _check_kwargs(name, fn, hparams)
+    entry = optimizer_entry(name)
+    entry.check_names(hparams)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             f"{name}: {type(_unwrapped(model)).__name__} has no trainable parameter (none with "
             "requires_grad=True); there is nothing to optimize"
         )
-    if kind == "baseline":
+    if entry.kind == "baseline":
         _check_baseline_hparams(name, hparams)
         from .closures import closure_mix_in
         from .distributed import unwrap
 
         module, ddp = unwrap(model)
-        create_graph = bool(getattr(fn, "create_graph", False))
-        if create_graph and ddp is not None:
+        if entry.create_graph and ddp is not None:
             raise NotImplementedError(
                 f"{name} reads a double-backward graph from p.grad on every step, which DistributedDataParallel "
                 "cannot carry. Use an optlab preset instead (e.g. 'adahessian', 'sophia'): they average "
@@ -135,13 +177,13 @@ def optimizer(
                 f"{name}: process_group applies to optlab presets only; a baseline under DDP "
                 "relies on DDP's own gradient averaging."
             )
-        opt = fn(module, **hparams)
+        opt = entry.builder(module, **hparams)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"baseline {name!r} returned {type(opt).__name__}, not a torch.optim.Optimizer")
-        return closure_mix_in(opt, create_graph=create_graph, max_grad_norm=max_grad_norm)
+        return closure_mix_in(opt, create_graph=entry.create_graph, max_grad_norm=max_grad_norm)
     return RuleOptimizer(
         model,
-        fn(_unwrapped(model), **hparams),
+        entry.builder(_unwrapped(model), **hparams),
         engine=engine,
         seed=seed,
         name=name,

@@ -15,11 +15,14 @@
 
 from __future__ import annotations
 
+import time
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["BackwardCapture", "STYLES", "closure_mix_in", "ClosureStyles", "clip_grad_norm"]
+__all__ = ["BackwardCapture", "STYLES", "closure_mix_in", "ClosureStyles", "StepAccounting", "clip_grad_norm"]
 
 STYLES = """\
   forward-only:     opt.step(lambda: loss_fn(model(x), y))
@@ -109,17 +112,43 @@ def _check_max_grad_norm(name: str, max_grad_norm):
         )
 
 
+#: the phases of a step that :class:`StepAccounting` times
+TIMED_PHASES = ("forward_backward", "curvature", "update")
+
+
+@runtime_checkable
+class StepAccounting(Protocol):
+    """What every optimizer built by :func:`optlab.optimizer` reports about its steps, so a
+    runner treats presets and baselines alike: ``timings`` (seconds accumulated per phase of
+    :data:`TIMED_PHASES`), and ``hvp_count`` / ``vjp_count`` (Hessian-vector and
+    output-Jacobian-transpose products of optlab's estimators so far; 0 for baselines, whose
+    own curvature work, e.g. AdaHessian's, is not counted)."""
+
+    timings: dict[str, float]
+
+    @property
+    def hvp_count(self) -> int: ...
+
+    @property
+    def vjp_count(self) -> int: ...
+
+
 class ClosureStyles:
     """Mix-in for a ``torch.optim.Optimizer``: ``step`` serves all three styles.
 
     ``create_graph`` (class attribute): the optimizer reads ``p.grad`` with a graph
     on every step (AdaHessian-like baselines); ``max_grad_norm`` clips before the
-    update and ``last_grad_norm`` records the pre-clip norm.
+    update and ``last_grad_norm`` records the pre-clip norm. It also keeps the
+    :class:`StepAccounting` of a step (``timings``: closure forward and backward,
+    then clipping and the wrapped optimizer's update; no curvature phase).
     """
 
     create_graph = False
     max_grad_norm: float | None = None
     last_grad_norm: torch.Tensor | None = None
+    timings: dict[str, float]
+    hvp_count = 0
+    vjp_count = 0
 
     def needs_graph(self) -> bool:
         return self.create_graph
@@ -137,6 +166,7 @@ class ClosureStyles:
             )
         params = self._params()
         loss = None
+        t0 = time.perf_counter()
         if closure is not None:
             marks = grad_marks(params)
             with torch.enable_grad():
@@ -168,6 +198,7 @@ class ClosureStyles:
                     f"{name} needs gradients built with create_graph=True: "
                     "loss.backward(create_graph=opt.needs_graph()); opt.step(), or a closure:\n" + STYLES
                 )
+        t1 = time.perf_counter()
         self.last_grad_norm = None
         if self.max_grad_norm is not None:
             self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).detach()
@@ -176,11 +207,22 @@ class ClosureStyles:
             for p in params:
                 if p.grad is not None:
                     p.grad = p.grad.detach()
+        self.timings["forward_backward"] += t1 - t0
+        self.timings["update"] += time.perf_counter() - t1
         return None if loss is None else loss.detach()
 
 
 _MIXED: dict[type, type] = {}
-_MIXED_ATTRS = ("create_graph", "max_grad_norm", "last_grad_norm", "needs_graph", "_params", "step")
+_MIXED_ATTRS = (
+    "create_graph",
+    "max_grad_norm",
+    "last_grad_norm",
+    "hvp_count",
+    "vjp_count",
+    "needs_graph",
+    "_params",
+    "step",
+)
 
 
 def closure_mix_in(
@@ -191,6 +233,7 @@ def closure_mix_in(
     Its class becomes a direct subclass of ``type(opt)`` with the same name whose
     ``step`` is :meth:`ClosureStyles.step` (calling the original ``step`` for the
     update), so ``isinstance`` checks, ``state_dict`` and LR schedulers are unaffected.
+    It gains the :class:`StepAccounting` attributes (``timings``, ``hvp_count = vjp_count = 0``).
     """
     _check_max_grad_norm(type(opt).__name__, max_grad_norm)
     cls = type(opt)
@@ -204,4 +247,5 @@ def closure_mix_in(
         opt.__class__ = _MIXED[cls]
     opt.create_graph = create_graph
     opt.max_grad_norm = max_grad_norm
+    opt.timings = dict.fromkeys(TIMED_PHASES, 0.0)
     return opt

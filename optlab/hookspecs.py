@@ -120,10 +120,12 @@ def optlab_register_models(register):
 def optlab_register_baselines(register):
     """Register baseline optimizers that are not built from rules.
 
-    ``register(name, fn)``: ``fn(model, **hparams) -> torch.optim.Optimizer``.
-    If ``fn.needs_closure`` is true the runner calls ``opt.step(closure)`` with a
-    closure that runs forward and backward (``create_graph=True`` when
-    ``fn.create_graph`` is true), as second-order optimizers expect.
+    ``register(name, fn)``: ``fn(model, **hparams) -> torch.optim.Optimizer``; its
+    keyword arguments are the baseline's hyperparameters (see ``optlab.api.optimizer_entry``).
+    The optimizer gets optlab's three step styles (``optlab.closures.closure_mix_in``), so the
+    runner calls ``opt.step(closure)`` with a forward-only closure as for every optimizer. Set
+    ``fn.create_graph = True`` when its ``step`` reads ``p.grad`` built with a double-backward
+    graph (AdaHessian-like optimizers): the gradient is then taken with ``create_graph=True``.
 
     Example::
 

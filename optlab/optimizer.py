@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distributed
-from .closures import STYLES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
+from .closures import STYLES, TIMED_PHASES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
 from .hvp import get_engine, split_closure_result
 from .rules import Rule, Schedule, check_estimate, partition
 
@@ -101,7 +101,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().__init__(groups, defaults=common_defaults(groups))
         self.model = module
         #: seconds and HVP counts accumulated over steps (read and reset by runners)
-        self.timings = {"forward_backward": 0.0, "curvature": 0.0, "update": 0.0}
+        self.timings = dict.fromkeys(TIMED_PHASES, 0.0)
         for group in self.param_groups:
             rule = self.rules[group["rule"]]
             st = {"step": 0, "rr_pos": 0, "hvp_count": 0, "vjp_count": 0}

@@ -9,7 +9,6 @@ reaching the same final metrics as an uninterrupted run.
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 import os
@@ -24,8 +23,8 @@ from typing import Any
 import torch
 
 from . import api, registry
+from .closures import TIMED_PHASES, StepAccounting
 from .hparams import unknown_name, validate
-from .optimizer import RuleOptimizer
 from .store import SCHEMA_VERSION, atomic_write
 from .tasks import make_model, make_task
 
@@ -244,9 +243,8 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
     loaded optlab plugin)."""
     from importlib.metadata import entry_points
 
-    entry = registry.items("preset").get(cfg.optimizer) or registry.items("baseline")[cfg.optimizer]
-    resolved = {k: v for k, v in api.preset_hparams(cfg.optimizer).items() if v is not inspect.Parameter.empty}
-    resolved.update(cfg.hparams)
+    entry = api.optimizer_entry(cfg.optimizer)
+    resolved = {**entry.defaults, **cfg.hparams}
     rules = {}
     for g in opt.param_groups:
         if "rule" not in g:
@@ -272,11 +270,14 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
     }
 
 
-def use_task_loss(opt: RuleOptimizer, task) -> None:
+def use_task_loss(opt: torch.optim.Optimizer, task) -> None:
     """Tell every estimator that declares a ``loss`` hyperparameter (the Gauss-Newton family: the
     output Hessian depends on it) the loss the task computes, ``task.loss``. A rule that set
-    ``loss`` explicitly to something else is an error naming both."""
+    ``loss`` explicitly to something else is an error naming both. Optimizers without rules
+    (baselines) are left as they are."""
     for group in opt.param_groups:
+        if "rule" not in group:
+            continue
         rule = opt.rules[group["rule"]]
         spec = rule.curvature.hparams.get("loss") if rule.curvature is not None else None
         if spec is None:
@@ -296,11 +297,8 @@ def _build(cfg: RunConfig, device):
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options).to(device)
     model = make_model(cfg.model, task.info, decouple=cfg.decouple, **cfg.model_options).to(device)
-    kind = "preset" if cfg.optimizer in registry.items("preset") else "baseline"
-    extra = dict(engine=cfg.engine, seed=cfg.seed) if kind == "preset" else {}
-    opt = api.optimizer(cfg.optimizer, model, **extra, **cfg.hparams)
-    if isinstance(opt, RuleOptimizer):
-        use_task_loss(opt, task)
+    opt = api.optimizer(cfg.optimizer, model, engine=cfg.engine, seed=cfg.seed, **cfg.hparams)
+    use_task_loss(opt, task)
     iters = task.num_train_batches(cfg.batch_size)
     if iters == 0:
         raise ValueError(
@@ -308,14 +306,15 @@ def _build(cfg: RunConfig, device):
         )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    return task, model, opt, sched, data_gen, iters, kind
+    return task, model, opt, sched, data_gen, iters
 
 
 def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch) -> None:
+    """The training loop. Every optimizer (preset or baseline) takes the same forward-only
+    closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
+    (:class:`optlab.closures.StepAccounting`), read per epoch into the metrics."""
     device = torch.device(cfg.device)
-    task, model, opt, sched, data_gen, iters, kind = _build(cfg, device)
-    builder = registry.items(kind)[cfg.optimizer].item
-    create_graph = bool(getattr(builder, "create_graph", False))
+    task, model, opt, sched, data_gen, iters = _build(cfg, device)
     start = 0
     had_checkpoint = ckpt_path is not None and ckpt_path.exists()
     ck = load_checkpoint(ckpt_path, device) if had_checkpoint else None
@@ -335,7 +334,7 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
                 raise ValueError(f"epoch {ck['epoch']!r} and {len(ck['metrics'])} metric rows do not agree")
         except Exception as exc:  # a checkpoint of another configuration, or damaged: restart cleanly
             _reject_checkpoint(ckpt_path, exc)
-            task, model, opt, sched, data_gen, iters, kind = _build(cfg, device)
+            task, model, opt, sched, data_gen, iters = _build(cfg, device)
             ck = None
     result["checkpoint_rejected"] = had_checkpoint and ck is None
     if ck is not None:
@@ -343,40 +342,24 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
         start = result["resumed_from_epoch"] = ck["epoch"]
     result.update(describe_optimizer(cfg, opt))
     result["num_params"] = sum(p.numel() for p in model.parameters())
-    is_rule = isinstance(opt, RuleOptimizer)
+    accounting: StepAccounting = opt  # type: ignore[assignment]  # api.optimizer gives every optimizer it
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
-        fb = curv = upd = 0.0
-        if is_rule:
-            t0 = dict(opt.timings)
-            h0, v0 = opt.hvp_count, opt.vjp_count
+        t0 = dict(accounting.timings)
+        h0, v0 = accounting.hvp_count, accounting.vjp_count
         loss_sum, correct, seen, diverged = 0.0, 0, 0, False
         bar = _progress(
             iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
         )
         for x, y in task.train_batches(cfg.batch_size, data_gen):
             holder = {}
-            if is_rule:
 
-                def closure():
-                    out = holder["out"] = model(x)
-                    return task.loss_fn(out, y), out
-
-                loss = opt.step(closure)
-            else:
-                ta = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
+            def closure(x=x, y=y, holder=holder):
                 out = holder["out"] = model(x)
-                loss = task.loss_fn(out, y)
-                loss.backward(create_graph=create_graph)
-                tb = time.perf_counter()
-                opt.step()
-                if create_graph:
-                    opt.zero_grad(set_to_none=True)  # break the grad -> graph reference cycle
-                tc = time.perf_counter()
-                fb, upd = fb + tb - ta, upd + tc - tb
-                loss = loss.detach()
+                return task.loss_fn(out, y), out
+
+            loss = opt.step(closure)
             sched.step()
             lv = float(loss)
             if not math.isfinite(lv):
@@ -388,10 +371,7 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.close()
-        if is_rule:
-            fb = opt.timings["forward_backward"] - t0["forward_backward"]
-            curv = opt.timings["curvature"] - t0["curvature"]
-            upd = opt.timings["update"] - t0["update"]
+        spent = {k: accounting.timings[k] - t0[k] for k in TIMED_PHASES}
         nan2 = (float("nan"), float("nan"))
         val_loss, val_acc = nan2 if diverged else _evaluate(model, task, "val")
         test_loss, test_acc = nan2 if diverged else _evaluate(model, task, "test")
@@ -409,13 +389,13 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             "test_acc": test_acc,
             "lr": opt.param_groups[0]["lr"],
             "lrs": {g.get("rule", f"group{i}"): g["lr"] for i, g in enumerate(opt.param_groups)},
-            "time_forward_backward": fb,
-            "time_curvature": curv,
-            "time_update": upd,
+            "time_forward_backward": spent["forward_backward"],
+            "time_curvature": spent["curvature"],
+            "time_update": spent["update"],
             "time_epoch": epoch_time,
             "wall_time": wall,
-            "hvp_count": (opt.hvp_count - h0) if is_rule else 0,
-            "vjp_count": (opt.vjp_count - v0) if is_rule else 0,
+            "hvp_count": accounting.hvp_count - h0,
+            "vjp_count": accounting.vjp_count - v0,
         }
         result["metrics"].append(row)
         if on_epoch is not None:

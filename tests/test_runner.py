@@ -37,6 +37,49 @@ def test_same_seed_same_numbers(opt):
         assert [r["hvp_count"] for r in a["metrics"]] == [1, 0, 0] and a["metrics"][0]["time_curvature"] > 0
 
 
+def _backward_first_losses(cfg: RunConfig) -> list[float]:
+    """The runner's former loop for baselines, written out: zero_grad, forward, backward
+    (``create_graph`` for AdaHessian-like baselines), step; per-epoch mean training loss."""
+    import torch
+
+    from optlab import api
+    from optlab.tasks import make_model, make_task
+    from optlab.train import lr_factor
+
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+    model = make_model(cfg.model, task.info, decouple=cfg.decouple, **cfg.model_options)
+    opt = api.optimizer(cfg.optimizer, model, **cfg.hparams)
+    graph = api.optimizer_entry(cfg.optimizer).create_graph
+    iters = task.num_train_batches(cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for _ in range(cfg.epochs):
+        total, n = 0.0, 0
+        for x, y in task.train_batches(cfg.batch_size, gen):
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss_fn(model(x), y)
+            loss.backward(create_graph=graph)
+            opt.step()
+            sched.step()
+            total, n = total + float(loss) * y.shape[0], n + y.shape[0]
+        losses.append(total / n)
+    return losses
+
+
+@pytest.mark.parametrize("opt", ["torch-sgd", "pto-adahessian"])
+def test_baselines_take_the_one_step_path_with_the_same_numbers_and_accounting(opt):
+    pytest.importorskip("pytorch_optimizer")
+    cfg = RunConfig(optimizer=opt, seed=2, lr_schedule="cosine", **{**SMALL, "epochs": 2})
+    res = train(cfg, progress=False)
+    assert res["status"] == "ok", res["error"]
+    assert [m["train_loss"] for m in res["metrics"]] == _backward_first_losses(cfg)
+    for m in res["metrics"]:  # the same accounting as presets: forward+backward and update timed, no HVPs
+        assert m["time_forward_backward"] > 0 and m["time_update"] > 0 and m["time_curvature"] == 0
+        assert m["hvp_count"] == 0 and m["vjp_count"] == 0
+
+
 def test_interrupted_run_resumes_to_the_same_final_metrics(tmp_path):
     cfg = RunConfig(optimizer="sgd-ph", seed=1, lr_schedule="cosine", **{**SMALL, "epochs": 4})
     full = train(cfg, progress=False)

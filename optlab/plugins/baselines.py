@@ -1,7 +1,7 @@
 """Baseline optimizers that are not assembled from rules: torch.optim and pytorch_optimizer.
 
-``fn(model, **hparams) -> Optimizer``; ``fn.needs_closure``/``fn.create_graph``
-tell the runner how to call ``step`` (see ``optlab_register_baselines``).
+``fn(model, **hparams) -> Optimizer``; ``fn.create_graph`` says that ``step`` reads
+``p.grad`` with a double-backward graph (see ``optlab_register_baselines``).
 """
 
 from __future__ import annotations
