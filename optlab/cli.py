@@ -116,6 +116,7 @@ def cmd_train(args) -> int:
         engine=args.engine,
         device=args.device,
         milestones=args.milestones,
+        compile=args.compile,
     )
 
     def show(row):
@@ -418,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="HVP engine: autograd double backward, or torch.func jvp(grad)",
     )
     sp.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    sp.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: plain steps compiled, curvature-refresh steps eager (default: off)",
+    )
     sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
     sp.add_argument("--out", help="write the result (config, metrics, status) as JSON")

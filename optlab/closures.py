@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
+from .compiled import eager
+
 __all__ = ["BackwardCapture", "STYLES", "closure_mix_in", "ClosureStyles", "StepAccounting", "clip_grad_norm"]
 
 STYLES = """\
@@ -170,14 +172,15 @@ class ClosureStyles:
         if closure is not None:
             marks = grad_marks(params)
             with torch.enable_grad():
-                if self.create_graph:
-                    with BackwardCapture() as cap:
+                if self.create_graph:  # compiled regions have no double backward: run them eagerly
+                    with eager(), BackwardCapture() as cap:
                         result = closure()
                     captured = cap.loss
                 else:
                     result, captured = closure(), None
             if captured is not None:  # torch-standard closure, backward deferred to here
-                captured.backward(create_graph=True)
+                with eager():
+                    captured.backward(create_graph=True)
                 loss = captured
             elif grad_marks(params) != marks:  # torch-standard closure: its backward already ran
                 loss = None if result is None else split_closure_result(result)[0]

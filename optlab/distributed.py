@@ -57,6 +57,7 @@ from torch import nn
 from torch.autograd import Function
 from torch.nn.parallel import DistributedDataParallel
 
+from .compiled import unwrap_compiled
 from .hvp import CurvatureContext
 
 __all__ = [
@@ -115,10 +116,16 @@ def check_supported(model: nn.Module, what: str = "optlab") -> None:
 
 
 def unwrap(model: nn.Module) -> tuple[nn.Module, DistributedDataParallel | None]:
-    """``(module whose parameters are optimized, its DDP wrapper or None)``; refuses what is unsupported."""
+    """``(module whose parameters are optimized, its DDP wrapper or None)``; refuses what is unsupported.
+
+    ``torch.compile`` wrappers are seen through on either side of DDP
+    (``DDP(torch.compile(m))``, ``torch.compile(DDP(m))``): the optimized module is the eager ``m``
+    (:mod:`optlab.compiled`)."""
+    model = unwrap_compiled(model)
     if isinstance(model, DistributedDataParallel):
-        check_supported(model.module)
-        return model.module, model
+        module = unwrap_compiled(model.module)
+        check_supported(module)
+        return module, model
     check_supported(model)
     return model, None
 

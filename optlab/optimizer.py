@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import distributed
+from . import compiled, distributed
 from .closures import STYLES, TIMED_PHASES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
 from .hvp import get_engine, split_closure_result
 from .rules import Rule, Schedule, check_estimate, partition
@@ -174,17 +174,23 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def refresh_context(self):
         """Context for the forward and backward of a backward-first step under DDP:
-        ``ddp.no_sync()`` when the next step refreshes curvature (the optimizer then
-        averages those gradients itself), nothing otherwise or without DDP::
+        when the next step refreshes curvature, every ``torch.compile`` region runs eagerly
+        (:func:`optlab.compiled.eager`: compiled graphs have no double backward) and, under
+        DDP, inside ``ddp.no_sync()`` (the optimizer then averages those gradients itself);
+        on other steps it does nothing::
 
             with opt.refresh_context():
                 loss = loss_fn(ddp_model(x), y)
                 loss.backward(create_graph=opt.needs_graph())
             opt.step()
         """
-        if self._replicas is not None and self._refreshing(self._plan()):
-            return self._replicas.no_sync()
-        return contextlib.nullcontext()
+        if not self._refreshing(self._plan()):
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(compiled.eager())  # a compiled model's double backward runs eagerly
+        if self._replicas is not None:
+            stack.enter_context(self._replicas.no_sync())
+        return stack
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -238,9 +244,19 @@ class RuleOptimizer(torch.optim.Optimizer):
         ``closure`` runs the forward pass and returns the loss (or ``(loss, outputs)``);
         it may call ``loss.backward()`` itself (torch's convention), or be omitted
         after ``loss.backward(create_graph=opt.needs_graph())``.
+
+        A refresh step runs the closure, gradient and curvature with every ``torch.compile``
+        region eager (:mod:`optlab.compiled`); other steps run compiled code as it is.
         """
         plan = self._plan()
         refresh = self._refreshing(plan)
+        if refresh:
+            with compiled.eager():
+                return self._step(closure, plan, refresh)
+        return self._step(closure, plan, refresh)
+
+    def _step(self, closure, plan, refresh):
+        """:meth:`step` once the plan (which rules refresh which tensors) is known."""
         replicas = self._replicas
         self._check_distributed()
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)

@@ -53,9 +53,16 @@ class RunConfig:
     task_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     device: str = "cpu"
+    compile: bool = False  # torch.compile the model: plain steps compiled, refresh steps eager (optlab.compiled)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as a dict; keys added after trial ids existed are left out at their
+        default (:data:`OMIT_AT_DEFAULT`), so the id of every earlier configuration is unchanged."""
+        d = asdict(self)
+        for k, default in OMIT_AT_DEFAULT.items():
+            if d.get(k) == default and type(d.get(k)) is type(default):
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -97,6 +104,7 @@ class RunConfig:
                 f"a number in [0, epochs={self.epochs!r})",
             ),
             ("decouple", lambda: isinstance(self.decouple, bool), "true or false"),
+            ("compile", lambda: isinstance(self.compile, bool), "true or false"),
             ("engine", lambda: self.engine in ("autograd", "func"), "'autograd' or 'func'"),
             ("task_options", lambda: isinstance(self.task_options, dict), "a table of task options"),
             ("model_options", lambda: isinstance(self.model_options, dict), "a table of model options"),
@@ -121,6 +129,8 @@ class RunConfig:
 
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
+#: run settings newer than the trial-id scheme: absent from ``to_dict`` (hence from the id) at these values
+OMIT_AT_DEFAULT = {"compile": False}
 
 
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -343,6 +353,9 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
     result.update(describe_optimizer(cfg, opt))
     result["num_params"] = sum(p.numel() for p in model.parameters())
     accounting: StepAccounting = opt  # type: ignore[assignment]  # api.optimizer gives every optimizer it
+    # the optimizer holds the eager model (parameters, checkpoints); training forwards go through the
+    # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.compiled)
+    forward = torch.compile(model) if cfg.compile else model
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
@@ -356,7 +369,7 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             holder = {}
 
             def closure(x=x, y=y, holder=holder):
-                out = holder["out"] = model(x)
+                out = holder["out"] = forward(x)
                 return task.loss_fn(out, y), out
 
             loss = opt.step(closure)
