@@ -253,7 +253,7 @@ def cmd_grid(args) -> int:
 def cmd_diagnose(args) -> int:
     import torch
 
-    from .diagnostics import diagnose, plot_diagnostics
+    from .diagnostics import READING_GUIDE, diagnose, plot_diagnostics
 
     torch.manual_seed(args.seed)
     task, model = _build_model(args)
@@ -284,7 +284,7 @@ def cmd_diagnose(args) -> int:
     stem = f"diagnose_{args.task}_{args.model}"
     df.to_csv(out / f"{stem}.csv", index=False)
     fig = plot_diagnostics(df)
-    fig.savefig(out / f"{stem}.png", dpi=120)
+    fig.savefig(out / f"{stem}.png", dpi=120, bbox_inches="tight")
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 12, "display.float_format", "{:.3g}".format):
@@ -292,6 +292,7 @@ def cmd_diagnose(args) -> int:
             c for c in df.columns if c.endswith("_relerr")
         ]
         print(df[cols].to_string(index=False))
+    print(READING_GUIDE)
     print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.png')}")
     return 0
 

@@ -157,6 +157,27 @@ def diagnose(
     return pd.DataFrame(rows)
 
 
+READING_GUIDE = """\
+How to read it (table columns and the two panels of the figure):
+  offdiag_frob_mass  share of the tensor's Hessian block (squared Frobenius norm) off its diagonal:
+                     0 = the block is diagonal, so a diagonal curvature estimate loses nothing;
+                     below ~0.1 a diagonal model is good; 0.3-0.6 is typical of BatchNorm blocks
+                     of small CNNs (the diagonal then misses most of the coupling); near 1 the
+                     diagonal says little about the block.
+  neg_diag_frac      share of negative diagonal entries (a Newton step needs a rectified,
+                     e.g. absolute or clipped, diagonal there).
+  <estimator>_relerr ||estimate - diag(H)|| / ||diag(H)|| per tensor; lower is better:
+                     below ~0.1 good, 0.1-0.5 usable with averaging (momentum on curvature),
+                     ~1 no better than estimating zero. rowsum_hvp (H times the ones vector: row
+                     sums) can exceed 1 when the off-diagonal mass is large; ggn_* estimate the
+                     Gauss-Newton diagonal, so their error includes its gap to the Hessian's.
+                     Stochastic estimators: one draw at their default probes; more probes lower
+                     the error by about 1/sqrt(probes).
+  row '(all selected)' the joint block of all selected tensors (cross-tensor couplings
+                     included) when it is small enough (--max-block), and the cost of each
+                     estimator (_ms, _products = Hessian- or Jacobian-vector products)."""
+
+
 def plot_diagnostics(df: pd.DataFrame):
     """Two panels: off-diagonal mass per tensor, and estimator relative errors."""
     import matplotlib
@@ -181,6 +202,7 @@ def plot_diagnostics(df: pd.DataFrame):
     sns.barplot(data=long, y="tensor", x="relative error vs exact diagonal", hue="estimator", ax=axes[1])
     axes[1].set_xscale("log")
     axes[1].set_ylabel("")
+    axes[1].legend(title="estimator", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     axes[0].set_title("Is the partial Hessian diagonal?")
     axes[1].set_title("Estimator error against diag(H)")
     fig.tight_layout()

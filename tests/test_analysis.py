@@ -225,7 +225,12 @@ def test_figures_have_expected_axes_and_panels():
     fig = P.training_curves(epochs, trials, x="wall_time")
     assert fig.axes[0].get_xlabel() == "wall-clock time (s)"
     fig = P.cost_bars(trials)
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["forward-backward", "curvature", "update"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "forward-backward",
+        "curvature",
+        "update",
+        "other (evaluation, data)",
+    ]
 
 
 def _store(tmp_path, records, spec=None):
@@ -278,6 +283,8 @@ def test_report_has_every_section_and_figure(tmp_path):
     assert "Selected on test: biased" in verdict and "Selection-biased comparison" in verdict
     assert "tuning (selection-biased)" in verdict and "±0.50" in verdict
     assert "legacy trial(s)" in md
+    assert "| tie |" not in md and "n_tied" in md  # the old `tie` column read as a verdict
+    assert "every trial ran in the same environment" in md
 
 
 def test_report_on_an_incomplete_grid_lists_missing_trials(tmp_path):
@@ -701,3 +708,161 @@ def test_real_two_stage_grid_analysis_agrees_with_the_runner(tmp_path):
     cmp = comparisons(trials)
     assert cmp["stage"].tolist() == ["evaluation"] and cmp["n_pairs"].tolist() == [3]
     assert cmp["arm"].tolist() == ["sgd-slow"] and cmp["optimizer"].tolist() == ["sgd"]
+
+
+# ----------------------------------------------------------------------------- report polish (issue 15 item 6)
+def _arm_records(arms=("sgd", "sgd-ph", "sgd-ph-every50"), lrs=(0.03, 0.1, 0.3), accs=(0.95, 0.99, 0.999), **kw):
+    """Tuning trials of several arms (custom labels included) on two problems, accuracies near 1
+    with a large seed spread (CI bands that would pass 1)."""
+    recs = []
+    for task in ("digits", "mnist1d"):
+        for arm in arms:
+            opt = "sgd-ph" if arm.startswith("sgd-ph") else arm
+            for lr in lrs:
+                for seed, a in enumerate(accs):
+                    r = _trial(opt, seed, a - 0.01 * (lr == lrs[0]), {"lr": lr}, task=task, **kw)
+                    r["arm"] = arm
+                    r["id"] = f"{arm}-{task}-{lr}-{seed}"
+                    recs.append(r)
+    return recs
+
+
+def _line_colors(fig) -> dict[str, tuple]:
+    """label -> RGB of every labelled line of every axes."""
+    import matplotlib.colors as mcolors
+
+    out = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            lab = line.get_label()
+            if not lab.startswith("_"):
+                out.setdefault(lab, set()).add(mcolors.to_rgb(line.get_color()))
+    return out
+
+
+def test_one_colour_per_optimizer_across_figures():
+    epochs, trials = load(_arm_records())
+    expect = P.arm_palette(trials["arm"].cat.categories)
+    assert expect["sgd"] == P.FIXED_COLORS["sgd"] and expect["sgd-ph"] == P.FIXED_COLORS["sgd-ph"]
+    assert len({expect[a] for a in expect}) == len(expect)  # distinct
+    figs = {
+        "sensitivity": P.sensitivity_plot(trials, "lr"),
+        "curves": P.training_curves(epochs, trials),
+        "profile": P.profile_plot(performance_profile(trials)),
+        "expected_max": P.expected_max_plot(expected_max_curve(trials)),
+    }
+    import matplotlib.colors as mcolors
+
+    for name, fig in figs.items():
+        seen = _line_colors(fig)
+        arms = {a: c for a, c in seen.items() if a in expect}
+        assert set(arms) == set(expect), (name, set(seen))
+        for arm, colors in arms.items():
+            assert colors == {mcolors.to_rgb(expect[arm])}, (name, arm, colors)
+    # a figure of a subset of the arms (sgd only) keeps sgd's colour; so does another report
+    sub = trials[trials["arm"] == "sgd"]
+    assert _line_colors(P.sensitivity_plot(sub, "lr"))["sgd"] == {mcolors.to_rgb(P.FIXED_COLORS["sgd"])}
+    assert P.arm_palette(["sgd", "zzz"])["sgd"] == expect["sgd"]
+
+
+def test_log_x_axis_for_log_spaced_hyperparameters():
+    assert P.log_spaced([0.03, 0.1, 0.3]) and P.log_spaced([1e-4, 1e-3, 1e-2, 1e-1]) and P.log_spaced([1, 2, 4, 8])
+    assert not P.log_spaced([0.1, 0.2, 0.3]) and not P.log_spaced([0.0, 0.1, 1.0]) and not P.log_spaced([-1, 1, 3])
+    assert P.log_spaced([0.01, 0.1]) and not P.log_spaced([0.1, 0.2]) and not P.log_spaced([0.5])
+    _, trials = load(_arm_records())
+    ax = P.sensitivity_plot(trials, "lr").axes[0]
+    assert ax.get_xscale() == "log" and "log" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.03", "0.1", "0.3"]
+    _, lin = load(_arm_records(lrs=(0.1, 0.2, 0.3)))
+    assert P.sensitivity_plot(lin, "lr").axes[0].get_xscale() == "linear"
+
+
+def _band_limits(fig):
+    """(min, max) of the y of every filled band (PolyCollection) of every axes, by y label."""
+    from matplotlib.collections import PolyCollection
+
+    out = {}
+    for ax in fig.axes:
+        for coll in ax.collections:
+            if isinstance(coll, PolyCollection):
+                for path in coll.get_paths():
+                    ys = path.vertices[:, 1]
+                    lo, hi = out.get(ax.get_ylabel(), (np.inf, -np.inf))
+                    out[ax.get_ylabel()] = (min(lo, ys.min()), max(hi, ys.max()))
+    return out
+
+
+def test_ci_bands_are_clipped_to_the_metric_range():
+    recs = _arm_records(accs=(0.9, 0.999, 1.0))
+    for r in recs:  # losses near 0 with a large spread: a normal band would go below 0
+        for m in r["metrics"]:
+            m["train_loss"] = 0.001 if r["config"]["seed"] != 2 else 0.5
+    epochs, trials = load(recs)
+    from optlab.analysis.data import sensitivity as sens
+
+    s = sens(trials, "lr")
+    assert ((s["mean"] + s["ci95"]) > 1).any()  # the unclipped band would pass 1
+    lim = _band_limits(P.sensitivity_plot(trials, "lr"))
+    lo, hi = lim["final validation accuracy"]
+    assert hi <= 1.0 and lo >= 0.0 and hi == pytest.approx(1.0)
+    lim = _band_limits(P.training_curves(epochs, trials))
+    assert lim["test accuracy"][1] <= 1.0 and lim["train loss"][0] >= 0.0
+    assert P.metric_range("final_val_loss") == (0.0, math.inf) and P.metric_range("val_acc") == (0.0, 1.0)
+
+
+def _overlaps(fig, legend, patches) -> list:
+    renderer = fig.canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    return [p for p in patches if p.get_height() > 0 and box.overlaps(p.get_window_extent(renderer))]
+
+
+def test_cost_figure_legend_clear_of_bars_totals_match_table_hvp_per_epoch():
+    from optlab.analysis.data import cost_per_epoch
+
+    _, trials = load(_arm_records())
+    fig = P.cost_bars(trials)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert not _overlaps(fig, ax.get_legend(), ax.patches)
+    table = cost_per_epoch(trials)
+    labels = [t.get_text() for t in ax.texts]
+    assert [float(t.split("s")[0]) for t in labels] == [round(v, 2) for v in table["time_epoch"]]
+    assert table["time_epoch"].tolist() == pytest.approx(
+        table[["time_forward_backward", "time_curvature", "time_update", "time_other"]].sum(axis=1).tolist()
+    )
+    heights = {}
+    for p in ax.patches:
+        heights[p.get_x()] = heights.get(p.get_x(), 0) + p.get_height()
+    assert sorted(heights.values()) == pytest.approx(sorted(table["time_epoch"]))
+    # _trial: 10 HVPs in each of 3 epochs -> 10 per epoch (the caption's unit), not the trial's 30
+    assert (table["hvp_per_epoch"] == 10).all() and (trials["hvp_count"] == 30).all()
+    assert all(t.endswith("10 HVP") for t in labels)
+
+
+def test_environment_note_only_when_environments_differ():
+    from optlab.analysis.report import environment_note, environment_rows
+
+    recs = _records()
+    note = environment_note(environment_rows(recs))
+    assert "same environment" in note and "different" not in note
+    recs[0]["env"] = {**recs[0]["env"], "host": "other-host"}
+    recs[1]["env"] = {**recs[1]["env"], "versions": {"torch": "2.12.0"}}
+    note = environment_note(environment_rows(recs))
+    assert "Trials ran in different environments: `host`, `torch` differ" in note
+
+
+def test_diagnose_prints_how_to_read_it_and_its_legend_clears_the_bars(tmp_path, capsys):
+    import optlab
+    from optlab.cli import main
+    from optlab.diagnostics import READING_GUIDE, plot_diagnostics
+    from optlab.testing import make_problem
+
+    pb = make_problem("mlp_bn1d")
+    df = optlab.diagnose(pb.model, (pb.x, pb.y))
+    fig = plot_diagnostics(df)
+    fig.canvas.draw()
+    ax = fig.axes[1]
+    assert not _overlaps(fig, ax.get_legend(), ax.patches)
+    assert main(["diagnose", "--model", "mlp-bn", "--batch-size", "16", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert READING_GUIDE in out and "offdiag_frob_mass" in READING_GUIDE and "_relerr" in READING_GUIDE

@@ -43,6 +43,7 @@ __all__ = [
     "sensitivity",
     "performance_profile",
     "hparam_columns",
+    "cost_per_epoch",
     "expected_trials",
     "selection_metric",
     "MetricError",
@@ -197,6 +198,7 @@ def load(
                 "time_update": _mean([m.get("time_update") for m in metrics]),
                 "time_epoch": _mean([m.get("time_epoch") for m in metrics]),
                 "hvp_count": sum(m.get("hvp_count", 0) or 0 for m in metrics),
+                "hvp_per_epoch": _mean([m.get("hvp_count") for m in metrics]),
                 "diverged": ident["status"] == "diverged",
                 "failed": ident["status"] == "failed",
                 "error": r.get("error"),
@@ -239,6 +241,25 @@ def _dtypes(df: pd.DataFrame, hp_names) -> pd.DataFrame:
     if "seed" in df:
         df["seed"] = df["seed"].astype(int)
     return df
+
+
+def cost_per_epoch(trials: pd.DataFrame) -> pd.DataFrame:
+    """Mean cost of one epoch per task, model and arm, over trials that did not fail.
+
+    ``time_epoch`` is the recorded epoch time; ``time_forward_backward``, ``time_curvature``
+    and ``time_update`` its phases inside the optimizer step; ``time_other`` the remainder
+    (evaluation on validation and test, data batching, the loop) so that the phases add up
+    to ``time_epoch``; ``hvp_per_epoch`` the Hessian-vector products of one epoch
+    (``hvp_count`` of a trial is its total over all epochs)."""
+    phases = ["time_forward_backward", "time_curvature", "time_update"]
+    df = trials[trials["status"].astype(str) != "failed"]
+    g = (
+        df.groupby(["task", "model", "arm"], observed=True)[["time_epoch", *phases, "hvp_per_epoch"]]
+        .mean()
+        .reset_index()
+    )
+    g["time_other"] = (g["time_epoch"] - g[phases].fillna(0).sum(axis=1)).clip(lower=0.0)
+    return g[["task", "model", "arm", "time_epoch", *phases, "time_other", "hvp_per_epoch"]]
 
 
 def hparam_columns(df: pd.DataFrame) -> list[str]:

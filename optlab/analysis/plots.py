@@ -4,6 +4,7 @@ and returns a matplotlib ``Figure`` (compose them in notebooks; ``save`` writes 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +15,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .data import SELECT_METRIC, WITHIN, best_configs, hparam_columns, selected_trials, sensitivity  # noqa: E402
+from .data import (  # noqa: E402
+    SELECT_METRIC,
+    WITHIN,
+    best_configs,
+    cost_per_epoch,
+    hparam_columns,
+    selected_trials,
+    sensitivity,
+)
 
 __all__ = [
     "heatmaps",
@@ -25,6 +34,9 @@ __all__ = [
     "expected_max_plot",
     "save",
     "STYLE",
+    "arm_palette",
+    "log_spaced",
+    "metric_range",
 ]
 
 STYLE = {"style": "whitegrid", "context": "notebook", "palette": "colorblind"}
@@ -45,6 +57,89 @@ METRIC_LABELS = {
 
 def _label(m: str) -> str:
     return METRIC_LABELS.get(m, m.replace("_", " "))
+
+
+# ---------------------------------------------------------------------------- colours, axes, ranges
+_CB = sns.color_palette("colorblind", 10)
+#: built-in optimizers keep one colour in every figure of every report
+FIXED_COLORS = {
+    "sgd": _CB[0],
+    "sgd-ph": _CB[1],
+    "sgd-scaled": _CB[2],
+    "sgd-frozen": _CB[3],
+    "sgd-ph-reference": _CB[4],
+    "adahessian": _CB[5],
+    "sophia": _CB[6],
+    "torch-sgd": _CB[7],
+    "torch-adamw": _CB[8],
+    "pto-adahessian": _CB[9],
+}
+#: after the colour-blind colours no built-in of the set uses: seaborn's "dark" and "pastel" ones
+EXTRA_COLORS = sns.color_palette("dark", 10) + sns.color_palette("pastel", 10)
+
+
+def arm_palette(labels: Iterable) -> dict[str, tuple]:
+    """One colour per optimizer / arm label, the same in every figure of a results set.
+
+    Built-in names have fixed colours in every report (:data:`FIXED_COLORS`, seaborn's
+    colour-blind palette). Other labels (``label = "sgd-ph-every50"``), in sorted order, take
+    the colour-blind colours no built-in of ``labels`` holds, then :data:`EXTRA_COLORS`; so pass
+    every arm of the results set (the categories of ``trials["arm"]``, as the figures do) and
+    all its figures agree; a report with the same arms gets the same colours."""
+    names = sorted({str(x) for x in labels})
+    out = {n: FIXED_COLORS[n] for n in names if n in FIXED_COLORS}
+    used = set(out.values())
+    pool = [c for c in _CB if c not in used] + EXTRA_COLORS
+    custom = [n for n in names if n not in out]
+    for i, n in enumerate(custom):
+        out[n] = pool[i % len(pool)]
+    return out
+
+
+def _palette_of(df: pd.DataFrame, column: str = "arm") -> dict[str, tuple]:
+    """The palette of every arm of ``df``'s results set (all categories, also filtered-out ones)."""
+    col = df[column]
+    labels = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else col.unique()
+    return arm_palette(labels)
+
+
+def log_spaced(values) -> bool:
+    """True when the distinct values are positive and closer to a geometric than to an
+    arithmetic progression (lr 0.03/0.1/0.3, 1e-4/1e-3/1e-2): such an axis is drawn in log scale.
+
+    Two values: log when their ratio is >= 10. Three or more: log when the coefficient of
+    variation of the log-gaps is smaller than that of the plain gaps (and the values span a
+    ratio >= 3)."""
+    v = np.unique(np.asarray([float(x) for x in values if x is not None and np.isfinite(float(x))]))
+    if len(v) < 2 or v[0] <= 0:
+        return False
+    if v[-1] / v[0] < 3:
+        return False
+    if len(v) == 2:
+        return bool(v[-1] / v[0] >= 10)
+    lin, lg = np.diff(v), np.diff(np.log(v))
+    return bool(lg.std() / lg.mean() < lin.std() / lin.mean())
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take: accuracies in [0, 1], losses, times and counts >= 0."""
+    m = metric.lower()
+    if m.endswith("acc") or "_acc" in m or "accuracy" in m:
+        return 0.0, 1.0
+    if "loss" in m or m.startswith(("time", "wall")) or m.endswith("count"):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def _band(ax, xs, lo, hi, metric: str, color) -> None:
+    """A confidence band clipped to the metric's range (a CI of few seeds can pass 1 or 0)."""
+    a, b = metric_range(metric)
+    ax.fill_between(xs, np.clip(lo, a, b), np.clip(hi, a, b), alpha=0.2, color=color, linewidth=0)
+
+
+def _legend_outside(ax, title: str, **kw):
+    """A legend right of the axes: it never covers bars or lines."""
+    return ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
 
 
 def _fig(nrows, ncols, w=4.6, h=3.8, **kw):
@@ -135,24 +230,24 @@ def sensitivity_plot(
     fig, axes = _fig(1, max(1, len(problems)), w=5.2)
     numeric = pd.api.types.is_numeric_dtype(sens[axis])  # e.g. estimator or schedule names: categories
     if log_x is None:
-        vals = sens[axis].astype(float) if numeric else None
-        log_x = numeric and bool((vals > 0).all() and vals.max() / max(vals.min(), 1e-300) >= 50)
+        log_x = numeric and log_spaced(sens[axis])
+    colors = _palette_of(trials)
     for ax, ((task, model), g) in zip(axes.flat, problems):
         for opt, h in g.groupby("arm", observed=True):
             h = h.sort_values(axis)
             xs = h[axis].astype(float) if numeric else h[axis].astype(str)
-            ys, ci = h["mean"], h["ci95"].fillna(0)
-            ax.plot(xs, ys, marker="o", label=str(opt))
-            ax.fill_between(xs, ys - ci, ys + ci, alpha=0.2)
+            ys, ci = h["mean"].to_numpy(float), h["ci95"].fillna(0).to_numpy(float)
+            ax.plot(xs, ys, marker="o", label=str(opt), color=colors[str(opt)])
+            _band(ax, xs, ys - ci, ys + ci, metric, colors[str(opt)])
         if log_x:
             ax.set_xscale("log")
-        if metric.endswith("_acc"):  # CI bands of few seeds can pass 1: keep the axis in range
-            lo = float((g["mean"] - g["ci95"].fillna(0)).min())
-            ax.set_ylim(max(0.0, lo - 0.01), min(1.005, float((g["mean"] + g["ci95"].fillna(0)).max()) + 0.01))
-        ax.set_xlabel(axis)
+            ax.set_xticks(sorted(g[axis].astype(float).unique()))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(axis + (" (log scale)" if log_x else ""))
         ax.set_ylabel(_label(metric))
         ax.set_title(f"{task}/{model}")
-        ax.legend(title="optimizer", fontsize=8)
+        _legend_outside(ax, "optimizer", fontsize=8)
     how = "other axes at their best on it" if aggregate == "best" else "averaged over other axes"
     fig.suptitle(f"Sensitivity to {axis}: {_label(metric)}, tuning seeds ({how}; band: 95 % CI over seeds)", y=1.02)
     fig.tight_layout()
@@ -173,6 +268,7 @@ def training_curves(
     df = epochs[epochs["trial_id"].isin(ids)].copy()
     problems = sorted({(str(t), str(m)) for t, m in zip(best["task"], best["model"])})
     fig, axes = _fig(2, max(1, len(problems)), w=5.2, h=3.4)
+    colors = _palette_of(trials)
     for j, (task, model) in enumerate(problems):
         sub = df[(df["task"] == task) & (df["model"] == model)].copy()
         sub["optimizer"] = sub["arm"].astype(str)
@@ -180,12 +276,19 @@ def training_curves(
             sub["wall_time"] = sub.groupby(["optimizer", "epoch"])["wall_time"].transform("mean")
         for i, (y, lab) in enumerate((("test_acc", "test accuracy"), ("train_loss", "train loss"))):
             ax = axes[i, j]
-            sns.lineplot(data=sub, x=x, y=y, hue="optimizer", errorbar=("se", 1.96), ax=ax, marker="o", markersize=4)
+            for opt, h in sub.groupby("optimizer", sort=True):
+                st = h.groupby(x)[y].agg(["mean", "std", "count"]).sort_index()
+                half = 1.96 * (st["std"] / np.sqrt(st["count"])).fillna(0).to_numpy(float)
+                m = st["mean"].to_numpy(float)
+                ax.plot(st.index, m, marker="o", markersize=4, label=opt, color=colors[opt])
+                _band(ax, st.index, m - half, m + half, y, colors[opt])
             ax.set_ylabel(lab)
             ax.set_xlabel("wall-clock time (s)" if x == "wall_time" else "epoch")
             if y == "train_loss":
                 ax.set_yscale("log")
             ax.set_title(f"{task}/{model}" if i == 0 else "")
+            if j == len(problems) - 1:
+                _legend_outside(ax, "optimizer", fontsize=8)
     fig.suptitle(
         f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (configuration selected on "
         f"{_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)",
@@ -195,23 +298,37 @@ def training_curves(
     return fig
 
 
+COST_PHASES = {
+    "time_forward_backward": "forward-backward",
+    "time_curvature": "curvature",
+    "time_update": "update",
+    "time_other": "other (evaluation, data)",
+}
+
+
 def cost_bars(trials: pd.DataFrame):
-    """Mean per-epoch time split into forward-backward, curvature and update, per optimizer."""
-    cols = {"time_forward_backward": "forward-backward", "time_curvature": "curvature", "time_update": "update"}
-    df = trials[trials["status"] != "failed"]
-    g = df.groupby(["task", "model", "arm"], observed=True)[list(cols)].mean().reset_index()
+    """Mean seconds per epoch per optimizer, stacked by phase (:func:`~optlab.analysis.data.cost_per_epoch`:
+    forward-backward, curvature, update, and the rest of the epoch); each bar's total is the
+    table's ``time_epoch``, and the bar is annotated with it and with the HVPs per epoch."""
+    g = cost_per_epoch(trials)
     g["label"] = g["arm"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
     fig, axes = _fig(1, 1, w=max(5.0, 1.3 * len(g) + 2), h=4.0)
     ax = axes[0, 0]
     bottom = np.zeros(len(g))
-    for c, lab in cols.items():
+    for c, lab in COST_PHASES.items():
         ax.bar(g["label"], g[c].fillna(0), bottom=bottom, label=lab)
         bottom += g[c].fillna(0).to_numpy()
-    for xi, total in enumerate(bottom):
-        ax.text(xi, total, f"{total:.2f}s", ha="center", va="bottom", fontsize=8)
+    for xi, (total, hvp) in enumerate(zip(g["time_epoch"], g["hvp_per_epoch"])):
+        text = f"{total:.2f}s" + (f"\n{hvp:.3g} HVP" if hvp and np.isfinite(hvp) else "")
+        ax.text(xi, total, text, ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, float(np.nanmax(g["time_epoch"])) * 1.25 if len(g) else 1)
     ax.set_ylabel("seconds per epoch (mean over trials)")
-    ax.legend(title="phase")
-    ax.set_title("Per-epoch cost by phase")
+    ax.tick_params(axis="x", labelrotation=35)
+    for t in ax.get_xticklabels():
+        t.set_horizontalalignment("right")
+        t.set_rotation_mode("anchor")
+    _legend_outside(ax, "phase")
+    ax.set_title("Per-epoch cost by phase (total = time_epoch; HVPs per epoch)")
     fig.tight_layout()
     return fig
 
@@ -220,12 +337,13 @@ def profile_plot(profile: pd.DataFrame):
     """Dolan-Moré performance profile (from ``performance_profile``)."""
     fig, axes = _fig(1, 1, w=5.5)
     ax = axes[0, 0]
+    colors = _palette_of(profile)
     for opt, g in profile.groupby("arm", observed=True):
-        ax.step(g["tau"], g["rho"], where="post", label=str(opt))
+        ax.step(g["tau"], g["rho"], where="post", label=str(opt), color=colors[str(opt)])
     ax.set_xlabel("tau (cost ratio to the best optimizer)")
     ax.set_ylabel("fraction of problems within tau")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(title="optimizer")
+    _legend_outside(ax, "optimizer")
     ax.set_title("Performance profile")
     fig.tight_layout()
     return fig
@@ -237,9 +355,11 @@ def expected_max_plot(curve: pd.DataFrame):
     smallest budget of the task/model, where optimizers compare at equal budget."""
     problems = list(curve.groupby(["task", "model"], observed=True))
     fig, axes = _fig(1, max(1, len(problems)), w=5.2)
+    colors = _palette_of(curve)
     for ax, ((task, model), g) in zip(axes.flat, problems):
         g = g.assign(optimizer=g["arm"].astype(str))
-        sns.lineplot(data=g, x="n", y="expected_max", hue="optimizer", marker="o", markersize=4, ax=ax)
+        sns.lineplot(data=g, x="n", y="expected_max", hue="optimizer", palette=colors, marker="o", markersize=4, ax=ax)
+        _legend_outside(ax, "optimizer", fontsize=8)
         ax.axvline(g.loc[g["budget_matched"], "n"].min(), color="grey", ls=":", lw=1.5)
         if g["n"].max() >= 20:
             ax.set_xscale("log")

@@ -154,6 +154,33 @@ def _verdict_section(
     return sec, cmp
 
 
+def environment_rows(records: list[dict]) -> dict[str, set]:
+    """Every environment field recorded with the trials -> the set of its values."""
+    env_rows: dict[str, set] = {}
+    for r in records:
+        env = r.get("env") or {}
+        for k in ("git_revision", "git_dirty", "host", "platform", "python", "torch_threads", "device"):
+            env_rows.setdefault(k, set()).add(str(env.get(k)))
+        for pkg, v in (env.get("versions") or {}).items():
+            env_rows.setdefault(pkg, set()).add(v)
+        env_rows.setdefault("schema_version", set()).add(str(r.get("schema_version", "1 (legacy)")))
+        for pkg, v in (r.get("plugins") or {}).items():
+            env_rows.setdefault(f"plugin {pkg}", set()).add(str(v))
+    return env_rows
+
+
+def environment_note(env_rows: dict[str, set]) -> str:
+    """What the environment table says: one environment, or which recorded fields differ."""
+    differ = sorted(k for k, v in env_rows.items() if len(v) > 1)
+    if not differ:
+        return "Values recorded with the trials; every trial ran in the same environment."
+    return (
+        "Values recorded with the trials. Trials ran in different environments: "
+        + ", ".join(f"`{k}`" for k in differ)
+        + " differ (several values in a row)."
+    )
+
+
 def build_sections(
     results: str | Path,
     fig_dir: Path,
@@ -309,19 +336,8 @@ def build_sections(
     sec.pre = spec.read_text() if spec.exists() else "(no spec.toml in the results directory)"
     sections.append(sec)
 
-    env_rows = {}
-    for r in records:
-        env = r.get("env") or {}
-        for k in ("git_revision", "git_dirty", "host", "platform", "python", "torch_threads", "device"):
-            env_rows.setdefault(k, set()).add(str(env.get(k)))
-        for pkg, v in (env.get("versions") or {}).items():
-            env_rows.setdefault(pkg, set()).add(v)
-        env_rows.setdefault("schema_version", set()).add(str(r.get("schema_version", "1 (legacy)")))
-        for pkg, v in (r.get("plugins") or {}).items():
-            env_rows.setdefault(f"plugin {pkg}", set()).add(str(v))
-    sec = _Section(
-        "Environment", "Values recorded with the trials (several values: trials ran in different environments)."
-    )
+    env_rows = environment_rows(records)
+    sec = _Section("Environment", environment_note(env_rows))
     sec.tables.append(("", pd.DataFrame([{"item": k, "value": ", ".join(sorted(v))} for k, v in env_rows.items()])))
     sections.append(sec)
 
@@ -457,16 +473,15 @@ def build_sections(
         )
         sections.append(sec)
 
-        sec = _Section("Cost", "Mean seconds per epoch by phase, as recorded by the runner (all trials).")
-        figure(sec, P.cost_bars(trials), "cost", "Per-epoch time split.")
-        cost = (
-            trials.groupby(["task", "model", "arm"], observed=True)[
-                ["time_epoch", "time_forward_backward", "time_curvature", "time_update", "hvp_count"]
-            ]
-            .mean()
-            .reset_index()
+        sec = _Section(
+            "Cost",
+            "Mean seconds per epoch by phase, as recorded by the runner (trials that did not fail): "
+            "forward-backward, curvature and update inside the optimizer step, `time_other` the rest of the "
+            "epoch (evaluation, batching), so the phases add up to `time_epoch`, the bar's total. "
+            "`hvp_per_epoch`: Hessian-vector products per epoch.",
         )
-        sec.tables.append(("", _table(cost)))
+        figure(sec, P.cost_bars(trials), "cost", "Seconds per epoch by phase; label: total and HVPs per epoch.")
+        sec.tables.append(("", _table(D.cost_per_epoch(trials))))
         sections.append(sec)
 
         if trials.groupby(["task", "model"], observed=True).ngroups > 1:
