@@ -270,3 +270,15 @@ def test_compiled_model_under_ddp_equals_eager_ddp(tmp_path, order):
     # the docs recommend DDP(torch.compile(m))
     diff = max(abs(a - b) for a, b in zip(comp["params"], eager["params"]))
     assert diff < TOL, diff
+
+
+def test_grid_run_table_compile():
+    """``[run] compile = true`` reaches every trial's config; ``compile = false`` leaves every id as before."""
+    from optlab.grid import expand, load_spec
+
+    text = open("experiments/quickstart.toml").read()
+    before = [t.id for t in expand(load_spec(text, is_text=True))]
+    off = expand(load_spec(text.replace("[run]\n", "[run]\ncompile = false\n"), is_text=True))
+    on = expand(load_spec(text.replace("[run]\n", "[run]\ncompile = true\n"), is_text=True))
+    assert [t.id for t in off] == before
+    assert all(t.config["compile"] is True for t in on) and not set(t.id for t in on) & set(before)
