@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,7 +277,7 @@ def test_grid_run_table_compile():
     """``[run] compile = true`` reaches every trial's config; ``compile = false`` leaves every id as before."""
     from optlab.grid import expand, load_spec
 
-    text = open("experiments/quickstart.toml").read()
+    text = (Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml").read_text()
     before = [t.id for t in expand(load_spec(text, is_text=True))]
     off = expand(load_spec(text.replace("[run]\n", "[run]\ncompile = false\n"), is_text=True))
     on = expand(load_spec(text.replace("[run]\n", "[run]\ncompile = true\n"), is_text=True))
