@@ -822,17 +822,19 @@ def test_cost_figure_legend_clear_of_bars_totals_match_table_hvp_per_epoch():
     _, trials = load(_arm_records())
     fig = P.cost_bars(trials)
     fig.canvas.draw()
-    ax = fig.axes[0]
-    assert not _overlaps(fig, ax.get_legend(), ax.patches)
+    legend = fig.axes[-1].get_legend()
+    bars = [p for ax in fig.axes for p in ax.patches]
+    assert len(fig.axes) == 2 and legend is not None and not _overlaps(fig, legend, bars)
     table = cost_per_epoch(trials)
-    labels = [t.get_text() for t in ax.texts]
+    labels = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert [float(t.split("s")[0]) for t in labels] == [round(v, 2) for v in table["time_epoch"]]
     assert table["time_epoch"].tolist() == pytest.approx(
         table[["time_forward_backward", "time_curvature", "time_update", "time_other"]].sum(axis=1).tolist()
     )
     heights = {}
-    for p in ax.patches:
-        heights[p.get_x()] = heights.get(p.get_x(), 0) + p.get_height()
+    for i, ax in enumerate(fig.axes):
+        for p in ax.patches:
+            heights[(i, p.get_x())] = heights.get((i, p.get_x()), 0) + p.get_height()
     assert sorted(heights.values()) == pytest.approx(sorted(table["time_epoch"]))
     # _trial: 10 HVPs in each of 3 epochs -> 10 per epoch (the caption's unit), not the trial's 30
     assert (table["hvp_per_epoch"] == 10).all() and (trials["hvp_count"] == 30).all()

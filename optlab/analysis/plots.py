@@ -308,27 +308,32 @@ COST_PHASES = {
 
 def cost_bars(trials: pd.DataFrame):
     """Mean seconds per epoch per optimizer, stacked by phase (:func:`~optlab.analysis.data.cost_per_epoch`:
-    forward-backward, curvature, update, and the rest of the epoch); each bar's total is the
-    table's ``time_epoch``, and the bar is annotated with it and with the HVPs per epoch."""
+    forward-backward, curvature, update, and the rest of the epoch), one panel per task/model;
+    each bar's total is the table's ``time_epoch``, annotated with it and the HVPs per epoch."""
     g = cost_per_epoch(trials)
-    g["label"] = g["arm"].astype(str) + "\n" + g["task"].astype(str) + "/" + g["model"].astype(str)
-    fig, axes = _fig(1, 1, w=max(5.0, 1.3 * len(g) + 2), h=4.0)
-    ax = axes[0, 0]
-    bottom = np.zeros(len(g))
-    for c, lab in COST_PHASES.items():
-        ax.bar(g["label"], g[c].fillna(0), bottom=bottom, label=lab)
-        bottom += g[c].fillna(0).to_numpy()
-    for xi, (total, hvp) in enumerate(zip(g["time_epoch"], g["hvp_per_epoch"])):
-        text = f"{total:.2f}s" + (f"\n{hvp:.3g} HVP" if hvp and np.isfinite(hvp) else "")
-        ax.text(xi, total, text, ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, float(np.nanmax(g["time_epoch"])) * 1.25 if len(g) else 1)
-    ax.set_ylabel("seconds per epoch (mean over trials)")
-    ax.tick_params(axis="x", labelrotation=35)
-    for t in ax.get_xticklabels():
-        t.set_horizontalalignment("right")
-        t.set_rotation_mode("anchor")
-    _legend_outside(ax, "phase")
-    ax.set_title("Per-epoch cost by phase (total = time_epoch; HVPs per epoch)")
+    problems = list(g.groupby(["task", "model"], observed=True))
+    most = max((len(h) for _, h in problems), default=1)
+    fig, axes = _fig(1, max(1, len(problems)), w=max(4.0, 0.9 * most + 1.2), h=4.2)
+    top = float(np.nanmax(g["time_epoch"])) * 1.22 if len(g) else 1.0
+    for j, (ax, ((task, model), h)) in enumerate(zip(axes.flat, problems)):
+        labels = h["arm"].astype(str).tolist()
+        bottom = np.zeros(len(h))
+        for c, lab in COST_PHASES.items():
+            ax.bar(labels, h[c].fillna(0), bottom=bottom, label=lab)
+            bottom += h[c].fillna(0).to_numpy()
+        for xi, (total, hvp) in enumerate(zip(h["time_epoch"], h["hvp_per_epoch"])):
+            text = f"{total:.2f}s" + (f"\n{hvp:.3g} HVP" if hvp and np.isfinite(hvp) else "")
+            ax.text(xi, total, text, ha="center", va="bottom", fontsize=8)
+        ax.set_ylim(0, top)
+        ax.set_title(f"{task}/{model}")
+        ax.set_ylabel("seconds per epoch (mean over trials)" if j == 0 else "")
+        ax.tick_params(axis="x", labelrotation=30)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+            t.set_rotation_mode("anchor")
+    if problems:
+        _legend_outside(axes.flat[len(problems) - 1], "phase")
+    fig.suptitle("Per-epoch cost by phase (bar total = time_epoch; label: total, HVPs per epoch)", y=1.02)
     fig.tight_layout()
     return fig
 
