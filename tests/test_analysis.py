@@ -851,6 +851,8 @@ def test_environment_note_only_when_environments_differ():
     recs[1]["env"] = {**recs[1]["env"], "versions": {"torch": "2.12.0"}}
     note = environment_note(environment_rows(recs))
     assert "Trials ran in different environments: `host`, `torch` differ" in note
+    recs[1]["env"] = recs[0]["env"]
+    assert "environments: `host` differs" in environment_note(environment_rows(recs))
 
 
 def test_diagnose_prints_how_to_read_it_and_its_legend_clears_the_bars(tmp_path, capsys):

@@ -74,6 +74,9 @@ FIXED_COLORS = {
     "torch-adamw": _CB[8],
     "pto-adahessian": _CB[9],
 }
+#: the order in which other labels take the colour-blind colours no built-in of the set holds: most
+#: distinct from the usual blue / orange / green / vermillion of sgd, sgd-ph and the controls first
+_FREE_ORDER = (4, 9, 7, 5, 6, 8, 1, 0, 2, 3)
 #: after the colour-blind colours no built-in of the set uses: seaborn's "dark" and "pastel" ones
 EXTRA_COLORS = sns.color_palette("dark", 10) + sns.color_palette("pastel", 10)
 
@@ -89,7 +92,7 @@ def arm_palette(labels: Iterable) -> dict[str, tuple]:
     names = sorted({str(x) for x in labels})
     out = {n: FIXED_COLORS[n] for n in names if n in FIXED_COLORS}
     used = set(out.values())
-    pool = [c for c in _CB if c not in used] + EXTRA_COLORS
+    pool = [_CB[i] for i in _FREE_ORDER if _CB[i] not in used] + EXTRA_COLORS
     custom = [n for n in names if n not in out]
     for i, n in enumerate(custom):
         out[n] = pool[i % len(pool)]

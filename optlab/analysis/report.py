@@ -177,7 +177,8 @@ def environment_note(env_rows: dict[str, set]) -> str:
     return (
         "Values recorded with the trials. Trials ran in different environments: "
         + ", ".join(f"`{k}`" for k in differ)
-        + " differ (several values in a row)."
+        + (" differs" if len(differ) == 1 else " differ")
+        + " (several values in a row; column `same in all trials`)."
     )
 
 
@@ -338,7 +339,17 @@ def build_sections(
 
     env_rows = environment_rows(records)
     sec = _Section("Environment", environment_note(env_rows))
-    sec.tables.append(("", pd.DataFrame([{"item": k, "value": ", ".join(sorted(v))} for k, v in env_rows.items()])))
+    sec.tables.append(
+        (
+            "",
+            pd.DataFrame(
+                [
+                    {"item": k, "value": ", ".join(sorted(v)), "same in all trials": "yes" if len(v) == 1 else "NO"}
+                    for k, v in env_rows.items()
+                ]
+            ),
+        )
+    )
     sections.append(sec)
 
     # --- summary
@@ -544,7 +555,7 @@ body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:120
 color:#222;line-height:1.45}
 h1{border-bottom:2px solid #4C72B0;padding-bottom:.2em} h2{margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px} th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
-th{background:#f2f5fa} td:first-child,th:first-child{text-align:left} tr:nth-child(even){background:#fafafa}
+th{background:#f2f5fa} td{white-space:nowrap} .tbl{overflow-x:auto;max-width:100%} td:first-child,th:first-child{text-align:left} tr:nth-child(even){background:#fafafa}
 pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px} figure{margin:1em 0} img{max-width:100%}
 figcaption{color:#555;font-size:13px} nav a{margin-right:1em} .meta{color:#666;font-size:13px}
 .warn{background:#fff3cd;border-left:5px solid #d9534f;padding:.5em 1em}
@@ -591,12 +602,7 @@ def write_report(
             h.append(f"<pre>{html.escape(s.pre)}</pre>")
             fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", s.pre)), default=0))
             md += [f"{fence}toml", s.pre.rstrip(), fence, ""]
-        for cap, t in s.tables:
-            if cap:
-                h.append(f"<h3>{html.escape(cap)}</h3>")
-                md += [f"**{_md_escape(cap)}**", ""]
-            h.append(t.to_html(index=False, escape=True, border=0))
-            md += [_md_table(t), ""]
+        # figures first: the picture reads at a glance, the table behind it gives the numbers
         for cap, png, _svg in s.figures:
             b64 = base64.b64encode(Path(png).read_bytes()).decode()
             h.append(
@@ -604,6 +610,12 @@ def write_report(
                 f"<figcaption>{html.escape(cap)}</figcaption></figure>"
             )
             md += [f"![{cap}](figures/{Path(png).name})", f"_{cap}_ ([SVG](figures/{Path(_svg).name}))", ""]
+        for cap, t in s.tables:
+            if cap:
+                h.append(f"<h3>{html.escape(cap)}</h3>")
+                md += [f"**{_md_escape(cap)}**", ""]
+            h.append(f"<div class='tbl'>{t.to_html(index=False, escape=True, border=0)}</div>")
+            md += [_md_table(t), ""]
     h.append("</body></html>")
     html_path, md_path = out / "report.html", out / "report.md"
     atomic_write(html_path, "\n".join(h))
