@@ -161,14 +161,14 @@ READING_GUIDE = """\
 How to read it (table columns and the two panels of the figure):
   offdiag_frob_mass  share of the tensor's Hessian block (squared Frobenius norm) off its diagonal:
                      0 = the block is diagonal, so a diagonal curvature estimate loses nothing;
-                     below ~0.1 a diagonal model is good; 0.3-0.6 is typical of BatchNorm blocks
-                     of small CNNs (the diagonal then misses most of the coupling); near 1 the
-                     diagonal says little about the block.
+                     below ~0.1 (dotted line) a diagonal model is good; 0.3-0.9 was measured
+                     on BatchNorm blocks of small CNNs (the diagonal then misses most of the
+                     coupling); near 1 the diagonal says little about the block.
   neg_diag_frac      share of negative diagonal entries (a Newton step needs a rectified,
                      e.g. absolute or clipped, diagonal there).
   <estimator>_relerr ||estimate - diag(H)|| / ||diag(H)|| per tensor; lower is better:
                      below ~0.1 good, 0.1-0.5 usable with averaging (momentum on curvature),
-                     ~1 no better than estimating zero. rowsum_hvp (H times the ones vector: row
+                     ~1 (dotted line) no better than estimating zero. rowsum_hvp (H times the ones vector: row
                      sums) can exceed 1 when the off-diagonal mass is large; ggn_* estimate the
                      Gauss-Newton diagonal, so their error includes its gap to the Hessian's.
                      Stochastic estimators: one draw at their default probes; more probes lower
@@ -203,7 +203,9 @@ def plot_diagnostics(df: pd.DataFrame):
     axes[1].set_xscale("log")
     axes[1].set_ylabel("")
     axes[1].legend(title="estimator", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    axes[0].set_title("Is the partial Hessian diagonal?")
-    axes[1].set_title("Estimator error against diag(H)")
+    axes[0].axvline(0.1, color="grey", ls=":", lw=1.2)  # READING_GUIDE: below ~0.1 a diagonal model is good
+    axes[1].axvline(1.0, color="grey", ls=":", lw=1.2)  # error of estimating zero
+    axes[0].set_title("Is the partial Hessian diagonal? (dotted: 0.1)")
+    axes[1].set_title("Estimator error against diag(H) (dotted: 1 = zero)")
     fig.tight_layout()
     return fig

@@ -134,10 +134,10 @@ def metric_range(metric: str) -> tuple[float, float]:
     return -math.inf, math.inf
 
 
-def _band(ax, xs, lo, hi, metric: str, color) -> None:
+def _band(ax, xs, lo, hi, metric: str, color, alpha: float = 0.2) -> None:
     """A confidence band clipped to the metric's range (a CI of few seeds can pass 1 or 0)."""
     a, b = metric_range(metric)
-    ax.fill_between(xs, np.clip(lo, a, b), np.clip(hi, a, b), alpha=0.2, color=color, linewidth=0)
+    ax.fill_between(xs, np.clip(lo, a, b), np.clip(hi, a, b), alpha=alpha, color=color, linewidth=0)
 
 
 def _legend_outside(ax, title: str, **kw):
@@ -241,7 +241,7 @@ def sensitivity_plot(
             xs = h[axis].astype(float) if numeric else h[axis].astype(str)
             ys, ci = h["mean"].to_numpy(float), h["ci95"].fillna(0).to_numpy(float)
             ax.plot(xs, ys, marker="o", label=str(opt), color=colors[str(opt)])
-            _band(ax, xs, ys - ci, ys + ci, metric, colors[str(opt)])
+            _band(ax, xs, ys - ci, ys + ci, metric, colors[str(opt)], alpha=0.2 if g["arm"].nunique() <= 3 else 0.1)
         if log_x:
             ax.set_xscale("log")
             ax.set_xticks(sorted(g[axis].astype(float).unique()))
@@ -250,7 +250,8 @@ def sensitivity_plot(
         ax.set_xlabel(axis + (" (log scale)" if log_x else ""))
         ax.set_ylabel(_label(metric))
         ax.set_title(f"{task}/{model}")
-        _legend_outside(ax, "optimizer", fontsize=8)
+    if problems:  # one legend: the colours are the same in every panel
+        _legend_outside(axes.flat[len(problems) - 1], "optimizer", fontsize=8)
     how = "other axes at their best on it" if aggregate == "best" else "averaged over other axes"
     fig.suptitle(f"Sensitivity to {axis}: {_label(metric)}, tuning seeds ({how}; band: 95 % CI over seeds)", y=1.02)
     fig.tight_layout()
@@ -308,6 +309,14 @@ COST_PHASES = {
     "time_other": "other (evaluation, data)",
 }
 
+#: phases are drawn in greys (curvature hatched), so no phase shares a colour with an optimizer
+PHASE_STYLE = {
+    "time_forward_backward": ("#4a4a4a", None),
+    "time_curvature": ("#8a8a8a", "///"),
+    "time_update": ("#b8b8b8", None),
+    "time_other": ("#dedede", None),
+}
+
 
 def cost_bars(trials: pd.DataFrame):
     """Mean seconds per epoch per optimizer, stacked by phase (:func:`~optlab.analysis.data.cost_per_epoch`:
@@ -322,7 +331,8 @@ def cost_bars(trials: pd.DataFrame):
         labels = h["arm"].astype(str).tolist()
         bottom = np.zeros(len(h))
         for c, lab in COST_PHASES.items():
-            ax.bar(labels, h[c].fillna(0), bottom=bottom, label=lab)
+            face, hatch = PHASE_STYLE[c]
+            ax.bar(labels, h[c].fillna(0), bottom=bottom, label=lab, color=face, hatch=hatch, edgecolor="white")
             bottom += h[c].fillna(0).to_numpy()
         for xi, (total, hvp) in enumerate(zip(h["time_epoch"], h["hvp_per_epoch"])):
             text = f"{total:.2f}s" + (f"\n{hvp:.3g} HVP" if hvp and np.isfinite(hvp) else "")
@@ -367,13 +377,17 @@ def expected_max_plot(curve: pd.DataFrame):
     for ax, ((task, model), g) in zip(axes.flat, problems):
         g = g.assign(optimizer=g["arm"].astype(str))
         sns.lineplot(data=g, x="n", y="expected_max", hue="optimizer", palette=colors, marker="o", markersize=4, ax=ax)
-        _legend_outside(ax, "optimizer", fontsize=8)
+        ax.get_legend().remove()  # one legend, right of the last panel
         ax.axvline(g.loc[g["budget_matched"], "n"].min(), color="grey", ls=":", lw=1.5)
         if g["n"].max() >= 20:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("configurations tried (n)")
         ax.set_ylabel(f"expected best {_label(str(g['selected_on'].iloc[0]))}")
         ax.set_title(f"{task}/{model}")
+    if problems:
+        _legend_outside(axes.flat[len(problems) - 1], "optimizer", fontsize=8)
     fig.suptitle("Expected maximum over n random configurations (Dodge et al. 2019); dotted: equal budget", y=1.02)
     fig.tight_layout()
     return fig
