@@ -283,3 +283,17 @@ def test_grid_run_table_compile():
     on = expand(load_spec(text.replace("[run]\n", "[run]\ncompile = true\n"), is_text=True))
     assert [t.id for t in off] == before
     assert all(t.config["compile"] is True for t in on) and not set(t.id for t in on) & set(before)
+
+
+@pytest.mark.parametrize("name", sorted(registry.items("baseline")))
+def test_every_baseline_trains_a_compiled_model(name):
+    """torch.optim / pytorch_optimizer baselines (closure_mix_in): those reading a graph from p.grad
+    every step (AdaHessian-like) run every closure eagerly; the others run compiled."""
+    be = CountingBackend()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p_c, l_c, _, calls = run(name, "forward", be, steps=3, lr=0.01)
+        p_e, l_e, _, _ = run(name, "forward", None, steps=3, lr=0.01)
+    create_graph = optlab.optimizer(name, make_model(), lr=0.01).needs_graph()
+    assert (sum(calls) == 0) if create_graph else all(c > 0 for c in calls), (create_graph, calls)
+    assert torch.allclose(p_c, p_e, rtol=0, atol=1e-9), float((p_c - p_e).abs().max())
