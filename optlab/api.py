@@ -121,7 +121,37 @@ def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
     if entry.kind != "preset":
         raise ValueError(f"{name!r} is a baseline optimizer, not a preset built from rules")
     entry.check_names(hparams)
-    return entry.builder(model, **hparams)
+    rules = entry.builder(model, **hparams)
+    _check_forwarded(entry, rules, hparams)
+    return rules
+
+
+def _check_forwarded(entry: OptimizerEntry, rules: list[Rule], hparams: dict) -> None:
+    """A name the preset does not declare must be declared by a part of one of its rules (the
+    preset forwards it there). If none does, say which registered parts own it and how to pick one."""
+    for k in hparams:
+        if k in entry.hparams or any(k in r.owners() for r in rules):
+            continue
+        used = sorted({r.curvature.name for r in rules if r.curvature is not None})
+        owners = [
+            (kind, n)
+            for kind in ("estimator", "stepper")
+            for n, e in sorted(registry.items(kind).items())
+            if k in getattr(e.item, "hparams", {})
+        ]
+        if not owners:  # valid: the preset's own names and those of the parts it forwarded k to
+            parts = [dict(r.stepper.hparams, **(r.curvature.hparams if r.curvature else {})) for r in rules]
+            forwarded = {n for r, p in zip(rules, parts) if k in r.hparams for n in p}
+            valid = sorted(set(entry.hparams) | forwarded)
+            raise TypeError(f"{entry.name}: " + unknown_name("hyperparameter", k, valid))
+        (kind, first), others = owners[0], owners[1:]
+        also = f" (and {', '.join(f'{kd} {n!r}' for kd, n in others)})" if others else ""
+        uses = f" with estimator {', '.join(map(repr, used))}" if used else ""
+        if kind == "estimator" and kind in entry.hparams:
+            how = f"pick one: {kind}={first!r} (command line: --hp {kind}={first}), or drop {k}"
+        else:
+            how = f"{entry.name} has no part that takes it; drop {k}"
+        raise TypeError(f"{entry.name}{uses} has no hyperparameter {k!r}: {k} belongs to {kind} {first!r}{also}; {how}")
 
 
 def optimizer(
@@ -181,9 +211,11 @@ def optimizer(
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"baseline {name!r} returned {type(opt).__name__}, not a torch.optim.Optimizer")
         return closure_mix_in(opt, create_graph=entry.create_graph, max_grad_norm=max_grad_norm)
+    rules = entry.builder(_unwrapped(model), **hparams)
+    _check_forwarded(entry, rules, hparams)
     return RuleOptimizer(
         model,
-        entry.builder(_unwrapped(model), **hparams),
+        rules,
         engine=engine,
         seed=seed,
         name=name,

@@ -73,6 +73,16 @@ def cmd_plugins(args) -> int:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {lines[0]}")
         for line in lines[1:]:
             print(" " * indent + line)
+    from .api import optimizer_entry, optimizer_names
+
+    print("\noptimizer hyperparameters (defaults; '...': also forwards options to its parts):")
+    for name in optimizer_names():
+        entry = optimizer_entry(name)
+        hps = ", ".join(f"{k}={v!r}" for k, v in entry.defaults.items()) + (", ..." if entry.open_hparams else "")
+        graph = "; steps need a double-backward graph" if entry.create_graph else ""
+        text = f"{name} ({entry.kind}{graph}): {hps}"
+        for line in textwrap.wrap(text, width - 4, subsequent_indent="    ", break_long_words=False):
+            print("  " + line)
     for e in errors:
         print(f"warning: {e}", file=sys.stderr)
     return 0
@@ -87,8 +97,18 @@ def _build_model(args):
 
 
 def cmd_explain(args) -> int:
-    from .api import explain
+    from .api import explain, optimizer_entry
 
+    entry = optimizer_entry(args.optimizer)
+    if entry.kind == "baseline":  # no rules: every parameter goes to the one torch optimizer
+        hps = {**entry.defaults, **_kv(args.hp)}
+        entry.check_names(hps)
+        print(
+            f"{entry.name}: baseline from plugin {entry.plugin!r}, not built from rules: every trainable "
+            f"parameter is updated by {(entry.builder.__doc__ or '').strip().splitlines()[0]}\n"
+            "hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in hps.items())
+        )
+        return 0
     _, model = _build_model(args)
     explain(model, args.optimizer, **_kv(args.hp))
     return 0

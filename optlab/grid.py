@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import api, registry
-from .hparams import closest
+from .hparams import closest, unknown_name
 from .store import CorruptRecord, Store
 from .train import RUN_KEYS, RunConfig, train
 
@@ -156,10 +155,7 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
         raise SpecError(f"{where}: invalid TOML: {exc}") from exc
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
-        raise SpecError(
-            f"{where}: unknown key {unknown[0]!r}.{closest(unknown[0], TOP_KEYS)} "
-            f"Valid top-level keys: {', '.join(TOP_KEYS)}."
-        )
+        raise SpecError(f"{where}: " + unknown_name("key", unknown[0], TOP_KEYS, valid_label="Valid top-level keys"))
     for key, typ, words in (
         ("name", str, "a string"),
         ("description", str, "a string"),
@@ -355,10 +351,8 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
         merged = {**run, **setting}
         for k in merged:
             if k not in RUN_AXES:
-                raise SpecError(
-                    f"{where}.{f'setting[{si}]' if k in setting else 'run'}.{k}: unknown run setting."
-                    f"{closest(k, RUN_AXES)} Valid: {', '.join(RUN_AXES)}."
-                )
+                table = f"setting[{si}]" if k in setting else "run"
+                raise SpecError(f"{where}.{table}.{k}: " + unknown_name("run setting", k, RUN_AXES))
         run_axes = {k: _axis(f"{where}.run", k, v) for k, v in merged.items()}
         for combo in itertools.product(*run_axes.values()):  # run settings first: errors name their table
             runv = dict(zip(run_axes, combo))
@@ -375,11 +369,7 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
                 raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
             oname = block["name"]
             if not isinstance(oname, str) or oname not in api.optimizer_names():
-                valid = api.optimizer_names()
-                raise SpecError(
-                    f"{bwhere}.name: unknown optimizer {oname!r}.{closest(str(oname), valid)} "
-                    f"Valid: {', '.join(valid)}."
-                )
+                raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
             arm = block.get("label", oname)
             if not isinstance(arm, str) or not NAME_RE.match(arm):
                 raise SpecError(
@@ -387,14 +377,11 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
                     "or '-' (it names this optimizer arm in comparisons)"
                 )
             hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
-            known = api.preset_hparams(oname)
-            fn = (registry.items("preset").get(oname) or registry.items("baseline")[oname]).item
-            open_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+            entry = api.optimizer_entry(oname)
+            known = entry.hparams
             for k in hp_block:
-                if k not in known and not open_kw:
-                    raise SpecError(
-                        f"{bwhere}.{k}: unknown axis for {oname}.{closest(k, known)} Valid: {', '.join(known)}."
-                    )
+                if k not in known and not entry.open_hparams:
+                    raise SpecError(f"{bwhere}.{k}: " + unknown_name(f"axis for {oname}:", k, known))
             hp_configs = _block_configs(spec, bi, bwhere, arm, hp_block, optuna_configs)
             for k in hp_block:
                 if k not in known and hp_configs:  # an option the preset forwards (e.g. to its estimator): alone

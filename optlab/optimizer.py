@@ -26,6 +26,7 @@ stored under string keys ``"rule:<name>"`` next to the per-parameter entries.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -375,6 +376,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                             "that returns the loss. The styles:\n" + STYLES
                         )
                     extra["loss"] = loss.detach()
+                if rule.stepper.needs_schedule:  # the schedule's period, through the documented argument
+                    sched = Schedule(group.get("every", 1), group.get("schedule", "all"), group.get("period"))
+                    extra["schedule"] = dataclasses.replace(sched, period=sched.period or len(params))
                 rule.stepper.step(
                     params, [p.grad for p in params], states, group, curvature=curv, rule_step=st["step"], **extra
                 )

@@ -26,7 +26,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .hparams import closest
+from .hparams import unknown_name
 from .validation import PluginError, validate_item
 
 __all__ = ["KINDS", "Entry", "get", "items", "plugin_manager", "register_plugin", "reset", "load_errors"]
@@ -176,5 +176,5 @@ def get(kind: str, name: str) -> Any:
     """The registered item ``name`` of ``kind``; unknown names list the valid ones."""
     reg = items(kind)
     if name not in reg:
-        raise RegistryError(f"unknown {kind} {name!r}.{closest(name, reg)} Valid {kind}s: {', '.join(sorted(reg))}.")
+        raise RegistryError(unknown_name(kind, name, reg, valid_label=f"Valid {kind}s", sort=True))
     return reg[name].item

@@ -71,6 +71,10 @@ class Stepper:
     #: if True, ``step`` also receives ``loss=``: the step's loss (detached scalar, at the
     #: parameters before this update) -- for adaptive damping and trust regions
     needs_loss: ClassVar[bool] = False
+    #: if True, ``step`` also receives ``schedule=``: the rule's refresh :class:`Schedule` with
+    #: ``period`` resolved (the round-robin period; the number of tensors when not set) -- the
+    #: schedule's hyperparameters stay the schedule's, a stepper reads them only from here
+    needs_schedule: ClassVar[bool] = False
     #: what the stepper needs to run (see :data:`REQUIREMENTS`); validation and the kit run it so
     requires: ClassVar[dict[str, str]] = {}
 
@@ -84,10 +88,13 @@ class Stepper:
         curvature: list[torch.Tensor | None] | None = None,
         rule_step: int = 0,
         loss: torch.Tensor | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         """Update ``params`` in place. ``curvature[i]``: a fresh estimate on refresh steps,
         else ``None``; ``rule_step``: this rule's step count from 1; ``loss``: the step's
-        loss, passed only to steppers with ``needs_loss = True``."""
+        loss, passed only to steppers with ``needs_loss = True``; ``schedule``: the rule's
+        refresh schedule (period resolved), passed only to steppers with ``needs_schedule = True``.
+        ``group`` holds the stepper's own hyperparameters (and the other parts'; read only yours)."""
         raise NotImplementedError
 
 
@@ -206,10 +213,43 @@ class Rule:
     #: message for the warning issued when the selector matches nothing
     if_empty: str | None = None
 
+    def parts(self) -> list[tuple[str, Mapping[str, HParam]]]:
+        """``(owner, declared hyperparameters)`` of each part: the stepper, the estimator and,
+        for a rule that refreshes curvature or has a schedule, the schedule."""
+        out: list[tuple[str, Mapping[str, HParam]]] = [(f"stepper {self.stepper.name!r}", self.stepper.hparams)]
+        if self.curvature is not None:
+            out.append((f"estimator {self.curvature.name!r}", self.curvature.hparams))
+        if self.curvature is not None or self.schedule is not None:
+            out.append(("the refresh schedule", SCHEDULE_HPARAMS))
+        return out
+
+    def owners(self) -> dict[str, str]:
+        """Hyperparameter name -> the part that declares it. A name declared by two parts is
+        an error naming both (a value could not tell which part it is for)."""
+        owner: dict[str, str] = {}
+        for who, specs in self.parts():
+            for k in specs:
+                if k in owner:
+                    raise ValueError(
+                        f"rule {self.name!r}: hyperparameter {k!r} is declared by both {owner[k]} and {who}; "
+                        "a value could not tell which one it is for -- rename it in one of them"
+                    )
+                owner[k] = who
+        return owner
+
     def resolved_hparams(self) -> dict[str, Any]:
+        """The stepper's and the estimator's hyperparameters: their declared defaults, overridden by
+        ``hparams`` (the schedule's come from ``schedule``; see :func:`partition`)."""
+        owners = self.owners()
         specs = dict(self.stepper.hparams)
         if self.curvature is not None:
-            specs.update(self.curvature.hparams)
+            specs.update(self.curvature.hparams)  # disjoint from the stepper's: owners() checked it
+        unknown = [k for k in self.hparams if k not in specs]
+        if unknown and unknown[0] in owners:
+            raise TypeError(
+                f"rule {self.name!r}: {unknown[0]!r} belongs to {owners[unknown[0]]}; "
+                f"set it through the rule's Schedule, not its hparams"
+            )
         return resolve(f"rule {self.name!r}", specs, self.hparams)
 
 

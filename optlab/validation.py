@@ -8,7 +8,7 @@ import inspect
 from typing import Any
 
 from .hparams import HParam
-from .rules import CurvatureEstimator, EstimateError, Stepper, check_estimate, check_requires
+from .rules import CurvatureEstimator, EstimateError, Schedule, Stepper, check_estimate, check_requires
 
 
 class PluginError(ValueError):
@@ -97,7 +97,9 @@ def _smoke_stepper(name: str, plugin: str, cls) -> None:
     group = {k: v.default for k, v in cls.hparams.items()}
     group.setdefault("lr", 0.1)
     try:
-        extra = {"loss": torch.tensor(1.0, dtype=torch.float64)} if getattr(cls, "needs_loss", False) else {}
+        extra: dict = {"loss": torch.tensor(1.0, dtype=torch.float64)} if getattr(cls, "needs_loss", False) else {}
+        if getattr(cls, "needs_schedule", False):
+            extra["schedule"] = Schedule(1, "round_robin", period=len(params))
         cls().step(params, grads, [{} for _ in params], group, curvature=curv, rule_step=1, **extra)
     except Exception as exc:
         _fail("stepper", name, plugin, f"step() raised {type(exc).__name__}: {exc}")
@@ -126,7 +128,9 @@ def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
             plugin,
             item,
             "step",
-            ["self", "params", "grads", "states", "group"] + (["loss"] if getattr(item, "needs_loss", False) else []),
+            ["self", "params", "grads", "states", "group"]
+            + (["loss"] if getattr(item, "needs_loss", False) else [])
+            + (["schedule"] if getattr(item, "needs_schedule", False) else []),
         )
         if plugin != "builtins":
             _smoke_stepper(name, plugin, item)

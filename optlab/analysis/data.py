@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from optlab.grid import config_label
+from optlab.hparams import unknown_name
 from optlab.store import Store, StoreError
 
 __all__ = [
@@ -89,7 +90,7 @@ def _preset_defaults(name: str) -> dict:
     try:
         from optlab import api
 
-        return {k: v for k, v in api.preset_hparams(name).items() if isinstance(v, (int, float, str, bool))}
+        return {k: v for k, v in api.optimizer_entry(name).defaults.items() if isinstance(v, (int, float, str, bool))}
     except Exception:  # plugin not installed here: no defaults to fill in
         return {}
 
@@ -313,7 +314,7 @@ def summarize(
     by = list(by) if by is not None else [*WITHIN, "optimizer", "stage"] + hparam_columns(trials)
     for c in by:
         if c not in trials:
-            raise MetricError(f"unknown column {c!r} in by=")
+            raise MetricError("by=: " + unknown_name("column", c, list(trials.columns)))
     rows = []
     for key, g in trials.groupby(by, observed=True, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -358,7 +359,7 @@ def _seed_stats(g: pd.DataFrame, metric: str, prefix: str = "") -> dict:
 def _check_metric(trials: pd.DataFrame, metric: str) -> None:
     if metric not in trials:
         avail = [c for c in trials.columns if c.startswith(("final_", "best_", "time_", "wall", "test_acc_at"))]
-        raise MetricError(f"unknown metric {metric!r}; available: {', '.join(avail)}")
+        raise MetricError(unknown_name("metric", metric, avail, valid_label="Available"))
 
 
 def direction(metric: str, mode: str | None = None) -> str:
@@ -536,7 +537,7 @@ def sensitivity(
     settings per seed. ``report_*`` columns give ``report`` (test) for the same trials.
     """
     if axis not in trials:
-        raise MetricError(f"unknown axis {axis!r}; grid axes: {', '.join(hparam_columns(trials))}")
+        raise MetricError(unknown_name("axis", axis, hparam_columns(trials), valid_label="Grid axes"))
     if aggregate not in ("best", "mean"):
         raise ValueError(f"invalid aggregate={aggregate!r}; expected 'best' or 'mean'")
     df = trials[trials[axis].notna() & (trials["stage"] == "tuning")]

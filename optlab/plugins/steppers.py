@@ -84,6 +84,7 @@ class DiagNewton(Stepper):
 
     name = "diag_newton"
     needs_curvature = True
+    needs_schedule = True  # bias_correction="reference" uses the round-robin period
     hparams = {
         "lr": LR,
         "momentum": MOMENTUM,
@@ -99,7 +100,7 @@ class DiagNewton(Stepper):
         "bias_period": optional(positive_int(None, "P of bias_correction='reference'")),
     }
 
-    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0, schedule=None):
         lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
         beta, tau, eps = group["hessian_momentum"], group["tau"], group["eps"]
         mode, floor, damping = group["rectify"], group["floor"], group["damping"]
@@ -129,7 +130,7 @@ class DiagNewton(Stepper):
             else:  # estimates were rectified before entering the EMA
                 rect = lambda x: x  # noqa: E731
             if bc == "reference":
-                period = group.get("bias_period") or group.get("period") or len(params)
+                period = group["bias_period"] or (schedule.period if schedule is not None else None) or len(params)
                 u = buf.mul(tau * (1 - beta ** (rule_step // period + 1))).div_(rect(D).add(eps))
             elif bc == "none":
                 u = buf.mul(tau).div_(rect(D).add(eps))
