@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import registry
-from .hparams import unknown_name
+from .hparams import PART_DEFAULT, unknown_name
 from .optimizer import RuleOptimizer
 from .rules import CurvatureEstimator, Rule, Stepper
 from .selectors import Selector, named_parameters_with_owner
@@ -96,14 +96,28 @@ def optimizer_entry(name: str) -> OptimizerEntry:
     if entry is None:
         raise registry.RegistryError(unknown_name("optimizer", name, optimizer_names()))
     params = list(inspect.signature(entry.item).parameters.values())[1:]
+    declared = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return OptimizerEntry(
         name=name,
         kind="preset" if name in presets else "baseline",
         builder=entry.item,
         plugin=entry.plugin,
-        hparams={p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)},
+        hparams={k: _part_default(name, entry.item, k) if v is PART_DEFAULT else v for k, v in declared.items()},
         open_hparams=any(p.kind == p.VAR_KEYWORD for p in params),
         create_graph=bool(getattr(entry.item, "create_graph", False)),
+    )
+
+
+def _part_default(name: str, builder, key: str) -> Any:
+    """The default that the first part named in ``builder.defaults_from`` declares for ``key``."""
+    parts = getattr(builder, "defaults_from", ())
+    for kind, part in parts:
+        spec = getattr(registry.get(kind, part), "hparams", {}).get(key)
+        if spec is not None:
+            return spec.default
+    where = ", ".join(f"{kind} {part!r}" for kind, part in parts) or "none (no @defaults_from)"
+    raise registry.RegistryError(
+        f"{name}: {key}=PART_DEFAULT, but no part it takes defaults from declares {key!r} (parts: {where})"
     )
 
 

@@ -1,7 +1,7 @@
 """Where trials run: the executor contract and the built-in backends ``local``, ``ray``, ``submitit``.
 
 An executor takes the trials of a grid that have no result yet and runs each one
-as ``optlab.grid.run_trial(root, trial, threads)`` -- somewhere: a local process
+as ``optlab.trial.run_trial(root, trial, threads)`` -- somewhere: a local process
 pool, a Ray task, a SLURM job. That call claims the trial in the store
 (``O_CREAT|O_EXCL`` lock file), trains with per-epoch checkpoints, writes the
 result atomically (``os.replace`` of an fsynced file) and releases the claim.
@@ -60,7 +60,7 @@ class ExecutorError(ValueError):
 def _run_trial(root: str, trial, threads: int | None):
     """The unit of work on every backend (a module-level function: picklable by reference)."""
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
-    from .grid import run_trial
+    from .trial import run_trial
 
     return run_trial(root, trial, threads)
 

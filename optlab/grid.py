@@ -26,18 +26,13 @@ re-running a grid runs exactly the trials that have no result yet.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
 import math
 import os
-import platform
 import re
-import socket
-import subprocess
 import sys
-import time
 import tomllib
 import warnings
 from dataclasses import dataclass
@@ -45,8 +40,9 @@ from pathlib import Path
 
 from . import api, registry
 from .hparams import closest, unknown_name
-from .store import CorruptRecord, Store
-from .train import RUN_KEYS, RunConfig, train
+from .store import Store
+from .train import RUN_KEYS, RunConfig
+from .trial import environment, run_trial
 
 __all__ = [
     "GridSpec",
@@ -61,6 +57,7 @@ __all__ = [
     "grid_status",
     "SpecError",
     "environment",
+    "run_trial",
 ]
 
 TOP_KEYS = (
@@ -524,111 +521,12 @@ def _check_hparams(where: str, name: str, hp: dict) -> None:
     _BUILT_OK.add(key)
 
 
-def environment() -> dict:
-    """Package versions, git revision, host, threads: stored with every trial."""
-    import torch
-
-    return {**_static_environment(), "torch_threads": torch.get_num_threads()}
-
-
-@functools.lru_cache(maxsize=1)
-def _static_environment() -> dict:
-    """What cannot change within a process (read once: it runs git twice)."""
-    import importlib.metadata as md
-
-    import torch
-
-    versions = {}
-    for pkg in ("optlab", "torch", "numpy", "pandas", "pluggy", "scikit-learn", "mnist1d", "pytorch_optimizer"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    try:
-        rev = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).resolve().parent,
-            ).stdout.strip()
-            or None
-        )
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).resolve().parent,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.SubprocessError):
-        rev, dirty = None, None
-    return {
-        "versions": versions,
-        "python": sys.version.split()[0],
-        "git_revision": rev,
-        "git_dirty": dirty,
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-    }
-
-
-# ------------------------------------------------------------------ running
 class GridInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a grid run; ``counts`` says what finished (everything written stays valid)."""
 
     def __init__(self, counts: dict):
         super().__init__("grid run interrupted")
         self.counts = counts
-
-
-def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
-    """Run one trial into the store (claim, train with checkpoints, write, release)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    store = Store(root)
-    if store.has(trial.id):
-        return trial.id, "exists"
-    if not store.claim(trial.id):
-        return trial.id, "busy"
-    try:
-        if store.has(trial.id):  # finished by someone else between the check and the claim
-            return trial.id, "exists"
-        path = store.trials / f"{trial.id}.json"
-        if path.exists():  # present but does not validate: keep it for inspection, rerun
-            try:
-                store.read(trial.id)
-            except CorruptRecord as exc:
-                store.quarantine(path, exc.problem)
-        started = time.time()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
-        res.update(
-            id=trial.id,
-            arm=trial.arm or trial.config["optimizer"],
-            stage=trial.stage,
-            started=started,
-            finished=time.time(),
-            env=environment(),
-        )
-        if trial.selection is not None:
-            res["selection"] = trial.selection
-        store.write(trial.id, res)
-        try:
-            store.checkpoint(trial.id).unlink()
-        except FileNotFoundError:
-            pass
-        return trial.id, res["status"]
-    finally:
-        store.release(trial.id)
 
 
 def default_results_dir(spec: GridSpec) -> Path:

@@ -141,7 +141,7 @@ def optlab_register_executors(register):
 
     ``register(name, cls)``: ``cls(**options)`` (options from the spec's ``[executor]``
     table or CLI flags) has ``run(root, trials, threads)`` yielding ``(trial_id, status)``
-    as each trial finishes. Each trial must run as ``optlab.grid.run_trial(root, trial,
+    as each trial finishes. Each trial must run as ``optlab.trial.run_trial(root, trial,
     threads)`` in a process that sees ``root`` (results reach the store through the
     shared filesystem, never through the driver); ``status`` is what it returned, or
     ``"error"`` if the backend lost the trial. See :mod:`optlab.executors`.

@@ -26,6 +26,9 @@ __all__ = [
     "choice",
     "positive_int",
     "optional",
+    "PART_DEFAULT",
+    "defaults_from",
+    "given",
 ]
 
 
@@ -103,3 +106,41 @@ def resolve(owner: str, specs: Mapping[str, HParam], given: Mapping[str, Any]) -
     for k, spec in specs.items():
         out[k] = validate(owner, k, given.get(k, spec.default), spec)
     return out
+
+
+class _PartDefault:
+    """The default of a preset keyword that the preset leaves to the part declaring the name."""
+
+    def __repr__(self) -> str:
+        return "PART_DEFAULT"
+
+    def __reduce__(self):
+        return "PART_DEFAULT"
+
+
+#: a preset keyword's default meaning "the default the part declares" (see :func:`defaults_from`):
+#: the value is declared once, by the stepper or estimator that reads it
+PART_DEFAULT = _PartDefault()
+
+
+def defaults_from(*parts: tuple[str, str]) -> Callable:
+    """Declare where a preset's ``PART_DEFAULT`` keywords take their defaults from::
+
+        @defaults_from(("stepper", "diag_newton"), ("estimator", "hutchinson"))
+        def my_preset(model, lr=0.1, tau=PART_DEFAULT, probes=PART_DEFAULT): ...
+
+    ``(kind, registered name)`` pairs, searched in order for the first part that declares the
+    name; :func:`optlab.api.optimizer_entry` resolves them (and reports a name no part declares).
+    """
+
+    def mark(fn: Callable) -> Callable:
+        fn.defaults_from = tuple(parts)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """``values`` without the ``PART_DEFAULT`` ones: what a preset forwards to a part, which fills
+    in its own declared defaults for the rest."""
+    return {k: v for k, v in values.items() if v is not PART_DEFAULT}

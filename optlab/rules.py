@@ -14,13 +14,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from .hparams import HParam, choice, optional, positive_int, resolve, unknown_name
 from .selectors import Rest, Selector, named_parameters_with_owner
+
+if TYPE_CHECKING:  # the engines sit above the contracts; estimators only receive a context
+    from .hvp import CurvatureContext
 
 __all__ = [
     "Stepper",
@@ -119,8 +122,13 @@ class CurvatureEstimator:
     requires: ClassVar[dict[str, str]] = {}
 
     def estimate(
-        self, ctx, indices: list[int], group: Mapping[str, Any], generator: torch.Generator | None
+        self, ctx: CurvatureContext, indices: list[int], group: Mapping[str, Any], generator: torch.Generator | None
     ) -> dict[int, torch.Tensor]:
+        """``{i: estimate}`` for the rule-local ``indices``. ``ctx`` (:class:`optlab.hvp.CurvatureContext`):
+        ``params``/``names`` of the rule, ``hvp``/``hvp_batched``/``dense_block`` (Hessian-vector
+        products on a support), ``outputs``/``output_loss_grad``/``output_vjp_batched`` (Gauss-Newton),
+        ``loss_and_grad_at`` (the loss and gradient at perturbed parameters), ``hvp_count``/``vjp_count``.
+        ``group``: the rule's resolved hyperparameters; ``generator``: seeded, for stochastic estimators."""
         raise NotImplementedError
 
 

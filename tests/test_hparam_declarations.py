@@ -168,3 +168,87 @@ def test_optimizer_entry_describes_presets_and_baselines():
         sgd.check_names({"lrr": 1})
     with pytest.raises(registry.RegistryError, match=r"unknown optimizer 'sgd-hp'.*Did you mean 'sgd-ph'"):
         api.optimizer_entry("sgd-hp")
+
+
+#: every built-in preset's declared hyperparameters before defaults were declared once (the preset
+#: signatures of commit 4cec204): records' ``hparams_resolved`` must not change
+PRESET_DEFAULTS_BEFORE = {
+    "sgd": {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False},
+    "sgd-scaled": {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "channelwise_lr_scale": 0.1,
+        "selector": "channelwise",
+    },
+    "sgd-frozen": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False, "selector": "channelwise"},
+    "sgd-ph": {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "hessian_momentum": 0.9,
+        "tau": 0.001,
+        "eps": 0.0001,
+        "every": 50,
+        "schedule": "all",
+        "estimator": "block_rademacher",
+        "rectify": "abs",
+        "rectify_at": None,
+        "selector": "channelwise",
+        "nesterov": False,
+    },
+    "sgd-ph-reference": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "eps": 0.0001, "tau": 0.001},
+    "adahessian": {
+        "lr": 0.15,
+        "betas": (0.9, 0.999),
+        "eps": 0.0001,
+        "weight_decay": 0.0,
+        "hessian_power": 1.0,
+        "probes": 1,
+        "every": 1,
+        "spatial_average": True,
+    },
+    "sophia": {
+        "lr": 0.001,
+        "betas": (0.965, 0.99),
+        "rho": 0.04,
+        "eps": 1e-15,
+        "weight_decay": 0.1,
+        "every": 10,
+        "estimator": "ggn_mc",
+        "samples": 1,
+        "probes": 1,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_DEFAULTS_BEFORE))
+def test_part_defaults_resolve_to_the_former_preset_defaults(name):
+    new = api.optimizer_entry(name).hparams
+    old = PRESET_DEFAULTS_BEFORE[name]
+    assert list(new.items()) == list(old.items())
+    assert [type(v) for v in new.values()] == [type(v) for v in old.values()]
+    assert api.preset_hparams(name) == old
+
+
+def test_a_part_default_no_part_declares_is_a_clear_error():
+    from optlab.hparams import PART_DEFAULT, defaults_from
+
+    @defaults_from(("stepper", "sgd"))
+    def broken(model, lr=PART_DEFAULT, tau=PART_DEFAULT):
+        return [Rule("all", rest(), None, api.stepper("sgd"), {})]
+
+    class _P:
+        @staticmethod
+        @hookimpl
+        def optlab_register_presets(register):
+            register("broken-defaults", broken)
+
+    registry.reset()
+    registry.register_plugin(_P, "broken-defaults")
+    try:
+        with pytest.raises(registry.RegistryError, match=r"broken-defaults: tau=PART_DEFAULT.*stepper 'sgd'"):
+            api.optimizer_entry("broken-defaults")
+    finally:
+        registry.reset()

@@ -1,12 +1,15 @@
 """Built-in presets: named optimizers as short compositions of registered parts.
 
 Each preset is ``fn(model, **hparams) -> list[Rule]``; read them like optax's
-``alias.py``.
+``alias.py``. A keyword whose default is ``PART_DEFAULT`` takes the default its part declares
+(the parts listed in ``@defaults_from``), so each default is written once; ``given(...)``
+forwards only the values that were set, and the part fills in the rest.
 """
 
 from __future__ import annotations
 
 from optlab import api
+from optlab.hparams import PART_DEFAULT, defaults_from, given
 from optlab.rules import Rule, Schedule
 from optlab.selectors import Selector, rest
 
@@ -15,14 +18,22 @@ def _selector(sel) -> Selector:
     return sel if isinstance(sel, Selector) else api.selector(sel)
 
 
-def sgd(model, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False):
+@defaults_from(("stepper", "sgd"))
+def sgd(model, lr=PART_DEFAULT, momentum=0.9, dampening=PART_DEFAULT, weight_decay=PART_DEFAULT, nesterov=PART_DEFAULT):
     """SGD with momentum for every parameter (torch.optim.SGD's update)."""
-    hp = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+    hp = given(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
     return [Rule("all", rest(), None, api.stepper("sgd"), hp)]
 
 
+@defaults_from(("stepper", "sgd"))
 def sgd_scaled(
-    model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, channelwise_lr_scale=0.1, selector="channelwise"
+    model,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=PART_DEFAULT,
+    nesterov=PART_DEFAULT,
+    channelwise_lr_scale=0.1,
+    selector="channelwise",
 ):
     """Control: SGD with momentum everywhere, the channel-wise parameters at ``lr * channelwise_lr_scale``.
 
@@ -39,7 +50,7 @@ def sgd_scaled(
         raise ValueError(
             f"sgd-scaled: invalid channelwise_lr_scale={channelwise_lr_scale!r}; expected a finite number >= 0"
         )
-    hp = dict(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    hp = given(momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return [
         Rule(
             "channelwise",
@@ -54,7 +65,8 @@ def sgd_scaled(
     ]
 
 
-def sgd_frozen(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, selector="channelwise"):
+@defaults_from(("stepper", "sgd"))
+def sgd_frozen(model, lr=0.1, momentum=0.9, weight_decay=PART_DEFAULT, nesterov=PART_DEFAULT, selector="channelwise"):
     """Control: SGD with momentum on everything but the channel-wise parameters, which stay at their
     initial values (``sgd-scaled`` with ``channelwise_lr_scale=0``)."""
     return sgd_scaled(
@@ -68,21 +80,22 @@ def sgd_frozen(model, lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False, se
     )
 
 
+@defaults_from(("stepper", "diag_newton"), ("stepper", "sgd"))
 def sgd_ph(
     model,
     lr=0.1,
     momentum=0.9,
     weight_decay=0.0,
-    hessian_momentum=0.9,
-    tau=1e-3,
-    eps=1e-4,
+    hessian_momentum=PART_DEFAULT,
+    tau=PART_DEFAULT,
+    eps=PART_DEFAULT,
     every=50,
     schedule="all",
     estimator="block_rademacher",
-    rectify="abs",
+    rectify=PART_DEFAULT,
     rectify_at=None,
     selector="channelwise",
-    nesterov=False,
+    nesterov=PART_DEFAULT,
     **estimator_options,
 ):
     """SGD-PH: diagonal Newton on channel-wise parameters, SGD-momentum on the rest.
@@ -102,7 +115,7 @@ def sgd_ph(
     est = api.estimator(estimator)
     if rectify_at is None:
         rectify_at = "use" if est.stochastic else "refresh"
-    second = dict(
+    second = given(
         lr=lr,
         momentum=momentum,
         weight_decay=weight_decay,
@@ -113,7 +126,7 @@ def sgd_ph(
         rectify_at=rectify_at,
         **estimator_options,
     )
-    first = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    first = given(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return [
         Rule(
             "channelwise",
@@ -130,7 +143,8 @@ def sgd_ph(
     ]
 
 
-def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=1e-4, tau=1e-3):
+@defaults_from(("stepper", "diag_newton"))
+def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=PART_DEFAULT, tau=PART_DEFAULT):
     """The paper's released code, step for step.
 
     M 1-D tensors (parameter order) share a round-robin of period M; step s
@@ -142,7 +156,7 @@ def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=1e-4, ta
     one_d = [n for n, p in model.named_parameters() if p.requires_grad and p.dim() == 1]
     m = len(one_d)
     ph = api.selector("names", *one_d[:-1])
-    second = dict(
+    second = given(
         lr=lr,
         momentum=momentum,
         weight_decay=weight_decay,
@@ -169,14 +183,15 @@ def sgd_ph_reference(model, lr=0.1, momentum=0.9, weight_decay=0.0, eps=1e-4, ta
     ]
 
 
+@defaults_from(("stepper", "adam_hessian"), ("estimator", "hutchinson"))
 def adahessian(
     model,
-    lr=0.15,
-    betas=(0.9, 0.999),
-    eps=1e-4,
-    weight_decay=0.0,
-    hessian_power=1.0,
-    probes=1,
+    lr=PART_DEFAULT,
+    betas=PART_DEFAULT,
+    eps=PART_DEFAULT,
+    weight_decay=PART_DEFAULT,
+    hessian_power=PART_DEFAULT,
+    probes=PART_DEFAULT,
     every=1,
     spatial_average=True,
 ):
@@ -187,7 +202,7 @@ def adahessian(
     special-cased, and bias correction of the curvature EMA counts refreshes
     (equal to steps when ``every=1``).
     """
-    hp = dict(
+    hp = given(
         lr=lr,
         betas=betas,
         eps=eps,
@@ -204,17 +219,18 @@ def adahessian(
     ]
 
 
+@defaults_from(("stepper", "clipped_newton"), ("estimator", "ggn_mc"), ("estimator", "hutchinson"))
 def sophia(
     model,
-    lr=1e-3,
-    betas=(0.965, 0.99),
-    rho=0.04,
-    eps=1e-15,
-    weight_decay=0.1,
+    lr=PART_DEFAULT,
+    betas=PART_DEFAULT,
+    rho=PART_DEFAULT,
+    eps=PART_DEFAULT,
+    weight_decay=PART_DEFAULT,
     every=10,
     estimator="ggn_mc",
-    samples=1,
-    probes=1,
+    samples=PART_DEFAULT,
+    probes=PART_DEFAULT,
 ):
     """Sophia = a curvature estimate every ``every`` steps + ``clipped_newton``.
 
@@ -224,8 +240,8 @@ def sophia(
     not multiplied by the batch size; cross-entropy outputs only for GNB.
     """
     est = api.estimator(estimator)
-    extra = {"ggn_mc": dict(samples=samples), "hutchinson": dict(probes=probes)}.get(estimator, {})
-    hp = dict(lr=lr, betas=betas, rho=rho, eps=eps, weight_decay=weight_decay, **extra)
+    extra = {"ggn_mc": given(samples=samples), "hutchinson": given(probes=probes)}.get(estimator, {})
+    hp = given(lr=lr, betas=betas, rho=rho, eps=eps, weight_decay=weight_decay, **extra)
     return [Rule("all", rest(), est, api.stepper("clipped_newton"), hp, schedule=Schedule(every, "all"))]
 
 
