@@ -73,6 +73,15 @@ def cmd_plugins(args) -> int:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {lines[0]}")
         for line in lines[1:]:
             print(" " * indent + line)
+    if getattr(args, "hparams", False):
+        _print_optimizer_hparams(width)
+    for e in errors:
+        print(f"warning: {e}", file=sys.stderr)
+    return 0
+
+
+def _print_optimizer_hparams(width: int) -> None:
+    """``optlab plugins --hparams``: each optimizer's entry (kind, step protocol, declared defaults)."""
     from .api import optimizer_entry, optimizer_names
 
     print("\noptimizer hyperparameters (defaults; '...': also forwards options to its parts):")
@@ -83,9 +92,6 @@ def cmd_plugins(args) -> int:
         text = f"{name} ({entry.kind}{graph}): {hps}"
         for line in textwrap.wrap(text, width - 4, subsequent_indent="    ", break_long_words=False):
             print("  " + line)
-    for e in errors:
-        print(f"warning: {e}", file=sys.stderr)
-    return 0
 
 
 def _build_model(args):
@@ -381,9 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    sub.add_parser(
-        "plugins", formatter_class=_Help, help="list every registered plugin item and its plugin"
-    ).set_defaults(fn=cmd_plugins)
+    sp = sub.add_parser("plugins", formatter_class=_Help, help="list every registered plugin item and its plugin")
+    sp.add_argument(
+        "--hparams",
+        action="store_true",
+        help="also list every optimizer's hyperparameters with their defaults and its step protocol",
+    )
+    sp.set_defaults(fn=cmd_plugins)
 
     def model_args(sp):
         sp.add_argument("--task", default="digits", help="registered task (`optlab plugins` lists them)")

@@ -252,3 +252,13 @@ def test_a_part_default_no_part_declares_is_a_clear_error():
             api.optimizer_entry("broken-defaults")
     finally:
         registry.reset()
+
+
+def test_cli_plugins_hparams_lists_each_optimizers_declared_defaults(capsys):
+    from optlab.cli import main
+
+    assert main(["plugins", "--hparams"]) == 0
+    out = capsys.readouterr().out.split("optimizer hyperparameters", 1)[1]
+    joined = " ".join(line.strip() for line in out.splitlines())
+    assert "sgd-ph (preset): lr=0.1, momentum=0.9, weight_decay=0.0, hessian_momentum=0.9, tau=0.001" in joined
+    assert "pto-adahessian (baseline; steps need a double-backward graph): lr=0.15" in joined
