@@ -297,7 +297,7 @@ def explain(model: nn.Module, name: str, *, file=None, **hparams) -> list[dict]:
     width = {c: max(len(c), *(len(str(row[c])) for row in rows)) if rows else len(c) for c in cols}
     lines = ["  ".join(c.ljust(width[c]) for c in cols)]
     lines += ["  ".join(str(row[c]).ljust(width[c]) for c in cols) for row in rows]
-    counts = {}
+    counts: dict[Any, int] = {}
     for row in rows:
         counts[row["rule"]] = counts.get(row["rule"], 0) + 1
     lines.append(f"{name}: " + ", ".join(f"{k}: {v} tensors" for k, v in counts.items()))

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -248,7 +248,8 @@ def closure_mix_in(
             )
             _MIXED[cls] = type(cls.__name__, (cls,), body)
         opt.__class__ = _MIXED[cls]
-    opt.create_graph = create_graph
-    opt.max_grad_norm = max_grad_norm
-    opt.timings = dict.fromkeys(TIMED_PHASES, 0.0)
-    return opt
+    mixed: Any = opt  # now a ClosureStyles subclass of the optimizer's class
+    mixed.create_graph = create_graph
+    mixed.max_grad_norm = max_grad_norm
+    mixed.timings = dict.fromkeys(TIMED_PHASES, 0.0)
+    return mixed

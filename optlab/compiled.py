@@ -33,6 +33,7 @@ troubleshooting" (double backward is unsupported by AOTAutograd).
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ def is_compiled(module: nn.Module) -> bool:
 def unwrap_compiled(module: nn.Module) -> nn.Module:
     """The eager module behind ``torch.compile(module)`` (``_orig_mod``), or ``module`` itself."""
     while is_compiled(module):
-        module = module._orig_mod
+        module = cast(nn.Module, module._orig_mod)
     return module
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,6 +80,8 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     #: ``torch.amp.GradScaler`` passes ``grad_scale``/``found_inf`` and lets ``step`` unscale
     _step_supports_amp_scaling = True
+    #: torch's per-tensor state, plus one entry per rule under a string key (``rule:<name>``)
+    state: defaultdict[Any, Any]
 
     def __init__(
         self,
@@ -105,7 +109,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.timings = dict.fromkeys(TIMED_PHASES, 0.0)
         for group in self.param_groups:
             rule = self.rules[group["rule"]]
-            st = {"step": 0, "rr_pos": 0, "hvp_count": 0, "vjp_count": 0}
+            st: dict[str, Any] = {"step": 0, "rr_pos": 0, "hvp_count": 0, "vjp_count": 0}
             if rule.curvature is not None and rule.curvature.stochastic:
                 s = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
                 gen = torch.Generator(device=group["params"][0].device if group["params"] else "cpu")
@@ -239,7 +243,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     # ------------------------------------------------------------------ step
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        # (torch types step's return as float; like LBFGS's, ours is the loss tensor)
         """One optimization step; returns the (detached) loss, or ``None`` without a closure.
 
         ``closure`` runs the forward pass and returns the loss (or ``(loss, outputs)``);

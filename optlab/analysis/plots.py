@@ -201,8 +201,8 @@ def heatmaps(
             annot_kws={"fontsize": 8},
         )
         pick = chosen.loc[key]
-        r, c = list(table.index).index(pick[y]), list(table.columns).index(pick[x])
-        ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", lw=2.5))
+        row_i, col_i = list(table.index).index(pick[y]), list(table.columns).index(pick[x])
+        ax.add_patch(plt.Rectangle((col_i, row_i), 1, 1, fill=False, edgecolor="red", lw=2.5))
         task, model, opt = key
         ax.set_title(f"{opt} -- {task}/{model}")
         ax.set_xlabel(x)

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -66,8 +68,15 @@ def pto_apollo(model, lr=0.01, betas=(0.9, 0.999), weight_decay=0.0, eps=1e-6):
     return _pto().APOLLO(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
 
 
-for _fn in (pto_adahessian, pto_sophiah):
-    _fn.create_graph = True
+def _reads_graph_every_step(fn: Any) -> Any:
+    """Mark a baseline that reads a double-backward graph from ``p.grad`` on every step
+    (its closure's backward runs with ``create_graph=True``)."""
+    fn.create_graph = True
+    return fn
+
+
+pto_adahessian = _reads_graph_every_step(pto_adahessian)
+pto_sophiah = _reads_graph_every_step(pto_sophiah)
 
 BASELINES = {
     "torch-sgd": torch_sgd,
