@@ -281,7 +281,15 @@ def test_conformance_kit_catches_a_broken_stepper():
 # ------------------------------------------------------------------ the example third-party package
 @pytest.mark.slow
 def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path):
+    """Installed (as a user would, through its entry point) into a private site directory on the
+    subprocesses' PYTHONPATH, so the test venv stays as it was for every later test."""
     pkg = ROOT / "plugins" / "optlab-fisher"
+    site = tmp_path / "site"
+    env = {
+        **os.environ,
+        "OPTLAB_NO_PROGRESS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
     inst = subprocess.run(
         [
             sys.executable,
@@ -291,16 +299,17 @@ def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path)
             "-q",
             "--no-deps",
             "--no-build-isolation",
+            "--target",
+            str(site),
             "-c",
             str(ROOT / "constraints.txt"),
-            "-e",
             str(pkg),
         ],
         capture_output=True,
         text=True,
     )
     assert inst.returncode == 0, inst.stderr[-2000:]
-    listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True)
+    listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True, env=env)
     for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef", "fd_rowsum", "levenberg_newton", "sgd-lm"):
         assert re.search(rf"\b{re.escape(item)}\s+fisher\b", listing.stdout), listing.stdout
     check = subprocess.run(
@@ -317,6 +326,7 @@ print("conformant")
         ],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert "conformant" in check.stdout, check.stderr[-2000:]
     spec = tmp_path / "ef.toml"
@@ -328,13 +338,14 @@ print("conformant")
         [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(tmp_path / "res")],
         capture_output=True,
         text=True,
-        env={**os.environ, "OPTLAB_NO_PROGRESS": "1"},
+        env=env,
     )
     assert run.returncode == 0 and "ok: 2" in run.stdout, run.stdout + run.stderr[-2000:]
     rep = subprocess.run(
         [sys.executable, "-m", "optlab.cli", "report", str(tmp_path / "res"), "-o", str(tmp_path / "rep")],
         capture_output=True,
         text=True,
+        env=env,
     )
     assert rep.returncode == 0 and (tmp_path / "rep" / "report.html").exists(), rep.stderr[-2000:]
 
