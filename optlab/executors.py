@@ -416,19 +416,24 @@ def executor_options(cls) -> dict:
     }
 
 
-def make_executor(name: str, where: str = "executor", **options):
-    """The registered executor ``name`` built with ``options``; unknown names/options are named with the valid ones."""
+def check_executor_options(name: str, options: dict, where: str = "executor") -> type:
+    """The registered executor class ``name``, after checking that it takes every key of ``options``."""
     from . import registry
-    from .hparams import closest
+    from .hparams import unknown_name
 
     cls = registry.get("executor", name)
     valid = executor_options(cls)
     for k in options:
         if k not in valid:
             raise ExecutorError(
-                f"{where}.{k}: unknown option of executor {name!r}.{closest(k, valid)} "
-                f"Valid: {', '.join(valid) or '(none)'}."
+                f"{where}.{k}: " + unknown_name(f"option of executor {name!r}", k, valid, show_name=False)
             )
+    return cls
+
+
+def make_executor(name: str, where: str = "executor", **options):
+    """The registered executor ``name`` built with ``options``; unknown names/options are named with the valid ones."""
+    cls = check_executor_options(name, options, where)
     try:
         return cls(**options)
     except ExecutorError as exc:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import api, registry
-from .hparams import closest, unknown_name
+from .hparams import unknown_name
 from .store import Store
 from .train import RUN_KEYS, RunConfig
 from .trial import environment, run_trial
@@ -211,7 +211,7 @@ def _executor_from_table(
     where: str, table: dict, name: str | None = None, extra: dict | None = None, build: bool = True
 ):
     """The executor of an ``[executor]`` table (``name`` plus options), ``name``/``extra`` overriding it."""
-    from .executors import ExecutorError, executor_options, make_executor
+    from .executors import ExecutorError, check_executor_options, make_executor
 
     table = dict(table or {})
     spec_name = table.pop("name", "local")
@@ -225,14 +225,7 @@ def _executor_from_table(
     options = {**options, **(extra or {})}
     try:
         if not build:
-            cls = registry.get("executor", chosen)
-            valid = executor_options(cls)
-            for k in options:
-                if k not in valid:
-                    raise ExecutorError(
-                        f"{where}.{k}: unknown option of executor {chosen!r}.{closest(k, valid)} "
-                        f"Valid: {', '.join(valid) or '(none)'}."
-                    )
+            check_executor_options(chosen, options, where)
             return None
         return make_executor(chosen, where=where, **options)
     except (ExecutorError, registry.RegistryError) as exc:
@@ -246,8 +239,7 @@ def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
     unknown = [k for k in p if k not in PROTOCOL_KEYS]
     if unknown:
         raise SpecError(
-            f"{where}.protocol.{unknown[0]}: unknown key.{closest(unknown[0], PROTOCOL_KEYS)} "
-            f"Valid: {', '.join(PROTOCOL_KEYS)}."
+            f"{where}.protocol.{unknown[0]}: " + unknown_name("key", unknown[0], PROTOCOL_KEYS, show_name=False)
         )
     seeds = p.get("evaluation_seeds", 20)
     if isinstance(seeds, int) and not isinstance(seeds, bool):

@@ -78,17 +78,29 @@ def closest(name: str, options: Iterable[str]) -> str:
     return f" Did you mean {match[0]!r}?" if match else ""
 
 
-def unknown_name(what: str, name: Any, valid: Iterable[str], *, valid_label: str = "Valid", sort: bool = False) -> str:
+def unknown_name(
+    what: str,
+    name: Any,
+    valid: Iterable[str],
+    *,
+    valid_label: str = "Valid",
+    sort: bool = False,
+    show_name: bool = True,
+) -> str:
     """The one message for a name that is not among ``valid``::
 
         unknown <what> <name!r>. Did you mean 'x'? <valid_label>: a, b, c.
+
+    ``show_name=False`` leaves the name out where the caller's prefix already shows it
+    (``run.protocol.evaluation_seed: unknown key. Did you mean ...``); an empty ``valid`` reads ``(none)``.
 
     Callers raise it with their own exception type, e.g.
     ``raise ValueError(unknown_name("engine", name, ENGINES))``.
     """
     options = [str(o) for o in valid]
     listed = sorted(options) if sort else options
-    return f"unknown {what} {name!r}.{closest(str(name), options)} {valid_label}: {', '.join(listed)}."
+    shown = f" {name!r}" if show_name else ""
+    return f"unknown {what}{shown}.{closest(str(name), options)} {valid_label}: {', '.join(listed) or '(none)'}."
 
 
 def validate(owner: str, name: str, value: Any, spec: HParam) -> Any:

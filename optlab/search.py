@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .hparams import closest
+from .hparams import unknown_name
 
 __all__ = [
     "Uniform",
@@ -135,9 +135,7 @@ def parse_dimension(where: str, key: str, value) -> Dimension | None:
         )
     ((kind, arg),) = value.items()
     if kind not in KINDS:
-        raise SearchError(
-            f"{where}.{key}: unknown distribution {kind!r}.{closest(kind, KINDS)} Valid: {', '.join(KINDS)}."
-        )
+        raise SearchError(f"{where}.{key}: " + unknown_name("distribution", kind, KINDS))
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
             raise SearchError(f"{where}.{key}: choice needs a non-empty list of values; got {arg!r}")
@@ -194,15 +192,10 @@ def parse_search(where: str, table: dict | None) -> SearchSettings:
     table = dict(table or {})
     for k in table:
         if k not in SEARCH_KEYS:
-            raise SearchError(
-                f"{where}.search.{k}: unknown key.{closest(k, SEARCH_KEYS)} Valid: {', '.join(SEARCH_KEYS)}."
-            )
+            raise SearchError(f"{where}.search.{k}: " + unknown_name("key", k, SEARCH_KEYS, show_name=False))
     s = SearchSettings(**table)
     if s.sampler not in SAMPLERS:
-        raise SearchError(
-            f"{where}.search.sampler: unknown sampler {s.sampler!r}.{closest(str(s.sampler), SAMPLERS)} "
-            f"Valid: {', '.join(SAMPLERS)}."
-        )
+        raise SearchError(f"{where}.search.sampler: " + unknown_name("sampler", s.sampler, SAMPLERS))
     if s.sampler != "grid" and (not isinstance(s.trials, int) or isinstance(s.trials, bool) or s.trials < 1):
         raise SearchError(
             f"{where}.search.trials: sampler {s.sampler!r} needs a per-optimizer budget, "

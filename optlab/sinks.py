@@ -284,7 +284,7 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
     import inspect
 
     from . import registry
-    from .hparams import closest
+    from .hparams import unknown_name
 
     if not table:
         return []
@@ -295,7 +295,7 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
         entry = registry.items("sink").get(name)
         if entry is None:
             valid = sorted(registry.items("sink"))
-            raise SinkError(f"{where}.{name}: unknown sink.{closest(name, valid)} Valid: {', '.join(valid)}.")
+            raise SinkError(f"{where}.{name}: " + unknown_name("sink", name, valid, show_name=False))
         if opts is False:
             continue
         if opts is True:
@@ -305,9 +305,7 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
         valid = [n for n in inspect.signature(entry.item).parameters if n not in ("self", "root")]
         for k in opts:
             if k not in valid:
-                raise SinkError(
-                    f"{where}.{name}.{k}: unknown option.{closest(k, valid)} Valid: {', '.join(valid) or '(none)'}."
-                )
+                raise SinkError(f"{where}.{name}.{k}: " + unknown_name("option", k, valid, show_name=False))
         out.append((entry.item, dict(opts)))
     return out
 
