@@ -121,6 +121,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from .launch import TrialLost
     from .train import RunConfig, train
 
     hp = _kv(args.hp)
@@ -143,6 +144,7 @@ def cmd_train(args) -> int:
         device=args.device,
         milestones=args.milestones,
         compile=args.compile,
+        nproc=args.nproc,
     )
 
     def show(row):
@@ -178,6 +180,9 @@ def cmd_train(args) -> int:
             )
             print(f"\ninterrupted: {where}", file=sys.stderr)
             return 130
+        except TrialLost as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     done = res.get("resumed_from_epoch")
     if done is not None and done >= cfg.epochs:
         print(
@@ -455,7 +460,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="torch.compile the model: plain steps compiled, curvature-refresh steps eager (default: off)",
     )
-    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
+    sp.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's, all cores; with --nproc N, each process gets threads/N)",
+    )
+    sp.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes for this run: DistributedDataParallel launched with torchrun (gloo on CPU); "
+        "--batch-size is the global batch, each process trains on batch_size/nproc of it",
+    )
     sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
     sp.add_argument("--out", help="write the result (config, metrics, status) as JSON")
     sp.set_defaults(fn=cmd_train)

@@ -4,7 +4,10 @@
 ...}``; ``status`` is ``ok``, ``diverged`` (non-finite loss: stopped early, metrics
 so far kept) or ``failed`` (an exception; its text kept). With a checkpoint path
 the run saves its full state after every epoch (atomically) and resumes from it,
-reaching the same final metrics as an uninterrupted run.
+reaching the same final metrics as an uninterrupted run. With ``nproc > 1`` the run
+is launched on that many processes with ``torch.distributed.run`` (:mod:`optlab.launch`),
+each training a DistributedDataParallel replica on its shard of every global batch
+(:class:`optlab.distributed.RankContext`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch
 
 from . import api, registry
 from .closures import TIMED_PHASES, StepAccounting
+from .distributed import RankContext
 from .hparams import unknown_name, validate
+from .launch import TrialLost, launch_trial
 from .store import SCHEMA_VERSION, atomic_write
 from .tasks import make_model, make_task
 
@@ -54,6 +59,7 @@ class RunConfig:
     model_options: dict = field(default_factory=dict)
     device: str = "cpu"
     compile: bool = False  # torch.compile the model: plain steps compiled, refresh steps eager (optlab.compiled)
+    nproc: int = 1  # processes of one trial (DDP via torchrun); batch_size is the global batch
 
     def to_dict(self) -> dict:
         """The settings as a dict; keys added after trial ids existed are left out at their
@@ -110,6 +116,18 @@ class RunConfig:
             ("model_options", lambda: isinstance(self.model_options, dict), "a table of model options"),
             ("hparams", lambda: isinstance(self.hparams, dict), "a table of hyperparameters"),
             ("device", lambda: isinstance(self.device, str), "a torch device string such as 'cpu' or 'cuda'"),
+            ("nproc", lambda: integer(self.nproc, 1), "an integer >= 1 (processes of one trial)"),
+            (
+                "batch_size",
+                lambda: self.batch_size % self.nproc == 0,
+                f"a multiple of nproc={self.nproc!r}: each of the {self.nproc} processes trains on an equal "
+                f"shard of every global batch (e.g. batch_size={self.nproc * max(1, self.batch_size // self.nproc)})",
+            ),
+            (
+                "device",
+                lambda: self.nproc == 1 or self.device in ("cpu", "cuda"),
+                f"'cpu' or 'cuda' with nproc={self.nproc!r} (process r of a multi-process trial uses cuda:r)",
+            ),
         ]
         for key, ok, valid in checks:  # in order, lazily: a later check may rely on an earlier one
             if not ok():
@@ -125,12 +143,30 @@ class RunConfig:
             not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0 or not math.isfinite(lr)
         ):
             raise ValueError(f"invalid lr={lr!r}; expected a finite number >= 0")
+        if self.nproc > 1:
+            self._check_data_parallel()
         return self
+
+    def _check_data_parallel(self) -> None:
+        """What cannot run under DistributedDataParallel fails before any process starts."""
+        entry = api.optimizer_entry(self.optimizer)
+        if entry.takes_engine and self.engine == "func":
+            raise ValueError(
+                f"invalid engine='func' with nproc={self.nproc}: torch.func transforms bypass "
+                "DistributedDataParallel, so curvature would not be averaged over the processes; "
+                "expected engine='autograd' (or nproc=1)"
+            )
+        if entry.create_graph:
+            raise ValueError(
+                f"optimizer {self.optimizer!r} cannot run with nproc={self.nproc}: it reads a double-backward "
+                "graph from p.grad on every step, which DistributedDataParallel cannot carry. Use nproc=1, or an "
+                "optlab preset that averages curvature over processes itself (e.g. 'adahessian', 'sophia')"
+            )
 
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
 #: run settings newer than the trial-id scheme: absent from ``to_dict`` (hence from the id) at these values
-OMIT_AT_DEFAULT = {"compile": False}
+OMIT_AT_DEFAULT = {"compile": False, "nproc": 1}
 
 
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -185,15 +221,21 @@ def _reject_checkpoint(path: Path, exc: BaseException) -> Path:
 
 
 @torch.no_grad()
-def _evaluate(model, task, split: str) -> tuple[float, float]:
+def _evaluate(model, task, split: str, ranks: RankContext) -> tuple[float, float]:
+    """Mean loss and accuracy on ``split``; each process evaluates its shard of every batch."""
     model.eval()
     total, correct, n = 0.0, 0, 0
-    for x, y in task.eval_batches(split):
+    for xb, yb in task.eval_batches(split):
+        part = ranks.shard(yb.shape[0])
+        x, y = xb[part], yb[part]
+        if not y.shape[0]:
+            continue
         out = model(x)
         total += float(task.loss_fn(out, y, reduction="sum"))
         correct += int((out.argmax(-1) == y).sum())
         n += y.shape[0]
     model.train()
+    total, correct, n = ranks.sum([total, correct, n])
     return total / n, correct / n
 
 
@@ -210,9 +252,18 @@ def train(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    ranks: RankContext | None = None,
 ) -> dict[str, Any]:
-    """Run one configuration; never raises for a failing run (status ``failed`` with the error)."""
+    """Run one configuration; never raises for a failing run (status ``failed`` with the error).
+
+    With ``nproc > 1`` (and no ``ranks``: this is not one of the trial's processes) the run is
+    launched with torchrun (:func:`optlab.launch.launch_trial`); a process of it that dies without
+    a result (killed) raises :class:`optlab.launch.TrialLost`: nothing is recorded, the checkpoint
+    stays, and the same call resumes from it. ``ranks`` is set by :mod:`optlab.ddp_worker`.
+    """
     cfg = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    launcher = ranks is None  # not one of a multi-process trial's processes
+    ranks = ranks or RankContext()
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "config": cfg.to_dict(),
@@ -224,8 +275,14 @@ def train(
     t_start = time.perf_counter()
     try:
         cfg.validate()
-        _run(cfg, result, Path(checkpoint) if checkpoint else None, progress, on_epoch)
-    except KeyboardInterrupt:
+        if launcher and cfg.nproc > 1:
+            result = launch_trial(cfg, checkpoint=checkpoint, on_epoch=on_epoch)
+            result["wall_time"] = time.perf_counter() - t_start  # process start-up included
+            return result
+        if ranks.world != cfg.nproc:
+            raise ValueError(f"nproc={cfg.nproc} but this trial runs on {ranks.world} processes")
+        _run(cfg, result, Path(checkpoint) if checkpoint else None, progress, on_epoch, ranks)
+    except (KeyboardInterrupt, TrialLost):
         raise
     except Exception as exc:  # recorded, not raised: a grid keeps going
         result["status"] = "failed"
@@ -302,12 +359,14 @@ def use_task_loss(opt: torch.optim.Optimizer, task) -> None:
         group["loss"] = validate(owner, "loss", task.loss, spec)
 
 
-def _build(cfg: RunConfig, device):
-    """Fresh task, model, optimizer, lr schedule and data generator of ``cfg`` (seeded)."""
+def _build(cfg: RunConfig, device, ranks: RankContext):
+    """Fresh task, model, the module the training forward calls (the model, or its DDP wrapper:
+    :meth:`RankContext.wrap`), optimizer, lr schedule and data generator of ``cfg`` (seeded)."""
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options).to(device)
     model = make_model(cfg.model, task.info, decouple=cfg.decouple, **cfg.model_options).to(device)
-    opt = api.optimizer(cfg.optimizer, model, engine=cfg.engine, seed=cfg.seed, **cfg.hparams)
+    net = ranks.wrap(model)
+    opt = api.optimizer(cfg.optimizer, net, engine=cfg.engine, seed=cfg.seed, **cfg.hparams)
     use_task_loss(opt, task)
     iters = task.num_train_batches(cfg.batch_size)
     if iters == 0:
@@ -316,18 +375,26 @@ def _build(cfg: RunConfig, device):
         )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    return task, model, opt, sched, data_gen, iters
+    return task, model, net, opt, sched, data_gen, iters
 
 
-def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch) -> None:
+def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext) -> None:
     """The training loop. Every optimizer (preset or baseline) takes the same forward-only
     closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
-    (:class:`optlab.closures.StepAccounting`), read per epoch into the metrics."""
+    (:class:`optlab.closures.StepAccounting`), read per epoch into the metrics. ``ranks``:
+    this process's part of a multi-process trial (a no-op for one process)."""
     device = torch.device(cfg.device)
-    task, model, opt, sched, data_gen, iters = _build(cfg, device)
+    if cfg.device == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.rank)
+    ranks.device = device
+    task, model, net, opt, sched, data_gen, iters = _build(cfg, device, ranks)
     start = 0
-    had_checkpoint = ckpt_path is not None and ckpt_path.exists()
-    ck = load_checkpoint(ckpt_path, device) if had_checkpoint else None
+    # rank 0 alone reads (and may reject) the checkpoint; every rank resumes from what it read
+    had_checkpoint, ck = ranks.from_writer(
+        lambda: (True, load_checkpoint(ckpt_path, device))
+        if ckpt_path is not None and ckpt_path.exists()
+        else (False, None)
+    )
     if ck is not None:
         try:
             model.load_state_dict(ck["model"])
@@ -343,8 +410,9 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             ):
                 raise ValueError(f"epoch {ck['epoch']!r} and {len(ck['metrics'])} metric rows do not agree")
         except Exception as exc:  # a checkpoint of another configuration, or damaged: restart cleanly
-            _reject_checkpoint(ckpt_path, exc)
-            task, model, opt, sched, data_gen, iters = _build(cfg, device)
+            if ranks.is_writer:
+                _reject_checkpoint(ckpt_path, exc)
+            task, model, net, opt, sched, data_gen, iters = _build(cfg, device, ranks)
             ck = None
     result["checkpoint_rejected"] = had_checkpoint and ck is None
     if ck is not None:
@@ -352,10 +420,12 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
         start = result["resumed_from_epoch"] = ck["epoch"]
     result.update(describe_optimizer(cfg, opt))
     result["num_params"] = sum(p.numel() for p in model.parameters())
+    if ranks.distributed:
+        result["distributed"] = ranks.describe()
     accounting: StepAccounting = opt  # type: ignore[assignment]  # api.optimizer gives every optimizer it
     # the optimizer holds the eager model (parameters, checkpoints); training forwards go through the
     # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.compiled)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(net) if cfg.compile else net  # net: the model, or its DDP wrapper
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
@@ -365,7 +435,8 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
         bar = _progress(
             iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
         )
-        for x, y in task.train_batches(cfg.batch_size, data_gen):
+        for xb, yb in task.train_batches(cfg.batch_size, data_gen):
+            x, y = xb[ranks.shard(cfg.batch_size)], yb[ranks.shard(cfg.batch_size)]  # this process's shard
             holder = {}
 
             def closure(x=x, y=y, holder=holder):
@@ -374,20 +445,22 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
 
             loss = opt.step(closure)
             sched.step()
-            lv = float(loss)
-            if not math.isfinite(lv):
+            step_loss, step_correct, step_seen = ranks.sum(  # the global batch's (every process agrees)
+                [float(loss) * y.shape[0], int((holder["out"].detach().argmax(-1) == y).sum()), y.shape[0]]
+            )
+            if not math.isfinite(step_loss):
                 diverged = True
                 break
-            loss_sum += lv * y.shape[0]
-            correct += int((holder["out"].detach().argmax(-1) == y).sum())
-            seen += y.shape[0]
+            loss_sum += step_loss
+            correct += int(step_correct)
+            seen += int(step_seen)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.close()
         spent = {k: accounting.timings[k] - t0[k] for k in TIMED_PHASES}
         nan2 = (float("nan"), float("nan"))
-        val_loss, val_acc = nan2 if diverged else _evaluate(model, task, "val")
-        test_loss, test_acc = nan2 if diverged else _evaluate(model, task, "test")
+        val_loss, val_acc = nan2 if diverged else _evaluate(model, task, "val", ranks)
+        test_loss, test_acc = nan2 if diverged else _evaluate(model, task, "test", ranks)
         if not diverged and not (math.isfinite(test_loss) and math.isfinite(val_loss)):
             diverged = True
         epoch_time = time.perf_counter() - t_epoch
@@ -417,7 +490,7 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             result["status"] = "diverged"
             result["error"] = f"non-finite loss in epoch {epoch + 1}"
             return
-        if ckpt_path is not None:
+        if ckpt_path is not None and ranks.is_writer:
             _atomic_save(
                 {
                     "model": model.state_dict(),

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .launch import TrialLost
 from .store import CorruptRecord, Store
 from .train import train
 
@@ -51,7 +52,11 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
         started = time.time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
+            try:
+                res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
+            except TrialLost as exc:  # a process of a multi-process trial was killed: no record, checkpoint kept
+                print(f"optlab: trial {trial.id} lost: {exc}", file=sys.stderr)
+                return trial.id, "error"
         res.update(
             id=trial.id,
             arm=trial.arm or trial.config["optimizer"],

@@ -1,0 +1,111 @@
+"""One process of a multi-process trial: what ``torch.distributed.run`` starts ``nproc`` times.
+
+``python -m optlab.ddp_worker JOB.json`` (started by :func:`optlab.launch.launch_trial`):
+joins the process group (gloo on CPU, NCCL on CUDA with process r on ``cuda:r``), runs
+:func:`optlab.train.train` with this process's :class:`optlab.distributed.RankContext`,
+and writes its result to ``rank<r>.json`` beside the job. Rank 0 also appends each
+epoch's metrics row to ``events.jsonl`` (the launcher hands it to ``on_epoch``).
+
+Exit status: 0 when training ended (``ok`` or ``diverged``), 1 when it failed -- torchrun
+then stops the other processes, which may be waiting in a collective for this one --
+and 75 when the launching process is gone (:func:`watch_launcher`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .distributed import RankContext
+from .store import atomic_write
+from .train import RunConfig, train
+
+__all__ = ["main", "watch_launcher"]
+
+#: exit status of a process whose launcher is gone (EX_TEMPFAIL: rerun to resume)
+LAUNCHER_GONE = 75
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie -- killed, not yet reaped -- does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal test is all there is
+        return True
+
+
+def watch_launcher(launcher_pid: int, interval: float = 0.5) -> threading.Thread:
+    """Exit this process (status :data:`LAUNCHER_GONE`) as soon as the launching process or this
+    process's parent (torchrun) is gone, e.g. after ``kill -9``: an orphaned trial would go on
+    writing the checkpoint a rerun resumes from."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent or not _alive(launcher_pid):
+                sys.stderr.write("optlab.ddp_worker: the launching process is gone; exiting\n")
+                os._exit(LAUNCHER_GONE)
+
+    t = threading.Thread(target=watch, name="optlab-launcher-watch", daemon=True)
+    t.start()
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m optlab.ddp_worker JOB.json (started by optlab.launch)\n")
+        return 2
+    job_path = Path(args[0])
+    job = json.loads(job_path.read_text())
+    watch_launcher(job["launcher_pid"])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    cfg = RunConfig.from_dict(job["config"])
+    torch.set_num_threads(job["threads"])
+    backend = "gloo"
+    if cfg.device == "cuda":
+        backend = "nccl"
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dist.init_process_group(backend)
+    events = job_path.parent / "events.jsonl"
+
+    def send(row: dict) -> None:
+        with open(events, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = train(
+            cfg,
+            checkpoint=job["checkpoint"],
+            progress=False,
+            on_epoch=send if rank == 0 else None,
+            ranks=RankContext(rank, world),
+        )
+    atomic_write(job_path.parent / f"rank{rank}.json", json.dumps(res, default=str))
+    if res["status"] == "failed":
+        sys.stderr.write(f"optlab.ddp_worker rank {rank}: {res['error']}\n")
+        sys.stderr.flush()
+        os._exit(1)  # peers may wait in a collective for this process: torchrun stops them
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
