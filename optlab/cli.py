@@ -145,6 +145,8 @@ def cmd_train(args) -> int:
         milestones=args.milestones,
         compile=args.compile,
         nproc=args.nproc,
+        task_options=_kv(args.task_option),
+        model_options=_kv(args.model_option),
     )
 
     def show(row):

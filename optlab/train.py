@@ -120,8 +120,10 @@ class RunConfig:
             (
                 "batch_size",
                 lambda: self.batch_size % self.nproc == 0,
-                f"a multiple of nproc={self.nproc!r}: each of the {self.nproc} processes trains on an equal "
-                f"shard of every global batch (e.g. batch_size={self.nproc * max(1, self.batch_size // self.nproc)})",
+                lambda: (
+                    f"a multiple of nproc={self.nproc!r}: each of the {self.nproc} processes trains on an equal "
+                    f"shard of every global batch (e.g. batch_size={self.nproc * max(1, self.batch_size // self.nproc)})"
+                ),
             ),
             (
                 "device",
@@ -131,6 +133,7 @@ class RunConfig:
         ]
         for key, ok, valid in checks:  # in order, lazily: a later check may rely on an earlier one
             if not ok():
+                valid = valid() if callable(valid) else valid  # a message that is safe only after earlier checks
                 raise ValueError(f"invalid {key}={getattr(self, key)!r}; expected {valid}")
         return self
 
