@@ -122,7 +122,7 @@ class RunConfig:
                 lambda: self.batch_size % self.nproc == 0,
                 lambda: (
                     f"a multiple of nproc={self.nproc!r}: each of the {self.nproc} processes trains on an equal "
-                    f"shard of every global batch (e.g. batch_size={self.nproc * max(1, self.batch_size // self.nproc)})"
+                    f"shard of every global batch (e.g. batch_size={_round_down(self.batch_size, self.nproc)})"
                 ),
             ),
             (
@@ -165,6 +165,11 @@ class RunConfig:
                 "graph from p.grad on every step, which DistributedDataParallel cannot carry. Use nproc=1, or an "
                 "optlab preset that averages curvature over processes itself (e.g. 'adahessian', 'sophia')"
             )
+
+
+def _round_down(n: int, k: int) -> int:
+    """The largest multiple of ``k`` that is <= ``n`` (at least ``k``)."""
+    return k * max(1, n // k)
 
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
@@ -394,9 +399,11 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
     start = 0
     # rank 0 alone reads (and may reject) the checkpoint; every rank resumes from what it read
     had_checkpoint, ck = ranks.from_writer(
-        lambda: (True, load_checkpoint(ckpt_path, device))
-        if ckpt_path is not None and ckpt_path.exists()
-        else (False, None)
+        lambda: (
+            (True, load_checkpoint(ckpt_path, device))
+            if ckpt_path is not None and ckpt_path.exists()
+            else (False, None)
+        )
     )
     if ck is not None:
         try:
