@@ -5,7 +5,7 @@
 
 Each round runs the same configuration with ``nproc=1`` and ``nproc=N`` in turn (so machine
 load hits both alike) through :func:`optlab.train.train`, with the machine's cores split
-evenly (``threads / N`` torch threads per process). Reported per setting, medians over rounds:
+evenly (``--threads / N`` torch threads per process; default: all cores). Reported per setting, medians over rounds:
 
 * wall: ``train()``'s wall time, process start-up included (torchrun and N Python processes
   importing torch for ``nproc > 1``);
@@ -37,9 +37,10 @@ def main() -> None:
     ap.add_argument("--model", default="cnn-bn")
     ap.add_argument("--optimizer", default="sgd-ph")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in all (split by nproc)")
     args = ap.parse_args()
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     rows: dict[int, list[dict]] = {1: [], args.nproc: []}
     for r in range(args.rounds):
         finals = {}
@@ -63,7 +64,7 @@ def main() -> None:
         assert abs(a - b) < 1e-3 * max(1.0, abs(a)), finals
     print(
         f"\n{args.task}/{args.model}/{args.optimizer}, {args.epochs} epochs, batch {args.batch_size}, "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; medians of {args.rounds} rounds"
+        f"{os.cpu_count()} cores, {args.threads} threads in all, load average {os.getloadavg()[0]:.1f}; medians of {args.rounds} rounds"
     )
     print(f"{'nproc':>5}  {'wall s':>8}  {'training s':>10}  {'start-up s':>10}  {'per step ms':>11}")
     for n, rs in rows.items():
