@@ -64,7 +64,8 @@ def main() -> None:
         assert abs(a - b) < 1e-3 * max(1.0, abs(a)), finals
     print(
         f"\n{args.task}/{args.model}/{args.optimizer}, {args.epochs} epochs, batch {args.batch_size}, "
-        f"{os.cpu_count()} cores, {args.threads} threads in all, load average {os.getloadavg()[0]:.1f}; medians of {args.rounds} rounds"
+        f"{os.cpu_count()} cores, {args.threads} threads in all, load average {os.getloadavg()[0]:.1f}; "
+        f"medians of {args.rounds} rounds"
     )
     print(f"{'nproc':>5}  {'wall s':>8}  {'training s':>10}  {'start-up s':>10}  {'per step ms':>11}")
     for n, rs in rows.items():
