@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -340,3 +341,58 @@ def test_nproc_at_its_default_keeps_existing_trial_ids():
     two = RunConfig(**{**cfg.__dict__, "nproc": 2})
     assert two.to_dict()["nproc"] == 2 and trial_id(two.to_dict()) != "4728d1b4d48348e2"
     assert RunConfig.from_dict(two.to_dict()) == two
+
+
+@pytest.mark.slow
+def test_a_configuration_that_fails_on_every_process_is_recorded_failed(site, tmp_path, plugin, monkeypatch):
+    """Sophia's default Gauss-Newton estimator under SyncBatchNorm: a failed result, not a lost trial."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the job folder: what leftovers() looks for
+    cfg = RunConfig(task="blobs64", model="mlp64", model_options={"bn": True}, optimizer="sophia", nproc=2)
+    cfg.hparams, cfg.epochs, cfg.batch_size = {"every": 2}, 1, 32
+    monkeypatch.setenv("PYTHONPATH", env_for(site, tmp_path)["PYTHONPATH"])
+    res = train(cfg, progress=False)
+    assert res["status"] == "failed" and "NotImplementedError" in res["error"], res["error"]
+    assert "estimator='hutchinson'" in res["error"] and res["wall_time"] > 0
+    assert_no_leftovers(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the launcher's decisions
+def _job(d: Path, **results) -> Path:
+    """A job folder as the processes leave it: ``rank<r>.json`` for those that wrote a result."""
+    d.mkdir()
+    for name, (status, error) in results.items():
+        (d / f"{name}.json").write_text(json.dumps({"status": status, "error": error, "metrics": []}))
+    (d / "torchrun.log").write_text("... failed (exitcode: -9) local_rank: 1\n")
+    return d
+
+
+def test_launcher_tells_a_failing_configuration_from_a_killed_process(tmp_path):
+    from optlab.launch import TrialLost, _collect
+
+    def collect(name, rc, **results):
+        d = _job(tmp_path / name, **results)
+        return _collect(d, 2, rc, d / "torchrun.log")
+
+    assert collect("ok", 0, rank0=("ok", None), rank1=("ok", None))["status"] == "ok"
+    # rank 1 was stopped by torchrun after rank 0 failed
+    assert collect("both", 1, rank0=("failed", "ValueError: bad"))["error"] == "ValueError: bad"
+    # rank 0 waited in a collective for rank 1, which raised alone, and was stopped
+    assert collect("one", 1, rank1=("failed", "ValueError: here"))["error"] == "process 1 of 2: ValueError: here"
+    gloo = "RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"
+    for i, files in enumerate(
+        [{}, {"rank0": ("failed", gloo)}, {"rank0": ("failed", gloo), "rank1": ("failed", gloo)}]
+    ):
+        with pytest.raises(TrialLost, match=r"(?s)ended without a result .*rerun to resume.*exitcode: -9"):
+            collect(f"lost{i}", 1, **files)
+
+
+@pytest.mark.parametrize("n,world", [(64, 2), (30, 4), (3, 4), (1000, 3)])
+def test_shards_cover_every_sample_once(n, world):
+    from optlab.distributed import RankContext
+
+    parts = [RankContext(r, world).shard(n) for r in range(world)]
+    assert [i for p in parts for i in range(n)[p]] == list(range(n))
+    if n % world == 0:
+        assert {p.stop - p.start for p in parts} == {n // world}
+    with pytest.raises(ValueError, match="invalid rank=2 for world=2"):
+        RankContext(2, 2)
