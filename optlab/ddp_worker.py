@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .distributed import RankContext
-from .store import atomic_write
+from .store import SCHEMA_VERSION, atomic_write
 from .train import RunConfig, train
 
 __all__ = ["main", "watch_launcher"]
@@ -67,6 +68,31 @@ def watch_launcher(launcher_pid: int, interval: float = 0.5) -> threading.Thread
     return t
 
 
+def _train(job: dict, events: Path, rank: int) -> dict:
+    """Join the process group and train this process's replica; rank 0 appends rows to ``events``."""
+    cfg = RunConfig.from_dict(job["config"])
+    torch.set_num_threads(job["threads"])
+    backend = "gloo"
+    if cfg.device == "cuda":
+        backend = "nccl"
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dist.init_process_group(backend)
+
+    def send(row: dict) -> None:
+        with open(events, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return train(
+            cfg,
+            checkpoint=job["checkpoint"],
+            progress=False,
+            on_epoch=send if rank == 0 else None,
+            ranks=RankContext(rank, dist.get_world_size()),
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -75,35 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     job_path = Path(args[0])
     job = json.loads(job_path.read_text())
     watch_launcher(job["launcher_pid"])
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    cfg = RunConfig.from_dict(job["config"])
-    torch.set_num_threads(job["threads"])
-    backend = "gloo"
-    if cfg.device == "cuda":
-        backend = "nccl"
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
-    dist.init_process_group(backend)
-    events = job_path.parent / "events.jsonl"
-
-    def send(row: dict) -> None:
-        with open(events, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        res = train(
-            cfg,
-            checkpoint=job["checkpoint"],
-            progress=False,
-            on_epoch=send if rank == 0 else None,
-            ranks=RankContext(rank, world),
-        )
+    rank = int(os.environ["RANK"])
+    try:
+        res = _train(job, job_path.parent / "events.jsonl", rank)
+    except Exception as exc:  # set-up failed (no such GPU, no process group): a result all the same
+        res = {
+            "schema_version": SCHEMA_VERSION,
+            "config": job["config"],
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=20),
+            "metrics": [],
+        }
     atomic_write(job_path.parent / f"rank{rank}.json", json.dumps(res, default=str))
     if res["status"] == "failed":
         sys.stderr.write(f"optlab.ddp_worker rank {rank}: {res['error']}\n")
         sys.stderr.flush()
         os._exit(1)  # peers may wait in a collective for this process: torchrun stops them
-    dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # the result is on disk; skipping interpreter teardown (torch's) saves seconds per trial
