@@ -120,7 +120,8 @@ class Trial:
         c = self.config
         hp = ",".join(f"{k}={v}" for k, v in sorted(c["hparams"].items()))
         stage = " [eval]" if self.stage == "evaluation" else ""
-        return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{stage}"
+        procs = f" nproc={c['nproc']}" if c.get("nproc", 1) != 1 else ""
+        return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{procs}{stage}"
 
 
 def trial_id(config: dict) -> str:
