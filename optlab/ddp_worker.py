@@ -72,10 +72,10 @@ def _train(job: dict, events: Path, rank: int) -> dict:
     """Join the process group and train this process's replica; rank 0 appends rows to ``events``."""
     cfg = RunConfig.from_dict(job["config"])
     torch.set_num_threads(job["threads"])
-    backend = "gloo"
+    backend, device = "gloo", torch.device("cpu")
     if cfg.device == "cuda":
-        backend = "nccl"
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        backend, device = "nccl", torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     dist.init_process_group(backend)
 
     def send(row: dict) -> None:
@@ -89,7 +89,7 @@ def _train(job: dict, events: Path, rank: int) -> dict:
             checkpoint=job["checkpoint"],
             progress=False,
             on_epoch=send if rank == 0 else None,
-            ranks=RankContext(rank, dist.get_world_size()),
+            ranks=RankContext(rank, dist.get_world_size(), device),
         )
 
 

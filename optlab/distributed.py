@@ -432,6 +432,7 @@ class RankContext:
     """
 
     def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None, group=None):
+        """``device``: this process's device (``cuda:r`` for process r on GPUs; None: the run's ``device``)."""
         if not 0 <= rank < world:
             raise ValueError(f"invalid rank={rank!r} for world={world!r}; expected 0 <= rank < world")
         self.rank, self.world, self.group = rank, world, group

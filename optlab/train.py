@@ -391,10 +391,7 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
     closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
     (:class:`optlab.closures.StepAccounting`), read per epoch into the metrics. ``ranks``:
     this process's part of a multi-process trial (a no-op for one process)."""
-    device = torch.device(cfg.device)
-    if cfg.device == "cuda" and ranks.distributed:
-        device = torch.device("cuda", ranks.rank)
-    ranks.device = device
+    device = ranks.device if ranks.device is not None else torch.device(cfg.device)
     task, model, net, opt, sched, data_gen, iters = _build(cfg, device, ranks)
     start = 0
     # rank 0 alone reads (and may reject) the checkpoint; every rank resumes from what it read
