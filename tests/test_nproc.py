@@ -233,20 +233,26 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _rank_pid(pids: list[int], rank: int) -> int | None:
+def _find(pids: list[int], victim: str) -> int | None:
+    """The pid of torchrun (``victim="torchrun"``) or of the process of rank 1 (``"rank1"``)."""
     for p in pids:
         try:
             cmd = Path(f"/proc/{p}/cmdline").read_bytes()
             env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"optlab.ddp_worker" in cmd and f"RANK={rank}".encode() in env:
+        if victim == "torchrun" and b"torch.distributed.run" in cmd:
+            return p
+        if victim == "rank1" and b"optlab.ddp_worker" in cmd and b"RANK=1" in env:
             return p
     return None
 
 
+VICTIMS = ["launcher"] + [pytest.param(v, marks=pytest.mark.slow) for v in ("rank1", "torchrun")]
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
-@pytest.mark.parametrize("victim", ["launcher", pytest.param("rank1", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("victim", VICTIMS)
 def test_kill_9_mid_trial_then_rerun_resumes_to_the_uninterrupted_result(victim, site, tmp_path, plugin):
     n, epochs = 1024, 4
     spec = tmp_path / "g.toml"
@@ -268,7 +274,7 @@ def test_kill_9_mid_trial_then_rerun_resumes_to_the_uninterrupted_result(victim,
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
     else:
-        pid = _rank_pid(tree, 1)
+        pid = _find(tree, victim)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         out, err = launcher.communicate(timeout=120)
