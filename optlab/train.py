@@ -243,8 +243,8 @@ def _evaluate(model, task, split: str, ranks: RankContext) -> tuple[float, float
         correct += int((out.argmax(-1) == y).sum())
         n += y.shape[0]
     model.train()
-    total, correct, n = ranks.sum([total, correct, n])
-    return total / n, correct / n
+    loss_sum, n_correct, n_seen = ranks.sum([total, correct, n])
+    return loss_sum / n_seen, n_correct / n_seen
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -345,7 +345,7 @@ def describe_optimizer(cfg: RunConfig, opt) -> dict:
     }
 
 
-def use_task_loss(opt: torch.optim.Optimizer, task) -> None:
+def use_task_loss(opt: Any, task) -> None:
     """Tell every estimator that declares a ``loss`` hyperparameter (the Gauss-Newton family: the
     output Hessian depends on it) the loss the task computes, ``task.loss``. A rule that set
     ``loss`` explicitly to something else is an error naming both. Optimizers without rules
@@ -444,7 +444,7 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
         )
         for xb, yb in task.train_batches(cfg.batch_size, data_gen):
             x, y = xb[ranks.shard(cfg.batch_size)], yb[ranks.shard(cfg.batch_size)]  # this process's shard
-            holder = {}
+            holder: dict[str, torch.Tensor] = {}
 
             def closure(x=x, y=y, holder=holder):
                 out = holder["out"] = forward(x)
