@@ -26,28 +26,13 @@ import torch
 import torch.distributed as dist
 
 from .distributed import RankContext
-from .store import SCHEMA_VERSION, atomic_write
+from .store import SCHEMA_VERSION, atomic_write, pid_alive
 from .train import RunConfig, train
 
 __all__ = ["main", "watch_launcher"]
 
 #: exit status of a process whose launcher is gone (EX_TEMPFAIL: rerun to resume)
 LAUNCHER_GONE = 75
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie -- killed, not yet reaped -- does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): the signal test is all there is
-        return True
 
 
 def watch_launcher(launcher_pid: int, interval: float = 0.5) -> threading.Thread:
@@ -59,7 +44,7 @@ def watch_launcher(launcher_pid: int, interval: float = 0.5) -> threading.Thread
     def watch():
         while True:
             time.sleep(interval)
-            if os.getppid() != parent or not _alive(launcher_pid):
+            if os.getppid() != parent or not pid_alive(launcher_pid):
                 sys.stderr.write("optlab.ddp_worker: the launching process is gone; exiting\n")
                 os._exit(LAUNCHER_GONE)
 

@@ -132,14 +132,19 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this host) runs; a zombie -- killed, not yet reaped -- does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal test is all there is
+        return True
 
 
 def _default_stale_after() -> float:
@@ -250,7 +255,7 @@ class Store:
             except FileNotFoundError:
                 return False
         try:
-            return _pid_alive(int(info.get("pid", -1)))
+            return pid_alive(int(info.get("pid", -1)))
         except (TypeError, ValueError):
             return False
 

@@ -249,6 +249,7 @@ def test_run_table_that_is_not_a_table():
 def _taker(root, trial_id, barrier, out):
     barrier.wait()
     out.put(Store(root).claim(trial_id))
+    barrier.wait()  # stay alive until every taker has tried: an exited owner's claim is stale (correctly)
 
 
 def _dead_pid() -> int:
