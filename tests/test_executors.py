@@ -204,6 +204,10 @@ def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_
         assert not store.live_claims(), "Ray workers outlived their killed driver"
         before = {f: (res / "trials" / f).read_text() for f in _files(res)}
         assert 0 < len(before) < len(trials)
+        # the trial mid-way at the kill either finished on its worker before Ray noticed the dead driver (how
+        # long that takes varies with load) or left its checkpoint: every checkpoint left must be resumed from
+        left = {p.stem for p in (res / "checkpoints").glob("*.pt")} if (res / "checkpoints").exists() else set()
+        assert left or cks - done <= {f[: -len(".json")] for f in before}
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         statuses = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("[")]  # one per trial
@@ -212,8 +216,9 @@ def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_
         assert after == sorted(f"{t.id}.json" for t in trials)
         for f, text in before.items():
             assert (res / "trials" / f).read_text() == text  # completed files untouched
-        resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
-        assert any(r["resumed_from_epoch"] for r in resumed)  # the killed trial continued from its checkpoint
+        for t in left:
+            record = json.loads((res / "trials" / f"{t}.json").read_text())
+            assert record["resumed_from_epoch"], f"{t} restarted from scratch despite its checkpoint"
         assert not list((res / "running").glob("*.lock")) and not list((res / "checkpoints").glob("*.pt"))
     finally:
         _kill_tagged(tag)
