@@ -10,7 +10,7 @@ import time
 import pytest
 
 from optlab.grid import expand, grid_status, load_spec, run_grid
-from optlab.store import Store
+from optlab.store import Store, pid_alive
 
 SPEC = """
 name = "ctrlc"
@@ -105,16 +105,8 @@ def test_sigterm_abandons_running_trials_and_leaves_no_worker_behind(tmp_path):
     assert proc.returncode == 143, err[-3000:]
     assert "terminated (SIGTERM)" in err and "resume with: optlab grid run" in err and "Traceback" not in err
 
-    def gone(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # a zombie (reaped later by its parent's parent) counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-
-    assert _wait_for(lambda: all(gone(p) for p in workers), timeout=20), "worker processes outlived the driver"
+    # a zombie (reaped later by its parent's parent) counts as gone
+    assert _wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=20), "workers outlived the driver"
     n_total = len(expand(load_spec(spec)))
     run_grid(spec, results=res, progress=False, workers=2)
     assert grid_status(spec, results=res)["ok"] == n_total
