@@ -23,7 +23,7 @@ import torch
 
 from optlab import registry
 from optlab.grid import SpecError, expand, grid_status, load_spec, trial_id
-from optlab.store import validate_record
+from optlab.store import pid_alive, validate_record
 from optlab.train import RunConfig, train
 
 TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
@@ -226,13 +226,6 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _find(pids: list[int], victim: str) -> int | None:
     """The pid of torchrun (``victim="torchrun"``) or of the process of rank 1 (``"rank1"``)."""
     for p in pids:
@@ -281,9 +274,9 @@ def test_kill_9_mid_trial_then_rerun_resumes_to_the_uninterrupted_result(victim,
         assert launcher.returncode == 0, err
         assert "error: 1" in out and "lost" in err, (out, err)  # counted as lost, not as a result
     deadline = time.time() + 15
-    while any(_running(p) for p in tree) and time.time() < deadline:
+    while any(pid_alive(p) for p in tree) and time.time() < deadline:
         time.sleep(0.1)
-    assert not [p for p in tree if _running(p)], "processes of the killed trial are still running"
+    assert not [p for p in tree if pid_alive(p)], "processes of the killed trial are still running"
     assert not (res / "trials" / f"{trial.id}.json").exists()  # killed mid-trial: nothing recorded
     assert grid_status(spec, results=res)["ok"] == 0
     assert ck.exists()
