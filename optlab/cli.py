@@ -111,7 +111,7 @@ def cmd_explain(args) -> int:
         entry.check_names(hps)
         print(
             f"{entry.name}: baseline from plugin {entry.plugin!r}, not built from rules: every trainable "
-            f"parameter is updated by {(entry.builder.__doc__ or '').strip().splitlines()[0]}\n"
+            f"parameter is updated by {_summary(entry.builder) or entry.name}\n"
             "hyperparameters: " + ", ".join(f"{k}={v!r}" for k, v in hps.items())
         )
         return 0
