@@ -7,6 +7,7 @@ version bump (``DATA_VERSION``).
 from __future__ import annotations
 
 import hashlib
+
 import pytest
 
 from optlab.grid import evaluation_trials, expand, load_spec
