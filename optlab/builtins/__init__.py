@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optlab.hookspecs import hookimpl
+from optlab.plugin.hookspecs import hookimpl
 
 from . import estimators, presets, selectors, steppers
 
@@ -57,7 +57,7 @@ def optlab_register_baselines(register):
 
 @hookimpl
 def optlab_register_executors(register):
-    from optlab import executors
+    from optlab.grid import executors
 
     for name, cls in executors.EXECUTORS.items():
         register(name, cls)
@@ -65,7 +65,7 @@ def optlab_register_executors(register):
 
 @hookimpl
 def optlab_register_sinks(register):
-    from optlab import sinks
+    from optlab.grid import sinks
 
     for name, cls in sinks.SINKS.items():
         register(name, cls)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from optlab.hparams import HParam, choice, optional, positive_int
-from optlab.rules import CurvatureEstimator
+from optlab.optim.hparams import HParam, choice, optional, positive_int
+from optlab.optim.rules import CurvatureEstimator
 
 BOOL = lambda default, doc="": HParam(default, lambda x: isinstance(x, bool), "True or False", doc)  # noqa: E731
 

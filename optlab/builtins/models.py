@@ -11,7 +11,7 @@ import functools
 import torch.nn.functional as F
 from torch import nn
 
-from optlab.modeltools import decouple as _decouple
+from optlab.optim.modeltools import decouple as _decouple
 
 
 def _with_decouple(build):

@@ -9,9 +9,9 @@ forwards only the values that were set, and the part fills in the rest.
 from __future__ import annotations
 
 from optlab import api
-from optlab.hparams import PART_DEFAULT, defaults_from, given
-from optlab.rules import Rule, Schedule
-from optlab.selectors import Selector, rest
+from optlab.optim.hparams import PART_DEFAULT, defaults_from, given
+from optlab.optim.rules import Rule, Schedule
+from optlab.optim.selectors import Selector, rest
 
 
 def _selector(sel) -> Selector:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optlab.selectors import Selector, by_predicate, is_norm_affine, is_weight_norm_scale, regex, rest
+from optlab.optim.selectors import Selector, by_predicate, is_norm_affine, is_weight_norm_scale, regex, rest
 
 
 def norm() -> Selector:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from optlab.hparams import HParam, choice, nonneg, optional, positive, positive_int, unit_interval
-from optlab.rules import Stepper
+from optlab.optim.hparams import HParam, choice, nonneg, optional, positive, positive_int, unit_interval
+from optlab.optim.rules import Stepper
 
 LR = nonneg(0.1, "learning rate")
 MOMENTUM = unit_interval(0.9, "heavy-ball momentum of the gradient buffer")

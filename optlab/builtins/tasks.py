@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optlab.tasks import Task, split_validation
+from optlab.training.tasks import Task, split_validation
 
 SPLIT_SEED = 0  # train/val/test splits are fixed; the run seed drives init and shuffling
 

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .hparams import unknown_name
+from optlab.optim.hparams import unknown_name
 
 __all__ = [
     "Uniform",

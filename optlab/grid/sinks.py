@@ -283,8 +283,8 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
     """
     import inspect
 
-    from . import registry
-    from .hparams import unknown_name
+    from optlab.optim.hparams import unknown_name
+    from optlab.plugin import registry
 
     if not table:
         return []

@@ -26,39 +26,22 @@ re-running a grid runs exactly the trials that have no result yet.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
-import math
-import os
 import re
-import sys
 import tomllib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import api, registry
-from .hparams import unknown_name
-from .store import Store
-from .train import RUN_KEYS, RunConfig
-from .trial import environment, run_trial
+from optlab import api
+from optlab.optim.hparams import unknown_name
+from optlab.plugin import registry
+from optlab.training.config import RUN_KEYS, RunConfig
 
-__all__ = [
-    "GridSpec",
-    "GridInterrupted",
-    "Trial",
-    "load_spec",
-    "expand",
-    "tuning_trials",
-    "evaluation_trials",
-    "select_configs",
-    "run_grid",
-    "grid_status",
-    "SpecError",
-    "environment",
-    "run_trial",
-]
+from .trial import Trial, trial_id
+
+__all__ = ["GridSpec", "SpecError", "load_spec", "expand", "search_settings"]
 
 TOP_KEYS = (
     "name",
@@ -80,8 +63,6 @@ SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
 EVAL_SEED_BASE = 1000
-#: part of every trial id: trials run before validation splits existed (data version 1) have other ids
-DATA_VERSION = 2
 
 
 class SpecError(ValueError):
@@ -105,28 +86,6 @@ class GridSpec:
         if isinstance(seeds, int):
             seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
         return {"evaluation_seeds": seeds, "select": p.get("select", "val_acc")}
-
-
-@dataclass(frozen=True)
-class Trial:
-    id: str
-    config: dict
-    arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
-    stage: str = "tuning"  # "tuning" or "evaluation"
-    selection: dict | None = None
-
-    @property
-    def label(self) -> str:
-        c = self.config
-        hp = ",".join(f"{k}={v}" for k, v in sorted(c["hparams"].items()))
-        stage = " [eval]" if self.stage == "evaluation" else ""
-        procs = f" nproc={c['nproc']}" if c.get("nproc", 1) != 1 else ""
-        return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{procs}{stage}"
-
-
-def trial_id(config: dict) -> str:
-    canon = json.dumps({**config, "_data_version": DATA_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha1(canon.encode()).hexdigest()[:16]
 
 
 def _type_error(where: str, key: str, value, expected: str) -> SpecError:
@@ -288,7 +247,7 @@ def _axis(where: str, key: str, value) -> list:
 
 
 def search_settings(spec: GridSpec):
-    """The spec's ``[search]`` table, resolved (:class:`optlab.search.SearchSettings`)."""
+    """The spec's ``[search]`` table, resolved (:class:`optlab.grid.search.SearchSettings`)."""
     from .search import SearchError, parse_search
 
     try:
@@ -319,7 +278,7 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
     """All tuning-stage trials of ``spec``, validated (unknown axes, bad values name their key).
 
     The hyperparameter configurations of each ``[[optimizer]]`` block come from the spec's
-    ``[search]`` sampler (:mod:`optlab.search`; default ``grid``, the product of the lists);
+    ``[search]`` sampler (:mod:`optlab.grid.search`; default ``grid``, the product of the lists);
     for ``optuna`` they are the configurations its studies asked so far (``optuna_configs``,
     by block index; :func:`run_grid` asks for more). Evaluation-stage trials depend on the
     tuning results: see :func:`evaluation_trials`.
@@ -401,96 +360,6 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
     return trials
 
 
-def selection_key(config: dict, arm: str) -> tuple[str, str, str]:
-    """What one selection is made within: (task, model, arm)."""
-    return config["task"], config["model"], arm
-
-
-def config_label(config: dict) -> str:
-    """A configuration across seeds: everything in the run config but the seed."""
-    return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
-
-
-def select_configs(tuning: list[Trial], records: dict[str, dict], metric: str = "val_acc") -> dict:
-    """The validation-selected configuration of every (task, model, arm).
-
-    Score of a configuration: mean over its tuning seeds of the final-epoch ``metric``
-    (``val_acc`` maximised, ``val_loss`` minimised). Eligible: configurations whose seeds all
-    finished ``ok``; if none is, those with at least one ``ok`` seed (mean over those). Ties go
-    to the smallest :func:`config_label`. Test metrics are never read.
-
-    Returns ``{key: {"config", "score", "configs_tried", "tuning_seeds", "complete"}}``;
-    ``complete`` is False while some tuning trial of that key has no valid result.
-    """
-    sign = 1.0 if SELECT_METRICS[metric] == "max" else -1.0
-    groups: dict[tuple, dict[str, list]] = {}
-    for t in tuning:
-        groups.setdefault(selection_key(t.config, t.arm), {}).setdefault(config_label(t.config), []).append(t)
-    out = {}
-    for key, configs in groups.items():
-        complete = all(t.id in records for ts in configs.values() for t in ts)
-        scored = []
-        for label, ts in configs.items():
-            vals, all_ok = [], True
-            for t in ts:
-                r = records.get(t.id)
-                v = r["metrics"][-1].get(metric) if r and r["status"] == "ok" and r["metrics"] else None
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    vals.append(float(v))
-                else:
-                    all_ok = False
-            if vals:
-                scored.append((all_ok, sign * sum(vals) / len(vals), label, ts[0].config, sum(vals) / len(vals)))
-        seeds = sorted({t.config["seed"] for ts in configs.values() for t in ts})
-        if not scored:
-            out[key] = {
-                "config": None,
-                "score": None,
-                "configs_tried": len(configs),
-                "tuning_seeds": seeds,
-                "complete": complete,
-            }
-            continue
-        eligible = [x for x in scored if x[0]] or scored
-        best = min(eligible, key=lambda x: (-x[1], x[2]))
-        out[key] = {
-            "config": {k: v for k, v in best[3].items() if k != "seed"},
-            "score": best[4],
-            "configs_tried": len(configs),
-            "tuning_seeds": seeds,
-            "complete": complete,
-        }
-    return out
-
-
-def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, dict]) -> tuple[list[Trial], list[str]]:
-    """Evaluation-stage trials: each (task, model, arm)'s validation-selected configuration on the
-    protocol's fresh evaluation seeds. Returns ``(trials, waiting)``: ``waiting`` names the keys whose
-    tuning is not finished (their evaluation trials are not known yet)."""
-    proto = spec.protocol
-    if proto is None:
-        return [], []
-    sel = select_configs(tuning, records, proto["select"])
-    trials, waiting = [], []
-    for key, s in sel.items():
-        if not s["complete"]:
-            waiting.append("/".join(key))
-            continue
-        if s["config"] is None:
-            continue  # every tuning trial failed: nothing to evaluate (the report shows the failures)
-        selection = {
-            "metric": f"final_{proto['select']}",
-            "tuning_seeds": s["tuning_seeds"],
-            "score": s["score"],
-            "configs_tried": s["configs_tried"],
-            "config": config_label({**s["config"], "seed": 0}),
-        }
-        for seed in proto["evaluation_seeds"]:
-            c = {**s["config"], "seed": seed}
-            trials.append(Trial(trial_id(c), c, arm=key[2], stage="evaluation", selection=selection))
-    return trials, waiting
-
-
 _BUILT_OK: set[str] = set()  # (optimizer, hyperparameters) already built successfully in this process
 
 
@@ -512,323 +381,3 @@ def _check_hparams(where: str, name: str, hp: dict) -> None:
     except (ValueError, TypeError, ImportError) as exc:
         raise SpecError(f"{where}: {exc}") from exc
     _BUILT_OK.add(key)
-
-
-class GridInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a grid run; ``counts`` says what finished (everything written stays valid)."""
-
-    def __init__(self, counts: dict):
-        super().__init__("grid run interrupted")
-        self.counts = counts
-
-
-def default_results_dir(spec: GridSpec) -> Path:
-    return Path(spec.data.get("results") or Path("results") / spec.name)
-
-
-def _todo(store: Store, trials: list[Trial], done: dict[str, dict], retry_failed: bool) -> list[Trial]:
-    todo = []
-    for t in trials:
-        if t.id in done:
-            if retry_failed and done[t.id]["status"] == "failed":
-                store.quarantine(store.trials / f"{t.id}.json", "failed; rerun by --retry-failed")
-                todo.append(t)
-            continue
-        todo.append(t)
-    return todo
-
-
-class _Reporter:
-    """Progress of a grid run: a tqdm bar on a terminal; otherwise (a log file, CI, a pipe) one line per
-    finished trial, no carriage returns. Also feeds each finished trial's stored record to the sinks."""
-
-    def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list):
-        from tqdm.auto import tqdm
-
-        self.store, self.total, self.n, self.sinks = store, total, initial, sinks
-        self.counts: dict = {}
-        self.tty = sys.stdout.isatty() and os.environ.get("OPTLAB_NO_PROGRESS") != "1"
-        self.lines = progress and not self.tty
-        self.bar = tqdm(
-            total=total,
-            initial=initial,
-            desc=f"grid {spec.name}",
-            unit="trial",
-            disable=not (progress and self.tty),
-            dynamic_ncols=True,
-        )
-        self._sink_errors: set[str] = set()
-
-    def finished(self, trial: Trial, status: str) -> None:
-        self.counts[status] = self.counts.get(status, 0) + 1
-        self.n += 1
-        self.bar.update(1)
-        self.bar.set_postfix(self.counts, refresh=False)
-        rec = None
-        if status in ("ok", "diverged", "failed") and (self.sinks or self.lines):
-            try:
-                rec = self.store.read(trial.id)
-            except (OSError, ValueError):
-                rec = None
-        if self.lines:
-            secs = f"  {rec['finished'] - rec['started']:.1f}s" if rec and rec.get("started") else ""
-            print(f"[{self.n}/{self.total}] {status:<8} {trial.label}{secs}", flush=True)
-        if rec is not None:
-            self.to_sinks(rec)
-
-    def to_sinks(self, rec: dict) -> None:
-        for sink in self.sinks:
-            try:
-                sink.write(rec)
-            except Exception as exc:  # a sink never stops a grid: the store has the result
-                key = type(sink).__name__
-                if key not in self._sink_errors:
-                    self._sink_errors.add(key)
-                    warnings.warn(
-                        f"sink {key} failed ({type(exc).__name__}: {exc}); the store still has every "
-                        "result: rerun `optlab grid run` to replay it into the sinks",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-
-    def skipped(self, n: int) -> None:
-        self.n += n
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception:
-                pass
-
-
-def _run_trials(store: Store, todo: list[Trial], ex, threads: int | None, rep: _Reporter) -> None:
-    if not todo:
-        return
-    by_id = {t.id: t for t in todo}
-    for tid, status in ex.run(str(store.root), todo, threads):
-        rep.finished(by_id[tid], status)
-
-
-def run_grid(
-    spec: GridSpec | str | Path,
-    *,
-    workers: int | None = None,
-    results: str | Path | None = None,
-    retry_failed: bool = False,
-    threads: int | None = None,
-    progress: bool = True,
-    executor: str | None = None,
-    executor_options: dict | None = None,
-) -> dict:
-    """Run every missing trial of ``spec``; returns counts by outcome.
-
-    Trials run on the spec's ``[executor]`` (default ``local``) or ``executor`` with
-    ``executor_options`` (:mod:`optlab.executors`; ``workers`` is the local pool's size).
-    Every finished trial is mirrored into the spec's ``[sinks]`` (:mod:`optlab.sinks`), and
-    trials already in the store are replayed into them first, so sinks catch up after a crash.
-
-    With a ``[protocol]``, the tuning stage runs first; then each (task, model, arm)'s
-    configuration selected on validation (:func:`select_configs`) runs on the fresh
-    evaluation seeds. Both stages are resumable: rerunning skips what is done.
-    """
-    if not isinstance(spec, GridSpec):
-        spec = load_spec(spec)
-    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-        raise ValueError(f"invalid workers={workers!r}; expected an integer >= 1")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise ValueError(f"invalid threads={threads!r}; expected an integer >= 1")
-    where = f"{spec.path or '<spec>'}.executor"
-    table = spec.data.get("executor") or {}
-    chosen = executor or table.get("name", "local")
-    extra = dict(executor_options or {})
-    if workers is not None:
-        if chosen != "local":
-            raise ValueError(
-                f"--workers sizes the local process pool; executor {chosen!r} takes its parallelism "
-                "from its own options (ray: the cluster's CPUs / cpus_per_trial; submitit: "
-                "array_parallelism)"
-            )
-        extra["workers"] = workers
-    ex = _executor_from_table(where, table, name=executor, extra=extra)
-    search = search_settings(spec)
-    store = Store(results or default_results_dir(spec)).init(spec.text)
-    studies = _optuna_studies(spec, store, search) if search.sampler == "optuna" else None
-    trials = expand(spec, {bi: s.configs() for bi, s in studies.items()} if studies else None)
-    quarantined = store.quarantine_corrupt()
-    done, _ = store.scan()
-    todo = _todo(store, trials, done, retry_failed)
-    proto = spec.protocol
-    n_eval = len({selection_key(t.config, t.arm) for t in trials}) * len(proto["evaluation_seeds"]) if proto else 0
-    threads = threads or ex.default_threads()
-    counts: dict = {"skipped_complete": len(trials) - len(todo)}
-    if quarantined:
-        counts["quarantined"] = len(quarantined)
-    from .sinks import SinkError, make_sinks
-
-    try:
-        sinks = make_sinks(store.root, spec.data.get("sinks"), f"{spec.path or '<spec>'}.sinks")
-    except SinkError as exc:
-        raise SpecError(str(exc)) from exc
-    total = (_optuna_total(spec, search) if studies else len(trials)) + n_eval
-    rep = _Reporter(spec, store, total, len(trials) - len(todo), progress, sinks)
-    try:
-        for rec in done.values():  # sinks catch up with the store (each skips trials it already holds)
-            rep.to_sinks(rec)
-        _run_trials(store, todo, ex, threads, rep)
-        if studies:  # adaptive search: rounds of asked configurations until every block's budget is spent
-            trials = _optuna_tuning(spec, store, studies, search, ex, threads, rep, retry_failed)
-        if proto is not None:
-            done, _ = store.scan()
-            etrials, waiting = evaluation_trials(spec, trials, done)
-            etodo = _todo(store, etrials, done, retry_failed)
-            counts["skipped_complete"] += len(etrials) - len(etodo)
-            rep.skipped(len(etrials) - len(etodo))
-            _run_trials(store, etodo, ex, threads, rep)
-            if waiting:
-                counts["evaluation_waiting"] = ", ".join(waiting)
-    except KeyboardInterrupt as exc:
-        rep.close()
-        raise GridInterrupted(_merge(counts, rep.counts, store)) from exc
-    finally:
-        rep.close()
-    return _merge(counts, rep.counts, store)
-
-
-def _optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
-    """``{block index: (arm, search space, hparam keys in block order)}`` for the optuna sampler."""
-    from .search import SearchError, parse_space
-
-    where = str(spec.path) if spec.path else "<spec>"
-    out = {}
-    for bi, block in enumerate(spec.data.get("optimizer") or []):
-        hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
-        try:
-            space = parse_space(f"{where}.optimizer[{bi}]", hp_block, "optuna", LIST_VALUED)
-        except SearchError as exc:
-            raise SpecError(str(exc)) from exc
-        out[bi] = (block.get("label", block.get("name")), space, list(hp_block))
-    return out
-
-
-def _optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) -> dict:
-    """One Optuna study per optimizer block in ``RESULTS/optuna.db`` (created or resumed)."""
-    from .search import OptunaSearch, SearchError, stream_seed
-
-    db = store.root / "optuna.db"
-    if not create and not db.exists():
-        return {}
-    out = {}
-    for bi, (arm, space, _) in _optuna_spaces(spec).items():
-        try:
-            out[bi] = OptunaSearch(
-                space,
-                db,
-                f"{spec.name}/{bi}-{arm}",
-                search.trials,
-                seed=stream_seed(search.seed, bi, arm),
-                direction=search.direction,
-                batch=search.batch,
-                pruning=search.pruning,
-            )
-        except SearchError as exc:
-            raise SpecError(str(exc)) from exc
-    return out
-
-
-def _optuna_total(spec: GridSpec, search) -> int:
-    """Tuning trials once every study has spent its budget (trials per configuration x budget)."""
-    from .search import sample_configs
-
-    one = {bi: sample_configs(space, "random", n=1, seed=0) for bi, (_, space, _) in _optuna_spaces(spec).items()}
-    return len(expand(spec, one)) * search.trials
-
-
-def _optuna_tuning(spec: GridSpec, store: Store, studies: dict, search, ex, threads, rep, retry_failed) -> list[Trial]:
-    """Ask each block's study for configurations, run their trials, tell each configuration's mean
-    final ``search.metric`` (over its seeds and settings), until every budget is spent."""
-    spaces = _optuna_spaces(spec)
-    while True:
-        asked = {bi: s.ask() for bi, s in studies.items()}
-        if not any(asked.values()):
-            break
-        round_trials = expand(spec, {bi: [hp for _, hp in a] for bi, a in asked.items()})
-        done, _ = store.scan()
-        _run_trials(store, _todo(store, round_trials, done, retry_failed), ex, threads, rep)
-        done, _ = store.scan()
-        for bi, a in asked.items():
-            arm, _, keys = spaces[bi]
-            for number, hp in a:
-                hp = {k: hp[k] for k in keys}
-                ts = [t for t in round_trials if t.arm == arm and t.config["hparams"] == hp]
-                if any(t.id not in done for t in ts):
-                    continue  # held by another live process: its study trial stays open for a later run
-                vals = [
-                    r["metrics"][-1].get(search.metric)
-                    for r in (done[t.id] for t in ts)
-                    if r["status"] == "ok" and r["metrics"]
-                ]
-                vals = [float(v) for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-                studies[bi].tell(number, sum(vals) / len(vals) if vals else None)
-    return expand(spec, {bi: s.configs() for bi, s in studies.items()})
-
-
-def tuning_trials(spec: GridSpec, results: str | Path) -> list[Trial]:
-    """The tuning trials of ``spec`` known for the results directory ``results``: :func:`expand`,
-    and for ``optuna`` search the configurations its studies there have asked so far."""
-    search = search_settings(spec)
-    if search.sampler != "optuna":
-        return expand(spec)
-    studies = _optuna_studies(spec, Store(results), search, create=False)
-    return expand(spec, {bi: s.configs() for bi, s in studies.items()})
-
-
-def _merge(counts: dict, finished: dict, store: Store) -> dict:
-    out = dict(counts)
-    for k, v in finished.items():
-        out[k] = out.get(k, 0) + v
-    out["results"] = str(store.root)
-    return out
-
-
-def _count(trials: list[Trial], good: dict, bad_ids: set, live: set) -> dict:
-    out = {"total": len(trials), "ok": 0, "diverged": 0, "failed": 0, "running": 0, "missing": 0, "invalid": 0}
-    for t in trials:
-        if t.id in good:
-            out[good[t.id]["status"]] += 1
-        elif t.id in live:
-            out["running"] += 1
-        elif t.id in bad_ids:
-            out["invalid"] += 1
-        else:
-            out["missing"] += 1
-    return out
-
-
-def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) -> dict:
-    """Counts of done / diverged / failed / running / missing / invalid trials of ``spec``.
-
-    The top-level counts are the tuning stage's (the whole grid without a protocol);
-    ``evaluation`` holds the evaluation stage's (``waiting``: keys whose tuning is unfinished,
-    so their selected configuration is not known yet); ``invalid_files`` names every trial
-    file that does not validate.
-    """
-    if not isinstance(spec, GridSpec):
-        spec = load_spec(spec)
-    store = Store(results or default_results_dir(spec))
-    trials = tuning_trials(spec, store.root)
-    good, bad = store.scan()
-    live = store.live_claims()
-    bad_ids = {exc.path.stem for exc in bad}
-    out: dict = {**_count(trials, good, bad_ids, live), "results": str(store.root)}
-    if spec.protocol is not None:
-        etrials, waiting = evaluation_trials(spec, trials, good)
-        ev = _count(etrials, good, bad_ids, live)
-        ev["total"] = len({selection_key(t.config, t.arm) for t in trials}) * len(spec.protocol["evaluation_seeds"])
-        ev["missing"] = ev["total"] - sum(ev[k] for k in ("ok", "diverged", "failed", "running", "invalid"))
-        ev["waiting"] = waiting
-        out["evaluation"] = ev
-    out["invalid_files"] = [f"{exc.path.name}: {exc.problem}" for exc in bad]
-    return out

@@ -1,14 +1,15 @@
-"""One trial of a grid, run into the results store: :func:`run_trial` and the :func:`environment`
-recorded with it.
+"""One trial of a grid: :class:`Trial` and its id, and :func:`run_trial`, which runs it into the
+results store with the :func:`environment` recorded with it.
 
-Every executor backend (:mod:`optlab.executors`) runs ``run_trial`` wherever the trial goes, and
-:mod:`optlab.grid` runs it in-process; both import it from here, below both of them, so neither
-imports the other for it.
+Every executor backend (:mod:`optlab.grid.executors`) runs ``run_trial`` wherever the trial goes;
+it sits below them and below the rest of :mod:`optlab.grid`, so none imports another for it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import platform
 import socket
@@ -16,17 +17,39 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .launch import TrialLost
-from .store import CorruptRecord, Store
-from .train import train
+from optlab.store import CorruptRecord, Store
+from optlab.training.launch import TrialLost
+from optlab.training.loop import train
 
-if TYPE_CHECKING:
-    from .grid import Trial
+__all__ = ["Trial", "trial_id", "run_trial", "environment"]
 
-__all__ = ["run_trial", "environment"]
+#: part of every trial id: trials run before validation splits existed (data version 1) have other ids
+DATA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Trial:
+    id: str
+    config: dict
+    arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
+    stage: str = "tuning"  # "tuning" or "evaluation"
+    selection: dict | None = None
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        hp = ",".join(f"{k}={v}" for k, v in sorted(c["hparams"].items()))
+        stage = " [eval]" if self.stage == "evaluation" else ""
+        procs = f" nproc={c['nproc']}" if c.get("nproc", 1) != 1 else ""
+        return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{procs}{stage}"
+
+
+def trial_id(config: dict) -> str:
+    canon = json.dumps({**config, "_data_version": DATA_VERSION}, sort_keys=True, default=str)
+    return hashlib.sha1(canon.encode()).hexdigest()[:16]
 
 
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:

@@ -11,7 +11,7 @@ same parameters, the same forward, computed by the original Python module.
 
 What the optimizer does by itself:
 
-* closure styles (forward-only and torch-standard, :mod:`optlab.closures`):
+* closure styles (forward-only and torch-standard, :mod:`optlab.optim.closures`):
   a refresh step runs its closure, gradient and curvature under :func:`eager`;
 * backward-first: the forward and ``backward(create_graph=...)`` run in the
   user's code, before ``opt.step()``, so they must be inside

@@ -6,14 +6,14 @@ Per step:
    refresh no curvature use a plain ``loss.backward()`` (through DDP's reducer
    when the model is DDP); refresh steps build the gradient with
    ``create_graph=True`` (engine ``autograd``), under ``ddp.no_sync()`` and
-   averaged over ranks by the optimizer (:mod:`optlab.distributed`);
+   averaged over ranks by the optimizer (:mod:`optlab.optim.ddp`);
 2. each refreshing rule asks its estimator for curvature of the tensors its
    schedule names (through an HVP context; products and estimates averaged over
    ranks under DDP);
 3. optional clipping of the gradients (``max_grad_norm``), then each rule's
    stepper updates its parameters.
 
-The loss arrives in one of three styles (:mod:`optlab.closures`): a forward-only
+The loss arrives in one of three styles (:mod:`optlab.optim.closures`): a forward-only
 closure, a torch-standard closure that calls ``backward()`` itself, or
 backward-first (``loss.backward(create_graph=opt.needs_graph()); opt.step()``).
 
@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import compiled, distributed
+from . import compiled
+from . import ddp as distributed
 from .closures import STYLES, TIMED_PHASES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
 from .hvp import get_engine, split_closure_result
 from .rules import Rule, Schedule, check_estimate, partition
@@ -59,14 +60,14 @@ def common_defaults(groups: list[dict]) -> dict:
 
 
 class RuleOptimizer(torch.optim.Optimizer):
-    """Runs a list of :class:`~optlab.rules.Rule` over ``model``'s parameters.
+    """Runs a list of :class:`~optlab.optim.rules.Rule` over ``model``'s parameters.
 
     Args:
         model: the module whose parameters are optimized, or its
             ``DistributedDataParallel`` wrapper (gradients and curvature are then
-            averaged over its process group; see :mod:`optlab.distributed`).
+            averaged over its process group; see :mod:`optlab.optim.ddp`).
             ``DataParallel`` and FSDP are refused.
-        rules: the rules; see :func:`optlab.rules.partition`.
+        rules: the rules; see :func:`optlab.optim.rules.partition`.
         engine: HVP engine, ``"autograd"`` (default, fastest on CPU) or ``"func"``.
         seed: seed for the generators of stochastic estimators; ``None`` draws
             one from torch's global RNG (deterministic after ``torch.manual_seed``;
@@ -180,7 +181,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def refresh_context(self):
         """Context for the forward and backward of a backward-first step under DDP:
         when the next step refreshes curvature, every ``torch.compile`` region runs eagerly
-        (:func:`optlab.compiled.eager`: compiled graphs have no double backward) and, under
+        (:func:`optlab.optim.compiled.eager`: compiled graphs have no double backward) and, under
         DDP, inside ``ddp.no_sync()`` (the optimizer then averages those gradients itself);
         on other steps it does nothing::
 
@@ -252,7 +253,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         after ``loss.backward(create_graph=opt.needs_graph())``.
 
         A refresh step runs the closure, gradient and curvature with every ``torch.compile``
-        region eager (:mod:`optlab.compiled`); other steps run compiled code as it is.
+        region eager (:mod:`optlab.optim.compiled`); other steps run compiled code as it is.
         """
         plan = self._plan()
         refresh = self._refreshing(plan)

@@ -106,7 +106,7 @@ class CurvatureEstimator:
 
     ``estimate(ctx, indices, group, generator)`` returns ``{i: tensor}`` for the
     rule-local parameter indices asked for. ``ctx`` is an
-    :class:`optlab.hvp.CurvatureContext`: Hessian-vector products restricted to
+    :class:`optlab.optim.hvp.CurvatureContext`: Hessian-vector products restricted to
     a support, and (for Gauss-Newton estimators) the model output.
     """
 
@@ -124,7 +124,7 @@ class CurvatureEstimator:
     def estimate(
         self, ctx: CurvatureContext, indices: list[int], group: Mapping[str, Any], generator: torch.Generator | None
     ) -> dict[int, torch.Tensor]:
-        """``{i: estimate}`` for the rule-local ``indices``. ``ctx`` (:class:`optlab.hvp.CurvatureContext`):
+        """``{i: estimate}`` for the rule-local ``indices``. ``ctx`` (:class:`optlab.optim.hvp.CurvatureContext`):
         ``params``/``names`` of the rule, ``hvp``/``hvp_batched``/``dense_block`` (Hessian-vector
         products on a support), ``outputs``/``output_loss_grad``/``output_vjp_batched`` (Gauss-Newton),
         ``loss_and_grad_at`` (the loss and gradient at perturbed parameters), ``hvp_count``/``vjp_count``.

@@ -4,7 +4,7 @@ A selector is a predicate over ``(name, parameter, owner_module)`` -- by module
 type, not by ``p.dim()`` (a weight-norm scale has shape ``[C,1,1,1]``; a conv
 bias is 1-D but not a normalization parameter). Selectors compose with ``|``,
 ``&`` and ``~``. ``rest()`` is the special "everything no other rule took"
-selector, resolved by :func:`optlab.rules.partition`.
+selector, resolved by :func:`optlab.optim.rules.partition`.
 """
 
 from __future__ import annotations

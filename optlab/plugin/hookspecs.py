@@ -9,7 +9,7 @@ group in its ``pyproject.toml``::
 
 Each hook receives ``register``, a callable ``register(name, item)``; call it
 once per item. Names are global per kind: two plugins registering one name is
-an error naming both. The built-ins (``optlab.plugins.builtins``) use exactly
+an error naming both. The built-ins (``optlab.builtins``) use exactly
 these hooks.
 """
 
@@ -25,7 +25,7 @@ hookimpl = pluggy.HookimplMarker("optlab")
 def optlab_register_selectors(register):
     """Register parameter selectors.
 
-    ``register(name, factory)``: ``factory(**options) -> optlab.selectors.Selector``.
+    ``register(name, factory)``: ``factory(**options) -> optlab.optim.selectors.Selector``.
 
     Example::
 
@@ -40,7 +40,7 @@ def optlab_register_selectors(register):
 def optlab_register_estimators(register):
     """Register curvature estimators.
 
-    ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.CurvatureEstimator`
+    ``register(name, cls)``: ``cls`` subclasses :class:`optlab.optim.rules.CurvatureEstimator`
     (``name``, ``hparams``, ``stochastic``, ``target``, ``requires``,
     ``estimate(ctx, indices, group, generator)`` returning ``{index: tensor shaped like
     the parameter}``). ``requires`` (e.g. ``{"engine": "func"}`` or
@@ -58,7 +58,7 @@ def optlab_register_estimators(register):
 def optlab_register_steppers(register):
     """Register steppers.
 
-    ``register(name, cls)``: ``cls`` subclasses :class:`optlab.rules.Stepper`
+    ``register(name, cls)``: ``cls`` subclasses :class:`optlab.optim.rules.Stepper`
     (``name``, ``hparams``, ``needs_curvature``, ``needs_loss``, ``requires``,
     ``step(params, grads, states, group, *, curvature, rule_step)``, in place; with
     ``needs_loss = True`` also ``loss=``, the step's loss).
@@ -90,7 +90,7 @@ def optlab_register_presets(register):
 def optlab_register_tasks(register):
     """Register tasks (data sets with a loss).
 
-    ``register(name, fn)``: ``fn(seed: int, **options) -> optlab.tasks.Task``.
+    ``register(name, fn)``: ``fn(seed: int, **options) -> optlab.training.tasks.Task``.
 
     Example::
 
@@ -122,7 +122,7 @@ def optlab_register_baselines(register):
 
     ``register(name, fn)``: ``fn(model, **hparams) -> torch.optim.Optimizer``; its
     keyword arguments are the baseline's hyperparameters (see ``optlab.api.optimizer_entry``).
-    The optimizer gets optlab's three step styles (``optlab.closures.closure_mix_in``), so the
+    The optimizer gets optlab's three step styles (``optlab.optim.closures.closure_mix_in``), so the
     runner calls ``opt.step(closure)`` with a forward-only closure as for every optimizer. Set
     ``fn.create_graph = True`` when its ``step`` reads ``p.grad`` built with a double-backward
     graph (AdaHessian-like optimizers): the gradient is then taken with ``create_graph=True``.
@@ -141,10 +141,10 @@ def optlab_register_executors(register):
 
     ``register(name, cls)``: ``cls(**options)`` (options from the spec's ``[executor]``
     table or CLI flags) has ``run(root, trials, threads)`` yielding ``(trial_id, status)``
-    as each trial finishes. Each trial must run as ``optlab.trial.run_trial(root, trial,
+    as each trial finishes. Each trial must run as ``optlab.grid.trial.run_trial(root, trial,
     threads)`` in a process that sees ``root`` (results reach the store through the
     shared filesystem, never through the driver); ``status`` is what it returned, or
-    ``"error"`` if the backend lost the trial. See :mod:`optlab.executors`.
+    ``"error"`` if the backend lost the trial. See :mod:`optlab.grid.executors`.
 
     Example::
 
@@ -162,7 +162,7 @@ def optlab_register_sinks(register):
     ``[sinks.NAME]`` table) has ``write(record)``, called once per finished trial with
     the trial's stored JSON record, and ``close()``. The JSON store stays the source of
     truth: a sink only mirrors it, so a sink's ``write`` must tolerate the same trial
-    twice. See :mod:`optlab.sinks`.
+    twice. See :mod:`optlab.grid.sinks`.
 
     Example::
 

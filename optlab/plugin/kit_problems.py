@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hparams import unknown_name
-from .hvp import frozen_batchnorm_stats
-from .modeltools import decouple
-from .selectors import NORM_TYPES, Selector, named_parameters_with_owner
+from optlab.optim.hparams import unknown_name
+from optlab.optim.hvp import frozen_batchnorm_stats
+from optlab.optim.modeltools import decouple
+from optlab.optim.selectors import NORM_TYPES, Selector, named_parameters_with_owner
 
 __all__ = [
     "Problem",

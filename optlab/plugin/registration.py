@@ -7,8 +7,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .hparams import HParam
-from .rules import CurvatureEstimator, EstimateError, Schedule, Stepper, check_estimate, check_requires
+from optlab.optim.hparams import HParam
+from optlab.optim.rules import CurvatureEstimator, EstimateError, Schedule, Stepper, check_estimate, check_requires
 
 
 class PluginError(ValueError):
@@ -41,7 +41,7 @@ def _check_method(kind, name, plugin, cls, method: str, required: list[str]) -> 
 def _check_hparams(kind, name, plugin, cls) -> None:
     hp = getattr(cls, "hparams", None)
     if not isinstance(hp, dict) or not all(isinstance(v, HParam) for v in hp.values()):
-        _fail(kind, name, plugin, "hparams must be a dict of optlab.hparams.HParam")
+        _fail(kind, name, plugin, "hparams must be a dict of optlab.optim.hparams.HParam")
 
 
 def _check_requires(kind, name, plugin, cls) -> dict[str, str]:
@@ -57,9 +57,10 @@ def _smoke_estimator(name: str, plugin: str, cls) -> None:
     closure it declares in ``requires`` (default: ``autograd``, a closure returning the loss only)."""
     import torch
 
-    from .hvp import get_engine
-    from .problems import make_problem
-    from .selectors import by_predicate, is_norm_affine
+    from optlab.optim.hvp import get_engine
+    from optlab.optim.selectors import by_predicate, is_norm_affine
+
+    from .kit_problems import make_problem
 
     requires = _check_requires("estimator", name, plugin, cls)
     pb = make_problem("mlp_bn1d")

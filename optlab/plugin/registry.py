@@ -25,9 +25,10 @@ from typing import Any
 
 import pluggy
 
+from optlab.optim.hparams import unknown_name
+
 from . import hookspecs
-from .hparams import unknown_name
-from .validation import PluginError, validate_item
+from .registration import PluginError, validate_item
 
 __all__ = ["KINDS", "Entry", "get", "items", "plugin_manager", "register_plugin", "reset", "load_errors"]
 
@@ -43,7 +44,7 @@ KINDS = {
     "executor": "optlab_register_executors",
     "sink": "optlab_register_sinks",
 }
-BUILTINS = "optlab.plugins.builtins"
+BUILTINS = "optlab.builtins"
 
 
 @dataclass(frozen=True)

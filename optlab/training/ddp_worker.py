@@ -1,8 +1,8 @@
 """One process of a multi-process trial: what ``torch.distributed.run`` starts ``nproc`` times.
 
-``python -m optlab.ddp_worker JOB.json`` (started by :func:`optlab.launch.launch_trial`):
+``python -m optlab.training.ddp_worker JOB.json`` (started by :func:`optlab.training.launch.launch_trial`):
 joins the process group (gloo on CPU, NCCL on CUDA with process r on ``cuda:r``), runs
-:func:`optlab.train.train` with this process's :class:`optlab.distributed.RankContext`,
+:func:`optlab.training.loop.train` with this process's :class:`optlab.optim.ddp.RankContext`,
 and writes its result to ``rank<r>.json`` beside the job. Rank 0 also appends each
 epoch's metrics row to ``events.jsonl`` (the launcher hands it to ``on_epoch``).
 
@@ -25,9 +25,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .distributed import RankContext
-from .store import SCHEMA_VERSION, atomic_write, pid_alive
-from .train import RunConfig, train
+from optlab.store import SCHEMA_VERSION, atomic_write, pid_alive
+
+from .config import RunConfig
+from .loop import train
+from .ranks import RankContext
 
 __all__ = ["main", "watch_launcher"]
 
@@ -45,7 +47,7 @@ def watch_launcher(launcher_pid: int, interval: float = 0.5) -> threading.Thread
         while True:
             time.sleep(interval)
             if os.getppid() != parent or not pid_alive(launcher_pid):
-                sys.stderr.write("optlab.ddp_worker: the launching process is gone; exiting\n")
+                sys.stderr.write("optlab.training.ddp_worker: the launching process is gone; exiting\n")
                 os._exit(LAUNCHER_GONE)
 
     t = threading.Thread(target=watch, name="optlab-launcher-watch", daemon=True)
@@ -81,7 +83,7 @@ def _train(job: dict, events: Path, rank: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m optlab.ddp_worker JOB.json (started by optlab.launch)\n")
+        sys.stderr.write("usage: python -m optlab.training.ddp_worker JOB.json (started by optlab.training.launch)\n")
         return 2
     job_path = Path(args[0])
     job = json.loads(job_path.read_text())
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     atomic_write(job_path.parent / f"rank{rank}.json", json.dumps(res, default=str))
     if res["status"] == "failed":
-        sys.stderr.write(f"optlab.ddp_worker rank {rank}: {res['error']}\n")
+        sys.stderr.write(f"optlab.training.ddp_worker rank {rank}: {res['error']}\n")
         sys.stderr.flush()
         os._exit(1)  # peers may wait in a collective for this process: torchrun stops them
     if dist.is_initialized():

@@ -1,13 +1,13 @@
 """Launch one trial on several processes with ``torch.distributed.run`` (torchrun).
 
-:func:`optlab.train.train` calls :func:`launch_trial` for a configuration with
+:func:`optlab.training.loop.train` calls :func:`launch_trial` for a configuration with
 ``nproc > 1``. It writes the job (configuration, checkpoint path) into a temporary
 directory and runs, as a child process::
 
-    python -m torch.distributed.run --standalone --nproc-per-node N -m optlab.ddp_worker JOB.json
+    python -m torch.distributed.run --standalone --nproc-per-node N -m optlab.training.ddp_worker JOB.json
 
 ``--standalone`` rendezvouses on a free local port, so trials of a grid can run side by
-side. Each of the N processes (:mod:`optlab.ddp_worker`) trains a DistributedDataParallel
+side. Each of the N processes (:mod:`optlab.training.ddp_worker`) trains a DistributedDataParallel
 replica on its shard of every global batch (CPU: gloo; ``device = "cuda"``: NCCL, process
 r on ``cuda:r``); rank 0 alone writes the checkpoint, streams each epoch's metrics row
 back (the caller's ``on_epoch`` sees them as they come) and writes the result, which
@@ -21,7 +21,7 @@ the others fail only because their peer vanished; then no result is made up:
 :class:`TrialLost` is raised, the checkpoint of the last finished epoch stays, and the
 next run resumes from it (the grid counts the trial as ``error`` and reruns it). The
 processes of a trial exit when the launching process disappears (``kill -9`` included):
-each watches it (:func:`optlab.ddp_worker.watch_launcher`), so nothing is left behind
+each watches it (:func:`optlab.training.ddp_worker.watch_launcher`), so nothing is left behind
 to race a rerun for the checkpoint.
 
 Ctrl-C: a launcher that handles SIGINT (``optlab train``) lets torchrun and the workers
@@ -46,12 +46,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .train import RunConfig
+    from .config import RunConfig
 
 __all__ = ["launch_trial", "TrialLost", "torchrun_command"]
 
 #: the module each torchrun process runs
-WORKER_MODULE = "optlab.ddp_worker"
+WORKER_MODULE = "optlab.training.ddp_worker"
 #: an error text that means "a peer process went away", not "this configuration fails"
 PEER_LOST = re.compile(
     r"Connection (reset|closed) by peer|gloo/transport|DistNetworkError|DistBackendError|Broken pipe|"

@@ -5,227 +5,36 @@
 so far kept) or ``failed`` (an exception; its text kept). With a checkpoint path
 the run saves its full state after every epoch (atomically) and resumes from it,
 reaching the same final metrics as an uninterrupted run. With ``nproc > 1`` the run
-is launched on that many processes with ``torch.distributed.run`` (:mod:`optlab.launch`),
+is launched on that many processes with ``torch.distributed.run`` (:mod:`optlab.training.launch`),
 each training a DistributedDataParallel replica on its shard of every global batch
-(:class:`optlab.distributed.RankContext`).
+(:class:`optlab.training.ranks.RankContext`).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
 import traceback
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from . import api, registry
-from .closures import TIMED_PHASES, StepAccounting
-from .distributed import RankContext
-from .hparams import unknown_name, validate
+from optlab import api
+from optlab.optim.closures import TIMED_PHASES, StepAccounting
+from optlab.optim.hparams import validate
+from optlab.plugin import registry
+from optlab.store import SCHEMA_VERSION
+
+from .checkpoint import load_checkpoint, reject_checkpoint, save_checkpoint
+from .config import RunConfig, lr_factor
 from .launch import TrialLost, launch_trial
-from .store import SCHEMA_VERSION, atomic_write
+from .ranks import RankContext
 from .tasks import make_model, make_task
 
-__all__ = ["RunConfig", "train", "RUN_KEYS", "lr_factor", "use_task_loss"]
-
-SCHEDULES = ("constant", "multistep", "cosine")
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a training run (hyperparameters of the optimizer in ``hparams``)."""
-
-    task: str = "digits"
-    model: str = "cnn-bn"
-    optimizer: str = "sgd-ph"
-    hparams: dict = field(default_factory=dict)
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    lr_schedule: str = "constant"
-    milestones: list | None = None  # epochs; default for multistep: [epochs/2, 3*epochs/4]
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    decouple: bool = False
-    engine: str = "autograd"
-    task_options: dict = field(default_factory=dict)
-    model_options: dict = field(default_factory=dict)
-    device: str = "cpu"
-    compile: bool = False  # torch.compile the model: plain steps compiled, refresh steps eager (optlab.compiled)
-    nproc: int = 1  # processes of one trial (DDP via torchrun); batch_size is the global batch
-
-    def to_dict(self) -> dict:
-        """The settings as a dict; keys added after trial ids existed are left out at their
-        default (:data:`OMIT_AT_DEFAULT`), so the id of every earlier configuration is unchanged."""
-        d = asdict(self)
-        for k, default in OMIT_AT_DEFAULT.items():
-            if d.get(k) == default and type(d.get(k)) is type(default):
-                del d[k]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        unknown = [k for k in d if k not in RUN_KEYS]
-        if unknown:
-            raise KeyError(unknown_name("run setting", unknown[0], RUN_KEYS))
-        return cls(**d)
-
-    def validate_run(self) -> RunConfig:
-        """Check the run settings (everything but the optimizer and its hyperparameters)."""
-
-        def num(x):
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        def integer(x, lo):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= lo
-
-        for kind, name in (("task", self.task), ("model", self.model)):
-            if not isinstance(name, str):
-                raise ValueError(f"invalid {kind}={name!r}; expected a registered {kind} name (a string)")
-            registry.get(kind, name)
-        checks = [
-            ("epochs", lambda: integer(self.epochs, 1), "an integer >= 1"),
-            ("batch_size", lambda: integer(self.batch_size, 2), "an integer >= 2"),
-            ("seed", lambda: integer(self.seed, 0), "an integer >= 0"),
-            ("lr_schedule", lambda: self.lr_schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
-            (
-                "milestones",
-                lambda: (
-                    self.milestones is None
-                    or (isinstance(self.milestones, list) and all(num(m) and m >= 0 for m in self.milestones))
-                ),
-                "a list of epochs (numbers >= 0)",
-            ),
-            ("gamma", lambda: num(self.gamma) and 0 < self.gamma <= 1, "a number in (0, 1]"),
-            (
-                "warmup_epochs",
-                lambda: num(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
-                f"a number in [0, epochs={self.epochs!r})",
-            ),
-            ("decouple", lambda: isinstance(self.decouple, bool), "true or false"),
-            ("compile", lambda: isinstance(self.compile, bool), "true or false"),
-            ("engine", lambda: self.engine in ("autograd", "func"), "'autograd' or 'func'"),
-            ("task_options", lambda: isinstance(self.task_options, dict), "a table of task options"),
-            ("model_options", lambda: isinstance(self.model_options, dict), "a table of model options"),
-            ("hparams", lambda: isinstance(self.hparams, dict), "a table of hyperparameters"),
-            ("device", lambda: isinstance(self.device, str), "a torch device string such as 'cpu' or 'cuda'"),
-            ("nproc", lambda: integer(self.nproc, 1), "an integer >= 1 (processes of one trial)"),
-            (
-                "batch_size",
-                lambda: self.batch_size % self.nproc == 0,
-                lambda: (
-                    f"a multiple of nproc={self.nproc!r}: each of the {self.nproc} processes trains on an equal "
-                    f"shard of every global batch (e.g. batch_size={_round_down(self.batch_size, self.nproc)})"
-                ),
-            ),
-            (
-                "device",
-                lambda: self.nproc == 1 or self.device in ("cpu", "cuda"),
-                f"'cpu' or 'cuda' with nproc={self.nproc!r} (process r of a multi-process trial uses cuda:r)",
-            ),
-        ]
-        for key, ok, valid in checks:  # in order, lazily: a later check may rely on an earlier one
-            if not ok():
-                valid = valid() if callable(valid) else valid  # a message that is safe only after earlier checks
-                raise ValueError(f"invalid {key}={getattr(self, key)!r}; expected {valid}")
-        return self
-
-    def validate(self) -> RunConfig:
-        self.validate_run()
-        if not isinstance(self.optimizer, str) or self.optimizer not in api.optimizer_names():
-            raise registry.RegistryError(unknown_name("optimizer", self.optimizer, api.optimizer_names()))
-        lr = self.hparams.get("lr")
-        if lr is not None and (
-            not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0 or not math.isfinite(lr)
-        ):
-            raise ValueError(f"invalid lr={lr!r}; expected a finite number >= 0")
-        if self.nproc > 1:
-            self._check_data_parallel()
-        return self
-
-    def _check_data_parallel(self) -> None:
-        """What cannot run under DistributedDataParallel fails before any process starts."""
-        entry = api.optimizer_entry(self.optimizer)
-        if entry.takes_engine and self.engine == "func":
-            raise ValueError(
-                f"invalid engine='func' with nproc={self.nproc}: torch.func transforms bypass "
-                "DistributedDataParallel, so curvature would not be averaged over the processes; "
-                "expected engine='autograd' (or nproc=1)"
-            )
-        if entry.create_graph:
-            raise ValueError(
-                f"optimizer {self.optimizer!r} cannot run with nproc={self.nproc}: it reads a double-backward "
-                "graph from p.grad on every step, which DistributedDataParallel cannot carry. Use nproc=1, or an "
-                "optlab preset that averages curvature over processes itself (e.g. 'adahessian', 'sophia')"
-            )
-
-
-def _round_down(n: int, k: int) -> int:
-    """The largest multiple of ``k`` that is <= ``n`` (at least ``k``)."""
-    return k * max(1, n // k)
-
-
-RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
-#: run settings newer than the trial-id scheme: absent from ``to_dict`` (hence from the id) at these values
-OMIT_AT_DEFAULT = {"compile": False, "nproc": 1}
-
-
-def lr_factor(cfg: RunConfig, epoch: float) -> float:
-    """Learning-rate multiplier at fractional ``epoch``: linear warmup, then the schedule."""
-    if cfg.warmup_epochs and epoch < cfg.warmup_epochs:
-        return (epoch + 1e-12) / cfg.warmup_epochs
-    if cfg.lr_schedule == "cosine":
-        span = max(cfg.epochs - cfg.warmup_epochs, 1e-12)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (epoch - cfg.warmup_epochs) / span)))
-    if cfg.lr_schedule == "multistep":
-        ms = cfg.milestones if cfg.milestones is not None else [cfg.epochs / 2, 3 * cfg.epochs / 4]
-        return cfg.gamma ** sum(epoch >= m for m in ms)
-    return 1.0
-
-
-def _atomic_save(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
-
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "data_generator", "torch_rng", "metrics", "epoch")
-
-
-def load_checkpoint(path: Path, device) -> dict | None:
-    """The checkpoint at ``path``, loaded with ``weights_only=True`` (tensors and plain containers only:
-    a pickled object cannot run code), or None if it cannot be loaded safely or is malformed -- then the
-    file is moved aside (``<name>.rejected-<time>``) with a warning and the run starts from scratch."""
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(ck, dict) or any(k not in ck for k in CHECKPOINT_KEYS):
-            raise ValueError(f"not an optlab checkpoint (expected keys {', '.join(CHECKPOINT_KEYS)})")
-        return ck
-    except Exception as exc:  # unpickling refused, truncated zip, wrong shape: never executed, never fatal
-        _reject_checkpoint(path, exc)
-        return None
-
-
-def _reject_checkpoint(path: Path, exc: BaseException) -> Path:
-    """Move an unusable checkpoint aside (kept for inspection) and warn; the run restarts from scratch."""
-    dest = path.with_name(f"{path.name}.rejected-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    os.replace(path, dest)
-    text = str(exc).strip()
-    reason = text.splitlines()[0][:300] if text else ""
-    warnings.warn(
-        f"checkpoint {path} could not be used ({type(exc).__name__}: {reason}); moved to {dest.name}, "
-        "the run restarts from scratch",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    return dest
+__all__ = ["train", "describe_optimizer", "use_task_loss"]
 
 
 @torch.no_grad()
@@ -265,9 +74,9 @@ def train(
     """Run one configuration; never raises for a failing run (status ``failed`` with the error).
 
     With ``nproc > 1`` (and no ``ranks``: this is not one of the trial's processes) the run is
-    launched with torchrun (:func:`optlab.launch.launch_trial`); a process of it that dies without
-    a result (killed) raises :class:`optlab.launch.TrialLost`: nothing is recorded, the checkpoint
-    stays, and the same call resumes from it. ``ranks`` is set by :mod:`optlab.ddp_worker`.
+    launched with torchrun (:func:`optlab.training.launch.launch_trial`); a process of it that dies without
+    a result (killed) raises :class:`optlab.training.launch.TrialLost`: nothing is recorded, the checkpoint
+    stays, and the same call resumes from it. ``ranks`` is set by :mod:`optlab.training.ddp_worker`.
     """
     cfg = RunConfig.from_dict(config) if isinstance(config, dict) else config
     launcher = ranks is None  # not one of a multi-process trial's processes
@@ -367,7 +176,19 @@ def use_task_loss(opt: Any, task) -> None:
         group["loss"] = validate(owner, "loss", task.loss, spec)
 
 
-def _build(cfg: RunConfig, device, ranks: RankContext):
+class _Parts(NamedTuple):
+    """What one run trains: built by :func:`_build`, rebuilt when a checkpoint is rejected."""
+
+    task: Any
+    model: torch.nn.Module
+    net: torch.nn.Module  # the module the training forward calls: the model, or its DDP wrapper
+    opt: Any
+    sched: Any
+    data_gen: torch.Generator
+    iters: int
+
+
+def _build(cfg: RunConfig, device, ranks: RankContext) -> _Parts:
     """Fresh task, model, the module the training forward calls (the model, or its DDP wrapper:
     :meth:`RankContext.wrap`), optimizer, lr schedule and data generator of ``cfg`` (seeded)."""
     torch.manual_seed(cfg.seed)
@@ -383,18 +204,14 @@ def _build(cfg: RunConfig, device, ranks: RankContext):
         )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
     data_gen = torch.Generator().manual_seed(cfg.seed)
-    return task, model, net, opt, sched, data_gen, iters
+    return _Parts(task, model, net, opt, sched, data_gen, iters)
 
 
-def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext) -> None:
-    """The training loop. Every optimizer (preset or baseline) takes the same forward-only
-    closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
-    (:class:`optlab.closures.StepAccounting`), read per epoch into the metrics. ``ranks``:
-    this process's part of a multi-process trial (a no-op for one process)."""
-    device = ranks.device if ranks.device is not None else torch.device(cfg.device)
-    task, model, net, opt, sched, data_gen, iters = _build(cfg, device, ranks)
-    start = 0
-    # rank 0 alone reads (and may reject) the checkpoint; every rank resumes from what it read
+def _resume(cfg: RunConfig, parts: _Parts, ckpt_path: Path | None, device, ranks: RankContext):
+    """``(parts, checkpoint or None, whether a checkpoint file was there)``: ``parts`` restored from the
+    checkpoint at ``ckpt_path``, or rebuilt fresh when it belongs to another configuration or is
+    damaged (then set aside). Rank 0 alone reads (and may reject) the file; every rank resumes
+    from what it read."""
     had_checkpoint, ck = ranks.from_writer(
         lambda: (
             (True, load_checkpoint(ckpt_path, device))
@@ -404,10 +221,10 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
     )
     if ck is not None:
         try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            data_gen.set_state(ck["data_generator"])
+            parts.model.load_state_dict(ck["model"])
+            parts.opt.load_state_dict(ck["optimizer"])
+            parts.sched.load_state_dict(ck["scheduler"])
+            parts.data_gen.set_state(ck["data_generator"])
             torch.set_rng_state(ck["torch_rng"])
             if (
                 not isinstance(ck["metrics"], list)
@@ -418,56 +235,88 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
                 raise ValueError(f"epoch {ck['epoch']!r} and {len(ck['metrics'])} metric rows do not agree")
         except Exception as exc:  # a checkpoint of another configuration, or damaged: restart cleanly
             if ranks.is_writer:
-                _reject_checkpoint(ckpt_path, exc)
-            task, model, net, opt, sched, data_gen, iters = _build(cfg, device, ranks)
+                reject_checkpoint(ckpt_path, exc)
+            parts = _build(cfg, device, ranks)
             ck = None
+    return parts, ck, had_checkpoint
+
+
+def _train_epoch(cfg: RunConfig, parts: _Parts, forward, ranks: RankContext, bar) -> tuple[float, int, int, bool]:
+    """One pass over the training batches: ``(loss sum, correct, samples, diverged)`` of the global batches.
+    Every optimizer takes the same forward-only closure ``opt.step(lambda: (loss, outputs))``."""
+    loss_sum, correct, seen, diverged = 0.0, 0, 0, False
+    for xb, yb in parts.task.train_batches(cfg.batch_size, parts.data_gen):
+        x, y = xb[ranks.shard(cfg.batch_size)], yb[ranks.shard(cfg.batch_size)]  # this process's shard
+        holder: dict[str, torch.Tensor] = {}
+
+        def closure(x=x, y=y, holder=holder):
+            out = holder["out"] = forward(x)
+            return parts.task.loss_fn(out, y), out
+
+        loss = parts.opt.step(closure)
+        parts.sched.step()
+        step_loss, step_correct, step_seen = ranks.sum(  # the global batch's (every process agrees)
+            [float(loss) * y.shape[0], int((holder["out"].detach().argmax(-1) == y).sum()), y.shape[0]]
+        )
+        if not math.isfinite(step_loss):
+            diverged = True
+            break
+        loss_sum += step_loss
+        correct += int(step_correct)
+        seen += int(step_seen)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    bar.close()
+    return loss_sum, correct, seen, diverged
+
+
+def _checkpoint_state(parts: _Parts, metrics: list, epoch: int) -> dict:
+    """Everything a resumed run needs (:data:`optlab.training.checkpoint.CHECKPOINT_KEYS`)."""
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": parts.opt.state_dict(),
+        "scheduler": parts.sched.state_dict(),
+        "data_generator": parts.data_gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "metrics": metrics,
+        "epoch": epoch,
+    }
+
+
+def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext) -> None:
+    """The training loop. Every optimizer (preset or baseline) takes the same forward-only
+    closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
+    (:class:`optlab.optim.closures.StepAccounting`), read per epoch into the metrics. ``ranks``:
+    this process's part of a multi-process trial (a no-op for one process)."""
+    device = ranks.device if ranks.device is not None else torch.device(cfg.device)
+    parts, ck, had_checkpoint = _resume(cfg, _build(cfg, device, ranks), ckpt_path, device, ranks)
+    start = 0
     result["checkpoint_rejected"] = had_checkpoint and ck is None
     if ck is not None:
         result["metrics"] = ck["metrics"]
         start = result["resumed_from_epoch"] = ck["epoch"]
+    model, opt = parts.model, parts.opt
     result.update(describe_optimizer(cfg, opt))
     result["num_params"] = sum(p.numel() for p in model.parameters())
     if ranks.distributed:
         result["distributed"] = ranks.describe()
     accounting: StepAccounting = opt  # type: ignore[assignment]  # api.optimizer gives every optimizer it
     # the optimizer holds the eager model (parameters, checkpoints); training forwards go through the
-    # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.compiled)
-    forward = torch.compile(net) if cfg.compile else net  # net: the model, or its DDP wrapper
+    # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.optim.compiled)
+    forward = torch.compile(parts.net) if cfg.compile else parts.net  # net: the model, or its DDP wrapper
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
         t0 = dict(accounting.timings)
         h0, v0 = accounting.hvp_count, accounting.vjp_count
-        loss_sum, correct, seen, diverged = 0.0, 0, 0, False
         bar = _progress(
-            iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
+            parts.iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
         )
-        for xb, yb in task.train_batches(cfg.batch_size, data_gen):
-            x, y = xb[ranks.shard(cfg.batch_size)], yb[ranks.shard(cfg.batch_size)]  # this process's shard
-            holder: dict[str, torch.Tensor] = {}
-
-            def closure(x=x, y=y, holder=holder):
-                out = holder["out"] = forward(x)
-                return task.loss_fn(out, y), out
-
-            loss = opt.step(closure)
-            sched.step()
-            step_loss, step_correct, step_seen = ranks.sum(  # the global batch's (every process agrees)
-                [float(loss) * y.shape[0], int((holder["out"].detach().argmax(-1) == y).sum()), y.shape[0]]
-            )
-            if not math.isfinite(step_loss):
-                diverged = True
-                break
-            loss_sum += step_loss
-            correct += int(step_correct)
-            seen += int(step_seen)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-        bar.close()
+        loss_sum, correct, seen, diverged = _train_epoch(cfg, parts, forward, ranks, bar)
         spent = {k: accounting.timings[k] - t0[k] for k in TIMED_PHASES}
         nan2 = (float("nan"), float("nan"))
-        val_loss, val_acc = nan2 if diverged else _evaluate(model, task, "val", ranks)
-        test_loss, test_acc = nan2 if diverged else _evaluate(model, task, "test", ranks)
+        val_loss, val_acc = nan2 if diverged else _evaluate(model, parts.task, "val", ranks)
+        test_loss, test_acc = nan2 if diverged else _evaluate(model, parts.task, "test", ranks)
         if not diverged and not (math.isfinite(test_loss) and math.isfinite(val_loss)):
             diverged = True
         epoch_time = time.perf_counter() - t_epoch
@@ -498,16 +347,5 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             result["error"] = f"non-finite loss in epoch {epoch + 1}"
             return
         if ckpt_path is not None and ranks.is_writer:
-            _atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "data_generator": data_gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "metrics": result["metrics"],
-                    "epoch": epoch + 1,
-                },
-                ckpt_path,
-            )
+            save_checkpoint(_checkpoint_state(parts, result["metrics"], epoch + 1), ckpt_path)
     result["status"] = "ok"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .hparams import unknown_name
+from optlab.optim.hparams import unknown_name
 
 __all__ = ["Task", "make_task", "make_model", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION"]
 
@@ -57,7 +57,7 @@ class Task:
     * ``loss_fn(outputs, y, reduction="mean")`` -- the training loss (also called with
       ``reduction="sum"`` for evaluation); ``loss`` -- its name, ``"cross_entropy"`` or
       ``"mse"``, which the runner passes to estimators that declare a ``loss``
-      hyperparameter (the Gauss-Newton family; :func:`optlab.train.use_task_loss`).
+      hyperparameter (the Gauss-Newton family; :func:`optlab.training.loop.use_task_loss`).
     * ``augment(x, generator)`` -- optional, applied to each training batch; draw only
       from ``generator``.
 
@@ -134,7 +134,7 @@ def make_task(name: str, seed: int = 0, **options) -> Task:
     """
     import inspect
 
-    from . import registry
+    from optlab.plugin import registry
 
     fn = registry.get("task", name)
     fraction = options.get("val_fraction", DEFAULT_VAL_FRACTION)
@@ -147,6 +147,6 @@ def make_task(name: str, seed: int = 0, **options) -> Task:
 
 
 def make_model(name: str, task_info: dict, **options):
-    from . import registry
+    from optlab.plugin import registry
 
     return registry.get("model", name)(task_info, **options)
