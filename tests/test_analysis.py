@@ -288,8 +288,8 @@ def test_report_has_every_section_and_figure(tmp_path):
 
 
 def test_report_on_an_incomplete_grid_lists_missing_trials(tmp_path):
-    from optlab.grid import expand, load_spec
-    from optlab.train import train
+    from optlab.grid.spec import expand, load_spec
+    from optlab.training.loop import train
 
     spec = """name = "inc"\nseeds = [0, 1]\n[run]\nepochs = 1\nbatch_size = 256\nmodel_options = {width = 8}\n
 [[setting]]\ntask = "digits"\nmodel = "mlp-bn"\n[[optimizer]]\nname = "sgd"\nlr = [0.1]\n"""
@@ -522,7 +522,8 @@ def test_selection_rule_eligibility_fallback_and_ties():
 
 
 def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
-    from optlab.grid import Trial, config_label, select_configs
+    from optlab.grid.protocol import config_label, select_configs
+    from optlab.grid.trial import Trial
 
     rng = np.random.default_rng(3)
     recs = []
@@ -685,7 +686,8 @@ def test_report_without_the_baseline_says_so():
 def test_real_two_stage_grid_analysis_agrees_with_the_runner(tmp_path):
     """The runner's records (real training, tiny): the analysis selects what the runner evaluated,
     compares on the evaluation seeds, and reads the resolved hyperparameters the trials recorded."""
-    from optlab.grid import load_spec, run_grid
+    from optlab.grid.run import run_grid
+    from optlab.grid.spec import load_spec
 
     spec = load_spec(
         'name = "two-stage"\nseeds = [0, 1]\n[protocol]\nevaluation_seeds = [100, 101, 102]\n'

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import optlab
-from optlab.distributed import SyncBatchNorm, convert_sync_batchnorm
+from optlab.optim.ddp import SyncBatchNorm, convert_sync_batchnorm
 
 WORLD = 2
 STEPS = 4

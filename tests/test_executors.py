@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from optlab import registry
-from optlab.executors import ExecutorError, LocalExecutor, make_executor
-from optlab.grid import expand, load_spec
+from optlab.grid.executors import ExecutorError, LocalExecutor, make_executor
+from optlab.grid.spec import expand, load_spec
+from optlab.plugin import registry
 from optlab.store import Store
 
 SPEC = """

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from optlab.grid import expand, grid_status, load_spec, run_grid
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import expand, load_spec
 from optlab.store import Store, pid_alive
 
 SPEC = """

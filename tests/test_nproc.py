@@ -21,10 +21,13 @@ import nproc_plugin
 import pytest
 import torch
 
-from optlab import registry
-from optlab.grid import SpecError, expand, grid_status, load_spec, trial_id
+from optlab.grid.run import grid_status
+from optlab.grid.spec import SpecError, expand, load_spec
+from optlab.grid.trial import trial_id
+from optlab.plugin import registry
 from optlab.store import pid_alive, validate_record
-from optlab.train import RunConfig, train
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
 TOL = 1e-10  # float64, 2 processes vs 1 on the same global batches (measured: <= 4e-15)
@@ -236,7 +239,7 @@ def _find(pids: list[int], victim: str) -> int | None:
             continue
         if victim == "torchrun" and b"torch.distributed.run" in cmd:
             return p
-        if victim == "rank1" and b"optlab.ddp_worker" in cmd and b"RANK=1" in env:
+        if victim == "rank1" and b"optlab.training.ddp_worker" in cmd and b"RANK=1" in env:
             return p
     return None
 
@@ -368,7 +371,7 @@ def _job(d: Path, **results) -> Path:
 
 
 def test_launcher_tells_a_failing_configuration_from_a_killed_process(tmp_path):
-    from optlab.launch import TrialLost, _collect
+    from optlab.training.launch import TrialLost, _collect
 
     def collect(name, rc, **results):
         d = _job(tmp_path / name, **results)
@@ -389,7 +392,7 @@ def test_launcher_tells_a_failing_configuration_from_a_killed_process(tmp_path):
 
 @pytest.mark.parametrize("n,world", [(64, 2), (30, 4), (3, 4), (1000, 3)])
 def test_shards_cover_every_sample_once(n, world):
-    from optlab.distributed import RankContext
+    from optlab.training.ranks import RankContext
 
     parts = [RankContext(r, world).shard(n) for r in range(world)]
     assert [i for p in parts for i in range(n)[p]] == list(range(n))

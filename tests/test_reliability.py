@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from optlab.grid import SpecError, expand, grid_status, load_spec, run_grid
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import SpecError, expand, load_spec
 from optlab.store import CorruptRecord, Store, validate_record
-from optlab.train import RunConfig, train
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 SPEC = """
 name = "rel"

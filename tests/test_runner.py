@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from optlab.grid import SpecError, expand, grid_status, load_spec, run_grid
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import SpecError, expand, load_spec
 from optlab.store import Store
-from optlab.train import RunConfig, lr_factor, train
+from optlab.training.config import RunConfig, lr_factor
+from optlab.training.loop import train
 
 TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
 
@@ -43,8 +45,8 @@ def _backward_first_losses(cfg: RunConfig) -> list[float]:
     import torch
 
     from optlab import api
-    from optlab.tasks import make_model, make_task
-    from optlab.train import lr_factor
+    from optlab.training.config import lr_factor
+    from optlab.training.tasks import make_model, make_task
 
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options)
@@ -288,7 +290,7 @@ def test_grid_survives_kill_9_mid_trial(tmp_path):
 
 def test_task_features_stay_bounded_after_standardization():
     """digits has border pixels that are constant in the training split: they must not explode."""
-    from optlab.tasks import make_task
+    from optlab.training.tasks import make_task
 
     for name in ("digits", "mnist1d"):
         t = make_task(name)
@@ -304,9 +306,9 @@ def test_gauss_newton_estimators_follow_the_task_loss():
     import torch
 
     import optlab
-    from optlab.tasks import Task
     from optlab.testing import make_problem
-    from optlab.train import use_task_loss
+    from optlab.training.loop import use_task_loss
+    from optlab.training.tasks import Task
 
     def task(loss):
         z = torch.zeros(4, 5)

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optlab.grid import config_label
-from optlab.hparams import unknown_name
+from optlab.grid.protocol import config_label
+from optlab.optim.hparams import unknown_name
 from optlab.store import Store, StoreError
 
 __all__ = [
@@ -110,7 +110,7 @@ def load(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``.
 
-    A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.results_cache`),
+    A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.analysis.cache`),
     rebuilt whenever a trial file is added, changed or removed; ``cache=False`` (or
     ``OPTLAB_NO_CACHE=1``) always builds from the JSON files.
     """
@@ -120,7 +120,7 @@ def load(
         and os.environ.get("OPTLAB_NO_CACHE") != "1"
         and (Path(results) / "trials").is_dir()
     ):
-        from optlab.results_cache import cached_frames
+        from optlab.analysis.cache import cached_frames
         from optlab.store import SCHEMA_VERSION
 
         return cached_frames(
@@ -275,7 +275,9 @@ def expected_trials(results: str | Path) -> list[dict] | None:
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid import evaluation_trials, load_spec, tuning_trials
+    from optlab.grid.protocol import evaluation_trials
+    from optlab.grid.run import tuning_trials
+    from optlab.grid.spec import load_spec
 
     try:  # tuning_trials: for an optuna search, the configurations its studies asked
         spec = load_spec(spec_path)
