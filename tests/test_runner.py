@@ -1,11 +1,8 @@
 """Training runs and ablation grids: determinism, resume, divergence, spec errors, concurrency."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -231,18 +228,33 @@ def test_two_workers_store_every_trial_once(tmp_path):
     assert st["ok"] == len(trials) and st["missing"] == 0
 
 
-def test_concurrent_grid_processes_do_not_duplicate(tmp_path):
+def test_concurrent_grid_processes_do_not_duplicate(tmp_path, gate, blocking_site):
+    """Two ``grid run`` processes on one store: each first stops mid-way through a trial of its own
+    (so both are running at once, by construction), then both race through the rest."""
+    import plugin_site
+
     spec = _spec_file(tmp_path)
+    spec.write_text(
+        spec.read_text().replace('task = "digits"', f'task = "gated"\ntask_options = {gate.toml("digits", 1)}')
+    )
     res = tmp_path / "res"
-    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
-    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--workers", "1"]
+    env = plugin_site.env(blocking_site)
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        stopped = gate.wait_reached(2, alive=lambda: all(p.poll() is None for p in procs))
+        assert {r["pid"] for r in stopped} == {p.pid for p in procs}  # one trial each, at the same time
+        assert len(list((res / "running").glob("*.lock"))) == 2
+    finally:
+        gate.release()
     for p in procs:
-        assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
     trials = expand(load_spec(spec))
     assert _trial_files(res) == sorted(f"{t.id}.json" for t in trials)
-    started = [json.loads((res / "trials" / f).read_text())["started"] for f in _trial_files(res)]
-    assert len(started) == len(trials)
+    records = [json.loads((res / "trials" / f).read_text()) for f in _trial_files(res)]
+    assert all(r["status"] == "ok" and len(r["metrics"]) == 2 for r in records)
+    assert not list((res / "running").iterdir())
 
 
 def test_half_written_result_is_not_complete(tmp_path):
@@ -253,37 +265,70 @@ def test_half_written_result_is_not_complete(tmp_path):
     assert store.ids() == {"abc"}
 
 
+KILL_SPEC = """
+name = "kill"
+seeds = [0, 1]
+[run]
+epochs = 4
+batch_size = 128
+model_options = {{width = 16}}
+[[setting]]
+task = "gated"
+model = "mlp-bn"
+task_options = {options}
+[[optimizer]]
+name = "sgd-ph"
+lr = 0.05
+[[optimizer]]
+name = "sgd"
+lr = 0.05
+"""
+
+
 @pytest.mark.slow
-def test_grid_survives_kill_9_mid_trial(tmp_path):
-    spec = _spec_file(tmp_path, epochs=6, lrs="[0.05]")
+def test_grid_survives_kill_9_mid_trial(tmp_path, gate, blocking_site):
+    """kill -9 of ``grid run`` (trials run in its process) while one trial is complete and the next is
+    stopped after epoch 2 with that epoch's checkpoint on disk (``fixtures_blocking``: the first trial
+    passes the gate, the second waits there); a rerun keeps the complete one and resumes the other."""
+    import plugin_site
+    import torch
+
+    spec = tmp_path / "g.toml"
+    spec.write_text(KILL_SPEC.format(options=gate.toml("digits", block_after=2, pass_first=1)))
     res = tmp_path / "res"
     trials = expand(load_spec(spec))
-    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
-    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # kill once at least one trial is complete and another has a checkpoint (mid-trial)
-    while time.time() < deadline:
-        done = list((res / "trials").glob("*.json")) if (res / "trials").exists() else []
-        cks = list((res / "checkpoints").glob("*.pt")) if (res / "checkpoints").exists() else []
-        if done and cks:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--workers", "1"]
+    log = tmp_path / "grid.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=plugin_site.env(blocking_site), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        (stopped,) = gate.wait_reached(1, alive=lambda: proc.poll() is None, log=log)
+        assert stopped["pid"] == proc.pid and stopped["epoch"] == 2
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
     before = {f: (res / "trials" / f).read_text() for f in _trial_files(res)}
-    assert 0 < len(before) < len(trials)
+    assert len(before) == 1  # the trial that passed the gate; the next one was killed mid-way
+    (ck,) = (res / "checkpoints").glob("*.pt")
+    killed = ck.stem
+    assert f"{killed}.json" not in before
+    assert torch.load(ck, weights_only=True)["epoch"] == 2  # the checkpoint of the epoch before the stop
     st = grid_status(spec, results=res)
-    assert st["running"] == 0 and st["missing"] == len(trials) - len(before)  # dead claim is not 'running'
+    assert st["running"] == 0 and st["missing"] == len(trials) - 1  # a dead claim is not 'running'
+    gate.release()
     counts = run_grid(spec, workers=1, results=res, progress=False)
-    assert counts["skipped_complete"] == len(before)
+    assert counts["skipped_complete"] == 1 and counts["ok"] == len(trials) - 1
     after = _trial_files(res)
     assert after == sorted(f"{t.id}.json" for t in trials)
     for f, text in before.items():
         assert (res / "trials" / f).read_text() == text  # completed trials untouched
-    resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
-    assert any(r["resumed_from_epoch"] for r in resumed)  # the killed trial continued from its checkpoint
-    assert not list((res / "running").iterdir())
+    records = {f[: -len(".json")]: json.loads((res / "trials" / f).read_text()) for f in after if f not in before}
+    assert {k: r["resumed_from_epoch"] for k, r in records.items()} == {
+        k: (2 if k == killed else None) for k in records
+    }  # the killed trial continued from its checkpoint, the others started fresh
+    uninterrupted = train(RunConfig.from_dict(records[killed]["config"]), progress=False)
+    assert _strip(records[killed]["metrics"]) == _strip(uninterrupted["metrics"])
+    assert not list((res / "running").iterdir()) and not list((res / "checkpoints").glob("*.pt"))
 
 
 def test_task_features_stay_bounded_after_standardization():
