@@ -49,13 +49,22 @@ class LocalExecutor:
         ex = ProcessPoolExecutor(
             max_workers=min(self.workers, max(1, len(trials))), mp_context=ctx, initializer=_pool_worker_init
         )
-        pending = {ex.submit(run_trial_job, root, t, threads): t for t in trials}
+        todo = iter(trials)
+        pending: dict = {}
 
-        def drain():
+        def hand_out():
+            # at most `workers` trials in the pool at once: the pool moves submitted work into its call
+            # queue ahead of time, and a queued trial (no longer cancellable) would start after Ctrl-C
+            while len(pending) < self.workers and (t := next(todo, None)) is not None:
+                pending[ex.submit(run_trial_job, root, t, threads)] = t
+
+        def drain(more: bool):
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    t = pending.pop(f)
+                done = [(pending.pop(f), f) for f in finished]
+                if more:
+                    hand_out()
+                for t, f in done:
                     if not f.cancelled():
                         yield trial_outcome(t, f.result)
 
@@ -77,7 +86,8 @@ class LocalExecutor:
         # decides, the workers ignore SIGINT. AbandonRunning (SIGTERM from `optlab grid run`, e.g. a
         # batch system's time limit) abandons at once.
         try:
-            yield from drain()
+            hand_out()
+            yield from drain(more=True)
         except AbandonRunning:
             abandon()
             raise
@@ -92,7 +102,7 @@ class LocalExecutor:
                 flush=True,
             )
             try:
-                yield from drain()
+                yield from drain(more=False)
             except KeyboardInterrupt:
                 abandon()
                 raise
