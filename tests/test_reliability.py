@@ -14,7 +14,7 @@ import torch
 
 from optlab.grid.run import grid_status, run_grid
 from optlab.grid.spec import SpecError, expand, load_spec
-from optlab.store import CorruptRecord, Store, validate_record
+from optlab.store import CorruptRecord, Store
 from optlab.training.config import RunConfig
 from optlab.training.loop import train
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from optlab.hookspecs import hookimpl
+from optlab.plugin.hookspecs import hookimpl
 from optlab.training.tasks import Task, make_task
 
 __all__ = ["Gate", "GatedTask", "gated", "toml_inline"]
