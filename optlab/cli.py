@@ -59,9 +59,9 @@ def cmd_plugins(args) -> int:
 
     errors = registry.load_errors()
     rows = [
-        (kind, e.name, e.plugin, _summary(e.item))
+        (kind, name, e.plugin, _summary(e.item))
         for kind in registry.KINDS
-        for e in sorted(registry.items(kind).values(), key=lambda e: e.name)
+        for name, e in sorted(registry.items(kind).items(), key=lambda ne: (ne[1].name, ne[0]))
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     indent = sum(w) + 6
@@ -73,6 +73,11 @@ def cmd_plugins(args) -> int:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {lines[0]}")
         for line in lines[1:]:
             print(" " * indent + line)
+    clashes = registry.clashes()
+    if clashes:
+        print("\nclashes: several plugins provide these short names; use a qualified name <plugin>:<item>")
+        for (kind, short), choices in clashes.items():
+            print(f"  {kind} {short!r}: {', '.join(choices)}")
     if getattr(args, "hparams", False):
         _print_optimizer_hparams(width)
     for e in errors:

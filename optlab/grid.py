@@ -42,7 +42,7 @@ from . import api, registry
 from .hparams import unknown_name
 from .store import Store
 from .train import RUN_KEYS, RunConfig
-from .trial import environment, run_trial
+from .trial import environment, resolved_names, run_trial
 
 __all__ = [
     "GridSpec",
@@ -78,6 +78,8 @@ BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest ar
 PROTOCOL_KEYS = ("evaluation_seeds", "select")
 SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: an arm's default label is its optimizer's name, which may be qualified (``fisher:sgd-ef``)
+ARM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 #: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
 EVAL_SEED_BASE = 1000
 #: part of every trial id: trials run before validation splits existed (data version 1) have other ids
@@ -358,10 +360,14 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
             if "name" not in block:
                 raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
             oname = block["name"]
-            if not isinstance(oname, str) or oname not in api.optimizer_names():
+            if not isinstance(oname, str):
                 raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
+            try:  # short or qualified (<plugin>:<name>); unknown or ambiguous names list the choices
+                api.optimizer_entry(oname)
+            except registry.RegistryError as exc:
+                raise SpecError(f"{bwhere}.name: {exc}") from exc
             arm = block.get("label", oname)
-            if not isinstance(arm, str) or not NAME_RE.match(arm):
+            if not isinstance(arm, str) or not (NAME_RE.match(arm) or ("label" not in block and ARM_RE.match(arm))):
                 raise SpecError(
                     f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
                     "or '-' (it names this optimizer arm in comparisons)"
@@ -526,10 +532,31 @@ def default_results_dir(spec: GridSpec) -> Path:
     return Path(spec.data.get("results") or Path("results") / spec.name)
 
 
+def _check_same_items(t: Trial, rec: dict, cache: dict) -> None:
+    """A stored trial counts as done only if its names still resolve to the plugins' items that ran it
+    (its record's ``resolved``; records without it predate qualified names and are taken as they are)."""
+    then = rec.get("resolved")
+    if not then:
+        return
+    key = (t.config["optimizer"], t.config["task"], t.config["model"])
+    if key not in cache:
+        cache[key] = resolved_names(t.config)
+    now = cache[key]
+    changed = {k: (then[k], now[k]) for k in now if k in then and then[k] != now[k]}
+    if changed:
+        what = "; ".join(f"{k} {t.config[k]!r} ran as {a!r} but now resolves to {b!r}" for k, (a, b) in changed.items())
+        raise SpecError(
+            f"trial {t.id} ({t.label}) is stored, but {what}. Write the qualified name in the spec "
+            f"(e.g. {next(iter(changed.values()))[1]!r}) to run it, or use another results directory."
+        )
+
+
 def _todo(store: Store, trials: list[Trial], done: dict[str, dict], retry_failed: bool) -> list[Trial]:
-    todo = []
+    todo: list[Trial] = []
+    cache: dict = {}
     for t in trials:
         if t.id in done:
+            _check_same_items(t, done[t.id], cache)
             if retry_failed and done[t.id]["status"] == "failed":
                 store.quarantine(store.trials / f"{t.id}.json", "failed; rerun by --retry-failed")
                 todo.append(t)

@@ -20,8 +20,19 @@ INTRO = """\
 
 Every extension point of optlab is one pluggy hook in `optlab/hookspecs.py`. A plugin module
 implements some of them with `@optlab.hookimpl` and is exposed through the `optlab` entry-point
-group. Each hook receives `register(name, item)`; call it once per item. Names are global per
-kind (two plugins registering one name is an error naming both). Items from plugins other than
+group. Each hook receives `register(name, item)`; call it once per item.
+
+**Names.** Every item has a qualified name `<plugin>:<item>` (`builtins:sgd-ph`,
+`fisher:levenberg_newton`; `<plugin>` is the entry-point name), which always works in the API
+(`optlab.optimizer("builtins:sgd-ph", model)`), in grid specs and on the command line. A short
+name works when exactly one plugin provides it. Two plugins may register the same short name:
+loading is fine, and only *using* the ambiguous short name is an error that lists the qualified
+choices (`optlab plugins` lists every clash). Inside a plugin's own preset, task and model
+functions an ambiguous short name resolves to that plugin's own item. Item names must not contain
+`:`. A trial record stores the qualified names its optimizer, task and model resolved to
+(`resolved`); its id is computed from the names as the spec writes them.
+
+Items from plugins other than
 the built-ins are validated when registered (class, methods, signatures, `hparams`, `requires`,
 and one run on a tiny problem under what the item declares, checking returned shapes, dtypes
 and finiteness). An item that fails validation, like a plugin that fails to import, is reported

@@ -26,7 +26,22 @@ from .train import train
 if TYPE_CHECKING:
     from .grid import Trial
 
-__all__ = ["run_trial", "environment"]
+__all__ = ["run_trial", "environment", "resolved_names"]
+
+
+def resolved_names(config: dict) -> dict[str, str]:
+    """The qualified names (``<plugin>:<item>``) that ``config``'s optimizer, task and model resolve
+    to in this process. A trial's record stores them under ``resolved``; its id stays computed from
+    the names as written, and :func:`optlab.grid.run_grid` refuses to reuse a stored trial whose
+    names now resolve to other plugins' items. Unknown or ambiguous names raise ``RegistryError``."""
+    from . import registry
+    from .api import OPTIMIZER_KINDS
+
+    return {
+        "optimizer": registry.qualify(OPTIMIZER_KINDS, config["optimizer"]),
+        "task": registry.qualify("task", config["task"]),
+        "model": registry.qualify("model", config["model"]),
+    }
 
 
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
@@ -50,6 +65,12 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             except CorruptRecord as exc:
                 store.quarantine(path, exc.problem)
         started = time.time()
+        from .registry import RegistryError
+
+        try:
+            resolved: dict | None = resolved_names(trial.config)
+        except RegistryError:  # unknown or ambiguous here: train records the failure and its reason
+            resolved = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
@@ -65,6 +86,8 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             finished=time.time(),
             env=environment(),
         )
+        if resolved is not None:
+            res["resolved"] = resolved
         if trial.selection is not None:
             res["selection"] = trial.selection
         store.write(trial.id, res)

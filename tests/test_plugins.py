@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from plugin_site import pip_install_to_site, site_env
 
 import optlab
 from optlab import hookspecs, registry
@@ -65,12 +66,59 @@ class _Dup:
         register("sgd-ph", lambda model: [])
 
 
-def test_duplicate_names_name_both_plugins(fresh_registry):
+def test_a_shared_short_name_loads_and_fails_only_where_it_is_used(fresh_registry):
     registry.register_plugin(_Dup, "dupe-plugin")
+    assert registry.items("preset")["builtins:sgd-ph"].plugin == "builtins"  # loading is fine
+    assert registry.items("preset")["dupe-plugin:sgd-ph"].plugin == "dupe-plugin"
+    assert registry.clashes()[("preset", "sgd-ph")] == ["builtins:sgd-ph", "dupe-plugin:sgd-ph"]
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     with pytest.raises(
-        RegistryError, match=r"preset 'sgd-ph' is registered by two plugins: 'builtins' and 'dupe-plugin'"
+        registry.AmbiguousName,
+        match=r"optimizer 'sgd-ph' is ambiguous: 2 plugins provide it\. Use a qualified name: "
+        r"builtins:sgd-ph, dupe-plugin:sgd-ph",
     ):
+        optlab.optimizer("sgd-ph", model)
+    assert isinstance(optlab.optimizer("builtins:sgd-ph", model), optlab.RuleOptimizer)
+    assert optlab.optimizer("sgd", model).defaults["lr"] > 0  # names nobody shares are unaffected
+    assert "builtins:sgd-ph" in optlab.optimizer_names() and "sgd-ph" not in optlab.optimizer_names()
+
+
+def test_one_plugin_registering_a_name_twice_is_an_error(fresh_registry):
+    class Twice:
+        @hookimpl
+        def optlab_register_presets(register):
+            register("twice", lambda model: [])
+            register("twice", lambda model: [])
+
+    registry.register_plugin(Twice, "twice-plugin")
+    with pytest.raises(RegistryError, match=r"plugin 'twice-plugin' registered preset 'twice' twice"):
         registry.items("preset")
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("nope:sgd-ph", r"no plugin 'nope' is loaded, so no optimizer 'sgd-ph'; provided by: builtins:sgd-ph\."),
+        ("builtins:sgd-pj", r"unknown optimizer of plugin 'builtins': 'sgd-pj'\. Did you mean 'sgd-ph'\?"),
+        ("nope:zzz", r"unknown plugin 'nope' in optimizer name 'nope:zzz'\. Plugins with optimizers: builtins"),
+        ("sgd-pj", r"unknown optimizer 'sgd-pj'\. Did you mean 'sgd-ph'\?"),
+    ],
+)
+def test_bad_qualified_names_say_what_exists(fresh_registry, name, match):
+    with pytest.raises(RegistryError, match=match):
+        optlab.optimizer(name, torch.nn.Linear(2, 2))
+
+
+def test_item_names_with_the_separator_are_rejected(fresh_registry, monkeypatch):
+    class Colon:
+        @hookimpl
+        def optlab_register_presets(register):
+            register("a:b", lambda model: [])
+
+    monkeypatch.delenv("OPTLAB_STRICT_PLUGINS", raising=False)
+    registry.register_plugin(Colon, "colon")
+    with pytest.warns(RuntimeWarning, match=r"plugin 'colon': preset 'a:b' rejected: a name must not contain ':'"):
+        assert "a:b" not in registry.items("preset") and "colon:a:b" not in registry.items("preset")
 
 
 class _BadShape:
@@ -283,32 +331,9 @@ def test_conformance_kit_catches_a_broken_stepper():
 def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path):
     """Installed (as a user would, through its entry point) into a private site directory on the
     subprocesses' PYTHONPATH, so the test venv stays as it was for every later test."""
-    pkg = ROOT / "plugins" / "optlab-fisher"
     site = tmp_path / "site"
-    env = {
-        **os.environ,
-        "OPTLAB_NO_PROGRESS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-    }
-    inst = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            "-c",
-            str(ROOT / "constraints.txt"),
-            str(pkg),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert inst.returncode == 0, inst.stderr[-2000:]
+    pip_install_to_site(site, ROOT / "plugins" / "optlab-fisher")
+    env = site_env(site)
     listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True, env=env)
     for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef", "fd_rowsum", "levenberg_newton", "sgd-lm"):
         assert re.search(rf"\b{re.escape(item)}\s+fisher\b", listing.stdout), listing.stdout
