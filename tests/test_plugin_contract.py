@@ -234,3 +234,66 @@ def test_a_model_function_without_decouple_is_built_and_decoupled_by_optlab(fres
     expected = optlab.decouple(make_model("plain", info, decouple=False))
     names = [n for n, _ in dec.named_parameters()]
     assert names == [n for n, _ in expected.named_parameters()] != ["1.weight", "1.bias"]
+
+
+# ------------------------------------------------------------------ the declared contract and its version
+#: ``optlab.plugin_api.__all__`` as released in 0.2.0. Never remove a name here: a release that drops
+#: one from ``__all__`` must list it in ``plugin_api.DEPRECATED`` first (one minor release of warnings).
+PLUGIN_API_0_2_0 = (
+    *("hookimpl", "hookspecs", "SEP", "AmbiguousName", "RegistryError", "PluginError"),
+    *("Stepper", "CurvatureEstimator", "Selector", "Rest", "rest", "by_predicate", "is_norm_affine"),
+    *("is_weight_norm_scale", "named_parameters_with_owner", "NORM_TYPES", "Rule", "Schedule", "REQUIREMENTS"),
+    *("selector", "estimator", "stepper", "CurvatureContext", "check_estimate", "EstimateError"),
+    *("HParam", "nonneg", "positive", "unit_interval", "choice", "positive_int", "optional", "validate"),
+    *("unknown_name", "PART_DEFAULT", "defaults_from", "given"),
+    *("Task", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION", "decouple"),
+    *("check_estimator", "check_stepper", "check_selector", "ESTIMATOR_TARGETS", "Problem", "PROBLEMS"),
+    *("make_problem", "dense_hessian", "fd_hessian", "dense_ggn", "output_hessian", "empirical_fisher_reference"),
+    *("block_slices", "flat", "unflat", "SCHEMA_VERSION", "STATUSES", "validate_record", "DEPRECATED"),
+)
+#: ``ClassVar`` flags of the part base classes at 0.2.0 (with their defaults, which plugins rely on)
+CLASSVARS_0_2_0 = {
+    "Stepper": {"name": "", "hparams": {}, "needs_curvature": False, "needs_loss": False, "needs_schedule": False},
+    "CurvatureEstimator": {"name": "", "hparams": {}, "stochastic": False, "target": "", "requires": {}},
+}
+
+
+def test_plugin_api_keeps_every_released_name_or_deprecates_it():
+    from optlab import plugin_api
+
+    gone = [n for n in PLUGIN_API_0_2_0 if n not in plugin_api.__all__ and n not in plugin_api.DEPRECATED]
+    assert not gone, f"removed from optlab.plugin_api without a deprecation release: {gone}"
+    missing = [n for n in plugin_api.__all__ if not hasattr(plugin_api, n)]
+    assert not missing, f"in __all__ but not importable: {missing}"
+    for name, (replacement, since, removed) in plugin_api.DEPRECATED.items():
+        assert replacement and since and removed, name
+        with pytest.warns(DeprecationWarning, match=re.escape(replacement)):
+            getattr(plugin_api, name)
+    for cls, flags in CLASSVARS_0_2_0.items():
+        for flag, default in flags.items():
+            assert getattr(getattr(plugin_api, cls), flag) == default, (cls, flag)
+
+
+def test_a_retired_name_stays_importable_with_a_warning_naming_its_replacement(monkeypatch):
+    from optlab import plugin_api
+
+    monkeypatch.setitem(plugin_api.DEPRECATED, "old_check", ("optlab.plugin_api.check_stepper", "0.2.0", "0.3.0"))
+    monkeypatch.setitem(plugin_api._RETIRED, "old_check", plugin_api.check_stepper)
+    with pytest.warns(DeprecationWarning, match=r"old_check is deprecated since optlab 0\.2\.0 and will be removed "):
+        from optlab.plugin_api import old_check  # noqa: F401  (the import statement a plugin would have)
+    with pytest.raises(AttributeError, match="has no attribute 'never_was'"):
+        plugin_api.never_was  # noqa: B018
+
+
+def test_version_changelog_and_policy_agree():
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert optlab.__version__ == version, "reinstall optlab (pip install -e .): its metadata is stale"
+    log = (ROOT / "CHANGELOG.md").read_text()
+    section = log.split(f"## [{version}]", 1)[1].split("\n## [", 1)[0]
+    for sub in ("### Added", "### Changed", "### Deprecated", "### Fixed"):
+        assert sub in section, sub
+    assert "Task.meta" in section and "plugin_api" in section and "<plugin>:<item>" in section
+    policy = (ROOT / "docs" / "plugin-hooks.md").read_text()
+    assert "## Versioning and deprecation policy" in policy and "optlab>=0.2,<0.3" in policy
