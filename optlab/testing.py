@@ -9,6 +9,7 @@ built-in passes. The problems and references are re-exported here.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -196,11 +197,16 @@ def check_estimator(
     engine, outputs = _estimator_setup(est_cls, engine)
     if reference is None:
         target = target or est_cls.target
-        if not target:
-            raise ValueError(
-                f"check_estimator: {est_cls.__name__} declares no target; pass target= (one of "
-                f"{', '.join(ESTIMATOR_TARGETS)}) or reference="
+        if not target:  # optlab 0.1.0's default, kept for one release
+            warnings.warn(
+                f"check_estimator: {est_cls.__name__} declares no target and none was passed; comparing with "
+                "'hessian_diag', the default of optlab 0.1.0, which is deprecated and goes in 0.3.0: declare "
+                f"target = 'hessian_diag' on the class or pass target= (one of {', '.join(ESTIMATOR_TARGETS)}) "
+                "or reference=",
+                DeprecationWarning,
+                stacklevel=2,
             )
+            target = "hessian_diag"
     est = est_cls()
     hp = {k: v.default for k, v in est.hparams.items()}
     hp.update(hparams or {})

@@ -4,7 +4,9 @@ subprocesses see through ``PYTHONPATH``, so the test environment stays as it was
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -12,7 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pip_install_to_site(site: Path, *packages: Path) -> None:
-    """``pip install --no-deps --target site`` of each package folder (built from its pyproject)."""
+    """``pip install --no-deps --target site`` of each package folder (built from its pyproject, from a
+    temporary copy so that no build output lands in the repository)."""
+    src = Path(tempfile.mkdtemp(prefix="optlab-plugin-src-"))
+    copies = []
+    for pkg in packages:
+        dest = src / pkg.name
+        shutil.copytree(pkg, dest, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        copies.append(dest)
     out = subprocess.run(
         [
             sys.executable,
@@ -26,11 +35,12 @@ def pip_install_to_site(site: Path, *packages: Path) -> None:
             str(site),
             "-c",
             str(ROOT / "constraints.txt"),
-            *map(str, packages),
+            *map(str, copies),
         ],
         capture_output=True,
         text=True,
     )
+    shutil.rmtree(src, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-2000:]
 
 

@@ -132,6 +132,64 @@ def test_cli_and_spec_take_qualified_names_with_both_installed(clash_site, tmp_p
     assert resolved == ["fisher:sgd-lm", "lab:sgd-marquardt"]
 
 
+# ------------------------------------------------------------------ a plugin written against 0.1.0
+COMPAT = ROOT / "tests" / "fixtures" / "compat010_plugin"
+COMPAT_ITEMS = {
+    "task": "blobs3",
+    "model": "blob-mlp",
+    "selector": "norm_affine",
+    "estimator": ("coord_diag", "rademacher_diag"),
+    "stepper": "damped_newton",
+    "preset": "blob-ph",
+    "baseline": "blob-adamw",
+}
+
+
+@pytest.fixture(scope="module")
+def compat_site(tmp_path_factory) -> Path:
+    site = tmp_path_factory.mktemp("compat-site")
+    pip_install_to_site(site, COMPAT)
+    return site
+
+
+def test_the_0_1_0_plugin_passes_its_own_tests(compat_site, tmp_path):
+    """Its tests run as its author runs them (pytest in its folder), with the package installed; they
+    may warn (a deprecation), never fail."""
+    import shutil
+
+    shutil.copytree(COMPAT / "tests", tmp_path / "tests")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "tests"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=site_env(compat_site),
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    n_tests = len(re.findall(r"^def test_", (COMPAT / "tests" / "test_compat010.py").read_text(), re.M))
+    assert re.search(rf"\b{n_tests} passed\b", out.stdout), out.stdout[-2000:]
+
+
+def test_the_0_1_0_plugin_loads_every_item_and_its_preset_trains_from_the_cli(compat_site, tmp_path):
+    listing = _cli(compat_site, "--strict", "plugins")  # strict: an item failing validation would be fatal
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    for kind, names in COMPAT_ITEMS.items():
+        for name in (names,) if isinstance(names, str) else names:
+            assert re.search(rf"^{kind}\s+{re.escape(name)}\s+compat010\s", listing.stdout, re.M), (kind, name)
+    assert "clashes" not in listing.stdout  # it shares no name with the built-ins
+    out = tmp_path / "run.json"
+    run = _cli(
+        compat_site,
+        *("train", "--optimizer", "blob-ph", "--task", "blobs3", "--model", "blob-mlp"),
+        *("--epochs", "3", "--batch-size", "32", "--out", str(out)),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    losses = [m["train_loss"] for m in rec["metrics"]]
+    assert rec["status"] == "ok" and len(losses) == 3 and losses[-1] < losses[0], rec["metrics"]
+    assert rec["optimizer_plugin"] == "compat010"
+
+
 # ------------------------------------------------------------------ in-process: names, ids and records
 def _preset_plugin(tag: str):
     class P:
