@@ -32,10 +32,11 @@ functions an ambiguous short name resolves to that plugin's own item. Item names
 `:`. A trial record stores the qualified names its optimizer, task and model resolved to
 (`resolved`); its id is computed from the names as the spec writes them.
 
-Items from plugins other than the built-ins are validated when registered (class, methods, signatures, `hparams`, `requires`,
-and one run on a tiny problem under what the item declares, checking returned shapes, dtypes
-and finiteness). An item that fails validation, like a plugin that fails to import, is reported
-with a warning and skipped; every other item and command keeps working.
+Items from plugins other than the built-ins are validated when registered (class, methods,
+signatures, `hparams`, `requires`, and one run on a tiny problem under what the item declares,
+checking returned shapes, dtypes and finiteness). An item that fails validation, like a plugin
+that fails to import, is reported with a warning and skipped; every other item and command keeps
+working (`optlab plugins --check` shows what was skipped and why).
 A test (`tests/test_plugins.py`) fails when this file is not what `optlab.hookdocs` generates.
 
 ## The plugin contract: `optlab.plugin_api`
