@@ -38,6 +38,7 @@ from .selectors import Selector, named_parameters_with_owner, rest
 __all__ = [
     "check_estimator",
     "check_stepper",
+    "check_stepper_formula",
     "check_selector",
     "Problem",
     "PROBLEMS",
@@ -100,12 +101,40 @@ def _estimator_setup(cls, engine: str | None) -> tuple[str, bool]:
     return engine, requires.get("closure") == "loss_outputs"
 
 
-def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6, *, engine: str | None = None) -> None:
-    """A stepper must keep dtype, leave buffers as a plain step does, and resume bit-for-bit.
+#: ``reference(param, grad, curvature, state, group, *, step, loss, schedule, num_tensors) -> new param``
+ReferenceUpdate = Callable[..., torch.Tensor]
+
+
+def check_stepper(
+    stepper_cls,
+    hparams: dict | None = None,
+    steps: int = 6,
+    *,
+    engine: str | None = None,
+    reference: ReferenceUpdate | None = None,
+    refresh_every: int = 2,
+    rtol: float = 1e-12,
+) -> None:
+    """A stepper must keep dtype, leave buffers as a plain step does, resume bit-for-bit, and move the
+    parameters; with ``reference`` its update must be the formula the reference computes.
 
     Curvature steppers get ``rowsum_hvp`` on the channel-wise parameters every step; the
     optimizer runs on the engine the stepper declares in ``requires`` (default ``autograd``).
+
+    ``reference`` (your formula, written independently of the stepper, e.g. from the paper) is called
+    once per tensor and step as ``reference(param, grad, curvature, state, group, *, step, loss,
+    schedule, num_tensors)`` and returns the parameter after the update; ``state`` is a dict the
+    reference owns for that tensor (empty at the first step), ``curvature`` is ``None`` on steps
+    without a refresh, ``step`` counts from 1, ``loss`` and ``schedule`` are what a stepper declaring
+    ``needs_loss`` / ``needs_schedule`` receives (else ``None``), ``group`` the hyperparameters
+    (declared defaults updated with ``hparams``). The kit drives the stepper directly in float64 for
+    ``steps`` steps on two tensors with seeded gradients, signed curvature estimates on every
+    ``refresh_every``-th step (from step 1) and decreasing-then-increasing losses, and compares every
+    parameter after every step to ``rtol`` (relative to the parameter's largest entry). See
+    :func:`check_stepper_formula`.
     """
+    if reference is not None:
+        check_stepper_formula(stepper_cls, reference, hparams, steps=steps, refresh_every=refresh_every, rtol=rtol)
     engine, outputs = _estimator_setup(stepper_cls, engine)
 
     def build(pb):
@@ -134,9 +163,16 @@ def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6, *, e
         ref(a.x)  # a plain train-mode forward on the same parameters and batch
         for (n, x), y in zip(a.model.named_buffers(), ref.buffers()):
             assert torch.equal(x, y), f"{stepper_cls.__name__}: buffer {n} differs from a plain step's"
+        start = [p.detach().clone() for p in oa.param_groups[0]["params"]]
         for _ in range(steps - 1):
             oa.step(a.closure if outputs else a.loss)
         assert all(p.dtype == dtype for p in a.model.parameters()), f"{stepper_cls.__name__} changed dtype"
+        if dtype == torch.float64 and any(oa.param_groups[0].get(k, 0) for k in ("lr", "tau")):
+            moved = any(not torch.equal(p, s0) for p, s0 in zip(oa.param_groups[0]["params"], start))
+            assert moved, (
+                f"{stepper_cls.__name__}: {steps - 1} steps with nonzero gradients left every parameter of its rule "
+                f"unchanged (hyperparameters {_group_summary(oa.param_groups[0])})"
+            )
         ob = build(b)
         for _ in range(steps // 2):
             ob.step(b.closure if outputs else b.loss)
@@ -150,6 +186,94 @@ def check_stepper(stepper_cls, hparams: dict | None = None, steps: int = 6, *, e
             oc.step(c.closure if outputs else c.loss)
         for (n, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
             assert torch.equal(pa, pc), f"{stepper_cls.__name__}: resume differs at {n} ({dtype})"
+
+
+def _group_summary(group: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in group.items() if k not in ("params", "param_names", "rule"))
+
+
+def check_stepper_formula(
+    stepper_cls,
+    reference: ReferenceUpdate,
+    hparams: dict | None = None,
+    *,
+    steps: int = 6,
+    refresh_every: int = 2,
+    rtol: float = 1e-12,
+    seed: int = 0,
+) -> None:
+    """Compare ``stepper_cls``'s update with ``reference`` (see :func:`check_stepper`) in float64.
+
+    Fails, naming the step, tensor and largest difference, when they differ; also fails when the
+    reference never changes a parameter (a comparison that could not catch a do-nothing stepper).
+    """
+    who = stepper_cls.__name__
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(4,), (2, 3)]
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    refs = [p.clone() for p in params]
+    group = {k: v.default for k, v in stepper_cls.hparams.items()}
+    group.update(hparams or {})
+    stepper = stepper_cls()
+    states: list[dict] = [{} for _ in params]
+    ref_states: list[dict] = [{} for _ in params]
+    needs_loss, needs_schedule = (
+        getattr(stepper_cls, "needs_loss", False),
+        getattr(stepper_cls, "needs_schedule", False),
+    )
+    schedule = Schedule(refresh_every, "all", period=len(params)) if needs_schedule else None
+    moved = False
+    for t in range(1, steps + 1):
+        grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+        refresh = (t - 1) % refresh_every == 0
+        curv: list = [torch.randn(s, generator=g, dtype=torch.float64) if refresh else None for s in shapes]
+        loss = torch.tensor(1.0 + abs(t - steps / 2) / steps, dtype=torch.float64)  # falls, then rises
+        extra: dict = {}
+        if needs_loss:
+            extra["loss"] = loss.clone()
+        if needs_schedule:
+            extra["schedule"] = schedule
+        stepper.step(
+            params,
+            [x.clone() for x in grads],
+            states,
+            dict(group),
+            curvature=[None if c is None else c.clone() for c in curv] if stepper_cls.needs_curvature else None,
+            rule_step=t,
+            **extra,
+        )
+        for i, (p, r) in enumerate(zip(params, refs)):
+            new = reference(
+                r.clone(),
+                grads[i].clone(),
+                None if curv[i] is None or not stepper_cls.needs_curvature else curv[i].clone(),
+                ref_states[i],
+                dict(group),
+                step=t,
+                loss=loss.clone() if needs_loss else None,
+                schedule=schedule,
+                num_tensors=len(params),
+            )
+            if not isinstance(new, torch.Tensor) or new.shape != r.shape:
+                raise TypeError(
+                    f"check_stepper: reference must return the updated parameter, a tensor of shape "
+                    f"{tuple(r.shape)}; got {type(new).__name__} {tuple(getattr(new, 'shape', ()))}"
+                )
+            new = new.to(torch.float64)
+            moved = moved or not torch.equal(new, r)
+            refs[i] = new
+            err = (p - new).abs().max().item()
+            scale = max(new.abs().max().item(), 1e-300)
+            assert err <= rtol * scale, (
+                f"{who}: step {t} (curvature {'refreshed' if refresh else 'not refreshed'}), tensor {i} "
+                f"{tuple(p.shape)}: the update differs from the reference by {err:.3e} (relative "
+                f"{err / scale:.2e} > rtol {rtol:.0e}); stepper {p.flatten()[:4].tolist()} vs reference "
+                f"{new.flatten()[:4].tolist()} (first entries); hyperparameters {_group_summary(group)}"
+            )
+    assert moved, (
+        f"check_stepper: the reference for {who} never changed a parameter in {steps} steps "
+        f"(hyperparameters {_group_summary(group)}): it could not tell a stepper that does nothing"
+    )
 
 
 def _reference(target: str, pb: Problem, params: list[torch.Tensor], hp: dict) -> list[torch.Tensor]:

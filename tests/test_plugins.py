@@ -16,7 +16,7 @@ import optlab
 from optlab import hookspecs, registry
 from optlab.hookspecs import hookimpl
 from optlab.registry import RegistryError
-from optlab.testing import ESTIMATOR_TARGETS, check_estimator, check_selector, check_stepper
+from optlab.testing import ESTIMATOR_TARGETS, check_estimator, check_selector, check_stepper, check_stepper_formula
 from optlab.validation import PluginError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,9 +302,138 @@ def test_builtin_estimators_pass_the_conformance_kit(name):
     )
 
 
-@pytest.mark.parametrize("name", sorted(n for n, e in registry.items("stepper").items() if e.plugin == "builtins"))
-def test_builtin_steppers_pass_the_conformance_kit(name):
-    check_stepper(registry.get("stepper", name))
+# Each built-in stepper's update written out from its docstring / paper, independently of its code.
+def _rectify(x, mode, floor, damping):
+    return {"abs": x.abs(), "clip": x.clamp_min(floor), "damping": x.clamp_min(0) + damping}[mode]
+
+
+def sgd_reference(p, g, h, st, grp, *, step, **_):
+    """torch.optim.SGD: d = g + wd p; b = d, then mom b + (1 - damp) d; d = d + mom b (nesterov) or b."""
+    d = g + grp["weight_decay"] * p
+    if grp["momentum"]:
+        st["b"] = d.clone() if step == 1 else grp["momentum"] * st["b"] + (1 - grp["dampening"]) * d
+        d = d + grp["momentum"] * st["b"] if grp["nesterov"] else st["b"]
+    return p - grp["lr"] * d
+
+
+def diag_newton_reference(p, g, h, st, grp, *, step, schedule, num_tensors, **_):
+    """SGD-PH's 1-D rule (arXiv:2403.02681, Alg. 1) with the documented rectification and bias corrections."""
+    beta, tau, eps = grp["hessian_momentum"], grp["tau"], grp["eps"]
+
+    def r(x):
+        return _rectify(x, grp["rectify"], grp["floor"], grp["damping"])
+
+    if h is not None:
+        st["D"] = beta * st.get("D", torch.zeros_like(p)) + (1 - beta) * (r(h) if grp["rectify_at"] == "refresh" else h)
+        st["n"] = st.get("n", 0) + 1
+    st["b"] = g.clone() if step == 1 else grp["momentum"] * st["b"] + g
+    D, n, b = st.get("D", torch.zeros_like(p)), st.get("n", 0), st["b"]
+    use = r if grp["rectify_at"] == "use" else (lambda x: x)
+    if grp["bias_correction"] == "refreshes":
+        u = b if n == 0 else tau * b / (use(D / (1 - beta**n)) + eps)
+    elif grp["bias_correction"] == "reference":
+        period = grp["bias_period"] or schedule.period or num_tensors
+        u = tau * (1 - beta ** (step // period + 1)) * b / (use(D) + eps)
+    else:
+        u = tau * b / (use(D) + eps)
+    return p - grp["lr"] * (u + grp["weight_decay"] * p)
+
+
+def adam_hessian_reference(p, g, h, st, grp, *, step, **_):
+    """AdaHessian (Yao et al. 2021, Alg. 1), decoupled weight decay; no step before the first refresh."""
+    (b1, b2), k = grp["betas"], grp["hessian_power"]
+    st["m"] = b1 * st.get("m", 0 * p) + (1 - b1) * g
+    if h is not None:
+        st["v"], st["n"] = b2 * st.get("v", 0 * p) + (1 - b2) * h * h, st.get("n", 0) + 1
+    if not st.get("n"):
+        return p
+    denom = (st["v"] / (1 - b2 ** st["n"])) ** (k / 2) + grp["eps"]
+    return p - grp["lr"] * ((st["m"] / (1 - b1**step)) / denom + grp["weight_decay"] * p)
+
+
+def clipped_newton_reference(p, g, h, st, grp, *, step, **_):
+    """Sophia (Liu et al. 2023, Alg. 3): p(1 - lr wd) - lr sign(m) min(|m| / max(rho h, eps), 1)."""
+    b1, b2 = grp["betas"]
+    st["m"] = b1 * st.get("m", 0 * p) + (1 - b1) * g
+    if h is not None:
+        st["h"] = b2 * st.get("h", 0 * p) + (1 - b2) * h
+    ratio = torch.minimum(st["m"].abs() / torch.clamp(grp["rho"] * st["h"], min=grp["eps"]), torch.ones_like(p))
+    return p * (1 - grp["lr"] * grp["weight_decay"]) - grp["lr"] * st["m"].sign() * ratio
+
+
+STEPPER_FORMULAS = {
+    "sgd": (
+        sgd_reference,
+        [{}, {"momentum": 0.9, "weight_decay": 0.01}, {"momentum": 0.8, "dampening": 0.3}],
+        [{"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}],
+    ),
+    "diag_newton": (
+        diag_newton_reference,
+        [{}, {"tau": 0.5, "weight_decay": 0.01}, {"tau": 0.5, "rectify_at": "use", "rectify": "clip", "floor": 0.2}],
+        [
+            {"tau": 0.5, "rectify": "damping", "damping": 0.3, "rectify_at": "use"},
+            {"tau": 0.5, "bias_correction": "reference"},
+            {"tau": 0.5, "bias_correction": "reference", "bias_period": 3},
+            {"tau": 0.5, "bias_correction": "none", "momentum": 0.5},
+        ],
+    ),
+    "adam_hessian": (adam_hessian_reference, [{}, {"hessian_power": 0.5, "weight_decay": 0.01}], []),
+    "clipped_newton": (clipped_newton_reference, [{}, {"rho": 1.0, "weight_decay": 0.0}], []),
+}
+
+
+def test_every_builtin_stepper_has_a_formula_check():
+    assert set(STEPPER_FORMULAS) == {n for n, e in registry.items("stepper").items() if e.plugin == "builtins"}
+
+
+@pytest.mark.parametrize("name", sorted(STEPPER_FORMULAS))
+def test_builtin_steppers_pass_the_conformance_kit_with_their_formula(name):
+    reference, (first, *more), extra = STEPPER_FORMULAS[name]
+    check_stepper(registry.get("stepper", name), first, reference=reference)
+    for i, hp in enumerate(more + extra):  # the other variants: the formula alone, refreshes every 1..3 steps
+        check_stepper_formula(registry.get("stepper", name), reference, hp, steps=7, refresh_every=1 + i % 3)
+
+
+class _DoesNothing(optlab.Stepper):
+    name = "does_nothing"
+    hparams = {"lr": optlab.HParam(0.1)}
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        for st in states:
+            st["n"] = st.get("n", 0) + 1
+
+
+class _EmaMomentum(optlab.Stepper):
+    """A wrong SGD: an EMA buffer (1 - momentum) g where torch.optim.SGD's heavy ball adds g."""
+
+    name = "ema_momentum"
+    hparams = optlab.stepper("sgd").hparams
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        for p, g, st in zip(params, grads, states):
+            st["b"] = group["momentum"] * st.get("b", torch.zeros_like(p)) + (1 - group["momentum"]) * g
+            p.add_(st["b"], alpha=-group["lr"])
+
+
+def test_the_kit_fails_a_stepper_that_does_nothing():
+    with pytest.raises(AssertionError, match=r"_DoesNothing: 5 steps with nonzero gradients left every parameter"):
+        check_stepper(_DoesNothing)
+    with pytest.raises(AssertionError, match=r"_DoesNothing: step 1 .*differs from the reference"):
+        check_stepper_formula(_DoesNothing, lambda p, g, h, st, grp, **_: p - grp["lr"] * g)
+
+
+def test_the_kit_fails_a_stepper_with_a_wrong_formula():
+    check_stepper(_EmaMomentum, {"momentum": 0.9})  # without a reference it passes: resumable, moves, keeps dtype
+    with pytest.raises(AssertionError, match=r"_EmaMomentum: step 1 \(curvature refreshed\), tensor 0 \(4,\)"):
+        check_stepper(_EmaMomentum, {"momentum": 0.9}, reference=sgd_reference)
+    with pytest.raises(AssertionError, match=r"DiagNewton: step \d.*differs from the reference"):
+        wrong = lambda p, g, h, st, grp, **kw: diag_newton_reference(p, g, h, st, {**grp, "eps": 2 * grp["eps"]}, **kw)  # noqa: E731
+        check_stepper_formula(registry.get("stepper", "diag_newton"), wrong, {"tau": 0.5})
+
+
+def test_a_reference_that_never_moves_is_refused():
+    with pytest.raises(AssertionError, match=r"the reference for _DoesNothing never changed a parameter"):
+        check_stepper_formula(_DoesNothing, lambda p, g, h, st, grp, **_: p)
 
 
 @pytest.mark.parametrize("name", ["channelwise", "norm", "wn_scale", "one_d", "nothing"])
