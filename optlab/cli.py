@@ -57,6 +57,8 @@ def _summary(item) -> str:
 def cmd_plugins(args) -> int:
     from . import registry
 
+    if args.check is not None:
+        return _check_plugins(args.check or None)
     errors = registry.load_errors()
     rows = [
         (kind, name, e.plugin, _summary(e.item))
@@ -83,6 +85,41 @@ def cmd_plugins(args) -> int:
     for e in errors:
         print(f"warning: {e}", file=sys.stderr)
     return 0
+
+
+def _check_plugins(name: str | None) -> int:
+    """``optlab plugins --check [NAME]``: the conformance kit on plugin NAME's items (default: every
+    plugin but the built-ins); exit 1 when an item fails or was rejected at load."""
+    import warnings
+
+    from . import registry
+    from .hparams import unknown_name
+    from .testing import check_plugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rejections are reported below as failures
+        loaded = registry.plugin_names()
+        rejected = registry.rejected()
+    known = sorted(set(loaded) | {p for p, *_ in rejected})
+    if name is not None and name not in known:
+        print(f"optlab plugins --check: {unknown_name('plugin', name, known)}", file=sys.stderr)
+        return 2
+    names = [name] if name else [p for p in known if p != "builtins"]
+    if not names:
+        print("no plugin besides the built-ins is installed (check them with `optlab plugins --check builtins`)")
+        return 0
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for plugin in names:
+        print(f"plugin {plugin}:")
+        results = check_plugin(plugin)
+        width = max((len(r.name) for r in results), default=0)
+        for r in results:
+            counts[r.status] += 1
+            print(f"  {r.status.upper():4}  {r.kind:9}  {r.name.ljust(width)}  {r.detail}")
+        if not results:
+            print("  (registers no item)")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} not checked")
+    return 1 if counts["fail"] else 0
 
 
 def _print_optimizer_hparams(width: int) -> None:
@@ -404,6 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--hparams",
         action="store_true",
         help="also list every optimizer's hyperparameters with their defaults and its step protocol",
+    )
+    sp.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="run the conformance kit (optlab.testing) on plugin NAME's items -- every plugin but the "
+        "built-ins without NAME -- and print what passes, fails and why (items rejected at load included); "
+        "exit 1 if anything fails",
     )
     sp.set_defaults(fn=cmd_plugins)
 

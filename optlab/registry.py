@@ -50,6 +50,8 @@ __all__ = [
     "register_plugin",
     "reset",
     "load_errors",
+    "rejected",
+    "plugin_names",
 ]
 
 #: kind -> hook name
@@ -86,6 +88,9 @@ _pm: pluggy.PluginManager | None = None
 _items: dict[str, list[Entry]] | None = None
 _extra: list[tuple[str, object]] = []
 _errors: list[str] = []
+#: (plugin, kind, name, message) of every plugin that failed to load (kind and name None) and every
+#: item that failed validation, in the order met; :func:`rejected`
+_rejected: list[tuple[str, str | None, str | None, str]] = []
 #: the plugin whose code is running (a preset builder, a task or model function): its own items win
 _owner: contextvars.ContextVar[str | None] = contextvars.ContextVar("optlab_registry_owner", default=None)
 
@@ -118,6 +123,7 @@ def plugin_manager() -> pluggy.PluginManager:
     strict = _truthy("OPTLAB_STRICT_PLUGINS")
     allow = {s.strip() for s in os.environ.get("OPTLAB_PLUGINS", "").split(",") if s.strip()}
     _errors.clear()
+    _rejected.clear()
     if not _truthy("OPTLAB_DISABLE_ENTRYPOINTS"):
         for ep in entry_points(group="optlab"):
             if allow and ep.name not in allow and ep.value != BUILTINS:
@@ -131,6 +137,7 @@ def plugin_manager() -> pluggy.PluginManager:
                 if strict:
                     raise RegistryError(msg) from exc
                 _errors.append(msg)
+                _rejected.append((ep.name, None, None, msg))
                 warnings.warn(
                     msg + " -- skipped (set OPTLAB_STRICT_PLUGINS=1 to make this fatal)", RuntimeWarning, stacklevel=2
                 )
@@ -147,6 +154,18 @@ def load_errors() -> list[str]:
     """Plugins that failed to load and items that failed validation (and were skipped)."""
     _collect()
     return list(_errors)
+
+
+def rejected() -> list[tuple[str, str | None, str | None, str]]:
+    """``(plugin, kind, name, message)`` of every plugin that failed to load (``kind`` and ``name``
+    None) and every item that failed validation and was skipped."""
+    _collect()
+    return list(_rejected)
+
+
+def plugin_names() -> list[str]:
+    """The names of the loaded plugins (``builtins`` included), in registration order."""
+    return [n for n, _ in plugin_manager().list_name_plugin()]
 
 
 def register_plugin(plugin: object, name: str) -> None:
@@ -201,6 +220,7 @@ def _collect() -> dict[str, list[Entry]]:
                     if strict:
                         raise
                     _errors.append(str(exc))
+                    _rejected.append((_plugin, _kind, name, str(exc)))
                     warnings.warn(
                         f"{exc} -- skipped (set OPTLAB_STRICT_PLUGINS=1 or pass --strict to make this fatal)",
                         RuntimeWarning,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .hparams import unknown_name
 
-__all__ = ["Task", "make_task", "make_model", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION"]
+__all__ = ["Task", "make_task", "make_model", "build_model", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION"]
 
 #: seed of every validation carve: the split is a property of the data set, not of the run
 VAL_SEED = 0
@@ -173,13 +173,19 @@ def make_model(name: str, task_info: dict, **options):
     contract was ``fn(task_info, **options)`` with the task's own options only) is called without
     it, and optlab applies :func:`optlab.decouple` to the model it returns when it is true.
     """
-    import inspect
-
     from . import registry
-    from .modeltools import decouple as _decouple
 
     entry = registry.entry("model", name)
-    fn = entry.item
+    with registry.owned_by(entry.plugin):
+        return build_model(entry.item, task_info, **options)
+
+
+def build_model(fn: Callable, task_info: dict, **options):
+    """``fn(task_info, **options)``, passing ``decouple=`` only if ``fn`` takes it (see :func:`make_model`)."""
+    import inspect
+
+    from .modeltools import decouple as _decouple
+
     apply_decouple = False
     if "decouple" in options:
         try:
@@ -189,6 +195,5 @@ def make_model(name: str, task_info: dict, **options):
         takes = params is None or any(p.name == "decouple" or p.kind == p.VAR_KEYWORD for p in params)
         if not takes:
             apply_decouple = bool(options.pop("decouple"))
-    with registry.owned_by(entry.plugin):
-        model = fn(task_info, **options)
+    model = fn(task_info, **options)
     return _decouple(model) if apply_decouple else model

@@ -306,6 +306,7 @@ PLUGIN_API_0_2_0 = (
     *("unknown_name", "PART_DEFAULT", "defaults_from", "given"),
     *("Task", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION", "decouple"),
     *("check_estimator", "check_stepper", "check_selector", "ESTIMATOR_TARGETS", "Problem", "PROBLEMS"),
+    *("check_stepper_formula", "check_task", "check_model", "check_plugin", "ItemCheck"),
     *("make_problem", "dense_hessian", "fd_hessian", "dense_ggn", "output_hessian", "empirical_fisher_reference"),
     *("block_slices", "flat", "unflat", "SCHEMA_VERSION", "STATUSES", "validate_record", "DEPRECATED"),
 )
@@ -355,3 +356,77 @@ def test_version_changelog_and_policy_agree():
     assert "Task.meta" in section and "plugin_api" in section and "<plugin>:<item>" in section
     policy = (ROOT / "docs" / "plugin-hooks.md").read_text()
     assert "## Versioning and deprecation policy" in policy and "optlab>=0.2,<0.3" in policy
+
+
+# ------------------------------------------------------------------ optlab plugins --check
+def test_check_runs_the_kit_on_every_installed_plugin(clash_site):
+    out = _cli(clash_site, "plugins", "--check")
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert "plugin fisher:" in out.stdout and "plugin lab:" in out.stdout and "plugin builtins:" not in out.stdout
+    for line in (
+        r"PASS  estimator  fisher:empirical_fisher_diag\s+check_estimator \(target empirical_fisher_diag\)",
+        r"PASS  stepper    fisher:levenberg_newton\s+check_stepper",
+        r"PASS  stepper    lab:levenberg_newton\s+check_stepper",
+        r"PASS  preset     lab:sgd-marquardt\s+builds and takes 3 finite steps",
+    ):
+        assert re.search(line, out.stdout), (line, out.stdout)
+    assert re.search(r"^\d+ passed, 0 failed, \d+ not checked$", out.stdout, re.M), out.stdout
+
+
+BAD_PLUGIN = '''
+import torch, optlab
+
+
+class WrongShape(optlab.CurvatureEstimator):
+    name = "wrong_shape"
+    target = "hessian_diag"
+
+    def estimate(self, ctx, indices, group, generator):
+        return {i: torch.zeros(3) for i in indices}
+
+
+class Idle(optlab.Stepper):
+    """Takes no step."""
+
+    name = "idle"
+    hparams = {"lr": optlab.HParam(0.1)}
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        pass
+
+
+@optlab.hookimpl
+def optlab_register_estimators(register):
+    register("wrong_shape", WrongShape)
+
+
+@optlab.hookimpl
+def optlab_register_steppers(register):
+    register("idle", Idle)
+'''
+
+
+def test_check_reports_items_rejected_at_load_and_failing_the_kit(tmp_path):
+    pkg = tmp_path / "optlab-bad"
+    (pkg / "optlab_bad").mkdir(parents=True)
+    (pkg / "optlab_bad" / "__init__.py").write_text(BAD_PLUGIN)
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "optlab-bad"\nversion = "0.0.1"\n'
+        '[project.entry-points.optlab]\nbad = "optlab_bad"\n[tool.setuptools]\npackages = ["optlab_bad"]\n'
+    )
+    site = tmp_path / "site"
+    pip_install_to_site(site, pkg)
+    out = _cli(site, "plugins", "--check", "bad")
+    assert out.returncode == 1, out.stdout + out.stderr[-2000:]
+    assert re.search(
+        r"FAIL  estimator  wrong_shape\s+rejected at load: plugin 'bad': estimator 'wrong_shape' rejected: "
+        r"estimate\(\) returned Tensor \(3,\)",
+        out.stdout,
+    ), out.stdout
+    assert re.search(
+        r"FAIL  stepper    bad:idle\s+Idle: 5 steps with nonzero gradients left every parameter", out.stdout
+    )
+    assert "0 passed, 2 failed, 0 not checked" in out.stdout
+    unknown = _cli(site, "plugins", "--check", "bda")
+    assert unknown.returncode == 2 and "unknown plugin 'bda'. Did you mean 'bad'?" in unknown.stderr, unknown.stderr

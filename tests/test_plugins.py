@@ -431,6 +431,48 @@ def test_the_kit_fails_a_stepper_with_a_wrong_formula():
         check_stepper_formula(registry.get("stepper", "diag_newton"), wrong, {"tau": 0.5})
 
 
+def _blobs_task(seed=0, labels=None):
+    from optlab.tasks import Task
+
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(10) % 2 if labels is None else labels
+    return Task("blobs", x, y, x, torch.arange(10) % 2, num_classes=2)
+
+
+class _WithSpare(torch.nn.Module):
+    def __init__(self, n_out):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, n_out))
+        self.spare = torch.nn.Linear(2, 2)  # never used in forward
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _linear_model(info, decouple=False, rescale_g=False, spare=False):
+    m = _WithSpare(info["num_classes"]) if spare else torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    if decouple:
+        optlab.decouple(m)
+        if rescale_g:  # g = 2 ||w||: no longer the same function at initialization
+            with torch.no_grad():
+                next(p for n, p in m.named_parameters() if n.endswith("original0")).mul_(2)
+    return m
+
+
+def test_check_task_and_check_model_fail_what_they_guard():
+    from optlab.testing import check_model, check_task
+
+    check_task(_blobs_task)
+    with pytest.raises(AssertionError, match=r"task 'blobs': train labels must be integers in \[0, 2\)"):
+        check_task(lambda seed=0: _blobs_task(seed, labels=torch.arange(10)))
+    info = {"input_shape": (1, 8, 8), "num_classes": 10, "name": "digits"}
+    check_model(_linear_model, info)
+    with pytest.raises(AssertionError, match=r"parameters that get no gradient: \['spare.weight', 'spare.bias'\]"):
+        check_model(_linear_model, info, spare=True)
+    with pytest.raises(AssertionError, match="decouple=True changes the initial function"):
+        check_model(_linear_model, info, rescale_g=True)
+
+
 def test_a_reference_that_never_moves_is_refused():
     with pytest.raises(AssertionError, match=r"the reference for _DoesNothing never changed a parameter"):
         check_stepper_formula(_DoesNothing, lambda p, g, h, st, grp, **_: p)
