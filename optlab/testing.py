@@ -123,6 +123,7 @@ def check_stepper(
     reference: ReferenceUpdate | None = None,
     refresh_every: int = 2,
     rtol: float = 1e-12,
+    positive_curvature: bool = False,
 ) -> None:
     """A stepper must keep dtype, leave buffers as a plain step does, resume bit-for-bit, and move the
     parameters; with ``reference`` its update must be the formula the reference computes.
@@ -139,11 +140,20 @@ def check_stepper(
     (declared defaults updated with ``hparams``). The kit drives the stepper directly in float64 for
     ``steps`` steps on two tensors with seeded gradients, signed curvature estimates on every
     ``refresh_every``-th step (from step 1) and decreasing-then-increasing losses, and compares every
-    parameter after every step to ``rtol`` (relative to the parameter's largest entry). See
+    parameter after every step to ``rtol`` (relative to the parameter's largest entry);
+    ``positive_curvature=True`` draws the estimates positive (for a stepper that assumes so). See
     :func:`check_stepper_formula`.
     """
     if reference is not None:
-        check_stepper_formula(stepper_cls, reference, hparams, steps=steps, refresh_every=refresh_every, rtol=rtol)
+        check_stepper_formula(
+            stepper_cls,
+            reference,
+            hparams,
+            steps=steps,
+            refresh_every=refresh_every,
+            rtol=rtol,
+            positive_curvature=positive_curvature,
+        )
     engine, outputs = _estimator_setup(stepper_cls, engine)
 
     def build(pb):
@@ -210,6 +220,7 @@ def check_stepper_formula(
     refresh_every: int = 2,
     rtol: float = 1e-12,
     seed: int = 0,
+    positive_curvature: bool = False,
 ) -> None:
     """Compare ``stepper_cls``'s update with ``reference`` (see :func:`check_stepper`) in float64.
 
@@ -236,6 +247,8 @@ def check_stepper_formula(
         grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
         refresh = (t - 1) % refresh_every == 0
         curv: list = [torch.randn(s, generator=g, dtype=torch.float64) if refresh else None for s in shapes]
+        if positive_curvature:
+            curv = [None if c is None else c.abs() + 0.1 for c in curv]
         loss = torch.tensor(1.0 + abs(t - steps / 2) / steps, dtype=torch.float64)  # falls, then rises
         extra: dict = {}
         if needs_loss:
