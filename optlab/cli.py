@@ -57,11 +57,13 @@ def _summary(item) -> str:
 def cmd_plugins(args) -> int:
     from .plugin import registry
 
+    if args.check is not None:
+        return _check_plugins(args.check or None)
     errors = registry.load_errors()
     rows = [
-        (kind, e.name, e.plugin, _summary(e.item))
+        (kind, name, e.plugin, _summary(e.item))
         for kind in registry.KINDS
-        for e in sorted(registry.items(kind).values(), key=lambda e: e.name)
+        for name, e in sorted(registry.items(kind).items(), key=lambda ne: (ne[1].name, ne[0]))
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     indent = sum(w) + 6
@@ -73,11 +75,51 @@ def cmd_plugins(args) -> int:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {lines[0]}")
         for line in lines[1:]:
             print(" " * indent + line)
+    clashes = registry.clashes()
+    if clashes:
+        print("\nclashes: several plugins provide these short names; use a qualified name <plugin>:<item>")
+        for (kind, short), choices in clashes.items():
+            print(f"  {kind} {short!r}: {', '.join(choices)}")
     if getattr(args, "hparams", False):
         _print_optimizer_hparams(width)
     for e in errors:
         print(f"warning: {e}", file=sys.stderr)
     return 0
+
+
+def _check_plugins(name: str | None) -> int:
+    """``optlab plugins --check [NAME]``: the conformance kit on plugin NAME's items (default: every
+    plugin but the built-ins); exit 1 when an item fails or was rejected at load."""
+    import warnings
+
+    from .plugin import registry
+    from .optim.hparams import unknown_name
+    from .testing import check_plugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rejections are reported below as failures
+        loaded = registry.plugin_names()
+        rejected = registry.rejected()
+    known = sorted(set(loaded) | {p for p, *_ in rejected})
+    if name is not None and name not in known:
+        print(f"optlab plugins --check: {unknown_name('plugin', name, known)}", file=sys.stderr)
+        return 2
+    names = [name] if name else [p for p in known if p != "builtins"]
+    if not names:
+        print("no plugin besides the built-ins is installed (check them with `optlab plugins --check builtins`)")
+        return 0
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for plugin in names:
+        print(f"plugin {plugin}:")
+        results = check_plugin(plugin)
+        width = max((len(r.name) for r in results), default=0)
+        for r in results:
+            counts[r.status] += 1
+            print(f"  {r.status.upper():4}  {r.kind:9}  {r.name.ljust(width)}  {r.detail}")
+        if not results:
+            print("  (registers no item)")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} not checked")
+    return 1 if counts["fail"] else 0
 
 
 def _print_optimizer_hparams(width: int) -> None:
@@ -402,6 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--hparams",
         action="store_true",
         help="also list every optimizer's hyperparameters with their defaults and its step protocol",
+    )
+    sp.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="run the conformance kit (optlab.testing) on plugin NAME's items -- every plugin but the "
+        "built-ins without NAME -- and print what passes, fails and why (items rejected at load included); "
+        "exit 1 if anything fails",
     )
     sp.set_defaults(fn=cmd_plugins)
 

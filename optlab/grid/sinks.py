@@ -292,10 +292,13 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
         raise SinkError(f"{where}: expected a table of sinks, e.g. [sinks.tensorboard]; got {table!r}")
     out = []
     for name, opts in table.items():
-        entry = registry.items("sink").get(name)
-        if entry is None:
-            valid = sorted(registry.items("sink"))
-            raise SinkError(f"{where}.{name}: " + unknown_name("sink", name, valid, show_name=False))
+        try:  # short or qualified (<plugin>:<name>)
+            entry = registry.entry("sink", name)
+        except registry.AmbiguousName as exc:
+            raise SinkError(f"{where}.{name}: {exc}") from exc
+        except registry.RegistryError:
+            valid = registry.names("sink")
+            raise SinkError(f"{where}.{name}: " + unknown_name("sink", name, valid, show_name=False)) from None
         if opts is False:
             continue
         if opts is True:

@@ -61,6 +61,8 @@ BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest ar
 PROTOCOL_KEYS = ("evaluation_seeds", "select")
 SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: an arm's default label is its optimizer's name, which may be qualified (``fisher:sgd-ef``)
+ARM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 #: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
 EVAL_SEED_BASE = 1000
 
@@ -317,10 +319,14 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
             if "name" not in block:
                 raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
             oname = block["name"]
-            if not isinstance(oname, str) or oname not in api.optimizer_names():
+            if not isinstance(oname, str):
                 raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
+            try:  # short or qualified (<plugin>:<name>); unknown or ambiguous names list the choices
+                api.optimizer_entry(oname)
+            except registry.RegistryError as exc:
+                raise SpecError(f"{bwhere}.name: {exc}") from exc
             arm = block.get("label", oname)
-            if not isinstance(arm, str) or not NAME_RE.match(arm):
+            if not isinstance(arm, str) or not (NAME_RE.match(arm) or ("label" not in block and ARM_RE.match(arm))):
                 raise SpecError(
                     f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
                     "or '-' (it names this optimizer arm in comparisons)"

@@ -24,7 +24,7 @@ from optlab.store import CorruptRecord, Store
 from optlab.training.launch import TrialLost
 from optlab.training.loop import train
 
-__all__ = ["Trial", "trial_id", "run_trial", "environment"]
+__all__ = ["Trial", "trial_id", "run_trial", "environment", "resolved_names"]
 
 #: part of every trial id: trials run before validation splits existed (data version 1) have other ids
 DATA_VERSION = 2
@@ -52,6 +52,21 @@ def trial_id(config: dict) -> str:
     return hashlib.sha1(canon.encode()).hexdigest()[:16]
 
 
+def resolved_names(config: dict) -> dict[str, str]:
+    """The qualified names (``<plugin>:<item>``) that ``config``'s optimizer, task and model resolve
+    to in this process. A trial's record stores them under ``resolved``; its id stays computed from
+    the names as written, and :func:`optlab.grid.run_grid` refuses to reuse a stored trial whose
+    names now resolve to other plugins' items. Unknown or ambiguous names raise ``RegistryError``."""
+    from optlab.api import OPTIMIZER_KINDS
+    from optlab.plugin import registry
+
+    return {
+        "optimizer": registry.qualify(OPTIMIZER_KINDS, config["optimizer"]),
+        "task": registry.qualify("task", config["task"]),
+        "model": registry.qualify("model", config["model"]),
+    }
+
+
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
     """Run one trial into the store (claim, train with checkpoints, write, release)."""
     import torch
@@ -73,6 +88,12 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             except CorruptRecord as exc:
                 store.quarantine(path, exc.problem)
         started = time.time()
+        from optlab.plugin.registry import RegistryError
+
+        try:
+            resolved: dict | None = resolved_names(trial.config)
+        except RegistryError:  # unknown or ambiguous here: train records the failure and its reason
+            resolved = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
@@ -88,6 +109,8 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             finished=time.time(),
             env=environment(),
         )
+        if resolved is not None:
+            res["resolved"] = resolved
         if trial.selection is not None:
             res["selection"] = trial.selection
         store.write(trial.id, res)

@@ -115,8 +115,9 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         self.validate_run()
-        if not isinstance(self.optimizer, str) or self.optimizer not in api.optimizer_names():
+        if not isinstance(self.optimizer, str):
             raise registry.RegistryError(unknown_name("optimizer", self.optimizer, api.optimizer_names()))
+        api.optimizer_entry(self.optimizer)  # unknown or ambiguous: an error naming the choices
         lr = self.hparams.get("lr")
         if lr is not None and (
             not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0 or not math.isfinite(lr)
