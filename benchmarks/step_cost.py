@@ -1,5 +1,8 @@
 """Step cost of SGD-PH configurations as ratios to torch.optim.SGD, measured side by side.
 
+The relatives assembled from parts (``adamw``, ``lion``, ``muon``, ``sgd-ph-muon``, ``adamw-ph``)
+are also given as ratios to ``torch.optim.AdamW`` timed in the same run.
+
     python benchmarks/step_cost.py                 # ResNet-18 (width 64), batch 32 and 128
     python benchmarks/step_cost.py --quick         # width 16, fewer repeats: a 1-minute smoke run
 
@@ -65,6 +68,13 @@ CONFIGS = {
     "sgd-ph default (block_rademacher every=50)": ("sgd-ph", {}, "autograd"),
     "sgd-ph hutchinson every=10": ("sgd-ph", dict(estimator="hutchinson", schedule="all", every=10), "autograd"),
     "sgd-ph ggn_mc every=10": ("sgd-ph", dict(estimator="ggn_mc", schedule="all", every=10), "autograd"),
+    # the relatives (issue 24), against torch.optim.AdamW timed in the same rounds
+    "torch.optim.AdamW": ("torch-adamw", {}, None),
+    "adamw (adam stepper)": ("adamw", dict(lr=1e-3), "autograd"),
+    "lion": ("lion", dict(lr=1e-4), "autograd"),
+    "muon (batched Newton-Schulz)": ("muon", dict(lr=0.02), "autograd"),
+    "sgd-ph-muon default (every=50)": ("sgd-ph-muon", dict(lr=0.02), "autograd"),
+    "adamw-ph default (every=50)": ("adamw-ph", dict(lr=1e-3), "autograd"),
     # M restricted HVPs per refresh (one per tensor): expensive, opt in with --configs
     "sgd-ph rowsum_hvp all every=10": ("sgd-ph", dict(estimator="rowsum_hvp", schedule="all", every=10), "autograd"),
 }
@@ -77,6 +87,8 @@ MEMORY = [
     "sgd-ph block_rademacher every=1",
     "sgd-ph block_rademacher every=1 [func]",
     "sgd-ph plain step",
+    "torch.optim.AdamW",
+    "muon (batched Newton-Schulz)",
 ]
 
 
@@ -128,8 +140,12 @@ class Mirror:
 
 def make_stepper(name, model, x, y):
     kind, hp, engine = CONFIGS[name] if name in CONFIGS else ("sgd-ph", {}, "autograd")
-    if kind == "torch":
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if kind in ("torch", "torch-adamw"):
+        opt = (
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            if kind == "torch"
+            else torch.optim.AdamW(model.parameters(), lr=1e-3)
+        )
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -140,7 +156,7 @@ def make_stepper(name, model, x, y):
     if kind == "mirror":
         m = Mirror(model)
         return (lambda: m.step(lambda: F.cross_entropy(model(x), y))), None
-    opt = optlab.optimizer(kind, model, engine=engine, lr=0.1, **hp)
+    opt = optlab.optimizer(kind, model, engine=engine, **{"lr": 0.1, **hp})
 
     def closure():
         out = model(x)
@@ -151,9 +167,9 @@ def make_stepper(name, model, x, y):
 
 def _every(name: str) -> int:
     kind, hp, _ = CONFIGS[name]
-    if kind not in ("sgd-ph",):
+    if kind not in ("sgd-ph", "sgd-ph-muon", "adamw-ph"):
         return 1
-    return hp.get("every", optlab.preset_hparams("sgd-ph")["every"])
+    return hp.get("every", optlab.preset_hparams(kind)["every"])
 
 
 def _force(opt, refresh: bool):
@@ -331,21 +347,23 @@ def main():
         )
         base_t, base_m = t["sgd"]["avg_ms"], mem.get("sgd")
         print(f"\n## batch {b}\n")
+        adamw_t = t.get("torch.optim.AdamW", {}).get("avg_ms")
         print(
-            "| configuration | time ratio (avg) | refresh step ratio | plain step ratio | avg ms | peak-memory ratio | peak growth MB |"  # noqa: E501
+            "| configuration | time ratio (avg) | refresh step ratio | plain step ratio | avg ms | peak-memory ratio | peak growth MB | time ratio to torch.optim.AdamW |"  # noqa: E501
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for n, r in t.items():
             m = mem.get(n)
             mr = f"{m / base_m:.2f}" if m is not None and base_m else "-"
+            ar = f"{r['avg_ms'] / adamw_t:.2f}" if adamw_t else "-"
             print(
                 f"| {n} | {r['avg_ms'] / base_t:.2f} | {r['refresh_ms'] / base_t:.2f} | {r['plain_ms'] / base_t:.2f} | "
-                f"{r['avg_ms']:.0f} | {mr} | {'-' if m is None else f'{m:.0f}'} |"
+                f"{r['avg_ms']:.0f} | {mr} | {'-' if m is None else f'{m:.0f}'} | {ar} |"
             )
         if "sgd-ph plain step" in mem and base_m:
             print(
                 f"| sgd-ph plain step (no refresh) | - | - | - | - | {mem['sgd-ph plain step'] / base_m:.2f} | "
-                f"{mem['sgd-ph plain step']:.0f} |"
+                f"{mem['sgd-ph plain step']:.0f} | - |"
             )
         sys.stdout.flush()
     if args.memory_only:

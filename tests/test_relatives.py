@@ -1,7 +1,7 @@
-"""The modern relatives assembled from parts (issue 24): AdamW, Lion, Muon and cross-family presets.
+"""The modern relatives assembled from parts (issue 24): AdamW, Lion, Muon, SOAP and cross-family presets.
 
 References: ``torch.optim.AdamW``/``Adam`` (bit for bit, float32 and float64, with schedulers),
-``pytorch_optimizer`` 4.x ``Lion`` and ``Muon`` (float64, >= 20 steps, tolerances stated at each
+``pytorch_optimizer`` 4.x ``Lion``, ``Muon`` and ``SOAP`` (float64, >= 20 steps, tolerances stated at each
 test), Newton--Schulz against pytorch_optimizer's and against its own definition (singular values).
 Resume (state_dict mid-run) bit for bit for every new preset; DDP with 2 real gloo processes.
 """
@@ -29,6 +29,7 @@ from torch.optim import lr_scheduler as L
 import optlab
 from optlab.distributed import convert_sync_batchnorm
 from optlab.plugins.adaptive_steppers import Adam, Lion
+from optlab.plugins.eigenbasis import EigenbasisAdam
 from optlab.plugins.orthogonal import (
     NS_COEFFICIENTS,
     hidden_matrices,
@@ -40,7 +41,7 @@ from optlab.plugins.orthogonal import (
 from optlab.selectors import named_parameters_with_owner
 from optlab.testing import check_selector, check_stepper, make_problem
 
-NEW_PRESETS = ("adamw", "lion", "muon", "sgd-ph-muon", "adamw-ph")
+NEW_PRESETS = ("adamw", "lion", "muon", "soap", "sgd-ph-muon", "adamw-ph")
 
 
 def _equal(a: nn.Module, b: nn.Module) -> bool:
@@ -151,6 +152,40 @@ def test_lion_matches_pytorch_optimizer_float64(hp, foreach):
     assert _equal(a.model, b.model)
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"])
+
+
+# ------------------------------------------------------------------ SOAP == pytorch_optimizer.SOAP
+@pytest.mark.parametrize(
+    "hp",
+    [
+        dict(precondition_frequency=3),
+        dict(precondition_frequency=2, precondition_1d=True, max_precondition_dim=8, weight_decay=0.1, lr=1e-2),
+    ],
+    ids=["defaults-freq3", "1d-capped-wd"],
+)
+@pytest.mark.parametrize("model", ["cnn_bn2d", "token"])
+def test_soap_matches_pytorch_optimizer_float64(model, hp):
+    """Tolerance 0 (measured): eigh, the power-iteration QR (in float32, as the reference) and the
+    projections run the same operations on the same bits. 25 steps = 8-12 basis refreshes; conv
+    kernels have 4 factors; ``max_precondition_dim=8`` leaves longer dimensions unrotated."""
+    pto = pytest.importorskip("pytorch_optimizer")
+    if model == "token":
+        (a, loss_a), (b, loss_b) = token_problem(), token_problem()
+    else:
+        pa, pb = make_problem(model), make_problem(model)
+        a, loss_a, b, loss_b = pa.model, pa.loss, pb.model, pb.loss
+    init = [p.detach().clone() for p in a.parameters()]
+    opt = optlab.optimizer("soap", a, **hp)
+    ref = pto.SOAP(b.parameters(), **hp)
+    for _ in range(25):
+        opt.step(loss_a)
+        ref.zero_grad()
+        loss_b().backward()
+        ref.step()
+    assert max(float((p - q).detach().abs().max()) for p, q in zip(a.parameters(), init)) > 1e-2
+    assert _equal(a, b)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(opt.state[p]["exp_avg_sq"], ref.state[q]["exp_avg_sq"])
 
 
 # ------------------------------------------------------------------ Newton--Schulz
@@ -302,6 +337,7 @@ def test_cli_explain_and_plugins_show_the_new_parts():
         ("stepper", "adam"),
         ("stepper", "lion"),
         ("stepper", "orthogonal_momentum"),
+        ("stepper", "eigenbasis_adam"),
         ("selector", "hidden_matrices"),
         *[("preset", p) for p in NEW_PRESETS],
     ]:
@@ -385,7 +421,15 @@ def test_muon_bfloat16_iteration_is_jordans_precision():
 
 
 # ------------------------------------------------------------------ conformance and resume
-@pytest.mark.parametrize("cls,hp", [(Adam, {}), (Adam, dict(amsgrad=True, decoupled_weight_decay=False)), (Lion, {})])
+@pytest.mark.parametrize(
+    "cls,hp",
+    [
+        (Adam, {}),
+        (Adam, dict(amsgrad=True, decoupled_weight_decay=False)),
+        (Lion, {}),
+        (EigenbasisAdam, dict(precondition_frequency=2, precondition_1d=True)),
+    ],
+)
 def test_steppers_pass_the_conformance_kit(cls, hp):
     check_stepper(cls, dict(hp, lr=1e-3))
 
@@ -495,6 +539,8 @@ DDP_PRESETS = {
     "adamw": dict(lr=1e-2),
     "lion": dict(lr=1e-3),
     "muon": dict(lr=0.02, adamw_lr=1e-2),
+    "soap": dict(lr=1e-2, precondition_frequency=2),
+    "soap-unrotated": dict(lr=1e-2, precondition_frequency=2, max_precondition_dim=1),
     "sgd-ph-muon": dict(lr=0.02, every=2),
     "adamw-ph": dict(lr=1e-2, every=2),
 }
@@ -520,10 +566,11 @@ def _flat(ts) -> torch.Tensor:
     return torch.cat([t.detach().reshape(-1) for t in ts])
 
 
-def ddp_case(rank: int, name: str, style: str) -> dict:
+def ddp_case(rank: int, key: str, style: str) -> dict:
+    name = key.split("-unrotated")[0]
     model = ddp_model("syncbn")
     ddp = DDP(model)
-    opt = optlab.optimizer(name, ddp, seed=0, **DDP_PRESETS[name])
+    opt = optlab.optimizer(name, ddp, seed=0, **DDP_PRESETS[key])
     train(ddp, opt, style, range(DDP_STEPS), lambda s: batch(rank, s))
     params = _flat(model.parameters())
     gathered = [torch.zeros_like(params) for _ in range(WORLD)]
@@ -532,7 +579,7 @@ def ddp_case(rank: int, name: str, style: str) -> dict:
     if rank == 0:
         res["moved"] = float((params - _flat(ddp_model("bn").parameters())).abs().max())
         ref = ddp_model("bn")  # one process on the concatenated batch: what SyncBatchNorm computes
-        ropt = optlab.optimizer(name, ref, seed=0, **DDP_PRESETS[name]).distribute(None)
+        ropt = optlab.optimizer(name, ref, seed=0, **DDP_PRESETS[key]).distribute(None)
         train(ref, ropt, "forward", range(DDP_STEPS), global_batch)
         res["ref_diff"] = float((params - _flat(ref.parameters())).abs().max())
     return res
@@ -571,7 +618,7 @@ def ddp_worker(rank: int, port: int, path: str) -> None:
                 results[f"{name}/{style}"] = ddp_case(rank, name, style)
             except Exception as exc:  # noqa: BLE001 - recorded; every rank raises alike
                 results[f"{name}/{style}"] = {"error": f"{type(exc).__name__}: {exc}", "tb": traceback.format_exc()}
-        for name in ("muon", "sgd-ph-muon"):
+        for name in ("muon", "soap", "sgd-ph-muon"):
             results[f"resume/{name}"] = ddp_resume(rank, name)
     finally:
         if rank == 0:
@@ -592,14 +639,20 @@ def ddp_measured(tmp_path_factory):
 @pytest.mark.parametrize("case", [f"{n}/{s}" for n, s in DDP_CASES])
 def test_new_presets_keep_ddp_replicas_identical(ddp_measured, case):
     """Replicas bit-identical; float64 2-rank training == one process on the concatenated batch (1e-6;
-    SyncBatchNorm)."""
+    SyncBatchNorm). Not for rotated SOAP: its first factors G G^T are rank-deficient, so the
+    eigenvectors of the (near-)null space are arbitrary and 1e-16 differences between the ranks'
+    averaged gradient and the one-process gradient pick other, equally valid bases (measured 1e-2
+    apart after 4 steps; in one process, scaling the loss by 1 + 1e-15 moves SOAP's parameters by
+    1e-2 too, the unrotated ones by 2e-16); with every dimension unrotated (``max_precondition_dim=1``)
+    it holds."""
     r = ddp_measured[case]
     assert "error" not in r, r.get("tb")
     assert r["replica_diff"] == 0.0
     assert r["moved"] > 1e-3
-    assert r["ref_diff"] < 1e-6, r
+    if case != "soap/forward":
+        assert r["ref_diff"] < 1e-6, r
 
 
-@pytest.mark.parametrize("name", ["muon", "sgd-ph-muon"])
+@pytest.mark.parametrize("name", ["muon", "soap", "sgd-ph-muon"])
 def test_new_presets_resume_under_ddp(ddp_measured, name):
     assert ddp_measured[f"resume/{name}"]["resume_diff"] == 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optlab.hookspecs import hookimpl
 
-from . import adaptive_steppers, estimators, orthogonal, presets, relatives_presets, selectors, steppers
+from . import adaptive_steppers, eigenbasis, estimators, orthogonal, presets, relatives_presets, selectors, steppers
 
 
 @hookimpl
@@ -22,7 +22,7 @@ def optlab_register_estimators(register):
 
 @hookimpl
 def optlab_register_steppers(register):
-    for cls in steppers.STEPPERS + adaptive_steppers.STEPPERS + orthogonal.STEPPERS:
+    for cls in steppers.STEPPERS + adaptive_steppers.STEPPERS + orthogonal.STEPPERS + eigenbasis.STEPPERS:
         register(cls.name, cls)
 
 

@@ -1,5 +1,5 @@
 """Presets of the optimizers SGD-PH is compared with, assembled from parts: ``adamw``, ``lion``,
-``muon``, and the cross-family ``sgd-ph-muon`` / ``adamw-ph`` (SGD-PH's Newton rule on the
+``muon``, ``soap``, and the cross-family ``sgd-ph-muon`` / ``adamw-ph`` (SGD-PH's Newton rule on the
 channel-wise parameters of Muon or AdamW). See docs/relatives.md for where each differs from its
 reference implementation.
 """
@@ -261,8 +261,37 @@ def adamw_ph(
     return [newton, Rule("adamw", rest(), None, api.stepper("adam"), hp)]
 
 
+@defaults_from(("stepper", "eigenbasis_adam"))
+def soap(
+    model,
+    lr=PART_DEFAULT,
+    betas=PART_DEFAULT,
+    shampoo_beta=PART_DEFAULT,
+    eps=PART_DEFAULT,
+    weight_decay=PART_DEFAULT,
+    precondition_frequency=PART_DEFAULT,
+    max_precondition_dim=PART_DEFAULT,
+    precondition_1d=PART_DEFAULT,
+):
+    """SOAP for every parameter: Adam in the eigenbasis of Shampoo's Kronecker factors
+    (``eigenbasis_adam``; Vyas et al. 2025; pytorch_optimizer.SOAP's update). 1-D tensors and
+    dimensions over ``max_precondition_dim`` keep the identity basis (plain Adam there)."""
+    hp = given(
+        lr=lr,
+        betas=betas,
+        shampoo_beta=shampoo_beta,
+        eps=eps,
+        weight_decay=weight_decay,
+        precondition_frequency=precondition_frequency,
+        max_precondition_dim=max_precondition_dim,
+        precondition_1d=precondition_1d,
+    )
+    return [Rule("all", rest(), None, api.stepper("eigenbasis_adam"), hp)]
+
+
 PRESETS = {
     "adamw": adamw,
+    "soap": soap,
     "lion": lion,
     "muon": muon,
     "sgd-ph-muon": sgd_ph_muon,
