@@ -1,6 +1,6 @@
 """Step cost of SGD-PH configurations as ratios to torch.optim.SGD, measured side by side.
 
-The relatives assembled from parts (``adamw``, ``lion``, ``muon``, ``sgd-ph-muon``, ``adamw-ph``)
+The relatives assembled from parts (``adamw``, ``lion``, ``muon``, ``soap``, ``sgd-ph-muon``, ``adamw-ph``)
 are also given as ratios to ``torch.optim.AdamW`` timed in the same run.
 
     python benchmarks/step_cost.py                 # ResNet-18 (width 64), batch 32 and 128
@@ -73,6 +73,7 @@ CONFIGS = {
     "adamw (adam stepper)": ("adamw", dict(lr=1e-3), "autograd"),
     "lion": ("lion", dict(lr=1e-4), "autograd"),
     "muon (batched Newton-Schulz)": ("muon", dict(lr=0.02), "autograd"),
+    "soap (precondition_frequency=10)": ("soap", dict(lr=3e-3), "autograd"),
     "sgd-ph-muon default (every=50)": ("sgd-ph-muon", dict(lr=0.02), "autograd"),
     "adamw-ph default (every=50)": ("adamw-ph", dict(lr=1e-3), "autograd"),
     # M restricted HVPs per refresh (one per tensor): expensive, opt in with --configs

@@ -474,10 +474,31 @@ def test_new_presets_validate_hyperparameters():
         optlab.optimizer("sgd-ph-muon", model, momentum=1.0)
     with pytest.raises(TypeError, match=r"unknown hyperparameter 'momentum'"):
         optlab.optimizer("lion", model, momentum=0.9)
+    scalar = nn.Linear(3, 2)
+    scalar.gain = nn.Parameter(torch.tensor(1.0))
     rules = [optlab.Rule("m", optlab.selector("rest"), None, optlab.stepper("orthogonal_momentum"), {})]
-    opt = optlab.RuleOptimizer(model, rules)
-    with pytest.raises(ValueError, match=r"parameter 'bn.weight' of shape \(8,\) is not a matrix.*hidden_matrices"):
-        opt.step(lambda: F.cross_entropy(model(torch.zeros(2, 7, dtype=torch.long)), torch.zeros(2, dtype=torch.long)))
+    opt = optlab.RuleOptimizer(scalar, rules)
+    with pytest.raises(ValueError, match=r"parameter 'gain' is a scalar \(shape \(\)\).*hidden_matrices"):
+        opt.step(lambda: scalar(torch.ones(1, 3)).sum() * scalar.gain)
+
+
+def test_orthogonal_momentum_views_a_vector_as_a_column_like_pytorch_optimizer(pto_muon_in_float64):
+    """A 1-D tensor in the matrix rule (not what Muon's selector picks) is an n x 1 matrix, as in
+    pytorch_optimizer.Muon: the update is the normalized momentum times sqrt(n) (shape scale)."""
+    torch.manual_seed(0)
+    a = nn.Linear(5, 1).double()
+    b = nn.Linear(5, 1).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(8, 5, dtype=torch.float64)
+    rules = [optlab.Rule("m", optlab.selector("rest"), None, optlab.stepper("orthogonal_momentum"), {})]
+    opt = optlab.RuleOptimizer(a, rules)
+    ref = pto_muon_in_float64.Muon([dict(params=list(b.parameters()), use_muon=True)], foreach=False)
+    for _ in range(20):
+        opt.step(lambda: a(x).pow(2).mean())
+        ref.zero_grad()
+        b(x).pow(2).mean().backward()
+        ref.step()
+    assert _max_diff(a, b) < 1e-12
 
 
 def test_sgd_ph_muon_is_its_three_rules():

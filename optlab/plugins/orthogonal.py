@@ -104,7 +104,9 @@ def _coefficients(x) -> bool:
 class OrthogonalMomentum(Stepper):
     """Muon's matrix rule: Nesterov momentum, orthogonalized by Newton--Schulz, shape-scaled.
 
-    Per parameter W (rows = W.shape[0]; a conv kernel is viewed as rows x (in*kh*kw))::
+    Per parameter W (rows = W.shape[0]; a conv kernel is viewed as rows x (in*kh*kw), a 1-D tensor
+    as an n x 1 matrix as ``pytorch_optimizer.Muon`` does -- its update is the normalized momentum,
+    but Muon's selector gives this rule matrices only)::
 
         W <- W (1 - lr wd)                                (decoupled weight decay)
         m <- m + (1-mu)(g - m);  u = g + mu (m - g) (nesterov) | m     (lerps; m starts at 0)
@@ -137,10 +139,10 @@ class OrthogonalMomentum(Stepper):
         for p, g, st, name in zip(params, grads, states, names):
             if g is None:
                 continue
-            if p.dim() < 2:
+            if p.dim() == 0:
                 raise ValueError(
-                    f"orthogonal_momentum: parameter {name!r} of shape {tuple(p.shape)} is not a matrix; select "
-                    "only parameters of >= 2 dims for this rule (e.g. the 'hidden_matrices' selector)"
+                    f"orthogonal_momentum: parameter {name!r} is a scalar (shape ()), which has no matrix view; "
+                    "select parameters of >= 1 dims for this rule (Muon's own: the 'hidden_matrices' selector)"
                 )
             buf = st.get("momentum_buffer")
             if buf is None:
