@@ -501,6 +501,27 @@ def test_orthogonal_momentum_views_a_vector_as_a_column_like_pytorch_optimizer(p
     assert _max_diff(a, b) < 1e-12
 
 
+@pytest.mark.parametrize("name", ["muon", "sgd-ph-muon"])
+def test_a_scheduler_scales_every_rule_of_the_mixed_presets(name):
+    """LR schedulers mutate group["lr"] of every rule, each from its own initial lr; the step reads it."""
+    model, loss = token_problem()
+    opt = optlab.optimizer(name, model, every=2) if name == "sgd-ph-muon" else optlab.optimizer(name, model)
+    initial = {g["rule"]: g["lr"] for g in opt.param_groups}
+    sched = L.CosineAnnealingLR(opt, T_max=4)
+    for step in range(1, 4):
+        opt.step(loss)
+        sched.step()
+        factor = (1 + torch.cos(torch.tensor(torch.pi * step / 4, dtype=torch.float64)).item()) / 2
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(initial[g["rule"]] * factor, rel=1e-12), g["rule"]
+    # the step reads the mutated lr: a zero learning rate leaves the matrices where they are
+    for g in opt.param_groups:
+        g["lr"] = 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(loss)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def test_sgd_ph_muon_is_its_three_rules():
     """The mixed preset's channel-wise rule is sgd-ph's, its matrix rule muon's, its rest adamw's:
     with the Newton rule's parameters frozen out, it equals the ``muon`` preset bit for bit."""
