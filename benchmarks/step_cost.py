@@ -307,6 +307,32 @@ def exact_diag_vmap_vs_loop(repeats=3):
     return out
 
 
+UPDATE_ONLY = ("adamw", "lion", "muon", "soap")
+
+
+def update_only(width: int, repeats: int) -> dict[str, float]:
+    """Median ms of ``opt.step()`` alone (gradients computed once, kept in ``p.grad``; no forward or
+    backward) for ``torch.optim.AdamW`` and the relatives' presets, interleaved per round: the
+    optimizer's own arithmetic (Muon: the batched Newton-Schulz; SOAP: projections, QR every 10th)."""
+    model, x, y = build(width, 32)
+    opts = {}
+    for n in ("torch.optim.AdamW", *UPDATE_ONLY):
+        m = make_model("resnet18", {"input_shape": (3, 32, 32), "num_classes": 10}, width=width)
+        m.load_state_dict(model.state_dict())
+        F.cross_entropy(m(x), y).backward()
+        opts[n] = torch.optim.AdamW(m.parameters(), lr=1e-3) if n.startswith("torch") else optlab.optimizer(n, m)
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for o in opts.values():  # warm-up: lazy state, SOAP's first (initializing) step
+        o.step()
+        o.step()
+    for _ in range(repeats):
+        for n, o in opts.items():
+            t0 = time.perf_counter()
+            o.step()
+            times[n].append(time.perf_counter() - t0)
+    return {n: 1e3 * statistics.median(t) for n, t in times.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="width 16, 3 repeats, batch 32 only")
@@ -317,6 +343,7 @@ def main():
     ap.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help=f"subset of: {list(CONFIGS)}")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--update-only", action="store_true", help="time opt.step() alone for AdamW and the relatives")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -325,6 +352,14 @@ def main():
         return
     if args.quick:
         args.width, args.repeats, args.batches = 16, 3, [32]
+    if args.update_only:
+        ms = update_only(args.width, max(args.repeats, 10))
+        threads = torch.get_num_threads()
+        print(f"# opt.step() alone, ResNet-18 width {args.width}, torch {torch.__version__}, {threads} threads")
+        print("| optimizer | ms per update | ratio to torch.optim.AdamW |\n|---|---|---|")
+        for n, t in ms.items():
+            print(f"| {n} | {t:.1f} | {t / ms['torch.optim.AdamW']:.2f} |")
+        return
     print(
         f"# step cost, ResNet-18 (width {args.width}, 10 classes, 32x32 random data), torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
