@@ -92,8 +92,8 @@ def _check_plugins(name: str | None) -> int:
     plugin but the built-ins); exit 1 when an item fails or was rejected at load."""
     import warnings
 
-    from .plugin import registry
     from .optim.hparams import unknown_name
+    from .plugin import registry
     from .testing import check_plugin
 
     with warnings.catch_warnings():
