@@ -430,3 +430,23 @@ def test_check_reports_items_rejected_at_load_and_failing_the_kit(tmp_path):
     assert "0 passed, 2 failed, 0 not checked" in out.stdout
     unknown = _cli(site, "plugins", "--check", "bda")
     assert unknown.returncode == 2 and "unknown plugin 'bda'. Did you mean 'bad'?" in unknown.stderr, unknown.stderr
+
+
+def test_a_plugin_declaring_other_optlab_versions_loads_with_a_warning(tmp_path):
+    pkg = tmp_path / "optlab-old"
+    (pkg / "optlab_old").mkdir(parents=True)
+    (pkg / "optlab_old" / "__init__.py").write_text(
+        "import optlab\n\n\n@optlab.hookimpl\ndef optlab_register_presets(register):\n"
+        "    register('old-sgd', lambda model, lr=0.1: optlab.preset_rules('sgd', model, lr=lr))\n"
+    )
+    (pkg / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=77"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "optlab-old"\nversion = "1.0"\ndependencies = ["optlab>=0.1,<0.2"]\n'
+        '[project.entry-points.optlab]\nold = "optlab_old"\n[tool.setuptools]\npackages = ["optlab_old"]\n'
+    )
+    site = tmp_path / "site"
+    pip_install_to_site(site, pkg)
+    out = _cli(site, "plugins")
+    assert out.returncode == 0 and re.search(r"^preset\s+old-sgd\s+old\s", out.stdout, re.M), out.stderr
+    declares = r"plugin 'old' \(optlab-old 1\.0\) declares optlab(<0\.2,>=0\.1|>=0\.1,<0\.2), but this is optlab "
+    assert re.search(declares + re.escape(optlab.__version__), out.stderr), out.stderr

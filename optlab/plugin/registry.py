@@ -133,6 +133,7 @@ def plugin_manager() -> pluggy.PluginManager:
                 continue
             try:
                 pm.register(ep.load(), name=ep.name)
+                _warn_if_unsupported(ep)
             except Exception as exc:  # a broken plugin must not take the CLI down
                 msg = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
                 if strict:
@@ -149,6 +150,35 @@ def plugin_manager() -> pluggy.PluginManager:
             pm.register(plugin, name=name)
     _pm = pm
     return pm
+
+
+def _warn_if_unsupported(ep) -> None:
+    """Warn when plugin ``ep``'s distribution declares an optlab version range (``optlab>=0.2,<0.3`` in
+    its dependencies) that excludes the running optlab: it may use names this release changed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        __version__ = version("optlab")
+    except PackageNotFoundError:  # a source tree that is not installed: nothing to compare with
+        return
+    dist = getattr(ep, "dist", None)
+    for text in (dist.requires or []) if dist is not None else []:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.name.lower() == "optlab" and req.specifier and __version__ not in req.specifier:
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            warnings.warn(
+                f"plugin {ep.name!r} ({dist.name} {dist.version}) declares {req}, but this is optlab "
+                f"{__version__}: it may rely on names this release changed (see optlab's CHANGELOG.md); "
+                f"`optlab plugins --check {ep.name}` shows whether its items still work",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def load_errors() -> list[str]:
