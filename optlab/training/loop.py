@@ -91,7 +91,8 @@ def train(
     }
     t_start = time.perf_counter()
     try:
-        cfg.validate()
+        if not cfg.checked:  # a grid trial's configuration was checked when the grid was expanded
+            cfg.validate()
         if launcher and cfg.nproc > 1:
             result = launch_trial(cfg, checkpoint=checkpoint, on_epoch=on_epoch)
             result["wall_time"] = time.perf_counter() - t_start  # process start-up included
