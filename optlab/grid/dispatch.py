@@ -8,6 +8,8 @@ import warnings
 
 from optlab.store import Store
 
+from .executors.base import Executor
+from .sinks import Sink
 from .spec import GridSpec, SpecError
 from .trial import Trial, resolved_names
 
@@ -59,7 +61,7 @@ class Reporter:
     """Progress of a grid run: a tqdm bar on a terminal; otherwise (a log file, CI, a pipe) one line per
     finished trial, no carriage returns. Also feeds each finished trial's stored record to the sinks."""
 
-    def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list):
+    def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list[Sink]):
         from tqdm.auto import tqdm
 
         self.store, self.total, self.n, self.sinks = store, total, initial, sinks
@@ -121,7 +123,7 @@ class Reporter:
                 pass
 
 
-def dispatch(store: Store, todo: list[Trial], ex, threads: int | None, rep: Reporter) -> None:
+def dispatch(store: Store, todo: list[Trial], ex: Executor, threads: int | None, rep: Reporter) -> None:
     if not todo:
         return
     by_id = {t.id: t for t in todo}

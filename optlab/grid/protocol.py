@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import math
 
-from .spec import SELECT_METRICS, GridSpec
+from .spec import SELECT_DIRECTIONS, GridSpec
 from .trial import Trial, trial_id
 
-__all__ = ["selection_key", "config_label", "select_configs", "evaluation_trials"]
+__all__ = ["selection_key", "config_key", "select_configs", "evaluation_trials"]
 
 
 def selection_key(config: dict, arm: str) -> tuple[str, str, str]:
@@ -19,7 +19,7 @@ def selection_key(config: dict, arm: str) -> tuple[str, str, str]:
     return config["task"], config["model"], arm
 
 
-def config_label(config: dict) -> str:
+def config_key(config: dict) -> str:
     """A configuration across seeds: everything in the run config but the seed."""
     return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
 
@@ -30,15 +30,15 @@ def select_configs(tuning: list[Trial], records: dict[str, dict], metric: str = 
     Score of a configuration: mean over its tuning seeds of the final-epoch ``metric``
     (``val_acc`` maximised, ``val_loss`` minimised). Eligible: configurations whose seeds all
     finished ``ok``; if none is, those with at least one ``ok`` seed (mean over those). Ties go
-    to the smallest :func:`config_label`. Test metrics are never read.
+    to the smallest :func:`config_key`. Test metrics are never read.
 
     Returns ``{key: {"config", "score", "configs_tried", "tuning_seeds", "complete"}}``;
     ``complete`` is False while some tuning trial of that key has no valid result.
     """
-    sign = 1.0 if SELECT_METRICS[metric] == "max" else -1.0
+    sign = 1.0 if SELECT_DIRECTIONS[metric] == "max" else -1.0
     groups: dict[tuple, dict[str, list]] = {}
     for t in tuning:
-        groups.setdefault(selection_key(t.config, t.arm), {}).setdefault(config_label(t.config), []).append(t)
+        groups.setdefault(selection_key(t.config, t.arm), {}).setdefault(config_key(t.config), []).append(t)
     out = {}
     for key, configs in groups.items():
         complete = all(t.id in records for ts in configs.values() for t in ts)
@@ -83,7 +83,7 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
     proto = spec.protocol
     if proto is None:
         return [], []
-    sel = select_configs(tuning, records, proto["select"])
+    sel = select_configs(tuning, records, proto.select)
     trials, waiting = [], []
     for key, s in sel.items():
         if not s["complete"]:
@@ -92,13 +92,26 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
         if s["config"] is None:
             continue  # every tuning trial failed: nothing to evaluate (the report shows the failures)
         selection = {
-            "metric": f"final_{proto['select']}",
+            "metric": f"final_{proto.select}",
             "tuning_seeds": s["tuning_seeds"],
             "score": s["score"],
             "configs_tried": s["configs_tried"],
-            "config": config_label({**s["config"], "seed": 0}),
+            "config": config_key({**s["config"], "seed": 0}),
         }
-        for seed in proto["evaluation_seeds"]:
+        for seed in proto.evaluation_seeds:
             c = {**s["config"], "seed": seed}
             trials.append(Trial(trial_id(c), c, arm=key[2], stage="evaluation", selection=selection))
     return trials, waiting
+
+
+def __getattr__(name: str):
+    if name == "config_label":  # the machine key was called a label before issue 22
+        import warnings
+
+        warnings.warn(
+            "optlab.grid.protocol.config_label is deprecated: it is config_key (a machine key, not a label)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return config_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

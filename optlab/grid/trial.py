@@ -17,10 +17,11 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optlab.store import CorruptRecord, Store
+from optlab.training.config import RunConfig
 from optlab.training.launch import TrialLost
 from optlab.training.loop import train
 
@@ -32,11 +33,20 @@ DATA_VERSION = 2
 
 @dataclass(frozen=True)
 class Trial:
+    """One run of a grid. ``config`` is the run configuration as the store and the id see it
+    (:meth:`RunConfig.to_dict`); ``run`` is the checked :class:`RunConfig` itself, carried from
+    where the trial was built to :func:`run_trial` (``None``: built from ``config`` when needed)."""
+
     id: str
     config: dict
     arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
     stage: str = "tuning"  # "tuning" or "evaluation"
     selection: dict | None = None
+    run: RunConfig | None = field(default=None, compare=False, repr=False)
+
+    def run_config(self) -> RunConfig:
+        """The trial's :class:`RunConfig` (checked where the trial was built; else from ``config``)."""
+        return self.run if self.run is not None else RunConfig.from_dict(self.config)
 
     @property
     def label(self) -> str:
@@ -97,7 +107,7 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
-                res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
+                res = train(trial.run_config(), checkpoint=store.checkpoint(trial.id), progress=False)
             except TrialLost as exc:  # a process of a multi-process trial was killed: no record, checkpoint kept
                 print(f"optlab: trial {trial.id} lost: {exc}", file=sys.stderr)
                 return trial.id, "error"
