@@ -105,12 +105,27 @@ def test_refused_configurations(tmp_path):
         app.trainer(str(tmp_path), "sgd").__class__(model=app.make_model(), optimizer_name="sgd-phh")
 
 
+def test_fp16_with_curvature_is_refused_and_bf16_refreshes_curvature(tmp_path):
+    with pytest.raises(NotImplementedError, match="fp16.*bf16=True"):
+        train(tmp_path, "sgd-ph", fp16=True)
+    t = app.trainer(str(tmp_path), "sgd-ph", bf16=True)
+    t.model.float()  # autocast to bfloat16 from float32 weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t.train()
+    opt = optlab_optimizer(t.optimizer)
+    assert t.accelerator.mixed_precision == "bf16"
+    assert opt.hvp_count > 0 and all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_replicas_in_sync(tmp_path):
+    # DDP on gloo, 2 micro-batches per step, clipping: refresh steps accumulate under no_sync with a graph,
+    # the optimizer averages gradients and curvature over the ranks, then clips
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = subprocess.run(
-        cmd + [str(Path(app.__file__)), str(tmp_path), "sgd-ph"],
+        cmd + [str(Path(app.__file__)), str(tmp_path), "sgd-ph", "2", "0.05"],
         env=env,
         capture_output=True,
         text=True,
@@ -118,16 +133,21 @@ def test_torchrun_two_processes_replicas_in_sync(tmp_path):
     )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert len(r0["seen"]) == len(r1["seen"]) == 2 * app.STEPS
     assert r0["hvp_count"] > 0 and r0["hvp_count"] == r1["hvp_count"]
     assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))  # replicas identical
     # the ranks saw different halves of each global batch
     assert not torch.equal(r0["seen"][0]["input_ids"], r1["seen"][0]["input_ids"])
-    # one process on the concatenated global batches (layer norm is per sample: no cross-sample
+    # one process on the concatenated global micro-batches (layer norm is per sample: no cross-sample
     # statistics): the same trajectory, up to the order of summation
     glob = [
         {k: torch.cat([a[k], b[k]]) for k in a}  # mean loss of 8 samples = average of the two ranks' means
         for a, b in zip(r0["seen"], r1["seen"])
     ]
-    want, _ = reference("sgd-ph", glob)
+    want, ref_opt = reference("sgd-ph", glob, accumulation=2, max_grad_norm=0.05)
+    assert float(ref_opt.last_grad_norm) > 0.05  # clipping was active
+    assert r0["hvp_count"] == ref_opt.hvp_count
+    init = list(app.make_model().parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(r0["params"], init))
     for a, b in zip(r0["params"], want.parameters()):
-        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-10)
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)

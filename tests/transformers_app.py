@@ -1,7 +1,7 @@
 """A tiny randomly initialised BERT classifier trained by ``OptlabTrainer``; run as a script under torchrun.
 
-``torchrun --nproc-per-node 2 tests/transformers_app.py OUT PRESET`` trains ``STEPS`` steps on CPU
-(gloo) and writes each rank's parameters and the inputs it saw to ``OUT/rank<r>.pt``.
+``torchrun --nproc-per-node 2 tests/transformers_app.py OUT PRESET ACCUMULATION MAX_GRAD_NORM`` trains
+``STEPS`` steps on CPU (gloo) and writes each rank's parameters and the inputs it saw to ``OUT/rank<r>.pt``.
 No weights or tokenizer are downloaded: the model is built from a config, the data is synthetic.
 """
 
@@ -66,8 +66,9 @@ def trainer(out: str, preset: str, *, steps: int = STEPS, accumulation: int = 1,
 
     class Recording(OptlabTrainer):
         seen: list = []
-        # BERT's classification loss is a mean that ignores num_items_in_batch: the Trainer must
-        # divide it by the accumulation steps (transformers' documented switch)
+        # BERT's classification loss is a mean that ignores num_items_in_batch (though its forward takes
+        # **kwargs): the Trainer must divide it by the accumulation steps (transformers' documented switch),
+        # and must not multiply it by the number of processes (average_tokens_across_devices=False below)
         loss_is_scaled_for_ga = False
 
         def training_step(self, model, inputs, *a, **k):
@@ -88,6 +89,7 @@ def trainer(out: str, preset: str, *, steps: int = STEPS, accumulation: int = 1,
         disable_tqdm=True,
         seed=0,
         dataloader_num_workers=0,
+        average_tokens_across_devices=False,
         **kw,
     )
     return Recording(
@@ -102,9 +104,10 @@ def trainer(out: str, preset: str, *, steps: int = STEPS, accumulation: int = 1,
 
 if __name__ == "__main__":
     out, preset = sys.argv[1], sys.argv[2]
+    accumulation, max_grad_norm = int(sys.argv[3]), float(sys.argv[4])
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    t = trainer(out, preset)
+    t = trainer(out, preset, accumulation=accumulation, max_grad_norm=max_grad_norm)
     t.train()
     from optlab.integrations.transformers import optlab_optimizer
 

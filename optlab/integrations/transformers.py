@@ -61,7 +61,7 @@ __all__ = ["OptlabTrainer", "optlab_optimizer"]
 _GRAD_NORM_HOOKS = ("_clip_grad_norm", "_get_grad_norm")
 
 
-def optlab_optimizer(opt: Any) -> torch.optim.Optimizer | None:
+def optlab_optimizer(opt: Any) -> Any:
     """The optlab optimizer inside ``opt`` (``accelerate`` wraps it in ``AcceleratedOptimizer``),
     or ``None`` when ``opt`` is not one (it has no ``needs_graph``)."""
     seen = 0
