@@ -3,7 +3,7 @@
 # then the long checks marked `slow` (kill -9 resume, installing the example plugin) serially.
 set -euo pipefail
 cd "$(dirname "$0")"
-OPTLAB_EXTRAS=test,baselines,lightning,ray,slurm,optuna,tracking ./setup.sh
+OPTLAB_EXTRAS=test,baselines,lightning,hf,ray,slurm,optuna,tracking ./setup.sh
 export OPTLAB_NO_PROGRESS=1
 .venv/bin/python -m pytest -n 2 -q -m "not slow" "$@"
 .venv/bin/python -m pytest -q -m slow "$@"
