@@ -315,7 +315,8 @@ def test_adam_hessian_equals_pytorch_optimizer_adahessian_in_float64(hp):
 
 
 @pytest.mark.parametrize(
-    "hp", [{"lr": 0.02, "rho": 0.04, "weight_decay": 0.1}, {"lr": 0.1, "rho": 2.0, "weight_decay": 0.0, "betas": (0.5, 0.9)}]
+    "hp",
+    [{"lr": 0.02, "rho": 0.04, "weight_decay": 0.1}, {"lr": 0.1, "rho": 2.0, "weight_decay": 0.0, "betas": (0.5, 0.9)}],
 )
 def test_clipped_newton_equals_pytorch_optimizer_sophiah_in_float64(hp):
     """SophiaH (pytorch_optimizer 4.x) writes the clipped step as lr' clip(m / max(h, eps), -p, p);

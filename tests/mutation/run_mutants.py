@@ -51,7 +51,12 @@ GROUP_TESTS = {
     "estimators": ["tests/test_estimators.py", "tests/test_estimator_formulas.py", "tests/test_core.py"],
     "stats": ["tests/test_stats.py"],
     "selection": ["tests/test_protocol.py", "tests/test_selection.py", "tests/test_analysis.py"],
-    "store": ["tests/test_store_validate.py", "tests/test_reliability.py", "tests/test_reliability_fuzz.py", "tests/test_runner.py"],
+    "store": [
+        "tests/test_store_validate.py",
+        "tests/test_reliability.py",
+        "tests/test_reliability_fuzz.py",
+        "tests/test_runner.py",
+    ],
 }
 
 M = Mutant
