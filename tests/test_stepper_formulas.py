@@ -11,8 +11,6 @@ bias corrections at a step count != refresh count, clipping active on some entri
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
