@@ -26,7 +26,7 @@ def optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
 
 def optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) -> dict:
     """One Optuna study per optimizer block in ``RESULTS/optuna.db`` (created or resumed)."""
-    from .search import OptunaSearch, SearchError, stream_seed
+    from .search import OptunaSearch, SearchError, block_seeds
 
     db = store.root / "optuna.db"
     if not create and not db.exists():
@@ -39,7 +39,7 @@ def optuna_studies(spec: GridSpec, store: Store, search, create: bool = True) ->
                 db,
                 f"{spec.name}/{bi}-{arm}",
                 search.trials,
-                seed=stream_seed(search.seed, bi, arm),
+                seed=block_seeds(search.seed, spec.data.get("optimizer") or [])[bi],
                 direction=search.direction,
                 batch=search.batch,
                 pruning=search.pruning,

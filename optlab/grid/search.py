@@ -33,13 +33,18 @@ and a ``[search]`` table picks the sampler::
   pruner for samplers that report per-epoch values; the runner reports only final values).
 
 Every sampler is deterministic given ``seed``; each optimizer block draws from its own
-stream (seeded by ``seed`` and the block's index and name), so adding an optimizer does
-not change the configurations of the others.
+stream, seeded by ``seed`` and the block's *content*, never its position
+(:func:`block_seeds`): its arm label (``label``, default ``name``) and, when several blocks
+share that label, a digest of the whole block. Adding, removing or reordering blocks with
+other labels does not change a block's configurations. (``optuna``: the block's study in
+``optuna.db`` is still named by position, ``<spec>/<index>-<label>``; reordering blocks there
+starts new studies.)
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import zlib
 from collections.abc import Sequence
@@ -62,6 +67,7 @@ __all__ = [
     "parse_space",
     "parse_search",
     "sample_configs",
+    "block_seeds",
     "OptunaSearch",
 ]
 
@@ -219,8 +225,32 @@ def parse_search(where: str, table: dict | None) -> SearchSettings:
 
 # ---------------------------------------------------------------- sampling
 def stream_seed(seed: int, index: int, name: str) -> int:
-    """A per-optimizer-block seed: independent of the other blocks."""
+    """A seed from the entropy words ``(seed, index, crc32(name))`` (``numpy.random.SeedSequence``)."""
     return int(np.random.SeedSequence([seed, index, zlib.crc32(name.encode())]).generate_state(1)[0])
+
+
+def _block_digest(block: dict) -> int:
+    """crc32 of the block's canonical JSON (keys sorted): equal blocks, equal digests."""
+    return zlib.crc32(json.dumps(block, sort_keys=True, default=repr).encode())
+
+
+def block_seeds(seed: int, blocks: Sequence[dict]) -> list[int]:
+    """The sampler seed of each ``[[optimizer]]`` block, from its content, not its position.
+
+    A block whose arm label (``label``, default ``name``) no other block carries is seeded by
+    ``stream_seed(seed, 0, label)``; blocks sharing a label are told apart by their content,
+    ``stream_seed(seed, crc32(canonical JSON of the block), label)``. So inserting, removing or
+    reordering blocks with other labels leaves every block's configurations unchanged. (The
+    unique-label form is the seed the first block of a spec had when seeds used the block's
+    index, so the trial ids of such blocks did not change with this rule.)
+    """
+    labels = [b.get("label", b.get("name")) for b in blocks]
+    out = []
+    for block, label in zip(blocks, labels):
+        arm = str(label)
+        shared = labels.count(label) > 1
+        out.append(stream_seed(seed, _block_digest(block) if shared else 0, arm))
+    return out
 
 
 def _dims(space: dict) -> list[str]:

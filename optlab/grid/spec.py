@@ -336,7 +336,7 @@ def _block_configs(
     spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict, optuna_configs: dict[int, list[dict]] | None
 ) -> list[dict]:
     """The hyperparameter configurations of one ``[[optimizer]]`` block under the spec's sampler."""
-    from .search import sample_configs, stream_seed
+    from .search import block_seeds, sample_configs
 
     search = spec.search
     space = spec.block_space(bi)
@@ -345,7 +345,8 @@ def _block_configs(
             return sample_configs(space, "grid")
         if search.sampler == "optuna":  # adaptive: the configurations asked so far (run_grid asks for more)
             return list((optuna_configs or {}).get(bi, []))
-        return sample_configs(space, search.sampler, n=search.trials, seed=stream_seed(search.seed, bi, arm))
+        seed = block_seeds(search.seed, spec.data.get("optimizer") or [])[bi]  # from content, not position
+        return sample_configs(space, search.sampler, n=search.trials, seed=seed)
     except SearchError as exc:
         raise SpecError(str(exc)) from exc
 

@@ -48,10 +48,15 @@ GROUP_TESTS = {
         "tests/test_schedulers.py",
     ],
     "diag_newton": ["tests/test_core.py", "tests/test_stepper_formulas.py", "tests/test_plugin_contract.py"],
-    "estimators": ["tests/test_estimators.py", "tests/test_core.py"],
+    "estimators": ["tests/test_estimators.py", "tests/test_estimator_formulas.py", "tests/test_core.py"],
     "stats": ["tests/test_stats.py"],
     "selection": ["tests/test_protocol.py", "tests/test_selection.py", "tests/test_analysis.py"],
-    "store": ["tests/test_reliability.py", "tests/test_reliability_fuzz.py", "tests/test_runner.py"],
+    "store": [
+        "tests/test_store_validate.py",
+        "tests/test_reliability.py",
+        "tests/test_reliability_fuzz.py",
+        "tests/test_runner.py",
+    ],
 }
 
 M = Mutant
