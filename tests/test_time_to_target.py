@@ -7,14 +7,22 @@ from scipy import stats
 
 from optlab.analysis.time_to_target import (
     Evaluation,
+    TargetSpec,
+    arm_summary,
+    comparison_records,
     default_k,
     evaluations_of,
+    paired_against,
     paired_censored_test,
+    parse_targets,
     performance_profile,
+    profile_from_summary,
     profile_score,
     reach_curve,
+    resolve_targets,
     target_from_reference,
     time_to_target,
+    trial_times,
     workload_time,
 )
 
@@ -157,3 +165,71 @@ def test_performance_profile_and_score_against_a_hand_computation():
     assert profile_score({"w": {"A": 50, "B": 50}}) == {"A": 1.0, "B": 1.0}
     with pytest.raises(ValueError, match="invalid tau_max=1"):
         profile_score(times, tau_max=1)
+
+
+# ------------------------------------------------------------------ over trial records
+def _rec(arm, seed, vals, stage="evaluation", status="ok", task="t", every=10):
+    return {
+        "id": f"{arm}-{seed}-{stage}",
+        "arm": arm,
+        "stage": stage,
+        "status": status,
+        "config": {"task": task, "model": "m", "optimizer": arm, "seed": seed},
+        "metrics": [{"epoch": 1, "val_acc": vals[-1]}],
+        "evaluations": [
+            {
+                "step": (i + 1) * every,
+                "epoch": (i + 1) / len(vals),
+                "seconds": float(i + 1),
+                "hvp_count": 0,
+                "val_acc": v,
+            }
+            for i, v in enumerate(vals)
+        ],
+    }
+
+
+def test_targets_table_is_validated_with_named_errors():
+    t = parse_targets("s", {"default": {"from_arm": "sgd"}, "a/b": {"metric": "val_loss", "value": 0.5, "k": 2}})
+    assert t["default"] == TargetSpec("val_acc", None, "sgd", None) and t["a/b"].mode == "min" and t["a/b"].k == 2
+    for table, match in [
+        ({"a": {"value": 1}}, r"s.targets.a: invalid workload 'a'; expected 'task/model' or 'default'"),
+        ({"default": {"value": 1, "from_arm": "x"}}, "give exactly one of value"),
+        ({"default": {}}, "give exactly one of value"),
+        ({"default": {"value": 0.9, "metric": "test_acc"}}, r"invalid 'test_acc'; expected one of val_acc, val_loss"),
+        ({"default": {"value": 0.9, "k": 0}}, r"s.targets.default.k: invalid 0"),
+        ({"default": {"value": 0.9, "when": 1}}, r"s.targets.default.when: unknown key"),
+        ({"default": 0.9}, "expected a table"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_targets("s", table)
+
+
+def test_tables_count_censored_trials_and_derive_targets_from_an_arm():
+    recs = [
+        _rec("sgd", 0, [0.5, 0.8, 0.9]),
+        _rec("sgd", 1, [0.5, 0.85, 0.86]),
+        _rec("sgd", 2, [0.3, 0.4, 0.95]),
+        _rec("adamw", 0, [0.9, 0.95, 0.99]),
+        _rec("adamw", 1, [0.2, 0.3, 0.4]),  # never reaches: censored, counted
+        _rec("adamw", 2, [0.89, 0.9, 0.91]),
+        _rec("adamw", 3, [0.99], stage="tuning"),  # tuning trials are not read when evaluation ones exist
+        _rec("sgd", 3, [0.1, math.nan], status="diverged"),  # diverged: censored, counted
+    ]
+    used = comparison_records(recs)
+    assert len(used) == 7 and all(r["stage"] == "evaluation" for r in used)
+    targets = resolve_targets(used, {"default": TargetSpec(from_arm="sgd")})
+    # sgd's final val_acc over its seeds: 0.9, 0.86, 0.95 and a diverged seed (the worst): median 0.88
+    assert targets["t/m"][1] == pytest.approx(0.88)
+    rows = trial_times(used, targets)
+    assert len(rows) == 7 and sum(not r["reached"] for r in rows) == 3  # sgd 1 (0.86 < 0.88), sgd 3, adamw 1
+    summ = {r["arm"]: r for r in arm_summary(rows)}
+    assert (summ["sgd"]["n"], summ["sgd"]["n_reached"], summ["sgd"]["n_censored"], summ["sgd"]["k"]) == (4, 2, 2, 3)
+    assert not summ["sgd"]["reached"] and summ["sgd"]["time_step"] == INF
+    assert summ["adamw"]["reached"] and summ["adamw"]["time_step"] == 20 and summ["adamw"]["median_step"] == 20
+    # k from the spec
+    assert {r["arm"]: r["reached"] for r in arm_summary(rows, {"t/m": 2})} == {"adamw": True, "sgd": True}
+    paired = paired_against(rows, "sgd")
+    assert len(paired) == 1 and (paired[0]["n"], paired[0]["n_both"], paired[0]["n_neither"]) == (3, 2, 1)
+    prof = profile_from_summary(arm_summary(rows))
+    assert prof == {"t/m": {"adamw": 20, "sgd": INF}} and profile_score(prof) == {"adamw": 1.0, "sgd": 0.0}

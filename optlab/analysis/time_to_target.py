@@ -302,3 +302,201 @@ def profile_score(times: Mapping[str, Mapping[str, float]], tau_max: float = TAU
         a: sum((tau_max - max(1.0, r)) / (tau_max - 1) for w in ratios if (r := ratios[w].get(a, INF)) <= tau_max) / nw
         for a in arms
     }
+
+
+# ------------------------------------------------------------------ targets in a spec
+#: keys of one ``[targets]`` entry
+TARGET_KEYS = ("metric", "value", "from_arm", "k")
+TARGET_METRICS = {"val_acc": "max", "val_loss": "min"}
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A workload's target as the spec states it: ``metric`` (a validation metric) and either a fixed
+    ``value`` or ``from_arm`` (the median final ``metric`` of that arm's seeds); ``k``: seeds that
+    must reach (None: a strict majority)."""
+
+    metric: str = "val_acc"
+    value: float | None = None
+    from_arm: str | None = None
+    k: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return TARGET_METRICS[self.metric]
+
+
+def parse_targets(where: str, table) -> dict[str, TargetSpec]:
+    """A spec's ``[targets]`` table -> ``{workload: TargetSpec}``. Keys are ``"task/model"`` or
+    ``"default"`` (every other workload); each value is a table with ``metric`` (``val_acc`` or
+    ``val_loss``; default ``val_acc``), exactly one of ``value`` / ``from_arm``, and optionally ``k``::
+
+        [targets]
+        default = {from_arm = "sgd"}
+        "modular-arithmetic/transformer-preln" = {metric = "val_acc", value = 0.9, k = 3}
+    """
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}.targets: expected a [targets] table, got {type(table).__name__} {table!r}")
+    out = {}
+    for name, entry in table.items():
+        w = f"{where}.targets.{name}" if "/" not in name else f'{where}.targets."{name}"'
+        if name != "default" and name.count("/") != 1:
+            raise ValueError(f"{w}: invalid workload {name!r}; expected 'task/model' or 'default'")
+        if not isinstance(entry, dict):
+            raise ValueError(f'{w}: expected a table such as {{metric = "val_acc", value = 0.9}}, got {entry!r}')
+        unknown = [k for k in entry if k not in TARGET_KEYS]
+        if unknown:
+            raise ValueError(f"{w}.{unknown[0]}: unknown key; valid keys: {', '.join(TARGET_KEYS)}")
+        metric = entry.get("metric", "val_acc")
+        if metric not in TARGET_METRICS:
+            raise ValueError(
+                f"{w}.metric: invalid {metric!r}; expected one of {', '.join(TARGET_METRICS)} (a validation metric)"
+            )
+        value, arm = entry.get("value"), entry.get("from_arm")
+        if (value is None) == (arm is None):
+            raise ValueError(f'{w}: give exactly one of value = <number> or from_arm = "<arm>"')
+        if value is not None and not _finite(value):
+            raise ValueError(f"{w}.value: invalid {value!r}; expected a finite number")
+        if arm is not None and not isinstance(arm, str):
+            raise ValueError(f"{w}.from_arm: invalid {arm!r}; expected an arm's label (a string)")
+        k = entry.get("k")
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"{w}.k: invalid {k!r}; expected an integer >= 1 (seeds that must reach the target)")
+        out[name] = TargetSpec(metric, float(value) if value is not None else None, arm, k)
+    return out
+
+
+# ------------------------------------------------------------------ tables over trial records
+def _workload(rec: Mapping) -> str:
+    c = rec["config"]
+    return f"{c['task']}/{c['model']}"
+
+
+def _arm(rec: Mapping) -> str:
+    return rec.get("arm") or rec["config"]["optimizer"]
+
+
+def comparison_records(records: Iterable[Mapping]) -> list[Mapping]:
+    """The trials time to target reads: per workload and arm, its evaluation-stage trials when it
+    has any, else its tuning trials (selection-biased: the report says so)."""
+    recs = [r for r in records if r.get("status") in ("ok", "diverged")]
+    has_eval = {(_workload(r), _arm(r)) for r in recs if r.get("stage") == "evaluation"}
+    return [r for r in recs if (r.get("stage") == "evaluation") == ((_workload(r), _arm(r)) in has_eval)]
+
+
+def resolve_targets(
+    records: Sequence[Mapping], targets: Mapping[str, TargetSpec]
+) -> dict[str, tuple[TargetSpec, float]]:
+    """``{workload: (spec, target value)}`` for every workload of ``records`` that ``targets`` covers;
+    a ``from_arm`` target is the median final metric of that arm's trials (:func:`comparison_records`).
+    A workload whose reference arm is absent is left out (the report says so)."""
+    out = {}
+    for w in sorted({_workload(r) for r in records}):
+        spec = targets.get(w) or targets.get("default")
+        if spec is None:
+            continue
+        if spec.value is not None:
+            out[w] = (spec, spec.value)
+            continue
+        finals = [
+            (r["metrics"][-1].get(spec.metric) if r["metrics"] and r["status"] == "ok" else math.nan)
+            for r in records
+            if _workload(r) == w and _arm(r) == spec.from_arm
+        ]
+        if finals:
+            try:
+                out[w] = (spec, target_from_reference(finals, spec.mode))
+            except ValueError:
+                continue
+    return out
+
+
+def trial_times(
+    records: Sequence[Mapping], targets: Mapping[str, tuple[TargetSpec, float]], hvp_cost: float = HVP_COST
+) -> list[dict]:
+    """One row per trial of a targeted workload: identity, the target, ``reached``, the time in every
+    unit (``inf`` = censored), ``evaluations`` and ``horizon_step``."""
+    rows = []
+    for r in records:
+        w = _workload(r)
+        if w not in targets:
+            continue
+        spec, value = targets[w]
+        t = time_to_target(evaluations_of(r, spec.metric), value, spec.mode, hvp_cost)
+        rows.append(
+            {
+                "workload": w,
+                "arm": _arm(r),
+                "seed": r["config"].get("seed", 0),
+                "stage": r.get("stage", "tuning"),
+                "trial_id": r.get("id"),
+                "metric": spec.metric,
+                "target": value,
+                "reached": t.reached,
+                **{u: t.get(u) for u in UNITS},
+                "evaluations": t.evaluations,
+                "horizon_step": t.horizon_step,
+            }
+        )
+    return rows
+
+
+def arm_summary(rows: Sequence[Mapping], ks: Mapping[str, int | None] | None = None) -> list[dict]:
+    """Per workload and arm: ``n`` seeds, ``n_reached``, ``n_censored``, ``k`` and ``reached`` (>= k
+    of n), and per unit the workload time (k-th smallest seed time) and the median over seeds
+    (both ``inf`` when not reached)."""
+    groups: dict[tuple, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["arm"]), []).append(r)
+    out = []
+    for (w, arm), g in sorted(groups.items()):
+        k = (ks or {}).get(w)
+        k = min(k, len(g)) if k else None
+        row: dict = {"workload": w, "arm": arm, "stage": ",".join(sorted({x["stage"] for x in g}))}
+        for u in UNITS:
+            t, n_reached, kk = workload_time([x[u] for x in g], k)
+            row[f"time_{u}"] = t
+            row[f"median_{u}"] = _median([x[u] if _finite(x[u]) else INF for x in g])
+        row.update(
+            n=len(g),
+            n_reached=n_reached,
+            n_censored=len(g) - n_reached,
+            k=kk,
+            reached=n_reached >= kk,
+            target=g[0]["target"],
+            metric=g[0]["metric"],
+        )
+        out.append(row)
+    return out
+
+
+def paired_against(rows: Sequence[Mapping], reference: str, unit: str = "step") -> list[dict]:
+    """Every arm against ``reference`` per workload (:func:`paired_censored_test` on ``unit``), with
+    Holm-adjusted p-values over all rows; ``faster``: which side is faster where significant (alpha 0.05)."""
+    from .stats import holm
+
+    by: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        by.setdefault((r["workload"], r["arm"]), {})[r["seed"]] = r[unit]
+    out = []
+    for (w, arm), times in sorted(by.items()):
+        if arm == reference or (w, reference) not in by:
+            continue
+        res = paired_censored_test(times, by[(w, reference)])
+        out.append({"workload": w, "arm": arm, "reference": reference, "unit": unit, **res})
+    for r, p in zip(out, holm([r["p_value"] for r in out]) if out else []):
+        r["p_holm"] = float(p)
+        r["faster"] = (
+            (r["arm"] if r["direction"] < 0 else r["reference"]) if _finite(p) and p < 0.05 and r["direction"] else "-"
+        )
+    return out
+
+
+def profile_from_summary(summary: Sequence[Mapping], unit: str = "step") -> dict[str, dict[str, float]]:
+    """``{workload: {arm: workload time in unit}}`` for :func:`performance_profile` / :func:`profile_score`."""
+    out: dict[str, dict[str, float]] = {}
+    for r in summary:
+        out.setdefault(r["workload"], {})[r["arm"]] = r[f"time_{unit}"]
+    return out
