@@ -226,10 +226,10 @@ def test_tables_count_censored_trials_and_derive_targets_from_an_arm():
     summ = {r["arm"]: r for r in arm_summary(rows)}
     assert (summ["sgd"]["n"], summ["sgd"]["n_reached"], summ["sgd"]["n_censored"], summ["sgd"]["k"]) == (4, 2, 2, 3)
     assert not summ["sgd"]["reached"] and summ["sgd"]["time_step"] == INF
-    assert summ["adamw"]["reached"] and summ["adamw"]["time_step"] == 20 and summ["adamw"]["median_step"] == 20
+    assert summ["adamw"]["reached"] and summ["adamw"]["time_step"] == 10 and summ["adamw"]["median_step"] == 10
     # k from the spec
     assert {r["arm"]: r["reached"] for r in arm_summary(rows, {"t/m": 2})} == {"adamw": True, "sgd": True}
     paired = paired_against(rows, "sgd")
     assert len(paired) == 1 and (paired[0]["n"], paired[0]["n_both"], paired[0]["n_neither"]) == (3, 2, 1)
     prof = profile_from_summary(arm_summary(rows))
-    assert prof == {"t/m": {"adamw": 20, "sgd": INF}} and profile_score(prof) == {"adamw": 1.0, "sgd": 0.0}
+    assert prof == {"t/m": {"adamw": 10, "sgd": INF}} and profile_score(prof) == {"adamw": 1.0, "sgd": 0.0}
