@@ -53,6 +53,7 @@ __all__ = [
     "progression",
     "next_values",
     "selection_rows",
+    "extension_configs",
     "SELECTION_COLUMNS",
     "EDGE_FRACTION",
 ]
@@ -368,3 +369,15 @@ def selection_rows(selections: Mapping[tuple, Selection], key_names: Sequence[st
                 }
             )
     return rows
+
+
+def extension_configs(selection: Selection) -> list[tuple[Edge, dict]]:
+    """The configurations one extension round adds to a cell: for every grid axis whose selected
+    value is on an edge with a proposal, the selected configuration with that axis moved to the
+    first proposed value beyond the edge (the other axes stay at their selected values: a line
+    search from the winner, one configuration per edge axis). ``[(edge, hyperparameters)]``."""
+    out = []
+    for e in selection.edges:
+        if e.at_edge and e.kind == "grid" and e.next_values:
+            out.append((e, {**selection.axes, e.axis: e.next_values[0]}))
+    return out

@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from optlab.selection import AxisRange, Observation, next_values, progression, select, selection_rows
+from optlab.selection import (
+    AxisRange,
+    Observation,
+    extension_configs,
+    next_values,
+    progression,
+    select,
+    selection_rows,
+)
 
 KEY = ("digits", "cnn-bn", "sgd")
 
@@ -126,3 +134,14 @@ def test_sampled_ranges_use_the_outer_tenth_in_their_own_scale():
     assert e.at_edge and e.side == "low"
     # the selected value itself is the largest value drawn, but far from the range bound: not an edge
     assert not select(obs(0.05, [0.9]) + obs(0.02, [0.8]), domains=rng)[KEY].at_edge
+
+
+def test_extension_moves_the_edge_axis_from_the_winner():
+    o = []
+    for lr in (0.1, 0.3):
+        for wd in (0.0, 1e-3):
+            o += obs(lr, [0.9 if (lr, wd) == (0.3, 1e-3) else 0.8], weight_decay=wd)
+    (e_lr, hp_lr), (e_wd, hp_wd) = extension_configs(select(o)[KEY])
+    assert (e_lr.axis, hp_lr) == ("lr", {"lr": 0.9, "weight_decay": 1e-3})  # ratio 3 beyond 0.3
+    assert (e_wd.axis, e_wd.progression, hp_wd) == ("weight_decay", "linear", {"lr": 0.3, "weight_decay": 2e-3})
+    assert extension_configs(select(obs(0.1, [0.8]) + obs(0.2, [0.9]) + obs(0.3, [0.8]))[KEY]) == []
