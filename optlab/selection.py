@@ -54,6 +54,7 @@ __all__ = [
     "next_values",
     "selection_rows",
     "extension_configs",
+    "stability",
     "SELECTION_COLUMNS",
     "EDGE_FRACTION",
 ]
@@ -380,4 +381,33 @@ def extension_configs(selection: Selection) -> list[tuple[Edge, dict]]:
     for e in selection.edges:
         if e.at_edge and e.kind == "grid" and e.next_values:
             out.append((e, {**selection.axes, e.axis: e.next_values[0]}))
+    return out
+
+
+def stability(
+    observations: Iterable[Observation], mode: str = "max", tol: float = 0.0, n_boot: int = 1000, seed: int = 0
+) -> dict[tuple, float]:
+    """How stable each cell's selection is: the share of ``n_boot`` bootstrap resamples of the cell's
+    tuning seeds (drawn with replacement, the same draw for every configuration: seeds are paired)
+    in which :func:`select` picks the same configuration as on all seeds. 1.0: every resample agrees;
+    near 1 / configurations: the choice is a coin toss. Deterministic given ``seed``."""
+    import random
+
+    rng = random.Random(seed)
+    cells: dict[tuple, list[Observation]] = {}
+    for o in observations:
+        cells.setdefault(tuple(o.key), []).append(o)
+    full = select([o for obs in cells.values() for o in obs], mode, tol)
+    out = {}
+    for key, obs in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        seeds = sorted({o.seed for o in obs})
+        by_seed: dict[int, list[Observation]] = {}
+        for o in obs:
+            by_seed.setdefault(o.seed, []).append(o)
+        same = 0
+        for _ in range(n_boot):
+            draw = [rng.choice(seeds) for _ in seeds]
+            resampled = [Observation(key, o.config, j, o.value, o.axes) for j, s in enumerate(draw) for o in by_seed[s]]
+            same += select(resampled, mode, tol)[key].config == full[key].config
+        out[key] = same / n_boot if full[key].config is not None else math.nan
     return out

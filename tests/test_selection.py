@@ -12,6 +12,7 @@ from optlab.selection import (
     progression,
     select,
     selection_rows,
+    stability,
 )
 
 KEY = ("digits", "cnn-bn", "sgd")
@@ -145,3 +146,15 @@ def test_extension_moves_the_edge_axis_from_the_winner():
     assert (e_lr.axis, hp_lr) == ("lr", {"lr": 0.9, "weight_decay": 1e-3})  # ratio 3 beyond 0.3
     assert (e_wd.axis, e_wd.progression, hp_wd) == ("weight_decay", "linear", {"lr": 0.3, "weight_decay": 2e-3})
     assert extension_configs(select(obs(0.1, [0.8]) + obs(0.2, [0.9]) + obs(0.3, [0.8]))[KEY]) == []
+
+
+def test_stability_is_the_share_of_seed_resamples_that_agree():
+    clear = obs(0.1, [0.9, 0.91, 0.92]) + obs(0.3, [0.5, 0.5, 0.5])
+    assert stability(clear, n_boot=200)[KEY] == 1.0
+    # lr=0.3 wins on mean only through seed 2: resamples without seed 2 pick lr=0.1
+    close = obs(0.1, [0.9, 0.9, 0.9]) + obs(0.3, [0.89, 0.89, 0.95])
+    share = stability(close, n_boot=2000, seed=1)[KEY]
+    assert select(close)[KEY].config == "lr=0.3"
+    # with k copies of seed 2 among the 3 draws, lr=0.3's mean is (0.89 (3 - k) + 0.95 k) / 3 > 0.9 <=> k >= 1
+    assert share == pytest.approx(1 - (2 / 3) ** 3, abs=0.03)
+    assert stability(close, n_boot=50, seed=3) == stability(close, n_boot=50, seed=3)  # deterministic
