@@ -60,6 +60,7 @@ class RunConfig:
     device: str = "cpu"
     compile: bool = False  # torch.compile the model: plain steps compiled, refresh steps eager (optlab.compiled)
     nproc: int = 1  # processes of one trial (DDP via torchrun); batch_size is the global batch
+    eval_every_steps: int | None = None  # also evaluate validation every N steps (time to target); None: per epoch
 
     def to_dict(self) -> dict:
         """The settings as a dict; keys added after trial ids existed are left out at their
@@ -118,6 +119,11 @@ class RunConfig:
             ("device", lambda: isinstance(self.device, str), "a torch device string such as 'cpu' or 'cuda'"),
             ("nproc", lambda: integer(self.nproc, 1), "an integer >= 1 (processes of one trial)"),
             (
+                "eval_every_steps",
+                lambda: self.eval_every_steps is None or integer(self.eval_every_steps, 1),
+                "an integer >= 1 (evaluate validation every N optimizer steps) or unset (once per epoch)",
+            ),
+            (
                 "batch_size",
                 lambda: self.batch_size % self.nproc == 0,
                 lambda: (
@@ -174,7 +180,7 @@ def _round_down(n: int, k: int) -> int:
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
 #: run settings newer than the trial-id scheme: absent from ``to_dict`` (hence from the id) at these values
-OMIT_AT_DEFAULT = {"compile": False, "nproc": 1}
+OMIT_AT_DEFAULT = {"compile": False, "nproc": 1, "eval_every_steps": None}
 
 
 def lr_factor(cfg: RunConfig, epoch: float) -> float:
@@ -386,6 +392,51 @@ def _build(cfg: RunConfig, device, ranks: RankContext):
     return task, model, net, opt, sched, data_gen, iters
 
 
+class StepEvaluations:
+    """Validation every ``every`` optimizer steps and at every epoch's end, for time to target
+    (:mod:`optlab.analysis.time_to_target`): one row per evaluation with ``step`` (global),
+    ``epoch`` (``step / steps per epoch``), ``seconds`` (training time so far: every evaluation,
+    epoch-end ones included, is left out, as AlgoPerf does), ``hvp_count`` (so far), ``val_loss``
+    and ``val_acc``. ``train_seconds`` and the rows travel in the checkpoint, so a resumed run
+    continues the same series."""
+
+    def __init__(self, every: int, rows: list, train_seconds: float = 0.0):
+        self.every, self.rows, self.train_seconds = every, rows, float(train_seconds)
+        self.t0, self.eval_time, self.hvps = 0.0, 0.0, 0
+
+    def start_epoch(self, hvps_before: int) -> None:
+        self.t0, self.eval_time, self.hvps = time.perf_counter(), 0.0, int(hvps_before)
+
+    def seconds(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self.t0) - self.eval_time
+
+    def after_step(self, step: int, iters: int, hvps_in_epoch: int, evaluate) -> None:
+        """After global step ``step``: evaluate when it is a multiple of ``every``."""
+        if step % self.every == 0:
+            secs = self.seconds()
+            t = time.perf_counter()
+            val_loss, val_acc = evaluate()
+            self.eval_time += time.perf_counter() - t
+            self.add(step, step / iters, secs, self.hvps + hvps_in_epoch, val_loss, val_acc)
+
+    def add(self, step: int, epoch: float, seconds: float, hvps: int, val_loss: float, val_acc: float) -> None:
+        if self.rows and self.rows[-1]["step"] == step:
+            return  # the epoch's last step was already evaluated
+        self.rows.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "seconds": seconds,
+                "hvp_count": hvps,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+            }
+        )
+
+    def end_epoch(self, seconds_in_epoch_training: float) -> None:
+        self.train_seconds += seconds_in_epoch_training
+
+
 def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext) -> None:
     """The training loop. Every optimizer (preset or baseline) takes the same forward-only
     closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
@@ -434,10 +485,20 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
     # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.compiled)
     forward = torch.compile(net) if cfg.compile else net  # net: the model, or its DDP wrapper
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
+    result["steps_per_epoch"] = iters
+    evals = None
+    if cfg.eval_every_steps:
+        result["evaluations"] = list(ck.get("evaluations") or []) if ck is not None else []
+        evals = StepEvaluations(
+            cfg.eval_every_steps, result["evaluations"], ck.get("train_seconds", 0.0) if ck is not None else 0.0
+        )
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
         t0 = dict(accounting.timings)
         h0, v0 = accounting.hvp_count, accounting.vjp_count
+        if evals is not None:
+            evals.start_epoch(sum(int(m.get("hvp_count") or 0) for m in result["metrics"]))
+        step = epoch * iters
         loss_sum, correct, seen, diverged = 0.0, 0, 0, False
         bar = _progress(
             iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
@@ -461,17 +522,26 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
             loss_sum += step_loss
             correct += int(step_correct)
             seen += int(step_seen)
+            step += 1
+            if evals is not None:
+                evals.after_step(step, iters, accounting.hvp_count - h0, lambda: _evaluate(model, task, "val", ranks))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         bar.close()
         spent = {k: accounting.timings[k] - t0[k] for k in TIMED_PHASES}
         nan2 = (float("nan"), float("nan"))
+        secs = evals.seconds() if evals is not None else 0.0
+        t_eval = time.perf_counter()
         val_loss, val_acc = nan2 if diverged else _evaluate(model, task, "val", ranks)
+        if evals is not None and not diverged:
+            evals.add(step, step / iters, secs, evals.hvps + accounting.hvp_count - h0, val_loss, val_acc)
         test_loss, test_acc = nan2 if diverged else _evaluate(model, task, "test", ranks)
         if not diverged and not (math.isfinite(test_loss) and math.isfinite(val_loss)):
             diverged = True
         epoch_time = time.perf_counter() - t_epoch
         wall += epoch_time
+        if evals is not None:
+            evals.end_epoch(t_eval - t_epoch - evals.eval_time)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen if seen and not diverged else float("nan"),
@@ -507,6 +577,11 @@ def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, o
                     "torch_rng": torch.get_rng_state(),
                     "metrics": result["metrics"],
                     "epoch": epoch + 1,
+                    **(
+                        {"evaluations": result["evaluations"], "train_seconds": evals.train_seconds}
+                        if evals is not None
+                        else {}
+                    ),
                 },
                 ckpt_path,
             )
