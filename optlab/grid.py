@@ -40,6 +40,7 @@ from pathlib import Path
 
 from . import api, registry
 from .hparams import unknown_name
+from .selection import AxisRange, Observation, extension_configs, select
 from .store import Store
 from .train import RUN_KEYS, RunConfig
 from .trial import environment, run_trial
@@ -53,6 +54,9 @@ __all__ = [
     "tuning_trials",
     "evaluation_trials",
     "select_configs",
+    "extension_trials",
+    "observations",
+    "search_domains",
     "run_grid",
     "grid_status",
     "SpecError",
@@ -72,10 +76,11 @@ TOP_KEYS = (
     "search",
     "executor",
     "sinks",
+    "targets",
 )
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
 BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest are hyperparameter axes
-PROTOCOL_KEYS = ("evaluation_seeds", "select")
+PROTOCOL_KEYS = ("evaluation_seeds", "select", "extend_edges")
 SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
@@ -104,7 +109,18 @@ class GridSpec:
         seeds = p.get("evaluation_seeds", 20)
         if isinstance(seeds, int):
             seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
-        return {"evaluation_seeds": seeds, "select": p.get("select", "val_acc")}
+        return {
+            "evaluation_seeds": seeds,
+            "select": p.get("select", "val_acc"),
+            "extend_edges": p.get("extend_edges", 0),
+        }
+
+    @property
+    def targets(self) -> dict:
+        """The ``[targets]`` table, parsed (:func:`optlab.targets.parse_targets`): ``{workload: TargetSpec}``."""
+        from .targets import parse_targets
+
+        return parse_targets(str(self.path or "<spec>"), self.data.get("targets"))
 
 
 @dataclass(frozen=True)
@@ -114,12 +130,15 @@ class Trial:
     arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
     stage: str = "tuning"  # "tuning" or "evaluation"
     selection: dict | None = None
+    extension: dict | None = None  # added by the grid extension: {"round", "axis", "side", "from"}
 
     @property
     def label(self) -> str:
         c = self.config
         hp = ",".join(f"{k}={v}" for k, v in sorted(c["hparams"].items()))
         stage = " [eval]" if self.stage == "evaluation" else ""
+        if self.extension:
+            stage = f" [extension {self.extension['round']}: {self.extension['axis']}]"
         procs = f" nproc={c['nproc']}" if c.get("nproc", 1) != 1 else ""
         return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{procs}{stage}"
 
@@ -184,6 +203,12 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
         raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
     _check_protocol(where, data.get("protocol"), seeds)
     _check_scaleout(where, data)
+    from .targets import parse_targets
+
+    try:
+        parse_targets(where, data.get("targets"))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
     return GridSpec(name, path, text, data)
 
 
@@ -267,6 +292,12 @@ def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
         )
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{where}.protocol.evaluation_seeds: duplicate seeds in {seeds}")
+    ext = p.get("extend_edges", 0)
+    if not isinstance(ext, int) or isinstance(ext, bool) or ext < 0:
+        raise SpecError(
+            f"{where}.protocol.extend_edges: invalid {ext!r}; expected an integer >= 0 (rounds of extending "
+            "the grid beyond a selection on its edge; 0 = off)"
+        )
     sel = p.get("select", "val_acc")
     if sel not in SELECT_METRICS:
         raise SpecError(
@@ -411,56 +442,139 @@ def config_label(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
 
 
-def select_configs(tuning: list[Trial], records: dict[str, dict], metric: str = "val_acc") -> dict:
-    """The validation-selected configuration of every (task, model, arm).
-
-    Score of a configuration: mean over its tuning seeds of the final-epoch ``metric``
-    (``val_acc`` maximised, ``val_loss`` minimised). Eligible: configurations whose seeds all
-    finished ``ok``; if none is, those with at least one ``ok`` seed (mean over those). Ties go
-    to the smallest :func:`config_label`. Test metrics are never read.
-
-    Returns ``{key: {"config", "score", "configs_tried", "tuning_seeds", "complete"}}``;
-    ``complete`` is False while some tuning trial of that key has no valid result.
-    """
-    sign = 1.0 if SELECT_METRICS[metric] == "max" else -1.0
-    groups: dict[tuple, dict[str, list]] = {}
+def observations(tuning: list[Trial], records: dict[str, dict], metric: str = "val_acc") -> list[Observation]:
+    """The tuning trials as :func:`select` sees them: per trial its cell (:func:`selection_key`), its
+    configuration's label, seed, final ``metric`` (None unless it finished ``ok`` with a finite value;
+    also None for a trial without a record yet) and its hyperparameters."""
+    out = []
     for t in tuning:
-        groups.setdefault(selection_key(t.config, t.arm), {}).setdefault(config_label(t.config), []).append(t)
+        r = records.get(t.id)
+        v = r["metrics"][-1].get(metric) if r and r["status"] == "ok" and r["metrics"] else None
+        out.append(
+            Observation(
+                selection_key(t.config, t.arm),
+                config_label(t.config),
+                t.config["seed"],
+                float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None,
+                dict(t.config.get("hparams", {})),
+            )
+        )
+    return out
+
+
+def select_configs(
+    tuning: list[Trial], records: dict[str, dict], metric: str = "val_acc", domains: dict | None = None
+) -> dict:
+    """The validation-selected configuration of every (task, model, arm), by :func:`select` (the one rule).
+
+    Returns ``{key: {"config", "score", "configs_tried", "tuning_seeds", "complete", "selection"}}``:
+    ``config`` the winner's run config without the seed (None if nothing finished), ``complete``
+    False while some tuning trial of that key has no valid result, ``selection`` the
+    :class:`Selection` (eligibility, ties, edges). Test metrics are never read.
+    """
+    by_label = {config_label(t.config): t.config for t in tuning}
+    complete: dict[tuple, bool] = {}
+    for t in tuning:
+        key = selection_key(t.config, t.arm)
+        complete[key] = complete.get(key, True) and t.id in records
+    keys = {selection_key(t.config, t.arm) for t in tuning}
+    doms = {k: domains[k[2]] for k in keys if k[2] in domains} if domains else None
+    sel = select(observations(tuning, records, metric), SELECT_METRICS[metric], domains=doms)
     out = {}
-    for key, configs in groups.items():
-        complete = all(t.id in records for ts in configs.values() for t in ts)
-        scored = []
-        for label, ts in configs.items():
-            vals, all_ok = [], True
-            for t in ts:
-                r = records.get(t.id)
-                v = r["metrics"][-1].get(metric) if r and r["status"] == "ok" and r["metrics"] else None
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    vals.append(float(v))
-                else:
-                    all_ok = False
-            if vals:
-                scored.append((all_ok, sign * sum(vals) / len(vals), label, ts[0].config, sum(vals) / len(vals)))
-        seeds = sorted({t.config["seed"] for ts in configs.values() for t in ts})
-        if not scored:
-            out[key] = {
-                "config": None,
-                "score": None,
-                "configs_tried": len(configs),
-                "tuning_seeds": seeds,
-                "complete": complete,
-            }
-            continue
-        eligible = [x for x in scored if x[0]] or scored
-        best = min(eligible, key=lambda x: (-x[1], x[2]))
+    for key, s in sel.items():
         out[key] = {
-            "config": {k: v for k, v in best[3].items() if k != "seed"},
-            "score": best[4],
-            "configs_tried": len(configs),
-            "tuning_seeds": seeds,
-            "complete": complete,
+            "config": {k: v for k, v in by_label[s.config].items() if k != "seed"} if s.config else None,
+            "score": s.score,
+            "configs_tried": s.n_configs,
+            "tuning_seeds": list(s.seeds),
+            "complete": complete[key],
+            "selection": s,
         }
     return out
+
+def search_domains(spec: GridSpec) -> dict[str, dict]:
+    """Per arm, the search domain of every sampled numeric axis (``[search]`` other than ``grid``):
+    an :class:`~optlab.selection.AxisRange` for ``uniform``/``log_uniform``/``int_uniform``, the
+    values of a ``choice``; edges of these axes are read against the domain, not the values drawn."""
+    from .search import Choice, IntUniform, LogUniform, SearchError, Uniform, parse_space
+
+    search = search_settings(spec)
+    if search.sampler == "grid":
+        return {}
+    out: dict[str, dict] = {}
+    for bi, block in enumerate(spec.data.get("optimizer") or []):
+        hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
+        try:
+            space = parse_space(f"<spec>.optimizer[{bi}]", hp_block, search.sampler, LIST_VALUED)
+        except SearchError:
+            continue
+        arm = block.get("label", block.get("name"))
+        dom = out.setdefault(arm, {})
+        for k, d in space.items():
+            if isinstance(d, (Uniform, IntUniform)):
+                dom[k] = AxisRange(float(d.low), float(d.high))
+            elif isinstance(d, LogUniform):
+                dom[k] = AxisRange(d.low, d.high, log=True)
+            elif isinstance(d, Choice):
+                dom[k] = list(d.values)
+    return out
+
+
+def extension_trials(
+    spec: GridSpec, tuning: list[Trial], records: dict[str, dict]
+) -> tuple[list[Trial], set[tuple]]:
+    """The tuning trials the protocol's ``extend_edges`` adds, and the keys still waiting for some.
+
+    Per (task, model, arm), round r (1 .. ``extend_edges``) runs once every trial so far has a
+    result: select (:func:`select_configs`); for each grid axis whose selected value is on an edge,
+    the selected configuration with that axis at the next value of its progression beyond the edge
+    (:func:`optlab.selection.extension_configs`), on the same tuning seeds; proposals the optimizer
+    rejects, or already tried, are dropped; no proposal ends the rounds. Everything is recomputed
+    from the stored results, so a rerun (after a kill) adds exactly the same trials.
+    """
+    proto = spec.protocol
+    limit = proto["extend_edges"] if proto else 0
+    if not limit:
+        return [], set()
+    metric = proto["select"]
+    domains = search_domains(spec)
+    where = f"{spec.path or '<spec>'}.protocol.extend_edges"
+    seen = {t.id: t.arm for t in tuning}
+    groups: dict[tuple, list[Trial]] = {}
+    for t in tuning:
+        groups.setdefault(selection_key(t.config, t.arm), []).append(t)
+    added: list[Trial] = []
+    waiting: set[tuple] = set()
+    for key, ts in groups.items():
+        cur = list(ts)
+        seeds = sorted({t.config["seed"] for t in ts})
+        for rnd in range(1, limit + 1):
+            if any(t.id not in records for t in cur):
+                break
+            s = select_configs(cur, records, metric, domains)[key]
+            if s["config"] is None:
+                break
+            new = []
+            for edge, hp in extension_configs(s["selection"]):
+                try:
+                    _check_hparams(where, s["config"]["optimizer"], hp)
+                except SpecError:
+                    continue  # beyond what the optimizer accepts (e.g. momentum > 1)
+                for seed in seeds:
+                    c = {**s["config"], "hparams": hp, "seed": seed}
+                    tid = trial_id(c)
+                    if tid in seen:
+                        continue
+                    seen[tid] = key[2]
+                    info = {"round": rnd, "axis": edge.axis, "side": edge.side, "from": edge.value}
+                    new.append(Trial(tid, c, arm=key[2], extension=info))
+            if not new:
+                break
+            cur += new
+            added += new
+        if any(t.id not in records for t in cur):
+            waiting.add(key)
+    return added, waiting
 
 
 def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, dict]) -> tuple[list[Trial], list[str]]:
@@ -470,10 +584,14 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
     proto = spec.protocol
     if proto is None:
         return [], []
-    sel = select_configs(tuning, records, proto["select"])
+    extra, extending = extension_trials(spec, tuning, records)
+    sel = select_configs(tuning + extra, records, proto["select"], search_domains(spec))
+    extended = {}
+    for t in extra:
+        extended.setdefault(selection_key(t.config, t.arm), set()).add(config_label(t.config))
     trials, waiting = [], []
     for key, s in sel.items():
-        if not s["complete"]:
+        if not s["complete"] or key in extending:
             waiting.append("/".join(key))
             continue
         if s["config"] is None:
@@ -483,6 +601,7 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
             "tuning_seeds": s["tuning_seeds"],
             "score": s["score"],
             "configs_tried": s["configs_tried"],
+            "configs_extended": len(extended.get(key, ())),
             "config": config_label({**s["config"], "seed": 0}),
         }
         for seed in proto["evaluation_seeds"]:
@@ -591,6 +710,12 @@ class _Reporter:
                         stacklevel=2,
                     )
 
+    def grow(self, n: int) -> None:
+        """``n`` more trials than the total announced (the grid extension adds them as it goes)."""
+        self.total += n
+        self.bar.total = self.total
+        self.bar.refresh()
+
     def skipped(self, n: int) -> None:
         self.n += n
         self.bar.update(n)
@@ -680,6 +805,8 @@ def run_grid(
         _run_trials(store, todo, ex, threads, rep)
         if studies:  # adaptive search: rounds of asked configurations until every block's budget is spent
             trials = _optuna_tuning(spec, store, studies, search, ex, threads, rep, retry_failed)
+        if proto is not None and proto["extend_edges"]:
+            _run_extensions(spec, store, trials, ex, threads, rep, retry_failed, counts)
         if proto is not None:
             done, _ = store.scan()
             etrials, waiting = evaluation_trials(spec, trials, done)
@@ -695,6 +822,24 @@ def run_grid(
     finally:
         rep.close()
     return _merge(counts, rep.counts, store)
+
+
+def _run_extensions(spec: GridSpec, store: Store, trials: list[Trial], ex, threads, rep: _Reporter, retry_failed, counts):
+    """Extension rounds (:func:`extension_trials`) until none is left to run: each pass runs the trials
+    the stored results call for; a pass that gets no new result (held by another live process) stops."""
+    while True:
+        done, _ = store.scan()
+        extra, _ = extension_trials(spec, trials, done)
+        todo = _todo(store, extra, done, retry_failed)
+        if not todo:
+            counts["extension_trials"] = len(extra)
+            return
+        rep.grow(len(todo))
+        _run_trials(store, todo, ex, threads, rep)
+        after, _ = store.scan()
+        if not any(t.id in after for t in todo):
+            counts["extension_trials"] = len(extra)
+            return
 
 
 def _optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
@@ -822,7 +967,10 @@ def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) 
     good, bad = store.scan()
     live = store.live_claims()
     bad_ids = {exc.path.stem for exc in bad}
-    out: dict = {**_count(trials, good, bad_ids, live), "results": str(store.root)}
+    extra, _ = extension_trials(spec, trials, good)
+    out: dict = {**_count(trials + extra, good, bad_ids, live), "results": str(store.root)}
+    if extra:
+        out["extension"] = len(extra)
     if spec.protocol is not None:
         etrials, waiting = evaluation_trials(spec, trials, good)
         ev = _count(etrials, good, bad_ids, live)

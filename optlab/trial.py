@@ -67,6 +67,8 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
         )
         if trial.selection is not None:
             res["selection"] = trial.selection
+        if trial.extension is not None:
+            res["extension"] = trial.extension
         store.write(trial.id, res)
         try:
             store.checkpoint(trial.id).unlink()

@@ -71,8 +71,9 @@ def linear1(info, decouple: bool = False):
 
 
 def gated_sgd(model, lr=0.1, gate: str = ""):
-    """torch.optim.SGD without momentum; with ``gate``, announce the start and wait while held."""
-    if gate:
+    """torch.optim.SGD without momentum; with ``gate``, announce the start and wait while held (only for
+    this plugin's model: the grid's spec check builds every optimizer once on a probe model)."""
+    if gate and isinstance(model, _Linear1):
         d = Path(gate)
         (d / f"started-{lr:g}").write_text(str(os.getpid()))
         while (d / f"hold-{lr:g}").exists():

@@ -7,14 +7,12 @@ from scipy import stats
 
 from optlab.analysis.time_to_target import (
     Evaluation,
-    TargetSpec,
     arm_summary,
     comparison_records,
     default_k,
     evaluations_of,
     paired_against,
     paired_censored_test,
-    parse_targets,
     performance_profile,
     profile_from_summary,
     profile_score,
@@ -25,6 +23,7 @@ from optlab.analysis.time_to_target import (
     trial_times,
     workload_time,
 )
+from optlab.targets import TargetSpec, parse_targets
 
 INF = math.inf
 
