@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from optlab.selection import SELECTION_COLUMNS
 from optlab.store import Store, StoreError, atomic_write
 
 from . import compare as C
@@ -84,12 +85,24 @@ def verdict_table(cmp: pd.DataFrame) -> pd.DataFrame:
             "stage": [
                 st + (" (selection-biased)" if b else "") for st, b in zip(cmp["stage"], cmp["selection_biased"])
             ],
+            **(
+                {"on an edge": [e or "–" for e in cmp["edges"]]}
+                if "edges" in cmp and (cmp["arm_at_edge"] | cmp["reference_at_edge"]).any()
+                else {}
+            ),
         }
     )
 
 
 def _verdict_section(
-    trials: pd.DataFrame, baseline: str, controls, margin: float, alpha: float, select: str, metric: str
+    trials: pd.DataFrame,
+    baseline: str,
+    controls,
+    margin: float,
+    alpha: float,
+    select: str,
+    metric: str,
+    domains: dict | None = None,
 ) -> tuple[_Section, pd.DataFrame]:
     opts = sorted(trials["arm"].astype(str).unique())
     present = [c for c in controls if c in opts]
@@ -122,14 +135,31 @@ def _verdict_section(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cmp = C.comparisons(
-            trials, baseline=baseline, controls=controls, margin=margin, alpha=alpha, select=select, metric=metric
+            trials,
+            baseline=baseline,
+            controls=controls,
+            margin=margin,
+            alpha=alpha,
+            select=select,
+            metric=metric,
+            domains=domains,
         )
     if cmp.empty:
         sec.warnings.append(f"No comparison: no task/model has both `{baseline}` and another optimizer.")
         return sec, cmp
     for w in caught:
-        if issubclass(w.category, (C.BudgetWarning, D.SelectionMismatchWarning)):
+        if issubclass(w.category, C.BudgetWarning):
             sec.warnings.append(str(w.message))
+    edged = cmp[cmp["arm_at_edge"] | cmp["reference_at_edge"]]
+    if len(edged):
+        sec.warnings.append(
+            "Selected on the edge of the tuning grid -- these verdicts may say more about the grid than about "
+            "the optimizers (Choi et al. 2019): "
+            + "; ".join(
+                f"{r.task}/{r.model} {r.arm} vs {r.reference} ({r.verdict}): {r.edges}" for r in edged.itertuples()
+            )
+            + ". Widen the grid, or set `[protocol] extend_edges` to extend it automatically."
+        )
     if (cmp["stage"] == "tuning").any():
         sec.warnings.append(
             "Selection-biased comparison: these results have no evaluation-stage trials (yet) for "
@@ -152,6 +182,195 @@ def _verdict_section(
         sec.text += f" Controls not in these results: {', '.join(missing)}."
     sec.tables.append(("", verdict_table(cmp)))
     return sec, cmp
+
+
+#: the CSV files written next to the report (``<name>.csv``)
+CSV_FILES = ("verdicts", "selection", "time_to_target")
+#: columns of ``verdicts.csv`` (docs/analysis.md, "CSV files")
+VERDICT_COLUMNS = (
+    "task",
+    "model",
+    "arm",
+    "reference",
+    "kind",
+    "stage",
+    "metric",
+    "n_pairs",
+    "mean",
+    "reference_mean",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_wilcoxon",
+    "p_holm",
+    "p_tost",
+    "p_tost_holm",
+    "margin",
+    "mde",
+    "verdict",
+    "budget",
+    "reference_budget",
+    "config",
+    "reference_config",
+    "arm_at_edge",
+    "reference_at_edge",
+    "edges",
+)
+#: columns of ``selection.csv`` after task, model, arm
+SELECTION_CSV = (*SELECTION_COLUMNS, "stability")
+
+
+def _spec_of(results: Path):
+    """The grid spec stored with the results (``spec.toml``), or None (absent, or not loadable here)."""
+    path = results / "spec.toml"
+    if not path.exists():
+        return None
+    try:
+        from optlab.grid import load_spec
+
+        return load_spec(path)
+    except Exception:  # a spec this optlab cannot read (a plugin is missing): no spec-derived extras
+        return None
+
+
+def _search_domains(spec) -> dict | None:
+    if spec is None:
+        return None
+    from optlab.grid import search_domains
+
+    try:
+        return search_domains(spec)
+    except Exception:
+        return None
+
+
+def _time_to_target_section(records: list[dict], spec, baseline: str, figure) -> tuple[_Section, pd.DataFrame]:
+    """Time to target (AlgoPerf): per trial the first evaluation reaching the workload's target;
+    censored trials counted; k of n; paired censoring-aware test; profile and score."""
+    from . import time_to_target as T
+
+    sec = _Section(
+        "Time to target",
+        "How soon each arm's validation metric reaches the workload's target (AlgoPerf; docs/analysis.md 2b): "
+        "per trial the first evaluation at or beyond the target, in optimizer **steps** (the primary unit), epochs, "
+        "seconds and gradient-equivalents (`cost` = steps + 2 x HVPs). A trial that never reaches it is "
+        "**censored** (`inf`): counted, never dropped. An arm reaches a workload when at least k of its n seeds "
+        "do (default k = floor(n/2) + 1); its time there is the k-th smallest seed time. Paired test: Wilcoxon "
+        "signed-rank on seed-paired step differences with unreached = +inf (ranks handle censoring exactly), Holm "
+        "across rows. Profile: share of workloads within tau x the fastest arm's time; score = area under it on "
+        f"[1, {T.TAU_MAX:g}] / {T.TAU_MAX - 1:g}.",
+    )
+    empty = pd.DataFrame(columns=list(T.TTT_COLUMNS))
+    targets = spec.targets if spec is not None else {}
+    if not targets:
+        sec.warnings.append(
+            'No targets: the spec has no `[targets]` table (e.g. `default = {from_arm = "sgd"}` or '
+            '`"task/model" = {metric = "val_acc", value = 0.9}`), so nothing is timed.'
+        )
+        return sec, empty
+    used = T.comparison_records(records)
+    resolved = T.resolve_targets(used, targets)
+    if not resolved:
+        sec.warnings.append("No workload of these results has a target it can use (a `from_arm` arm is missing).")
+        return sec, empty
+    rows = pd.DataFrame(T.trial_times(used, resolved))
+    ks = {w: spec_.k for w, (spec_, _) in resolved.items()}
+    summ = pd.DataFrame(T.arm_summary(rows.to_dict("records"), ks))
+    hosts = {str((r.get("env") or {}).get("host")) for r in used}
+    sec.text += " Seconds: " + (
+        f"every trial ran on one machine ({next(iter(hosts))}), under whatever load it had: compare steps first."
+        if len(hosts) == 1
+        else f"trials ran on {len(hosts)} machines ({', '.join(sorted(hosts))}): seconds are not comparable."
+    )
+    if (summ["stage"] != "evaluation").any():
+        sec.warnings.append(
+            "Selection-biased: some arms have no evaluation-stage trials, so their times come from the tuning seeds "
+            "that selected them: " + ", ".join(sorted(set(summ.loc[summ["stage"] != "evaluation", "arm"]))) + "."
+        )
+    targets_txt = "; ".join(
+        f"{w}: {spec_.metric} {'>=' if spec_.mode == 'max' else '<='} {v:.4g}"
+        + (f" (median final {spec_.metric} of `{spec_.from_arm}`)" if spec_.from_arm else "")
+        for w, (spec_, v) in resolved.items()
+    )
+    sec.text += f" Targets: {targets_txt}."
+    summ_show = summ.assign(
+        reached=[
+            f"{'yes' if r else 'no'} ({a}/{n}, k={k})"
+            for r, a, n, k in zip(summ["reached"], summ["n_reached"], summ["n"], summ["k"])
+        ]
+    )
+    sec.tables.append(
+        (
+            "Per arm: seeds reached, censored, and times (inf = not reached)",
+            _table(
+                summ_show,
+                [
+                    "workload",
+                    "arm",
+                    "stage",
+                    "reached",
+                    "n_censored",
+                    "time_step",
+                    "median_step",
+                    "median_epoch",
+                    "median_seconds",
+                    "median_cost",
+                ],
+                rename={"time_step": "time (k-th seed, steps)", "median_step": "median steps"},
+            ),
+        )
+    )
+    paired = pd.DataFrame(T.paired_against(rows.to_dict("records"), baseline, "step"))
+    if len(paired):
+        sec.tables.append(
+            (
+                f"Against the baseline `{baseline}` (steps; n_only_a: only the arm reached, n_only_b: only the baseline)",
+                _table(
+                    paired,
+                    [
+                        "workload",
+                        "arm",
+                        "reference",
+                        "n",
+                        "n_both",
+                        "n_only_a",
+                        "n_only_b",
+                        "n_neither",
+                        "median_diff",
+                        "p_value",
+                        "p_holm",
+                        "faster",
+                    ],
+                ),
+            )
+        )
+    times = T.profile_from_summary(summ.to_dict("records"), "step")
+    taus = [1 + (T.TAU_MAX - 1) * i / 300 for i in range(301)]
+    rho = T.performance_profile(times, taus)
+    prof = pd.DataFrame([{"arm": a, "tau": t, "rho": v} for a, vs in rho.items() for t, v in zip(taus, vs)])
+    score = T.profile_score(times)
+    sec.tables.append(
+        (
+            f"Performance profile score over {len(times)} workload(s) (area under rho on [1, {T.TAU_MAX:g}], steps)",
+            _table(
+                pd.DataFrame(
+                    [
+                        {"arm": a, "score": v, "workloads reached": int(summ.loc[summ["arm"] == a, "reached"].sum())}
+                        for a, v in sorted(score.items(), key=lambda kv: -kv[1])
+                    ]
+                )
+            ),
+        )
+    )
+    figure(
+        sec,
+        P.time_to_target_plot(rows, prof),
+        "time_to_target",
+        "Share of an arm's seeds at the target by each step (censored seeds stay in the denominator; legend: "
+        "reached/n), and the performance profile over time to target.",
+    )
+    return sec, rows[list(T.TTT_COLUMNS)]
 
 
 def environment_rows(records: list[dict]) -> dict[str, set]:
@@ -191,8 +410,12 @@ def build_sections(
     alpha: float = 0.05,
     select: str = D.SELECT_METRIC,
     metric: str = D.REPORT_METRIC,
+    exports: dict | None = None,
 ) -> tuple[str, list[_Section]]:
+    """The report's sections; ``exports`` (a dict), when given, receives the tables written as CSV:
+    ``verdicts``, ``selection`` and ``time_to_target`` (DataFrames)."""
     results = Path(results)
+    exports = {} if exports is None else exports
     store = Store(results)
     if not store.trials.is_dir():
         next(store.iter_results(), None)  # raises the "does not exist" / "not a results directory" error
@@ -202,6 +425,8 @@ def build_sections(
         raise StoreError(f"{results}: no completed trials to report on (trials/ is empty)")
     epochs, trials = D.load(records)
     axes = D.hparam_columns(trials)
+    spec = _spec_of(results)
+    domains = _search_domains(spec)
     sections: list[_Section] = []
     fig_dir.mkdir(parents=True, exist_ok=True)
     sel_lab = P._label(select)
@@ -212,7 +437,15 @@ def build_sections(
         sec.figures.append((caption, str(png), str(svg)))
 
     # --- 1. the verdict
-    sec, cmp = _verdict_section(trials, baseline, controls, margin, alpha, select, metric)
+    sec, cmp = _verdict_section(trials, baseline, controls, margin, alpha, select, metric, domains)
+    sections.append(sec)
+    exports["verdicts"] = (
+        cmp[[c for c in VERDICT_COLUMNS if c in cmp]] if len(cmp) else pd.DataFrame(columns=list(VERDICT_COLUMNS))
+    )
+
+    # --- 1b. time to target
+    sec, ttt = _time_to_target_section(records, spec, baseline, figure)
+    exports["time_to_target"] = ttt
     sections.append(sec)
 
     # --- 2. budgets and the expected-maximum curve
@@ -239,8 +472,16 @@ def build_sections(
             "at equal n, not the best configurations."
         )
     sec.tables.append(
-        ("Tuning budget", _table(bud, ["task", "model", "arm", "optimizer", "configs", "seeds", "trials", "equal"]))
+        (
+            "Tuning budget",
+            _table(bud, ["task", "model", "arm", "optimizer", "configs", "extended", "seeds", "trials", "equal"]),
+        )
     )
+    if bud["extended"].any():
+        sec.text += (
+            " `extended`: configurations the grid extension (`[protocol] extend_edges`) added beyond an edge; "
+            "they count in `configs` like any other configuration tried."
+        )
     curve = C.expected_max_curve(trials, metric=select)
     if len(curve):
         rows = []
@@ -298,7 +539,9 @@ def build_sections(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", D.SelectionBiasWarning)
-        best = D.best_configs(trials, metric=select, report=metric)
+        best = D.best_configs(trials, metric=select, report=metric, domains=domains)
+        seltab = D.selection_table(trials, metric=select, domains=domains)
+    exports["selection"] = seltab[[c for c in ["task", "model", "arm", *SELECTION_CSV] if c in seltab]]
     if len(best):
         sec.tables.append(
             (
@@ -317,6 +560,7 @@ def build_sections(
                         "eligible",
                         "n_configs",
                         "n_tied",
+                        "at_edge",
                         "report_mean",
                         "report_std",
                     ],
@@ -328,8 +572,28 @@ def build_sections(
             " `val mean`: the selection score; `eligible`: every tuning seed finished ok (otherwise the "
             "best mean over finished seeds won); `n_tied`: configurations whose score tied with the winner "
             "(this replaces the old `tie` column: the first configuration label in sorted order wins, "
-            "as in the grid runner); `test mean`: reported, never selected on."
+            "as in the grid runner); `at_edge`: a selected value is the smallest or largest tried on its axis "
+            "(next table); `test mean`: reported, never selected on."
         )
+    if len(seltab):
+        sec.tables.append(
+            (
+                "Selection table: per tuned numeric axis, is the selected value on an edge of what was tried? "
+                "(stability: share of 1000 bootstrap resamples of the tuning seeds selecting the same configuration)",
+                _table(
+                    seltab,
+                    ["task", "model", "arm", "axis", "value", "tried", "at_edge", "side", "next_values", "stability"],
+                    rename={"next_values": "next beyond the edge"},
+                ),
+            )
+        )
+        on_edge = seltab[seltab["at_edge"].astype(bool)]
+        if len(on_edge):
+            sec.warnings.append(
+                "On an edge of the tuning grid: "
+                + "; ".join(f"{r.task}/{r.model} {r.arm}: {r.edge_text}" for r in on_edge.itertuples())
+                + "."
+            )
     sections.append(sec)
 
     spec = results / "spec.toml"
@@ -569,16 +833,19 @@ def _anchor(t: str) -> str:
 def write_report(
     results: str | Path, output: str | Path | None = None, title: str | None = None, **options
 ) -> list[Path]:
-    """Write ``report.html`` (self-contained) and ``report.md`` (+ ``figures/``) into ``output``.
+    """Write ``report.html`` (self-contained), ``report.md`` (+ ``figures/``) and ``verdicts.csv``,
+    ``selection.csv``, ``time_to_target.csv`` (:data:`CSV_FILES`; columns: docs/analysis.md, "CSV
+    files") into ``output``; returns the HTML and Markdown paths.
 
     ``options`` go to :func:`build_sections`: ``baseline``, ``controls``, ``margin``, ``alpha``,
     ``select`` (the validation metric selection reads), ``metric`` (the test metric compared)."""
     results = Path(results)
     out = Path(output) if output else results / "report"
     out.mkdir(parents=True, exist_ok=True)
+    exports: dict = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto_title, sections = build_sections(results, out / "figures", **options)
+        auto_title, sections = build_sections(results, out / "figures", exports=exports, **options)
     title = title or auto_title
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     h = [
@@ -620,6 +887,8 @@ def write_report(
     html_path, md_path = out / "report.html", out / "report.md"
     atomic_write(html_path, "\n".join(h))
     atomic_write(md_path, "\n".join(md))
+    for name in CSV_FILES:
+        atomic_write(out / f"{name}.csv", exports.get(name, pd.DataFrame()).to_csv(index=False))
     return [html_path, md_path]
 
 

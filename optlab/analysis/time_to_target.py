@@ -70,6 +70,20 @@ HVP_COST = 2.0
 TAU_MAX = 4.0
 #: the units of a time to target, primary first
 UNITS = ("step", "epoch", "seconds", "cost")
+#: columns of :func:`trial_times` rows (and of ``time_to_target.csv``)
+TTT_COLUMNS = (
+    "workload",
+    "arm",
+    "seed",
+    "stage",
+    "trial_id",
+    "metric",
+    "target",
+    "reached",
+    *UNITS,
+    "evaluations",
+    "horizon_step",
+)
 INF = math.inf
 
 
