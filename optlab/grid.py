@@ -827,10 +827,14 @@ def run_grid(
 def _run_extensions(spec: GridSpec, store: Store, trials: list[Trial], ex, threads, rep: _Reporter, retry_failed, counts):
     """Extension rounds (:func:`extension_trials`) until none is left to run: each pass runs the trials
     the stored results call for; a pass that gets no new result (held by another live process) stops."""
+    known: set[str] = set()
     while True:
         done, _ = store.scan()
         extra, _ = extension_trials(spec, trials, done)
         todo = _todo(store, extra, done, retry_failed)
+        fresh = [t for t in extra if t.id not in known]
+        counts["skipped_complete"] += len(fresh) - len([t for t in todo if t.id not in known])
+        known |= {t.id for t in extra}
         if not todo:
             counts["extension_trials"] = len(extra)
             return

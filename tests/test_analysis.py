@@ -656,7 +656,7 @@ def test_report_leads_with_the_verdict_and_escapes_html(tmp_path):
     html_path, md_path = write_report(root, tmp_path / "rep")
     html, md = html_path.read_text(), md_path.read_text()
     headings = [line for line in md.splitlines() if line.startswith("## ")]
-    assert headings[:2] == ["## Verdict", "## Budgets and expected maximum"]
+    assert headings[:3] == ["## Verdict", "## Time to target", "## Budgets and expected maximum"]
     verdict = md.split("## Verdict")[1].split("## ")[0]
     assert "| digits/cnn-bn | sgd-ph | sgd |" in verdict and "better" in verdict and "equivalent" in verdict
     assert "±0.50" in verdict and "WARNING" in verdict and "unequal tuning budgets" in verdict
