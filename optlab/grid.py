@@ -492,6 +492,7 @@ def select_configs(
         }
     return out
 
+
 def search_domains(spec: GridSpec) -> dict[str, dict]:
     """Per arm, the search domain of every sampled numeric axis (``[search]`` other than ``grid``):
     an :class:`~optlab.selection.AxisRange` for ``uniform``/``log_uniform``/``int_uniform``, the
@@ -520,9 +521,7 @@ def search_domains(spec: GridSpec) -> dict[str, dict]:
     return out
 
 
-def extension_trials(
-    spec: GridSpec, tuning: list[Trial], records: dict[str, dict]
-) -> tuple[list[Trial], set[tuple]]:
+def extension_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, dict]) -> tuple[list[Trial], set[tuple]]:
     """The tuning trials the protocol's ``extend_edges`` adds, and the keys still waiting for some.
 
     Per (task, model, arm), round r (1 .. ``extend_edges``) runs once every trial so far has a
@@ -824,7 +823,9 @@ def run_grid(
     return _merge(counts, rep.counts, store)
 
 
-def _run_extensions(spec: GridSpec, store: Store, trials: list[Trial], ex, threads, rep: _Reporter, retry_failed, counts):
+def _run_extensions(
+    spec: GridSpec, store: Store, trials: list[Trial], ex, threads, rep: _Reporter, retry_failed, counts
+):
     """Extension rounds (:func:`extension_trials`) until none is left to run: each pass runs the trials
     the stored results call for; a pass that gets no new result (held by another live process) stops."""
     known: set[str] = set()
