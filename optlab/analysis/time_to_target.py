@@ -330,10 +330,14 @@ def _arm(rec: Mapping) -> str:
     return rec.get("arm") or rec["config"]["optimizer"]
 
 
-def comparison_records(records: Iterable[Mapping]) -> list[Mapping]:
+def comparison_records(records: Iterable[Mapping], selected: Iterable[str] | None = None) -> list[Mapping]:
     """The trials time to target reads: per workload and arm, its evaluation-stage trials when it
-    has any, else its tuning trials (selection-biased: the report says so)."""
-    recs = [r for r in records if r.get("status") in ("ok", "diverged")]
+    has any, else its tuning trials (selection-biased: the report says so); ``selected``: the ids of
+    the trials that stand for each arm's selected configuration
+    (:func:`optlab.analysis.data.selected_trials`), when only those may be read. Failed trials
+    (no metrics) are left out; diverged ones are kept (censored)."""
+    keep = set(selected) if selected is not None else None
+    recs = [r for r in records if r.get("status") in ("ok", "diverged") and (keep is None or r.get("id") in keep)]
     has_eval = {(_workload(r), _arm(r)) for r in recs if r.get("stage") == "evaluation"}
     return [r for r in recs if (r.get("stage") == "evaluation") == ((_workload(r), _arm(r)) in has_eval)]
 
