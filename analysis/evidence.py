@@ -110,9 +110,9 @@ def main() -> None:
     print(table(root / "paper-ablation", "sgd", ["sgd-scaled", "sgd-frozen"]))
     print("\n## Refresh schedules against each other (pp)\n")
     print(table(root / "paper-ablation", "sgd-ph-every1", ["sgd-ph-paper"], ("sgd-ph-every50", "sgd-ph-paper")))
-    print("\n## Hessian momentum, paper schedule (pp)\n")
     if not (root / "hessian-momentum" / "trials").is_dir():
         return
+    print("\n## Hessian momentum, paper schedule (pp)\n")
     print(
         table(
             root / "hessian-momentum",
