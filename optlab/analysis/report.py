@@ -28,6 +28,8 @@ AXES_ORDER = ["lr", "weight_decay", "hessian_momentum", "tau", "eps", "every", "
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, float):
         if math.isnan(v):
             return "–"
