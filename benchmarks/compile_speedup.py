@@ -4,7 +4,7 @@ The model is a deep, narrow BatchNorm MLP (``--depth`` blocks of Linear -> Batch
 width ``--width``) at a small batch: many small kernels, which is where inductor's fusion of
 the element-wise ops and its lower per-op overhead can matter on a CPU. Every step is a
 forward-only closure ``opt.step(lambda: loss_fn(model(x), y))``; with ``sgd-ph`` at ``every``
-(default 50) one step in ``every`` refreshes curvature and runs eagerly (optlab.compiled), so it
+(default 50) one step in ``every`` refreshes curvature and runs eagerly (optlab.optim.compiled), so it
 is reported separately. Eager and compiled runs take turns step by step (same machine load);
 reported: median milliseconds per step of each kind and the ratio compiled / eager (< 1: the
 compiled model is faster), plus the one-off compile time (first compiled step).

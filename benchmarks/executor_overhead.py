@@ -54,8 +54,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
-    from optlab.executors import make_executor
-    from optlab.grid import expand, load_spec
+    from optlab.grid.executors import make_executor
+    from optlab.grid.spec import expand, load_spec
     from optlab.store import Store
 
     spec = load_spec(SPEC.format(seeds=list(range(max(1, args.trials // 4)))), is_text=True)

@@ -16,7 +16,8 @@ import statistics
 import tempfile
 import time
 
-from optlab.grid import expand, load_spec, run_grid
+from optlab.grid.run import run_grid
+from optlab.grid.spec import expand, load_spec
 
 
 def main():

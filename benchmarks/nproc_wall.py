@@ -4,7 +4,7 @@
     python benchmarks/nproc_wall.py --nproc 2 --epochs 5 --rounds 5 --model mlp-bn
 
 Each round runs the same configuration with ``nproc=1`` and ``nproc=N`` in turn (so machine
-load hits both alike) through :func:`optlab.train.train`, with the machine's cores split
+load hits both alike) through :func:`optlab.training.loop.train`, with the machine's cores split
 evenly (``--threads / N`` torch threads per process; default: all cores). Reported per setting, medians over rounds:
 
 * wall: ``train()``'s wall time, process start-up included (torchrun and N Python processes
@@ -25,7 +25,8 @@ import statistics
 
 import torch
 
-from optlab.train import RunConfig, train
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 
 def main() -> None:
@@ -76,7 +77,7 @@ def main() -> None:
 
 
 def _steps(cfg: RunConfig) -> int:
-    from optlab.tasks import make_task
+    from optlab.training.tasks import make_task
 
     return make_task(cfg.task, seed=cfg.seed, **cfg.task_options).num_train_batches(cfg.batch_size)
 

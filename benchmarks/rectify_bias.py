@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 import optlab
-from optlab.hvp import AutogradEngine
+from optlab.optim.hvp import AutogradEngine
 from optlab.testing import block_slices, dense_hessian, flat, make_problem
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import optlab
-from optlab.tasks import make_model
+from optlab.training.tasks import make_model
 
 warnings.filterwarnings("ignore")
 
@@ -257,7 +257,7 @@ def measure_memory(names, width, batch, steps):
 
 def exact_diag_vmap_vs_loop(repeats=3):
     """exact_diag on the 64-channel last BatchNorm weight of a ResNet-20: vmapped vs loop, both engines."""
-    from optlab.hvp import get_engine
+    from optlab.optim.hvp import get_engine
 
     torch.manual_seed(0)
     model = make_model("resnet20", {"input_shape": (3, 32, 32), "num_classes": 10})

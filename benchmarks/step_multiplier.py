@@ -24,8 +24,9 @@ import warnings
 
 import torch
 
-from optlab.plugins.steppers import rectify
-from optlab.train import RunConfig, _build, _evaluate
+from optlab.builtins.steppers import rectify
+from optlab.training.config import RunConfig
+from optlab.training.loop import _build, _evaluate
 
 CONFIGS = {
     "default (block_rademacher/50, rectify_at=use)": {},

@@ -108,7 +108,8 @@ def main():
     ap.add_argument("--no-report", action="store_true", help="skip timing `optlab report`")
     args = ap.parse_args()
     os.environ["OPTLAB_NO_PROGRESS"] = "1"
-    from optlab.grid import environment, expand, load_spec
+    from optlab.grid.spec import expand, load_spec
+    from optlab.grid.trial import environment
     from optlab.store import Store
 
     n_lr = max(1, args.trials // 20)
@@ -142,7 +143,7 @@ def main():
         "`optlab grid status` (subprocess)",
         [py, "-m", "optlab.cli", "grid", "status", str(spec_path), "--results", str(root)],
     )
-    from optlab.grid import grid_status
+    from optlab.grid.run import grid_status
 
     timed("grid_status() (in-process)", fn=lambda: grid_status(spec_path, results=root))
     import shutil

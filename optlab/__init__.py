@@ -4,13 +4,14 @@ opt = optlab.optimizer("sgd-ph", model, lr=0.1, momentum=0.9)
 loss = opt.step(lambda: F.cross_entropy(model(x), y))
 """
 
+from . import _moved  # installs the hook that keeps old module paths importable (with a warning)
 from .api import estimator, explain, optimizer, optimizer_names, preset_hparams, preset_rules, selector, stepper
-from .hookspecs import hookimpl
-from .hparams import HParam
-from .modeltools import decouple
-from .optimizer import RuleOptimizer
-from .rules import CurvatureEstimator, Rule, Schedule, Stepper, partition
-from .selectors import Selector, rest
+from .optim.hparams import HParam
+from .optim.modeltools import decouple
+from .optim.optimizer import RuleOptimizer
+from .optim.rules import CurvatureEstimator, Rule, Schedule, Stepper, partition
+from .optim.selectors import Selector, rest
+from .plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,11 @@ __all__ = [
     "rest",
     "diagnose",
 ]
+
+
+def __getattr__(name: str):
+    """``optlab.optim.hparams`` and the other old module paths, read as attributes (see :mod:`optlab._moved`)."""
+    return _moved.old_attribute(name)
 
 
 def diagnose(*args, **kwargs):

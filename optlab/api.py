@@ -9,11 +9,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import registry
-from .hparams import PART_DEFAULT, unknown_name
-from .optimizer import RuleOptimizer
-from .rules import CurvatureEstimator, Rule, Stepper
-from .selectors import Selector, named_parameters_with_owner
+from .optim.hparams import PART_DEFAULT, unknown_name
+from .optim.optimizer import RuleOptimizer
+from .optim.rules import CurvatureEstimator, Rule, Stepper
+from .optim.selectors import Selector, named_parameters_with_owner
+from .plugin import registry
 
 __all__ = [
     "OptimizerEntry",
@@ -42,7 +42,7 @@ def stepper(name: str) -> Stepper:
     return registry.get("stepper", name)()
 
 
-#: the ways a training loop may hand the loss to an optimizer (see :mod:`optlab.closures`)
+#: the ways a training loop may hand the loss to an optimizer (see :mod:`optlab.optim.closures`)
 CLOSURE_STYLES = ("forward-only", "torch-standard", "backward-first")
 
 
@@ -52,7 +52,7 @@ class OptimizerEntry:
 
     ``kind``: ``"preset"`` (``builder(model, **hparams) -> list[Rule]``, run by a
     :class:`RuleOptimizer`) or ``"baseline"`` (``builder(model, **hparams) ->
-    torch.optim.Optimizer``, given optlab's step styles by :func:`optlab.closures.closure_mix_in`).
+    torch.optim.Optimizer``, given optlab's step styles by :func:`optlab.optim.closures.closure_mix_in`).
     ``hparams``: the declared keyword hyperparameters with their defaults
     (``inspect.Parameter.empty`` for one without default); ``open_hparams``: the builder
     also forwards other names to the parts it builds (a preset's estimator options), checked
@@ -182,8 +182,8 @@ def optimizer(
 
     Presets (built from rules) return a :class:`RuleOptimizer`; baselines return
     their plugin's optimizer, given the same step styles (forward-only closure,
-    torch-standard closure, backward-first; see :mod:`optlab.closures`).
-    ``model`` may be ``DistributedDataParallel`` (see :mod:`optlab.distributed`).
+    torch-standard closure, backward-first; see :mod:`optlab.optim.closures`).
+    ``model`` may be ``DistributedDataParallel`` (see :mod:`optlab.optim.ddp`).
     ``engine`` picks the HVP engine (``"autograd"`` or ``"func"``); ``seed`` seeds
     stochastic estimators; ``max_grad_norm`` clips the gradient norm before the
     update (``opt.last_grad_norm`` is the norm before clipping).
@@ -206,8 +206,8 @@ def optimizer(
         )
     if entry.kind == "baseline":
         _check_baseline_hparams(name, hparams)
-        from .closures import closure_mix_in
-        from .distributed import unwrap
+        from .optim.closures import closure_mix_in
+        from .optim.ddp import unwrap
 
         module, ddp = unwrap(model)
         if entry.create_graph and ddp is not None:
@@ -262,7 +262,7 @@ def _check_baseline_hparams(name: str, hparams: dict) -> None:
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
-    from .distributed import unwrap
+    from .optim.ddp import unwrap
 
     return unwrap(model)[0]
 
@@ -274,7 +274,7 @@ def explain(model: nn.Module, name: str, *, file=None, **hparams) -> list[dict]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rules = preset_rules(name, model, **hparams)
-        from .rules import partition
+        from .optim.rules import partition
 
         groups = partition(model, rules)
     by_rule = {r.name: r for r in rules}

@@ -55,7 +55,7 @@ def _summary(item) -> str:
 
 
 def cmd_plugins(args) -> int:
-    from . import registry
+    from .plugin import registry
 
     errors = registry.load_errors()
     rows = [
@@ -95,7 +95,7 @@ def _print_optimizer_hparams(width: int) -> None:
 
 
 def _build_model(args):
-    from .tasks import make_model, make_task
+    from .training.tasks import make_model, make_task
 
     task = make_task(args.task, **_kv(getattr(args, "task_option", None)))
     model = make_model(args.model, task.info, decouple=args.decouple, **_kv(getattr(args, "model_option", None)))
@@ -121,8 +121,9 @@ def cmd_explain(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .launch import TrialLost
-    from .train import RunConfig, train
+    from .training.config import RunConfig
+    from .training.launch import TrialLost
+    from .training.loop import train
 
     hp = _kv(args.hp)
     for key in ("lr", "momentum", "weight_decay", "hessian_momentum", "tau", "eps"):
@@ -203,7 +204,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_grid(args) -> int:
-    from .grid import GridInterrupted, grid_status, load_spec, run_grid
+    from .grid.dispatch import GridInterrupted
+    from .grid.run import grid_status, run_grid
+    from .grid.spec import load_spec
 
     spec = load_spec(args.spec)
     if args.grid_cmd == "run":
@@ -226,7 +229,7 @@ def cmd_grid(args) -> int:
             options[key[chosen] if isinstance(key, dict) else key] = value
         import signal
 
-        from .executors import AbandonRunning
+        from .grid.executors import AbandonRunning
 
         def terminate(signum, frame):  # a batch system's time limit, `kill`: abandon running trials now
             raise AbandonRunning()
@@ -579,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.strict:
-        from . import registry
+        from .plugin import registry
 
         os.environ["OPTLAB_STRICT_PLUGINS"] = "1"
         registry.reset()

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import api
-from .hvp import get_engine
-from .selectors import Selector, named_parameters_with_owner
+from .optim.hvp import get_engine
+from .optim.selectors import Selector, named_parameters_with_owner
 
 __all__ = ["diagnose", "plot_diagnostics", "DEFAULT_ESTIMATORS"]
 

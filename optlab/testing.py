@@ -1,7 +1,7 @@
 """The conformance kit for plugin authors (import it in your own tests).
 
 ``check_estimator`` / ``check_stepper`` / ``check_selector`` run an item on the
-tiny float64 problems of :mod:`optlab.problems` under what the item declares
+tiny float64 problems of :mod:`optlab.plugin.kit_problems` under what the item declares
 (``requires``) and compare it with dense references -- the checks every
 built-in passes. The problems and references are re-exported here.
 """
@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from .api import estimator, selector, stepper
-from .hparams import unknown_name
-from .hvp import get_engine
-from .optimizer import RuleOptimizer
-from .problems import (
+from .optim.hparams import unknown_name
+from .optim.hvp import get_engine
+from .optim.optimizer import RuleOptimizer
+from .optim.rules import Rule, Schedule, check_estimate, check_requires
+from .optim.selectors import Selector, named_parameters_with_owner, rest
+from .plugin.kit_problems import (
     PROBLEMS,
     Problem,
     block_slices,
@@ -31,8 +33,6 @@ from .problems import (
     output_hessian,
     unflat,
 )
-from .rules import Rule, Schedule, check_estimate, check_requires
-from .selectors import Selector, named_parameters_with_owner, rest
 
 __all__ = [
     "check_estimator",
@@ -188,7 +188,7 @@ def check_estimator(
     The estimator runs under what it declares in ``requires``: its engine (default
     ``autograd``; ``engine=`` overrides) and a closure returning the loss, or
     ``(loss, outputs)`` if it declares ``{"closure": "loss_outputs"}``. Every output
-    is checked for shape, dtype and finiteness (:func:`optlab.rules.check_estimate`,
+    is checked for shape, dtype and finiteness (:func:`optlab.optim.rules.check_estimate`,
     naming the tensor and entries). Deterministic estimators must match to ``rtol``;
     with ``draws > 0`` the mean over draws must lie within 4 standard errors of the
     target on every entry (unbiasedness).

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optlab.hookspecs import hookimpl
-from optlab.tasks import Task
+from optlab.plugin.hookspecs import hookimpl
+from optlab.training.tasks import Task
 
 D = 4
 W_STAR = torch.tensor([1.0, -2.0, 0.5, 3.0])

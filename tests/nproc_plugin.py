@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from optlab.hookspecs import hookimpl
-from optlab.modeltools import decouple as _decouple
-from optlab.tasks import Task
+from optlab.optim.modeltools import decouple as _decouple
+from optlab.plugin.hookspecs import hookimpl
+from optlab.training.tasks import Task
 
 
 def blobs64(seed: int = 0, n: int = 256) -> Task:

@@ -41,8 +41,8 @@ def _plugin_rows(text: str) -> dict[str, str]:
 
 
 def test_plugins_lists_every_item_with_its_whole_first_paragraph(capsys):
-    from optlab import registry
     from optlab.cli import _summary, main
+    from optlab.plugin import registry
 
     assert main(["plugins"]) == 0
     rows = _plugin_rows(capsys.readouterr().out)

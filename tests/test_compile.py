@@ -26,10 +26,11 @@ from torch._dynamo.backends.common import aot_autograd
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import optlab
-from optlab import registry
-from optlab.compiled import unwrap_compiled
-from optlab.grid import trial_id
-from optlab.train import RunConfig, train
+from optlab.grid.trial import trial_id
+from optlab.optim.compiled import unwrap_compiled
+from optlab.plugin import registry
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 STEPS = 6
 TOL = 1e-10  # float64: compiled and eager graphs run the same ops, possibly reassociated
@@ -275,7 +276,7 @@ def test_compiled_model_under_ddp_equals_eager_ddp(tmp_path, order):
 
 def test_grid_run_table_compile():
     """``[run] compile = true`` reaches every trial's config; ``compile = false`` leaves every id as before."""
-    from optlab.grid import expand, load_spec
+    from optlab.grid.spec import expand, load_spec
 
     text = (Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml").read_text()
     before = [t.id for t in expand(load_spec(text, is_text=True))]

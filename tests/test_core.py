@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import optlab
-from optlab.registry import RegistryError
+from optlab.plugin.registry import RegistryError
 from optlab.testing import block_slices, dense_hessian, make_problem
 
 MODELS = ["mlp_bn1d", "cnn_bn2d", "residual", "wn_linear"]
@@ -70,7 +70,7 @@ def test_rowsum_hvp_equals_dense_block_rowsums(model, engine):
     assert params, "model has channel-wise parameters"
     H = dense_hessian(pb.loss, params, model=pb.model)
     want = [H[s, s].sum(1).abs().reshape(p.shape) for s, p in zip(block_slices(params), params)]
-    from optlab.hvp import get_engine
+    from optlab.optim.hvp import get_engine
 
     ctx = get_engine(engine).context(model=pb.model, closure=pb.loss, params=params, names=names)
     got = optlab.estimator("rowsum_hvp").estimate(ctx, list(range(len(params))), {"absolute": True}, None)
@@ -95,7 +95,7 @@ def test_dense_reference_agrees_with_finite_differences():
 def test_engines_agree_on_batched_hvps(model):
     pb = make_problem(model)
     names, params = pb.params(optlab.selector("channelwise"))
-    from optlab.hvp import get_engine
+    from optlab.optim.hvp import get_engine
 
     g = torch.Generator().manual_seed(1)
     vs = {i: torch.randn(4, *p.shape, generator=g, dtype=p.dtype) for i, p in enumerate(params)}
@@ -252,8 +252,8 @@ def test_step_returns_detached_loss_and_sets_grad():
 
 # ------------------------------------------------------------------ errors
 def test_one_message_for_unknown_names():
-    from optlab.hparams import unknown_name
-    from optlab.tasks import Task
+    from optlab.optim.hparams import unknown_name
+    from optlab.training.tasks import Task
 
     assert (
         unknown_name("engine", "fnc", ["autograd", "func"])

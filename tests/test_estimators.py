@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import optlab
-from optlab.hvp import get_engine
-from optlab.plugins import estimators as E
+from optlab.builtins import estimators as E
+from optlab.optim.hvp import get_engine
 from optlab.testing import check_estimator, dense_ggn, dense_hessian, flat, make_problem
 
 PROBLEMS = ("mlp_bn1d", "cnn_bn2d", "residual", "wn_linear", "wn_conv")

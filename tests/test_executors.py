@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from optlab import registry
-from optlab.executors import ExecutorError, LocalExecutor, make_executor
-from optlab.grid import expand, load_spec
+from optlab.grid.executors import ExecutorError, LocalExecutor, make_executor
+from optlab.grid.spec import expand, load_spec
+from optlab.plugin import registry
 from optlab.store import Store
+from optlab.store import pid_alive as _pid_alive
 
 SPEC = """
 name = "ex"
@@ -151,63 +152,55 @@ def _kill_tagged(tag: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
+def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path, gate, blocking_site):
+    """kill -9 of the driver of a local Ray instance (2 CPUs, 6 trials) once two trials are complete and
+    the next two are stopped after epoch 1 with that epoch's checkpoint on disk (``fixtures_blocking``: the
+    first two arrivals pass the gate, later ones wait there); a rerun keeps the complete ones, resumes
+    both stopped ones from their checkpoints and runs the rest."""
     pytest.importorskip("ray")
     import uuid
 
+    import plugin_site
+    import torch
+
     spec = tmp_path / "g.toml"
     spec.write_text(
-        SPEC.replace("epochs = 1", "epochs = 60")
-        .replace("batch_size = 256", "batch_size = 64")
+        SPEC.replace("epochs = 1", "epochs = 3")
         .replace("lr = [0.05, 0.1]", "lr = [0.02, 0.05, 0.1]")
         .replace("seeds = [0]", "seeds = [0, 1]")
+        .replace('task = "digits"', f'task = "gated"\ntask_options = {gate.toml("digits", 1, pass_first=2)}')
     )
     trials = expand(load_spec(spec))
     res = tmp_path / "res"
-    cmd = [
-        sys.executable,
-        "-m",
-        "optlab.cli",
-        "grid",
-        "run",
-        str(spec),
-        "--results",
-        str(res),
-        "--executor",
-        "ray",
-        "-E",
-        "num_cpus=2",
-        "--threads",
-        "1",
-    ]
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
+    cmd += ["--executor", "ray", "-E", "num_cpus=2", "--threads", "1"]
     tag = uuid.uuid4().hex
-    env = {**os.environ, "OPTLAB_TEST_TAG": tag}
+    env = plugin_site.env(blocking_site, OPTLAB_TEST_TAG=tag)
+    log = tmp_path / "driver.log"
     try:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        # kill once two trials are complete and a later one is mid-way (has a checkpoint): the later one
-        # started after the first finished, so it is far from done when its driver dies
-        while time.time() < deadline:
-            done = {p.stem for p in (res / "trials").glob("*.json")} if (res / "trials").exists() else set()
-            cks = {p.stem for p in (res / "checkpoints").glob("*.pt")} if (res / "checkpoints").exists() else set()
-            if len(done) >= 2 and cks - done:
-                break
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        # the local Ray instance dies with its driver (its workers may finish a task in the ~2 s they take
-        # to notice, writing it atomically); once they are gone their claims are stale
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            # two CPUs: the two trials that passed must finish before two more can start and stop
+            stopped = gate.wait_reached(2, alive=lambda: proc.poll() is None, log=log)
+            assert len(_files(res)) == 2 and gate.tickets() == 4, (_files(res), gate.tickets())
+        finally:
+            proc.kill()  # SIGKILL
+            proc.wait()
+        # the local Ray instance dies with its driver, its workers with it; then their claims are stale
         store = Store(res)
-        deadline = time.time() + 60
-        while store.live_claims() and time.time() < deadline:
+        deadline = time.monotonic() + 120
+        while store.live_claims() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not store.live_claims(), "Ray workers outlived their killed driver"
+        assert not any(_pid_alive(r["pid"]) for r in stopped)
         before = {f: (res / "trials" / f).read_text() for f in _files(res)}
-        assert 0 < len(before) < len(trials)
-        # the trial mid-way at the kill either finished on its worker before Ray noticed the dead driver (how
-        # long that takes varies with load) or left its checkpoint: every checkpoint left must be resumed from
-        left = {p.stem for p in (res / "checkpoints").glob("*.pt")} if (res / "checkpoints").exists() else set()
-        assert left or cks - done <= {f[: -len(".json")] for f in before}
+        assert len(before) == 2  # nothing finished after the kill: the stopped trials could not
+        left = {p.stem for p in (res / "checkpoints").glob("*.pt")}
+        assert len(left) == 2 and not {f"{t}.json" for t in left} & set(before)
+        for t in left:
+            assert torch.load(res / "checkpoints" / f"{t}.pt", weights_only=True)["epoch"] == 1
+        gate.release()
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         statuses = [line.split()[1] for line in rerun.stdout.splitlines() if line.startswith("[")]  # one per trial
@@ -216,9 +209,12 @@ def test_ray_driver_killed_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_
         assert after == sorted(f"{t.id}.json" for t in trials)
         for f, text in before.items():
             assert (res / "trials" / f).read_text() == text  # completed files untouched
-        for t in left:
-            record = json.loads((res / "trials" / f"{t}.json").read_text())
-            assert record["resumed_from_epoch"], f"{t} restarted from scratch despite its checkpoint"
+        resumed = {
+            f[: -len(".json")]: json.loads((res / "trials" / f).read_text())["resumed_from_epoch"]
+            for f in after
+            if f not in before
+        }
+        assert resumed == {t: (1 if t in left else None) for t in resumed}  # both mid-way trials resumed
         assert not list((res / "running").glob("*.lock")) and not list((res / "checkpoints").glob("*.pt"))
     finally:
         _kill_tagged(tag)

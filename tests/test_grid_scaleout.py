@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from optlab.grid import SpecError, expand, grid_status, load_spec, run_grid
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import SpecError, expand, load_spec
 
 SPEC = """
 name = "so"

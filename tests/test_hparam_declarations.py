@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 import optlab
-from optlab import api, registry
-from optlab.hookspecs import hookimpl
-from optlab.hparams import nonneg, positive_int
-from optlab.rules import CurvatureEstimator, Rule, Schedule, Stepper, partition
-from optlab.selectors import rest
+from optlab import api
+from optlab.optim.hparams import nonneg, positive_int
+from optlab.optim.rules import CurvatureEstimator, Rule, Schedule, Stepper, partition
+from optlab.optim.selectors import rest
+from optlab.plugin import registry
+from optlab.plugin.hookspecs import hookimpl
 
 
 class _LrEstimator(CurvatureEstimator):
@@ -233,7 +234,7 @@ def test_part_defaults_resolve_to_the_former_preset_defaults(name):
 
 
 def test_a_part_default_no_part_declares_is_a_clear_error():
-    from optlab.hparams import PART_DEFAULT, defaults_from
+    from optlab.optim.hparams import PART_DEFAULT, defaults_from
 
     @defaults_from(("stepper", "sgd"))
     def broken(model, lr=PART_DEFAULT, tau=PART_DEFAULT):

@@ -1,15 +1,24 @@
 """Ctrl-C (issue 15): a grid run stops handing out trials, a second Ctrl-C abandons running ones,
-the exit status is 130, and a rerun completes with nothing lost or duplicated."""
+the exit status is 130, and a rerun completes with nothing lost or duplicated.
 
+Every signal is sent in a known state, reached by waiting for events: runs stop at a gate after
+epoch 1 (``fixtures_blocking``; the first ``pass_first`` arrivals pass it and complete), and the
+second Ctrl-C follows the driver's own "interrupted" line, not a pause."""
+
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import plugin_site
 import pytest
+import torch
 
-from optlab.grid import expand, grid_status, load_spec, run_grid
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import expand, load_spec
 from optlab.store import Store, pid_alive
 
 SPEC = """
@@ -17,96 +26,146 @@ name = "ctrlc"
 seeds = [0, 1, 2, 3]
 [run]
 epochs = 2
-batch_size = 32
+batch_size = 128
+model_options = {{width = 16}}
 [[setting]]
-task = "digits"
-model = "cnn-bn"
+task = "gated"
+model = "mlp-bn"
+task_options = {options}
 [[optimizer]]
 name = "sgd"
 lr = [0.05, 0.1]
 """
 
 
-def _start(tmp_path, workers):
-    spec = tmp_path / "g.toml"
-    spec.write_text(SPEC)
-    res = tmp_path / "res"
-    cmd = [
-        sys.executable,
-        "-m",
-        "optlab.cli",
-        "grid",
-        "run",
-        str(spec),
-        "--results",
-        str(res),
-        "--workers",
-        str(workers),
-        "--threads",
-        "1",
-    ]
-    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )  # its own process group: killpg = a terminal's Ctrl-C
-    return spec, res, proc
+class _Driver:
+    """``optlab grid run`` in its own process group (``killpg`` = a terminal's Ctrl-C); its stderr is
+    read line by line so a test can wait for what the driver says."""
+
+    def __init__(self, tmp_path, site, options: str, workers: int):
+        self.spec = tmp_path / "g.toml"
+        self.spec.write_text(SPEC.format(options=options))
+        self.res = tmp_path / "res"
+        cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(self.spec), "--results", str(self.res)]
+        cmd += ["--workers", str(workers), "--threads", "1"]
+        self.proc = subprocess.Popen(
+            cmd,
+            env=plugin_site.env(site),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("")  # EOF
+            self._cond.notify_all()
+
+    @property
+    def err(self) -> str:
+        return "".join(self.lines)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_for_line(self, text: str, timeout: float = 300.0) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: any(text in ln for ln in self.lines) or self.lines[-1:] == [""], timeout)
+        assert ok and text in self.err, f"the driver did not say {text!r}:\n{self.err[-3000:]}"
+
+    def wait(self, timeout: float = 300.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return rc
 
 
-def _wait_for(pred, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
+def _checkpoint_epochs(res) -> dict[str, int]:
+    return {p.stem: torch.load(p, weights_only=True)["epoch"] for p in (res / "checkpoints").glob("*.pt")}
 
 
 @pytest.mark.parametrize(
     "workers,presses", [(2, 2), pytest.param(2, 1, marks=pytest.mark.slow), pytest.param(1, 1, marks=pytest.mark.slow)]
 )
-def test_ctrl_c_stops_the_grid_and_a_rerun_completes(tmp_path, workers, presses):
-    spec, res, proc = _start(tmp_path, workers)
-    trials = res / "trials"
-    assert _wait_for(lambda: trials.exists() and any(trials.glob("*.json"))), "no trial finished"
-    os.killpg(proc.pid, signal.SIGINT)
-    if presses == 2:
-        time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)
-    t0 = time.time()
-    out, err = proc.communicate(timeout=120)
-    elapsed = time.time() - t0
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and "resume with: optlab grid run" in err
-    if presses == 2:
-        assert elapsed < 15, f"second Ctrl-C took {elapsed:.1f}s to exit"
-    n_total = len(expand(load_spec(spec)))
+def test_ctrl_c_stops_the_grid_and_a_rerun_completes(tmp_path, gate, blocking_site, workers, presses):
+    """Ctrl-C once ``workers`` trials are complete and ``workers`` more are stopped mid-way (after epoch 1,
+    checkpoint written). The pool (``workers=2``): the first Ctrl-C hands out nothing new and waits for the
+    running trials -- released, they complete; a second abandons them (they are still stopped). One worker
+    (trials in the driver's process): Ctrl-C interrupts the running trial. Nothing else ever starts."""
+    d = _Driver(tmp_path, blocking_site, gate.toml("digits", 1, pass_first=workers), workers)
+    try:
+        stopped = gate.wait_reached(workers, alive=d.alive)
+        trials = d.res / "trials"
+        passed = {p.name for p in trials.glob("*.json")}
+        assert len(passed) == workers, passed  # the runs that passed the gate finished before the others began
+        running = set(_checkpoint_epochs(d.res))
+        assert len(running) == workers and set(_checkpoint_epochs(d.res).values()) == {1}
+        os.killpg(d.proc.pid, signal.SIGINT)
+        if workers > 1:
+            d.wait_for_line(f"interrupted: no new trials; waiting for {workers} running trial(s)")
+            if presses == 2:
+                os.killpg(d.proc.pid, signal.SIGINT)  # the running trials are still stopped at the gate
+            else:
+                gate.release()  # the running trials complete; nothing new is handed out
+        assert d.wait(timeout=120) == 130, d.err[-3000:]
+    finally:
+        gate.release()
+        if d.alive():
+            os.killpg(d.proc.pid, signal.SIGKILL)
+    assert "Traceback" not in d.err and "resume with: optlab grid run" in d.err, d.err[-3000:]
+    n_total = len(expand(load_spec(d.spec)))
     done_before = {p.name: p.read_bytes() for p in trials.glob("*.json")}
-    assert 0 < len(done_before) < n_total
-    counts = run_grid(spec, results=res, progress=False, workers=2)
+    finished_running = workers > 1 and presses == 1
+    assert set(done_before) == passed | ({f"{t}.json" for t in running} if finished_running else set())
+    assert gate.tickets() == 2 * workers  # no other trial reached epoch 2: none was handed out after Ctrl-C
+    if not finished_running:  # abandoned or interrupted: gone, their epoch-1 checkpoints kept
+        assert not any(pid_alive(r["pid"]) for r in stopped if r["pid"] != d.proc.pid)
+        assert _checkpoint_epochs(d.res) == dict.fromkeys(running, 1)
+    counts = run_grid(d.spec, results=d.res, progress=False, workers=1)  # in this process: "gated" is registered here
     assert counts["skipped_complete"] == len(done_before)
-    assert grid_status(spec, results=res)["ok"] == n_total
+    assert grid_status(d.spec, results=d.res)["ok"] == n_total
     for name, content in done_before.items():  # completed files untouched
         assert (trials / name).read_bytes() == content
-    assert not list(Store(res).running.glob("*.lock"))
+    if not finished_running:
+        for t in running:
+            assert json.loads((trials / f"{t}.json").read_text())["resumed_from_epoch"] == 1
+    assert not list(Store(d.res).running.glob("*.lock"))
 
 
-def test_sigterm_abandons_running_trials_and_leaves_no_worker_behind(tmp_path):
+def test_sigterm_abandons_running_trials_and_leaves_no_worker_behind(tmp_path, gate, blocking_site):
     """SIGTERM to the driver alone (a batch system's time limit, ``kill PID``) used to leave the pool's
-    workers training on as orphans. Now the driver terminates them, says how to resume, exits 143."""
-    import json
-
-    spec, res, proc = _start(tmp_path, 2)
-    running = res / "running"
-    assert _wait_for(lambda: running.exists() and len(list(running.glob("*.lock"))) == 2), "no trials running"
-    workers = {json.loads(p.read_text())["pid"] for p in running.glob("*.lock")}
-    assert proc.pid not in workers and len(workers) == 2
-    proc.send_signal(signal.SIGTERM)  # the driver only, not its process group
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-3000:]
-    assert "terminated (SIGTERM)" in err and "resume with: optlab grid run" in err and "Traceback" not in err
-
-    # a zombie (reaped later by its parent's parent) counts as gone
-    assert _wait_for(lambda: not any(pid_alive(p) for p in workers), timeout=20), "workers outlived the driver"
-    n_total = len(expand(load_spec(spec)))
-    run_grid(spec, results=res, progress=False, workers=2)
-    assert grid_status(spec, results=res)["ok"] == n_total
+    workers training on as orphans. Now the driver terminates them, says how to resume, exits 143.
+    Sent while both workers are stopped mid-trial (after epoch 1), so they cannot finish first."""
+    d = _Driver(tmp_path, blocking_site, gate.toml("digits", 1), 2)
+    try:
+        stopped = gate.wait_reached(2, alive=d.alive)
+        workers = {r["pid"] for r in stopped}
+        locks = {json.loads(p.read_text())["pid"] for p in (d.res / "running").glob("*.lock")}
+        assert locks == workers and d.proc.pid not in workers and len(workers) == 2
+        d.proc.send_signal(signal.SIGTERM)  # the driver only, not its process group
+        assert d.wait(timeout=120) == 143, d.err[-3000:]
+    finally:
+        if d.alive():
+            os.killpg(d.proc.pid, signal.SIGKILL)
+    assert "terminated (SIGTERM)" in d.err and "resume with: optlab grid run" in d.err and "Traceback" not in d.err
+    # the driver waited for its workers' exit; a zombie (reaped later by its parent's parent) counts as gone
+    deadline = time.monotonic() + 60
+    while any(pid_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in workers), "workers outlived the driver"
+    assert not list((d.res / "trials").glob("*.json"))
+    running = _checkpoint_epochs(d.res)
+    assert len(running) == 2 and set(running.values()) == {1}
+    gate.release()
+    run_grid(d.spec, results=d.res, progress=False, workers=1)
+    assert grid_status(d.spec, results=d.res)["ok"] == len(expand(load_spec(d.spec)))
+    for t in running:
+        assert json.loads((d.res / "trials" / f"{t}.json").read_text())["resumed_from_epoch"] == 1

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import optlab
-from optlab import registry
-from optlab.hvp import get_engine
+from optlab.optim.hvp import get_engine
+from optlab.plugin import registry
 from optlab.testing import check_estimator, check_stepper, make_problem
-from optlab.train import RunConfig, train
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "plugins" / "optlab-fisher"))
@@ -35,7 +36,7 @@ def _reference_loss_and_grad(pb, names, deltas):
     with torch.no_grad():
         for n, d in deltas.items():
             ps[n].add_(d)
-    with optlab.hvp.frozen_batchnorm_stats(m):
+    with optlab.optim.hvp.frozen_batchnorm_stats(m):
         loss = pb.loss_fn(m(pb.x), pb.y)
     gs = torch.autograd.grad(loss, [ps[n] for n in deltas])
     return loss.detach(), dict(zip(deltas, gs))

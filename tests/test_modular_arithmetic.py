@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from optlab import api
-from optlab.tasks import make_model, make_task
+from optlab.training.tasks import make_model, make_task
 
 
 def test_every_equation_once_with_fixed_disjoint_splits():

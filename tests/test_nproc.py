@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,14 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import fixtures_blocking
 import nproc_plugin
+import plugin_site
 import pytest
 import torch
 
-from optlab import registry
-from optlab.grid import SpecError, expand, grid_status, load_spec, trial_id
+from optlab.grid.run import grid_status
+from optlab.grid.spec import SpecError, expand, load_spec
+from optlab.grid.trial import trial_id
+from optlab.plugin import registry
 from optlab.store import pid_alive, validate_record
-from optlab.train import RunConfig, train
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
 TOL = 1e-10  # float64, 2 processes vs 1 on the same global batches (measured: <= 4e-15)
@@ -36,14 +40,10 @@ CASES = {  # (a) BN-free, weight-normalized (curvature on the scales); (b) Batch
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    """``nproc_plugin`` installed as a plugin distribution into a folder for ``PYTHONPATH``."""
-    d = tmp_path_factory.mktemp("site")
-    info = d / "optlab_nproc_test-0.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: optlab-nproc-test\nVersion: 0.0\n")
-    (info / "entry_points.txt").write_text("[optlab]\nnproc_test = nproc_plugin\n")
-    shutil.copy(Path(nproc_plugin.__file__), d / "nproc_plugin.py")
-    return d
+    """``nproc_plugin`` (and ``fixtures_blocking``, for the kill test) installed as plugin distributions
+    into a folder for ``PYTHONPATH``."""
+    plugins = {"nproc_test": nproc_plugin, "blocking_test": fixtures_blocking}
+    return plugin_site.install(tmp_path_factory.mktemp("site"), plugins)
 
 
 @pytest.fixture
@@ -55,9 +55,7 @@ def plugin():
 
 
 def env_for(site: Path, tmp: Path) -> dict:
-    (tmp / "tmp").mkdir(exist_ok=True)
-    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "OPTLAB_NO_PROGRESS": "1", "TMPDIR": str(tmp / "tmp")}
+    return plugin_site.env(site, tmp)
 
 
 def optlab_cli(args, site, tmp, **kw) -> subprocess.CompletedProcess:
@@ -79,7 +77,7 @@ def leftovers(tmp: Path) -> list[str]:
     ]
 
 
-def assert_no_leftovers(tmp: Path, wait: float = 15.0) -> None:
+def assert_no_leftovers(tmp: Path, wait: float = 60.0) -> None:
     deadline = time.time() + wait
     while leftovers(tmp) and time.time() < deadline:
         time.sleep(0.2)
@@ -226,18 +224,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _find(pids: list[int], victim: str) -> int | None:
-    """The pid of torchrun (``victim="torchrun"``) or of the process of rank 1 (``"rank1"``)."""
+def _torchrun(pids: list[int]) -> int | None:
+    """The pid of torchrun among ``pids``."""
     for p in pids:
         try:
-            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
-            env = Path(f"/proc/{p}/environ").read_bytes().split(b"\0")
+            if b"torch.distributed.run" in Path(f"/proc/{p}/cmdline").read_bytes():
+                return p
         except OSError:
             continue
-        if victim == "torchrun" and b"torch.distributed.run" in cmd:
-            return p
-        if victim == "rank1" and b"optlab.ddp_worker" in cmd and b"RANK=1" in env:
-            return p
     return None
 
 
@@ -246,45 +240,57 @@ VICTIMS = ["launcher"] + [pytest.param(v, marks=pytest.mark.slow) for v in ("ran
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 @pytest.mark.parametrize("victim", VICTIMS)
-def test_kill_9_mid_trial_then_rerun_resumes_to_the_uninterrupted_result(victim, site, tmp_path, plugin):
-    n, epochs = 1024, 4
+def test_kill_9_mid_trial_then_rerun_resumes_to_the_uninterrupted_result(victim, site, tmp_path, plugin, gate):
+    """kill -9 of the grid's process, of torchrun or of the process of rank 1 while both processes of the
+    trial are stopped after epoch 1 (``fixtures_blocking``), the checkpoint of epoch 1 on disk."""
+    epochs = 3
     spec = tmp_path / "g.toml"
-    spec.write_text(GRID.format(n=n, extra="").replace("epochs = 2", f"epochs = {epochs}"))
+    text = GRID.format(n=256, extra="").replace("epochs = 2", f"epochs = {epochs}")
+    text = text.replace('task = "blobs64"', 'task = "gated"').replace(
+        "task_options = { n = 256 }", f"task_options = {gate.toml('blobs64', 1, n=256)}"
+    )
+    spec.write_text(text)
     res = tmp_path / "res"
     cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--workers", "1"]
-    launcher = subprocess.Popen(
-        cmd, env=env_for(site, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(cmd, env=env_for(site, tmp_path), stdout=out, stderr=subprocess.STDOUT)
     (trial,) = expand(load_spec(spec))
+    assert trial.config["task_options"]["gate"] == str(gate.path)
     ck = res / "checkpoints" / f"{trial.id}.pt"
-    deadline = time.time() + 300
-    while not ck.exists() and launcher.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert ck.exists(), launcher.communicate()
-    tree = _descendants(launcher.pid)  # torchrun and its two processes
-    assert len(tree) >= 3, tree
-    if victim == "launcher":
-        launcher.send_signal(signal.SIGKILL)
-        launcher.wait()
-    else:
-        pid = _find(tree, victim)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        out, err = launcher.communicate(timeout=120)
-        assert launcher.returncode == 0, err
-        assert "error: 1" in out and "lost" in err, (out, err)  # counted as lost, not as a result
-    deadline = time.time() + 15
-    while any(pid_alive(p) for p in tree) and time.time() < deadline:
+    try:
+        stopped = gate.wait_reached(2, alive=lambda: launcher.poll() is None, log=log)
+        assert sorted(r["rank"] for r in stopped) == ["0", "1"]
+        assert torch.load(ck, weights_only=True)["epoch"] == 1  # rank 0 saved it before it stopped
+        tree = _descendants(launcher.pid)  # torchrun and its two processes
+        assert {r["pid"] for r in stopped} <= set(tree) and len(tree) >= 3, tree
+        if victim == "launcher":
+            launcher.kill()
+            launcher.wait()
+        else:
+            pid = _torchrun(tree) if victim == "torchrun" else next(r["pid"] for r in stopped if r["rank"] == "1")
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            assert launcher.wait(timeout=300) == 0, log.read_text()[-3000:]
+            out = log.read_text()
+            assert "error: 1" in out and "lost" in out, out  # counted as lost, not as a result
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    deadline = time.monotonic() + 60
+    while any(pid_alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in tree if pid_alive(p)], "processes of the killed trial are still running"
     assert not (res / "trials" / f"{trial.id}.json").exists()  # killed mid-trial: nothing recorded
     assert grid_status(spec, results=res)["ok"] == 0
-    assert ck.exists()
+    assert torch.load(ck, weights_only=True)["epoch"] == 1
+    gate.release()
     rerun = subprocess.run(cmd, env=env_for(site, tmp_path), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     rec = json.loads((res / "trials" / f"{trial.id}.json").read_text())
     assert validate_record(rec, trial.id) is None and rec["status"] == "ok"
-    assert 1 <= rec["resumed_from_epoch"] < epochs
+    assert rec["resumed_from_epoch"] == 1
     ref = train(RunConfig.from_dict({**trial.config, "nproc": 1}), progress=False)  # uninterrupted, 1 process
     assert_metrics_close(rec["metrics"], ref["metrics"])
     assert_no_leftovers(tmp_path)
@@ -368,7 +374,7 @@ def _job(d: Path, **results) -> Path:
 
 
 def test_launcher_tells_a_failing_configuration_from_a_killed_process(tmp_path):
-    from optlab.launch import TrialLost, _collect
+    from optlab.training.launch import TrialLost, _collect
 
     def collect(name, rc, **results):
         d = _job(tmp_path / name, **results)
@@ -389,7 +395,7 @@ def test_launcher_tells_a_failing_configuration_from_a_killed_process(tmp_path):
 
 @pytest.mark.parametrize("n,world", [(64, 2), (30, 4), (3, 4), (1000, 3)])
 def test_shards_cover_every_sample_once(n, world):
-    from optlab.distributed import RankContext
+    from optlab.training.ranks import RankContext
 
     parts = [RankContext(r, world).shard(n) for r in range(world)]
     assert [i for p in parts for i in range(n)[p]] == list(range(n))

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import optlab
-from optlab import hookspecs, registry
-from optlab.hookspecs import hookimpl
-from optlab.registry import RegistryError
+from optlab.plugin import hookspecs, registry
+from optlab.plugin.hookspecs import hookimpl
+from optlab.plugin.registration import PluginError
+from optlab.plugin.registry import RegistryError
 from optlab.testing import ESTIMATOR_TARGETS, check_estimator, check_selector, check_stepper
-from optlab.validation import PluginError
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("optlab_register_")]
@@ -42,11 +42,11 @@ def test_every_hook_is_documented_with_its_signature():
 
 
 def test_the_hook_reference_is_generated_from_the_hookspecs():
-    from optlab import hookdocs
+    from optlab.plugin import hookdocs
 
     assert set(f.__name__ for f in hookdocs.hooks()) == set(HOOKS)
     assert (ROOT / "docs" / "plugin-hooks.md").read_text() == hookdocs.render(), (
-        "docs/plugin-hooks.md is stale: run `python -m optlab.hookdocs > docs/plugin-hooks.md`"
+        "docs/plugin-hooks.md is stale: run `python -m optlab.plugin.hookdocs > docs/plugin-hooks.md`"
     )
 
 
@@ -54,7 +54,7 @@ def test_builtins_come_through_the_entry_point():
     from importlib.metadata import entry_points
 
     eps = {ep.name: ep.value for ep in entry_points(group="optlab")}
-    assert eps.get("builtins") == "optlab.plugins.builtins"
+    assert eps.get("builtins") == "optlab.builtins"
     assert registry.items("preset")["sgd-ph"].plugin == "builtins"
 
 
@@ -398,7 +398,7 @@ def test_check_estimator_names_the_tensor_and_entries_that_fail(mode, match):
 def test_check_selector_sees_layernorm_and_groupnorm_and_rejects_an_empty_selection():
     from torch import nn
 
-    from optlab.selectors import by_predicate
+    from optlab.optim.selectors import by_predicate
 
     bn_only = by_predicate(lambda n, p, m: isinstance(m, nn.modules.batchnorm._BatchNorm), "bn only")
     all_norms = lambda n, p, m: isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))  # noqa: E731
@@ -436,7 +436,7 @@ class _ReadsOutputs(optlab.CurvatureEstimator):
     requires = {"closure": "loss_outputs"}
 
     def estimate(self, ctx, indices, group, generator):
-        from optlab.plugins.estimators import _output_sqrt_rows
+        from optlab.builtins.estimators import _output_sqrt_rows
 
         jt = ctx.output_vjp_batched(_output_sqrt_rows(ctx.outputs, "cross_entropy"))
         return {k: jt[k].pow(2).sum(0) for k in indices}

@@ -9,19 +9,12 @@ import torch
 from torch import nn
 
 import optlab
-from optlab.grid import (
-    EVAL_SEED_BASE,
-    SpecError,
-    evaluation_trials,
-    expand,
-    grid_status,
-    load_spec,
-    run_grid,
-    select_configs,
-    trial_id,
-)
+from optlab.grid.protocol import evaluation_trials, select_configs
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import EVAL_SEED_BASE, SpecError, expand, load_spec
+from optlab.grid.trial import trial_id
 from optlab.store import Store
-from optlab.tasks import Task, make_task, split_validation
+from optlab.training.tasks import Task, make_task, split_validation
 
 
 # ------------------------------------------------------------------ validation splits
@@ -57,13 +50,13 @@ def test_a_task_without_validation_gets_one_carved():
         x, y = torch.randn(100, 3), torch.arange(100) % 2
         return Task("plain", x[:80], y[:80], x[80:], y[80:], num_classes=2)
 
-    optlab.registry.register_plugin(
+    optlab.plugin.registry.register_plugin(
         type(
             "P",
             (),
             {
                 "optlab_register_tasks": staticmethod(
-                    optlab.hookspecs.hookimpl(lambda register: register("plain-task", plain))
+                    optlab.plugin.hookspecs.hookimpl(lambda register: register("plain-task", plain))
                 )
             },
         ),
@@ -73,7 +66,7 @@ def test_a_task_without_validation_gets_one_carved():
         t = make_task("plain-task", val_fraction=0.25)
         assert (len(t.y_train), len(t.y_val)) == (60, 20)
     finally:
-        optlab.registry.reset()
+        optlab.plugin.registry.reset()
 
 
 # ------------------------------------------------------------------ selection on validation
@@ -216,7 +209,8 @@ def test_trial_ids_include_the_data_version():
 
 # ------------------------------------------------------------------ self-describing records
 def test_records_carry_resolved_hparams_rules_and_plugins(tmp_path):
-    from optlab.train import RunConfig, train
+    from optlab.training.config import RunConfig
+    from optlab.training.loop import train
 
     r = train(
         RunConfig(
@@ -302,9 +296,11 @@ lr = [0.2222222222222222, 0.6666666666666666]
 def edge_plugin():
     import edge_plugin as plugin
 
-    optlab.registry.register_plugin(plugin, "edge_test")
+    from optlab.plugin import registry
+
+    registry.register_plugin(plugin, "edge_test")
     yield plugin
-    optlab.registry.reset()
+    registry.reset()
 
 
 def _edge_spec(rounds, gate=""):

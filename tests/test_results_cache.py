@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from optlab.analysis import data, load
-from optlab.grid import expand, load_spec
-from optlab.results_cache import cached_frames, fingerprint
+from optlab.analysis.cache import cached_frames, fingerprint
+from optlab.grid.spec import expand, load_spec
 from optlab.store import Store
 
 pytest.importorskip("pyarrow")

@@ -1,18 +1,17 @@
 """Training runs and ablation grids: determinism, resume, divergence, spec errors, concurrency."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from optlab.grid import SpecError, expand, grid_status, load_spec, run_grid
+from optlab.grid.run import grid_status, run_grid
+from optlab.grid.spec import SpecError, expand, load_spec
 from optlab.store import Store
-from optlab.train import RunConfig, lr_factor, train
+from optlab.training.config import RunConfig, lr_factor
+from optlab.training.loop import train
 
 TIMING = {"time_forward_backward", "time_curvature", "time_update", "time_epoch", "wall_time"}
 
@@ -37,44 +36,59 @@ def test_same_seed_same_numbers(opt):
         assert [r["hvp_count"] for r in a["metrics"]] == [1, 0, 0] and a["metrics"][0]["time_curvature"] > 0
 
 
-def _backward_first_losses(cfg: RunConfig) -> list[float]:
-    """The runner's former loop for baselines, written out: zero_grad, forward, backward
-    (``create_graph`` for AdaHessian-like baselines), step; per-epoch mean training loss."""
+def _plain_torch_losses(cfg: RunConfig) -> list[float]:
+    """An independent reference: the baseline's optimizer class built directly (torch.optim.SGD /
+    pytorch_optimizer.AdaHessian with the documented default hyperparameters), a textbook loop --
+    zero_grad, forward, backward (``create_graph`` for AdaHessian, which reads a double-backward
+    graph from ``p.grad``), step, cosine lr ``0.5 (1 + cos(pi t / T))`` per step -- over shuffled
+    batches (``randperm`` from a generator seeded with the run seed, last incomplete batch dropped).
+    Only the data and the model's initial weights come from optlab; no optlab training code runs."""
+    import math
+
     import torch
+    import torch.nn.functional as F
 
-    from optlab import api
-    from optlab.tasks import make_model, make_task
-    from optlab.train import lr_factor
+    from optlab.training.tasks import make_model, make_task
 
-    torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task, seed=cfg.seed, **cfg.task_options)
-    model = make_model(cfg.model, task.info, decouple=cfg.decouple, **cfg.model_options)
-    opt = api.optimizer(cfg.optimizer, model, **cfg.hparams)
-    graph = api.optimizer_entry(cfg.optimizer).create_graph
-    iters = task.num_train_batches(cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(cfg, it / iters))
+    torch.manual_seed(cfg.seed)  # the runner's seeding: task, then model initialization
+    task = make_task(cfg.task, seed=cfg.seed)
+    model = make_model(cfg.model, task.info, **cfg.model_options)
+    if cfg.optimizer == "torch-sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0)
+        graph = False
+    else:
+        from pytorch_optimizer import AdaHessian
+
+        opt = AdaHessian(model.parameters(), lr=0.15, betas=(0.9, 0.999), hessian_power=1.0, eps=1e-4)
+        graph = True
+    n, bs = task.x_train.shape[0], cfg.batch_size
+    total_steps = (n // bs) * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(1.0, t / total_steps))))
     gen = torch.Generator().manual_seed(cfg.seed)
     losses = []
     for _ in range(cfg.epochs):
-        total, n = 0.0, 0
-        for x, y in task.train_batches(cfg.batch_size, gen):
+        perm = torch.randperm(n, generator=gen)
+        total, seen = 0.0, 0
+        for s in range(0, n - bs + 1, bs):
+            x, y = task.x_train[perm[s : s + bs]], task.y_train[perm[s : s + bs]]
             opt.zero_grad(set_to_none=True)
-            loss = task.loss_fn(model(x), y)
+            loss = F.cross_entropy(model(x), y)
             loss.backward(create_graph=graph)
             opt.step()
             sched.step()
-            total, n = total + float(loss) * y.shape[0], n + y.shape[0]
-        losses.append(total / n)
+            total, seen = total + float(loss) * y.shape[0], seen + y.shape[0]
+        losses.append(total / seen)
     return losses
 
 
 @pytest.mark.parametrize("opt", ["torch-sgd", "pto-adahessian"])
+@pytest.mark.filterwarnings("ignore:Using backward:UserWarning")
 def test_baselines_take_the_one_step_path_with_the_same_numbers_and_accounting(opt):
     pytest.importorskip("pytorch_optimizer")
     cfg = RunConfig(optimizer=opt, seed=2, lr_schedule="cosine", **{**SMALL, "epochs": 2})
     res = train(cfg, progress=False)
     assert res["status"] == "ok", res["error"]
-    assert [m["train_loss"] for m in res["metrics"]] == _backward_first_losses(cfg)
+    assert [m["train_loss"] for m in res["metrics"]] == _plain_torch_losses(cfg)
     for m in res["metrics"]:  # the same accounting as presets: forward+backward and update timed, no HVPs
         assert m["time_forward_backward"] > 0 and m["time_update"] > 0 and m["time_curvature"] == 0
         assert m["hvp_count"] == 0 and m["vjp_count"] == 0
@@ -231,18 +245,33 @@ def test_two_workers_store_every_trial_once(tmp_path):
     assert st["ok"] == len(trials) and st["missing"] == 0
 
 
-def test_concurrent_grid_processes_do_not_duplicate(tmp_path):
+def test_concurrent_grid_processes_do_not_duplicate(tmp_path, gate, blocking_site):
+    """Two ``grid run`` processes on one store: each first stops mid-way through a trial of its own
+    (so both are running at once, by construction), then both race through the rest."""
+    import plugin_site
+
     spec = _spec_file(tmp_path)
+    spec.write_text(
+        spec.read_text().replace('task = "digits"', f'task = "gated"\ntask_options = {gate.toml("digits", 1)}')
+    )
     res = tmp_path / "res"
-    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
-    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--workers", "1"]
+    env = plugin_site.env(blocking_site)
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    try:
+        stopped = gate.wait_reached(2, alive=lambda: all(p.poll() is None for p in procs))
+        assert {r["pid"] for r in stopped} == {p.pid for p in procs}  # one trial each, at the same time
+        assert len(list((res / "running").glob("*.lock"))) == 2
+    finally:
+        gate.release()
     for p in procs:
-        assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
     trials = expand(load_spec(spec))
     assert _trial_files(res) == sorted(f"{t.id}.json" for t in trials)
-    started = [json.loads((res / "trials" / f).read_text())["started"] for f in _trial_files(res)]
-    assert len(started) == len(trials)
+    records = [json.loads((res / "trials" / f).read_text()) for f in _trial_files(res)]
+    assert all(r["status"] == "ok" and len(r["metrics"]) == 2 for r in records)
+    assert not list((res / "running").iterdir())
 
 
 def test_half_written_result_is_not_complete(tmp_path):
@@ -253,42 +282,75 @@ def test_half_written_result_is_not_complete(tmp_path):
     assert store.ids() == {"abc"}
 
 
+KILL_SPEC = """
+name = "kill"
+seeds = [0, 1]
+[run]
+epochs = 4
+batch_size = 128
+model_options = {{width = 16}}
+[[setting]]
+task = "gated"
+model = "mlp-bn"
+task_options = {options}
+[[optimizer]]
+name = "sgd-ph"
+lr = 0.05
+[[optimizer]]
+name = "sgd"
+lr = 0.05
+"""
+
+
 @pytest.mark.slow
-def test_grid_survives_kill_9_mid_trial(tmp_path):
-    spec = _spec_file(tmp_path, epochs=6, lrs="[0.05]")
+def test_grid_survives_kill_9_mid_trial(tmp_path, gate, blocking_site):
+    """kill -9 of ``grid run`` (trials run in its process) while one trial is complete and the next is
+    stopped after epoch 2 with that epoch's checkpoint on disk (``fixtures_blocking``: the first trial
+    passes the gate, the second waits there); a rerun keeps the complete one and resumes the other."""
+    import plugin_site
+    import torch
+
+    spec = tmp_path / "g.toml"
+    spec.write_text(KILL_SPEC.format(options=gate.toml("digits", block_after=2, pass_first=1)))
     res = tmp_path / "res"
     trials = expand(load_spec(spec))
-    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res)]
-    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    # kill once at least one trial is complete and another has a checkpoint (mid-trial)
-    while time.time() < deadline:
-        done = list((res / "trials").glob("*.json")) if (res / "trials").exists() else []
-        cks = list((res / "checkpoints").glob("*.pt")) if (res / "checkpoints").exists() else []
-        if done and cks:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec), "--results", str(res), "--workers", "1"]
+    log = tmp_path / "grid.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=plugin_site.env(blocking_site), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        (stopped,) = gate.wait_reached(1, alive=lambda: proc.poll() is None, log=log)
+        assert stopped["pid"] == proc.pid and stopped["epoch"] == 2
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
     before = {f: (res / "trials" / f).read_text() for f in _trial_files(res)}
-    assert 0 < len(before) < len(trials)
+    assert len(before) == 1  # the trial that passed the gate; the next one was killed mid-way
+    (ck,) = (res / "checkpoints").glob("*.pt")
+    killed = ck.stem
+    assert f"{killed}.json" not in before
+    assert torch.load(ck, weights_only=True)["epoch"] == 2  # the checkpoint of the epoch before the stop
     st = grid_status(spec, results=res)
-    assert st["running"] == 0 and st["missing"] == len(trials) - len(before)  # dead claim is not 'running'
+    assert st["running"] == 0 and st["missing"] == len(trials) - 1  # a dead claim is not 'running'
+    gate.release()
     counts = run_grid(spec, workers=1, results=res, progress=False)
-    assert counts["skipped_complete"] == len(before)
+    assert counts["skipped_complete"] == 1 and counts["ok"] == len(trials) - 1
     after = _trial_files(res)
     assert after == sorted(f"{t.id}.json" for t in trials)
     for f, text in before.items():
         assert (res / "trials" / f).read_text() == text  # completed trials untouched
-    resumed = [json.loads((res / "trials" / f).read_text()) for f in after if f not in before]
-    assert any(r["resumed_from_epoch"] for r in resumed)  # the killed trial continued from its checkpoint
-    assert not list((res / "running").iterdir())
+    records = {f[: -len(".json")]: json.loads((res / "trials" / f).read_text()) for f in after if f not in before}
+    assert {k: r["resumed_from_epoch"] for k, r in records.items()} == {
+        k: (2 if k == killed else None) for k in records
+    }  # the killed trial continued from its checkpoint, the others started fresh
+    uninterrupted = train(RunConfig.from_dict(records[killed]["config"]), progress=False)
+    assert _strip(records[killed]["metrics"]) == _strip(uninterrupted["metrics"])
+    assert not list((res / "running").iterdir()) and not list((res / "checkpoints").glob("*.pt"))
 
 
 def test_task_features_stay_bounded_after_standardization():
     """digits has border pixels that are constant in the training split: they must not explode."""
-    from optlab.tasks import make_task
+    from optlab.training.tasks import make_task
 
     for name in ("digits", "mnist1d"):
         t = make_task(name)
@@ -304,9 +366,9 @@ def test_gauss_newton_estimators_follow_the_task_loss():
     import torch
 
     import optlab
-    from optlab.tasks import Task
     from optlab.testing import make_problem
-    from optlab.train import use_task_loss
+    from optlab.training.loop import use_task_loss
+    from optlab.training.tasks import Task
 
     def task(loss):
         z = torch.zeros(4, 5)

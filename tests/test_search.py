@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from optlab.search import (
+from optlab.grid.search import (
     Choice,
     IntUniform,
     LogUniform,

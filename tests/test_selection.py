@@ -1,10 +1,10 @@
-"""The one selection rule (optlab.selection): scores, eligibility, ties, edges and extension proposals."""
+"""The one selection rule (optlab.grid.protocol): scores, eligibility, ties, edges and extension proposals."""
 
 import math
 
 import pytest
 
-from optlab.selection import (
+from optlab.grid.protocol import (
     AxisRange,
     Observation,
     extension_configs,

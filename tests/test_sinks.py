@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from optlab import registry
-from optlab.sinks import CSVSink, SinkError, export, make_sinks
+from optlab.grid.sinks import CSVSink, SinkError, export, make_sinks
+from optlab.plugin import registry
 
 
 def _record(tid="t1", lr=0.1, status="ok", epochs=3):

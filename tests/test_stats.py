@@ -158,8 +158,27 @@ def test_expected_max_closed_form_equals_brute_force():
         S.expected_max([], 1)
 
 
-def test_no_warnings_from_degenerate_inputs():
+def test_degenerate_inputs_give_their_closed_forms_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        S.paired([0.9, 0.9, 0.9], [0.9, 0.9, 0.9])
-        S.paired([0.91, 0.92], [0.90, 0.90])
+        same = S.paired([0.9, 0.9, 0.9], [0.9, 0.9, 0.9])
+        two = S.paired([0.91, 0.92], [0.90, 0.90])
+    # identical arms: no difference, no spread; sign tests where t is undefined; no power calculation
+    assert (same.n, same.mean_diff, same.sd_diff, same.ci_low, same.ci_high) == (3, 0.0, 0.0, 0.0, 0.0)
+    assert same.p_t == 1.0 and same.p_wilcoxon == 1.0
+    assert same.p_tost == pytest.approx(0.5**3)  # inside the margin on each side: 3 of 3 signs agree
+    assert math.isnan(same.mde)
+    # two pairs, d = (0.01, 0.02): mean 0.015, sd 0.01/sqrt(2), se 0.005, t = 3 with df 1 (Cauchy:
+    # F(t) = 1/2 + atan(t)/pi); the exact Wilcoxon p for 2 of 2 positive ranks is 2/2^2
+    assert two.n == 2 and two.mean_diff == pytest.approx(0.015) and two.sd_diff == pytest.approx(0.01 / math.sqrt(2))
+    assert two.p_t == pytest.approx(1 - 2 * math.atan(3) / math.pi, rel=1e-10)
+    assert two.p_wilcoxon == pytest.approx(0.5)
+    # TOST, margin 0.005: max(P(T > (0.015 + 0.005)/0.005), P(T < (0.015 - 0.005)/0.005)), T ~ t_1
+    assert two.p_tost == pytest.approx(max(0.5 - math.atan(4) / math.pi, 0.5 + math.atan(2) / math.pi), rel=1e-10)
+    # bootstrap means of 2 draws from {0.01, 0.02} lie in [0.01, 0.02], each end with probability 1/4
+    assert two.ci_low == pytest.approx(0.01) and two.ci_high == pytest.approx(0.02)
+    # the MDE solves its definition: a two-sided t-test at 0.05 detects it with probability 0.8
+    tcrit = stats.t.ppf(0.975, 1)
+    nc = two.mde * math.sqrt(2) / two.sd_diff
+    power = stats.nct.sf(tcrit, 1, nc) + stats.nct.sf(tcrit, 1, -nc)  # P(T < -c; nc) = P(T > c; -nc)
+    assert power == pytest.approx(0.8, abs=1e-8)

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from optlab.grid import trial_id
-from optlab.train import RunConfig, train
+from optlab.training.config import RunConfig
+from optlab.training.loop import train
 
 CFG = dict(
     task="modular-arithmetic",

@@ -23,7 +23,7 @@ from optlab.analysis.time_to_target import (
     trial_times,
     workload_time,
 )
-from optlab.targets import TargetSpec, parse_targets
+from optlab.grid.targets import TargetSpec, parse_targets
 
 INF = math.inf
 

@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optlab.grid import config_label
-from optlab.hparams import unknown_name
-from optlab.selection import Observation, Selection, select, selection_rows, stability
+from optlab.grid.protocol import Observation, Selection, config_label, select, selection_rows, stability
+from optlab.optim.hparams import unknown_name
 from optlab.store import Store, StoreError
 
 __all__ = [
@@ -113,7 +112,7 @@ def load(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load a results directory (or an iterable of trial dicts) into ``(epochs, trials)``.
 
-    A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.results_cache`),
+    A directory's frames are cached as Parquet in ``RESULTS/.cache`` (:mod:`optlab.analysis.cache`),
     rebuilt whenever a trial file is added, changed or removed; ``cache=False`` (or
     ``OPTLAB_NO_CACHE=1``) always builds from the JSON files.
     """
@@ -123,7 +122,7 @@ def load(
         and os.environ.get("OPTLAB_NO_CACHE") != "1"
         and (Path(results) / "trials").is_dir()
     ):
-        from optlab.results_cache import cached_frames
+        from optlab.analysis.cache import cached_frames
         from optlab.store import SCHEMA_VERSION
 
         return cached_frames(
@@ -279,7 +278,9 @@ def expected_trials(results: str | Path) -> list[dict] | None:
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid import evaluation_trials, load_spec, tuning_trials
+    from optlab.grid.protocol import evaluation_trials
+    from optlab.grid.run import tuning_trials
+    from optlab.grid.spec import load_spec
 
     try:  # tuning_trials: for an optuna search, the configurations its studies asked
         spec = load_spec(spec_path)
@@ -388,7 +389,7 @@ def selection_metric(cell: pd.DataFrame, metric: str) -> str:
 def _observations(
     trials: pd.DataFrame, metric: str, within: Sequence[str], stage: str | None
 ) -> tuple[list[Observation], dict[tuple, str], dict[tuple, pd.DataFrame]]:
-    """The ``stage`` trials as :func:`optlab.selection.select` sees them, the metric each cell reads
+    """The ``stage`` trials as :func:`optlab.grid.protocol.select` sees them, the metric each cell reads
     (:func:`selection_metric`) and the cells themselves."""
     df = trials[trials["stage"] == stage] if stage else trials
     axes = [a for a in hparam_columns(trials) if a not in within]
@@ -423,7 +424,7 @@ def select_cells(
     domains: dict | None = None,
 ) -> tuple[dict[tuple, Selection], list[Observation], dict[tuple, str], dict[tuple, pd.DataFrame]]:
     """``(selections, observations, metric read per cell, cells)``: every ``within`` cell's selection by
-    the one rule (:func:`optlab.selection.select`, the grid runner's too); see :func:`best_configs`."""
+    the one rule (:func:`optlab.grid.protocol.select`, the grid runner's too); see :func:`best_configs`."""
     mode = direction(metric, mode)
     _check_metric(trials, metric)
     obs, used, cells = _observations(trials, metric, within, stage)
@@ -442,7 +443,7 @@ def best_configs(
     domains: dict | None = None,
 ) -> pd.DataFrame:
     """The configuration selected in each ``within`` cell (task, model, arm), by the one selection rule
-    (:func:`optlab.selection.select`) -- the function the grid runner's evaluation stage selects with.
+    (:func:`optlab.grid.protocol.select`) -- the function the grid runner's evaluation stage selects with.
 
     Among the ``stage`` trials of a cell, a configuration is *eligible* when all of its seeds
     finished ``ok`` (with a finite ``metric``) and it has as many seeds as the cell's most complete
@@ -523,10 +524,10 @@ def selection_table(
     n_boot: int = 1000,
 ) -> pd.DataFrame:
     """The selection table: one row per selected configuration and tuned numeric axis
-    (:func:`optlab.selection.selection_rows`: ``config, score, eligible, n_configs, n_tied, n_ok,
+    (:func:`optlab.grid.protocol.selection_rows`: ``config, score, eligible, n_configs, n_tied, n_ok,
     full_seeds, tuning_seeds, axis, value, tried, at_edge, side, kind, progression, next_values,
     edge_text``) and ``stability``: the share of ``n_boot`` bootstrap resamples of the tuning seeds
-    in which the rule picks the same configuration (:func:`optlab.selection.stability`; 0 = off)."""
+    in which the rule picks the same configuration (:func:`optlab.grid.protocol.stability`; 0 = off)."""
     mode = direction(metric, mode)
     sel, obs, _, cells = select_cells(trials, metric, mode, within, stage, tol, domains)
     rows = selection_rows(sel, list(within))
@@ -681,7 +682,7 @@ def __getattr__(name: str):
     if name == "SelectionMismatchWarning":  # deprecated: one selection function, nothing to mismatch
         warnings.warn(
             "optlab.analysis.data.SelectionMismatchWarning is deprecated and never raised: the grid runner and "
-            "the analysis select through one function (optlab.selection.select); it will be removed",
+            "the analysis select through one function (optlab.grid.protocol.select); it will be removed",
             DeprecationWarning,
             stacklevel=2,
         )

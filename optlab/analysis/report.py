@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from optlab.selection import SELECTION_COLUMNS
+from optlab.grid.protocol import SELECTION_COLUMNS
 from optlab.store import Store, StoreError, atomic_write
 
 from . import compare as C

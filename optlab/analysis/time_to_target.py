@@ -45,7 +45,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from optlab.targets import TargetSpec
+from optlab.grid.targets import TargetSpec
 
 __all__ = [
     "Evaluation",

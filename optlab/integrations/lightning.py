@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from torch.nn.parallel import DistributedDataParallel
 
-from ..optimizer import RuleOptimizer
+from optlab.optim.optimizer import RuleOptimizer
 
 __all__ = ["OptlabCallback"]
 

@@ -1,0 +1,70 @@
+"""Ablation grids: a TOML spec -> trials -> a resumable run (see :mod:`optlab.grid.spec` for the spec).
+
+The package's public names are its API (``from optlab.grid import run_grid`` is the way to
+import them); the modules by job:
+
+- :mod:`~optlab.grid.spec` -- parse and check a spec (:func:`load_spec`), expand it into trials;
+- :mod:`~optlab.grid.trial` -- :class:`Trial`, its id, :func:`~optlab.grid.trial.run_trial`;
+- :mod:`~optlab.grid.protocol` -- the two-stage protocol: selection on validation, evaluation trials;
+- :mod:`~optlab.grid.dispatch` -- what is left to run, progress, sinks;
+- :mod:`~optlab.grid.adaptive` -- Optuna rounds;
+- :mod:`~optlab.grid.run` -- :func:`run_grid` and :func:`grid_status`;
+- :mod:`~optlab.grid.search`, :mod:`~optlab.grid.sinks`, :mod:`~optlab.grid.executors`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from .dispatch import GridInterrupted
+from .protocol import (
+    config_label,
+    evaluation_trials,
+    extension_trials,
+    search_domains,
+    select,
+    select_configs,
+    selection_key,
+)
+from .run import default_results_dir, grid_status, run_grid, tuning_trials
+from .spec import SELECT_METRICS, GridSpec, SpecError, expand, load_spec, search_settings
+from .trial import Trial, trial_id
+
+__all__ = [
+    "GridSpec",
+    "GridInterrupted",
+    "Trial",
+    "load_spec",
+    "expand",
+    "tuning_trials",
+    "evaluation_trials",
+    "select_configs",
+    "select",
+    "extension_trials",
+    "search_domains",
+    "run_grid",
+    "grid_status",
+    "SpecError",
+    "config_label",
+    "selection_key",
+    "trial_id",
+    "search_settings",
+    "default_results_dir",
+    "SELECT_METRICS",
+]
+
+#: names ``optlab.grid`` re-exported before it became a package, and where they live now
+_MOVED = {"environment": "optlab.grid.trial", "run_trial": "optlab.grid.trial"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        warnings.warn(
+            f"optlab.grid.{name} is deprecated; import it from {_MOVED[name]}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'optlab.grid' has no attribute {name!r}")

@@ -1,0 +1,407 @@
+"""Ablation grids: a TOML spec -> the cartesian product of trials -> a resumable run.
+
+Spec (see ``experiments/quickstart.toml``)::
+
+    name = "quickstart"
+    seeds = [0, 1]
+
+    [run]                      # run settings shared by every trial (lists become axes)
+    epochs = 4
+    batch_size = 64
+    lr_schedule = "cosine"
+
+    [[setting]]                # task/model pairs (and per-pair run overrides)
+    task = "digits"
+    model = "cnn-bn"
+
+    [[optimizer]]              # one block per optimizer; lists are axes, scalars fixed
+    name = "sgd-ph"
+    lr = [0.05, 0.1]
+    hessian_momentum = [0.0, 0.9]
+
+Trials = settings x seeds x (for each optimizer block, the product of its axes)
+x the run-setting axes. A trial's id is a hash of its full configuration, so
+re-running a grid runs exactly the trials that have no result yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import tomllib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from optlab import api
+from optlab.optim.hparams import unknown_name
+from optlab.plugin import registry
+from optlab.training.config import RUN_KEYS, RunConfig
+
+from .trial import Trial, trial_id
+
+__all__ = ["GridSpec", "SpecError", "load_spec", "expand", "search_settings"]
+
+TOP_KEYS = (
+    "name",
+    "description",
+    "seeds",
+    "run",
+    "setting",
+    "optimizer",
+    "results",
+    "protocol",
+    "search",
+    "executor",
+    "sinks",
+    "targets",
+)
+RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
+BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest are hyperparameter axes
+PROTOCOL_KEYS = ("evaluation_seeds", "select", "extend_edges")
+SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
+EVAL_SEED_BASE = 1000
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass
+class GridSpec:
+    name: str
+    path: Path | None
+    text: str
+    data: dict
+
+    @property
+    def protocol(self) -> dict | None:
+        """The two-stage protocol (``[protocol]``), resolved; None for a one-stage grid."""
+        p = self.data.get("protocol")
+        if p is None:
+            return None
+        seeds = p.get("evaluation_seeds", 20)
+        if isinstance(seeds, int):
+            seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
+        return {
+            "evaluation_seeds": seeds,
+            "select": p.get("select", "val_acc"),
+            "extend_edges": p.get("extend_edges", 0),
+        }
+
+    @property
+    def targets(self) -> dict:
+        """The ``[targets]`` table, parsed (:func:`optlab.grid.targets.parse_targets`): ``{workload: TargetSpec}``."""
+        from .targets import parse_targets
+
+        return parse_targets(str(self.path or "<spec>"), self.data.get("targets"))
+
+
+def _type_error(where: str, key: str, value, expected: str) -> SpecError:
+    return SpecError(f"{where}.{key}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
+    if is_text:
+        text, path = str(path_or_text), None
+    else:
+        path = Path(path_or_text)
+        if not path.exists():
+            raise SpecError(f"grid spec {path} not found")
+        if path.is_dir():
+            raise SpecError(f"grid spec {path} is a directory; pass a .toml file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"grid spec {path} is not UTF-8 text ({exc.reason})") from exc
+    where = str(path) if path else "<spec>"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{where}: invalid TOML: {exc}") from exc
+    unknown = [k for k in data if k not in TOP_KEYS]
+    if unknown:
+        raise SpecError(f"{where}: " + unknown_name("key", unknown[0], TOP_KEYS, valid_label="Valid top-level keys"))
+    for key, typ, words in (
+        ("name", str, "a string"),
+        ("description", str, "a string"),
+        ("results", str, "a directory path (string)"),
+        ("run", dict, "a [run] table"),
+        ("protocol", dict, "a [protocol] table"),
+        ("search", dict, "a [search] table"),
+        ("executor", dict, "an [executor] table"),
+        ("sinks", dict, "a [sinks] table"),
+        ("setting", list, "[[setting]] tables"),
+        ("optimizer", list, "[[optimizer]] tables"),
+    ):
+        if key in data and not isinstance(data[key], typ):
+            raise _type_error(where, key, data[key], words)
+    for key in ("setting", "optimizer"):
+        for i, block in enumerate(data.get(key, [])):
+            if not isinstance(block, dict):
+                raise _type_error(where, f"{key}[{i}]", block, f"a [[{key}]] table")
+    name = data.get("name") or (path.stem if path else "grid")
+    if not NAME_RE.match(name) or ".." in name:
+        raise SpecError(
+            f"{where}.name: invalid grid name {name!r}: a name is 1-100 letters, digits, '.', '_' or '-' "
+            "(no '/', no '..'), starting with a letter or digit; results go to results/<name>/ -- "
+            "to write elsewhere, set the `results` key to a directory"
+        )
+    seeds = data.get("seeds", [0])
+    if not (isinstance(seeds, list) or isinstance(seeds, int)) or isinstance(seeds, bool):
+        raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
+    _check_protocol(where, data.get("protocol"), seeds)
+    _check_scaleout(where, data)
+    from .targets import parse_targets
+
+    try:
+        parse_targets(where, data.get("targets"))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
+    return GridSpec(name, path, text, data)
+
+
+def _check_scaleout(where: str, data: dict) -> None:
+    """``[search]``, ``[executor]`` and ``[sinks]``: unknown names and options named with the valid ones."""
+    from .search import SearchError, parse_search
+
+    try:
+        parse_search(where, data.get("search"))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+    ex = data.get("executor")
+    if ex is not None:
+        _executor_from_table(f"{where}.executor", ex, build=False)
+    sinks = data.get("sinks")
+    if sinks is not None:
+        from .sinks import SinkError, check_sinks
+
+        try:
+            check_sinks(sinks, f"{where}.sinks")
+        except SinkError as exc:
+            raise SpecError(str(exc)) from exc
+
+
+def _executor_from_table(
+    where: str, table: dict, name: str | None = None, extra: dict | None = None, build: bool = True
+):
+    """The executor of an ``[executor]`` table (``name`` plus options), ``name``/``extra`` overriding it."""
+    from .executors import ExecutorError, check_executor_options, make_executor
+
+    table = dict(table or {})
+    spec_name = table.pop("name", "local")
+    if not isinstance(spec_name, str):
+        raise SpecError(
+            f"{where}.name: expected a string (one of {', '.join(sorted(registry.items('executor')))}), "
+            f"got {spec_name!r}"
+        )
+    chosen = name or spec_name
+    options = table if chosen == spec_name else {}  # the spec's options belong to the spec's executor
+    options = {**options, **(extra or {})}
+    try:
+        if not build:
+            check_executor_options(chosen, options, where)
+            return None
+        return make_executor(chosen, where=where, **options)
+    except (ExecutorError, registry.RegistryError) as exc:
+        msg = str(exc)
+        raise SpecError(msg if msg.startswith(where) else f"{where}.name: {msg}") from exc
+
+
+def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
+    if p is None:
+        return
+    unknown = [k for k in p if k not in PROTOCOL_KEYS]
+    if unknown:
+        raise SpecError(
+            f"{where}.protocol.{unknown[0]}: " + unknown_name("key", unknown[0], PROTOCOL_KEYS, show_name=False)
+        )
+    seeds = p.get("evaluation_seeds", 20)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if seeds < 2:
+            raise SpecError(
+                f"{where}.protocol.evaluation_seeds: invalid count {seeds}; expected >= 2 "
+                "(a paired comparison needs seeds; >= 20 where effects are small)"
+            )
+        seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
+    elif not (
+        isinstance(seeds, list)
+        and seeds
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise SpecError(
+            f"{where}.protocol.evaluation_seeds: expected a count >= 2 or a list of integers >= 0, got {seeds!r}"
+        )
+    tuning = tuning_seeds if isinstance(tuning_seeds, list) else [tuning_seeds]
+    shared = sorted(set(seeds) & {s for s in tuning if isinstance(s, int)})
+    if shared:
+        raise SpecError(
+            f"{where}.protocol.evaluation_seeds: seeds {shared} are also tuning seeds; evaluation "
+            "needs fresh seeds (that is what makes the comparison unbiased)"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{where}.protocol.evaluation_seeds: duplicate seeds in {seeds}")
+    ext = p.get("extend_edges", 0)
+    if not isinstance(ext, int) or isinstance(ext, bool) or ext < 0:
+        raise SpecError(
+            f"{where}.protocol.extend_edges: invalid {ext!r}; expected an integer >= 0 (rounds of extending "
+            "the grid beyond a selection on its edge; 0 = off)"
+        )
+    sel = p.get("select", "val_acc")
+    if sel not in SELECT_METRICS:
+        raise SpecError(
+            f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_METRICS)} "
+            "(final-epoch validation metric, mean over tuning seeds)"
+        )
+
+
+LIST_VALUED = ("milestones", "betas")  # settings whose value is a list: write [[...], [...]] for an axis
+
+
+def _axis(where: str, key: str, value) -> list:
+    vals = value if isinstance(value, list) else [value]
+    if key in LIST_VALUED and isinstance(value, list) and value and not isinstance(value[0], list):
+        vals = [value]
+    if not vals:
+        raise SpecError(f"{where}.{key}: empty axis (give at least one value)")
+    return vals
+
+
+def search_settings(spec: GridSpec):
+    """The spec's ``[search]`` table, resolved (:class:`optlab.grid.search.SearchSettings`)."""
+    from .search import SearchError, parse_search
+
+    try:
+        return parse_search(str(spec.path) if spec.path else "<spec>", spec.data.get("search"))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def _block_configs(
+    spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict, optuna_configs: dict[int, list[dict]] | None
+) -> list[dict]:
+    """The hyperparameter configurations of one ``[[optimizer]]`` block under the spec's sampler."""
+    from .search import SearchError, parse_space, sample_configs, stream_seed
+
+    search = search_settings(spec)
+    try:
+        space = parse_space(bwhere, hp_block, search.sampler, LIST_VALUED)
+        if search.sampler == "grid":
+            return sample_configs(space, "grid")
+        if search.sampler == "optuna":  # adaptive: the configurations asked so far (run_grid asks for more)
+            return list((optuna_configs or {}).get(bi, []))
+        return sample_configs(space, search.sampler, n=search.trials, seed=stream_seed(search.seed, bi, arm))
+    except SearchError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) -> list[Trial]:
+    """All tuning-stage trials of ``spec``, validated (unknown axes, bad values name their key).
+
+    The hyperparameter configurations of each ``[[optimizer]]`` block come from the spec's
+    ``[search]`` sampler (:mod:`optlab.grid.search`; default ``grid``, the product of the lists);
+    for ``optuna`` they are the configurations its studies asked so far (``optuna_configs``,
+    by block index; :func:`run_grid` asks for more). Evaluation-stage trials depend on the
+    tuning results: see :func:`evaluation_trials`.
+    """
+    d = spec.data
+    where = str(spec.path) if spec.path else "<spec>"
+    seeds = _axis(where, "seeds", d.get("seeds", [0]))
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise SpecError(f"{where}.seeds: invalid seed {s!r}; expected integers >= 0")
+    run = dict(d.get("run", {}))
+    settings = d.get("setting") or [{}]
+    blocks = d.get("optimizer")
+    if not blocks:
+        raise SpecError(f'{where}: no [[optimizer]] block; add at least one, e.g.\n[[optimizer]]\nname = "sgd-ph"')
+    trials: list[Trial] = []
+    seen: dict[str, str] = {}
+    for si, setting in enumerate(settings):
+        merged = {**run, **setting}
+        for k in merged:
+            if k not in RUN_AXES:
+                table = f"setting[{si}]" if k in setting else "run"
+                raise SpecError(f"{where}.{table}.{k}: " + unknown_name("run setting", k, RUN_AXES))
+        run_axes = {k: _axis(f"{where}.run", k, v) for k, v in merged.items()}
+        for combo in itertools.product(*run_axes.values()):  # run settings first: errors name their table
+            runv = dict(zip(run_axes, combo))
+            try:
+                RunConfig.from_dict({**runv, "optimizer": "sgd"}).validate_run()
+            except (ValueError, KeyError, TypeError) as exc:
+                bad = next((k for k in runv if f"{k}=" in str(exc) or repr(k) in str(exc)), None)
+                table = f"setting[{si}]" if bad in setting or (bad is None and setting) else "run"
+                msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+                raise SpecError(f"{where}.{table}: {msg}") from exc
+        for bi, block in enumerate(blocks):
+            bwhere = f"{where}.optimizer[{bi}]"
+            if "name" not in block:
+                raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
+            oname = block["name"]
+            if not isinstance(oname, str) or oname not in api.optimizer_names():
+                raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
+            arm = block.get("label", oname)
+            if not isinstance(arm, str) or not NAME_RE.match(arm):
+                raise SpecError(
+                    f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
+                    "or '-' (it names this optimizer arm in comparisons)"
+                )
+            hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
+            entry = api.optimizer_entry(oname)
+            known = entry.hparams
+            for k in hp_block:
+                if k not in known and not entry.open_hparams:
+                    raise SpecError(f"{bwhere}.{k}: " + unknown_name(f"axis for {oname}:", k, known))
+            hp_configs = _block_configs(spec, bi, bwhere, arm, hp_block, optuna_configs)
+            for k in hp_block:
+                if k not in known and hp_configs:  # an option the preset forwards (e.g. to its estimator): alone
+                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_configs[0][k]})
+            for runv, hp in itertools.product(
+                [dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())], hp_configs
+            ):
+                hp = {k: hp[k] for k in hp_block}  # the block's order
+                _check_hparams(bwhere, oname, hp)
+                for seed in seeds:
+                    cfg = RunConfig.from_dict({**runv, "optimizer": oname, "hparams": hp, "seed": seed})
+                    try:
+                        cfg.validate()
+                    except (ValueError, KeyError) as exc:
+                        raise SpecError(f"{bwhere}: {exc}") from exc
+                    c = cfg.to_dict()
+                    tid = trial_id(c)
+                    if tid in seen:
+                        if seen[tid] != arm:
+                            raise SpecError(
+                                f"{bwhere}: arm {arm!r} repeats a configuration of arm {seen[tid]!r} "
+                                f"({Trial(tid, c).label}); give the arms different settings"
+                            )
+                        continue
+                    seen[tid] = arm
+                    trials.append(Trial(tid, c, arm=arm))
+    return trials
+
+
+_BUILT_OK: set[str] = set()  # (optimizer, hyperparameters) already built successfully in this process
+
+
+def _check_hparams(where: str, name: str, hp: dict) -> None:
+    """Build the optimizer on a tiny BatchNorm model: every bad value fails here, named.
+
+    A combination that built once is not built again (``expand`` checks every grid cell,
+    and most cells of a large grid repeat a combination already seen)."""
+    key = json.dumps([name, hp], sort_keys=True, default=repr)
+    if key in _BUILT_OK:
+        return
+    from torch import nn
+
+    probe = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            api.optimizer(name, probe, **hp)
+    except (ValueError, TypeError, ImportError) as exc:
+        raise SpecError(f"{where}: {exc}") from exc
+    _BUILT_OK.add(key)
