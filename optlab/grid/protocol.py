@@ -225,7 +225,7 @@ def select(
         cells.setdefault(tuple(o.key), {}).setdefault(o.config, []).append(o)
     sign = 1.0 if mode == "max" else -1.0
     out = {}
-    for key in sorted(cells, key=lambda k: tuple(map(str, k))):
+    for key in cells:  # in order of first appearance: the order of the grid's arms
         configs = cells[key]
         full = max(len({o.seed for o in obs}) for obs in configs.values())
         scored = []  # (eligible, signed score, label, score, n_ok)
