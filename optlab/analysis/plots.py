@@ -418,7 +418,8 @@ def time_to_target_plot(rows: pd.DataFrame, profile: pd.DataFrame | None = None,
         ax.set_xlabel(f"{unit}s" if unit != "cost" else "gradient-equivalents")
         ax.set_ylabel("share of seeds at target")
         ax.set_title(f"{w}: {g['metric'].iloc[0]} >= {g['target'].iloc[0]:.4g}", fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        # below the panel (never over the curves): each arm with the seeds that reached / its seeds
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     if profile is not None and len(profile):
         ax = axes.flat[len(workloads)]
         for arm, g in profile.groupby("arm"):
