@@ -414,3 +414,17 @@ def test_extension_resumes_after_kill_9_mid_extension(tmp_path, edge_site, edge_
     assert {t.id for t in pending} == {i for _, lr, i in ext if lr == 2.0}  # the trials the kill interrupted
     assert _lrs(res, stage="evaluation") == [2.0]
     assert len(list((res / "trials").glob("*.json"))) == 4 + 4 + 2  # each trial once
+
+
+def test_search_domains_give_sampled_ranges_their_own_edges():
+    from optlab.grid import search_domains
+    from optlab.grid.protocol import AxisRange
+
+    text = SPEC.replace(
+        "lr = [0.05, 0.1, 0.3]", "lr = {log_uniform = [0.001, 1.0]}\nmomentum = {uniform = [0.8, 0.99]}"
+    )
+    text = text.replace("[protocol]", '[search]\nsampler = "random"\ntrials = 3\n\n[protocol]')
+    dom = search_domains(load_spec(text, is_text=True))
+    assert dom["sgd"] == {"lr": AxisRange(0.001, 1.0, log=True), "momentum": AxisRange(0.8, 0.99)}
+    assert dom["sgd-scaled"]["lr"] == [0.05, 0.1]  # a list under a sampler is a choice: its own values
+    assert search_domains(load_spec(SPEC, is_text=True)) == {}  # grid: the values tried are the domain
