@@ -1,5 +1,8 @@
 """Step cost of SGD-PH configurations as ratios to torch.optim.SGD, measured side by side.
 
+The relatives assembled from parts (``adamw``, ``lion``, ``muon``, ``soap``, ``sgd-ph-muon``, ``adamw-ph``)
+are also given as ratios to ``torch.optim.AdamW`` timed in the same run.
+
     python benchmarks/step_cost.py                 # ResNet-18 (width 64), batch 32 and 128
     python benchmarks/step_cost.py --quick         # width 16, fewer repeats: a 1-minute smoke run
 
@@ -65,6 +68,14 @@ CONFIGS = {
     "sgd-ph default (block_rademacher every=50)": ("sgd-ph", {}, "autograd"),
     "sgd-ph hutchinson every=10": ("sgd-ph", dict(estimator="hutchinson", schedule="all", every=10), "autograd"),
     "sgd-ph ggn_mc every=10": ("sgd-ph", dict(estimator="ggn_mc", schedule="all", every=10), "autograd"),
+    # the relatives (issue 24), against torch.optim.AdamW timed in the same rounds
+    "torch.optim.AdamW": ("torch-adamw", {}, None),
+    "adamw (adam stepper)": ("adamw", dict(lr=1e-3), "autograd"),
+    "lion": ("lion", dict(lr=1e-4), "autograd"),
+    "muon (batched Newton-Schulz)": ("muon", dict(lr=0.02), "autograd"),
+    "soap (precondition_frequency=10)": ("soap", dict(lr=3e-3), "autograd"),
+    "sgd-ph-muon default (every=50)": ("sgd-ph-muon", dict(lr=0.02), "autograd"),
+    "adamw-ph default (every=50)": ("adamw-ph", dict(lr=1e-3), "autograd"),
     # M restricted HVPs per refresh (one per tensor): expensive, opt in with --configs
     "sgd-ph rowsum_hvp all every=10": ("sgd-ph", dict(estimator="rowsum_hvp", schedule="all", every=10), "autograd"),
 }
@@ -77,6 +88,8 @@ MEMORY = [
     "sgd-ph block_rademacher every=1",
     "sgd-ph block_rademacher every=1 [func]",
     "sgd-ph plain step",
+    "torch.optim.AdamW",
+    "muon (batched Newton-Schulz)",
 ]
 
 
@@ -128,8 +141,12 @@ class Mirror:
 
 def make_stepper(name, model, x, y):
     kind, hp, engine = CONFIGS[name] if name in CONFIGS else ("sgd-ph", {}, "autograd")
-    if kind == "torch":
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if kind in ("torch", "torch-adamw"):
+        opt = (
+            torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            if kind == "torch"
+            else torch.optim.AdamW(model.parameters(), lr=1e-3)
+        )
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -140,7 +157,7 @@ def make_stepper(name, model, x, y):
     if kind == "mirror":
         m = Mirror(model)
         return (lambda: m.step(lambda: F.cross_entropy(model(x), y))), None
-    opt = optlab.optimizer(kind, model, engine=engine, lr=0.1, **hp)
+    opt = optlab.optimizer(kind, model, engine=engine, **{"lr": 0.1, **hp})
 
     def closure():
         out = model(x)
@@ -151,9 +168,9 @@ def make_stepper(name, model, x, y):
 
 def _every(name: str) -> int:
     kind, hp, _ = CONFIGS[name]
-    if kind not in ("sgd-ph",):
+    if kind not in ("sgd-ph", "sgd-ph-muon", "adamw-ph"):
         return 1
-    return hp.get("every", optlab.preset_hparams("sgd-ph")["every"])
+    return hp.get("every", optlab.preset_hparams(kind)["every"])
 
 
 def _force(opt, refresh: bool):
@@ -290,6 +307,32 @@ def exact_diag_vmap_vs_loop(repeats=3):
     return out
 
 
+UPDATE_ONLY = ("adamw", "lion", "muon", "soap")
+
+
+def update_only(width: int, repeats: int) -> dict[str, float]:
+    """Median ms of ``opt.step()`` alone (gradients computed once, kept in ``p.grad``; no forward or
+    backward) for ``torch.optim.AdamW`` and the relatives' presets, interleaved per round: the
+    optimizer's own arithmetic (Muon: the batched Newton-Schulz; SOAP: projections, QR every 10th)."""
+    model, x, y = build(width, 32)
+    opts = {}
+    for n in ("torch.optim.AdamW", *UPDATE_ONLY):
+        m = make_model("resnet18", {"input_shape": (3, 32, 32), "num_classes": 10}, width=width)
+        m.load_state_dict(model.state_dict())
+        F.cross_entropy(m(x), y).backward()
+        opts[n] = torch.optim.AdamW(m.parameters(), lr=1e-3) if n.startswith("torch") else optlab.optimizer(n, m)
+    times: dict[str, list[float]] = {n: [] for n in opts}
+    for o in opts.values():  # warm-up: lazy state, SOAP's first (initializing) step
+        o.step()
+        o.step()
+    for _ in range(repeats):
+        for n, o in opts.items():
+            t0 = time.perf_counter()
+            o.step()
+            times[n].append(time.perf_counter() - t0)
+    return {n: 1e3 * statistics.median(t) for n, t in times.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="width 16, 3 repeats, batch 32 only")
@@ -300,6 +343,7 @@ def main():
     ap.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help=f"subset of: {list(CONFIGS)}")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--update-only", action="store_true", help="time opt.step() alone for AdamW and the relatives")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -308,6 +352,14 @@ def main():
         return
     if args.quick:
         args.width, args.repeats, args.batches = 16, 3, [32]
+    if args.update_only:
+        ms = update_only(args.width, max(args.repeats, 10))
+        threads = torch.get_num_threads()
+        print(f"# opt.step() alone, ResNet-18 width {args.width}, torch {torch.__version__}, {threads} threads")
+        print("| optimizer | ms per update | ratio to torch.optim.AdamW |\n|---|---|---|")
+        for n, t in ms.items():
+            print(f"| {n} | {t:.1f} | {t / ms['torch.optim.AdamW']:.2f} |")
+        return
     print(
         f"# step cost, ResNet-18 (width {args.width}, 10 classes, 32x32 random data), torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
@@ -331,21 +383,23 @@ def main():
         )
         base_t, base_m = t["sgd"]["avg_ms"], mem.get("sgd")
         print(f"\n## batch {b}\n")
+        adamw_t = t.get("torch.optim.AdamW", {}).get("avg_ms")
         print(
-            "| configuration | time ratio (avg) | refresh step ratio | plain step ratio | avg ms | peak-memory ratio | peak growth MB |"  # noqa: E501
+            "| configuration | time ratio (avg) | refresh step ratio | plain step ratio | avg ms | peak-memory ratio | peak growth MB | time ratio to torch.optim.AdamW |"  # noqa: E501
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         for n, r in t.items():
             m = mem.get(n)
             mr = f"{m / base_m:.2f}" if m is not None and base_m else "-"
+            ar = f"{r['avg_ms'] / adamw_t:.2f}" if adamw_t else "-"
             print(
                 f"| {n} | {r['avg_ms'] / base_t:.2f} | {r['refresh_ms'] / base_t:.2f} | {r['plain_ms'] / base_t:.2f} | "
-                f"{r['avg_ms']:.0f} | {mr} | {'-' if m is None else f'{m:.0f}'} |"
+                f"{r['avg_ms']:.0f} | {mr} | {'-' if m is None else f'{m:.0f}'} | {ar} |"
             )
         if "sgd-ph plain step" in mem and base_m:
             print(
                 f"| sgd-ph plain step (no refresh) | - | - | - | - | {mem['sgd-ph plain step'] / base_m:.2f} | "
-                f"{mem['sgd-ph plain step']:.0f} |"
+                f"{mem['sgd-ph plain step']:.0f} | - |"
             )
         sys.stdout.flush()
     if args.memory_only:

@@ -13,7 +13,12 @@ from .optim.rules import CurvatureEstimator, Rule, Schedule, Stepper, partition
 from .optim.selectors import Selector, rest
 from .plugin.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml), one source of truth
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("optlab")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "optimizer",

@@ -30,17 +30,24 @@ __all__ = [
 
 
 def selector(name: str, *args, **options) -> Selector:
-    """A registered selector, e.g. ``selector("regex", r"^fc\\.")``."""
+    """A registered selector, e.g. ``selector("regex", r"^fc\\.")``; ``name`` may be qualified
+    (``"builtins:regex"``)."""
     return registry.get("selector", name)(*args, **options)
 
 
 def estimator(name: str) -> CurvatureEstimator:
+    """A registered curvature estimator, by short or qualified name (``"fisher:empirical_fisher_diag"``)."""
     return registry.get("estimator", name)()
 
 
 def stepper(name: str) -> Stepper:
+    """A registered stepper, by short or qualified name (``"fisher:levenberg_newton"``)."""
     return registry.get("stepper", name)()
 
+
+#: the registry kinds an optimizer name is looked up in (together: a preset and a baseline sharing a
+#: short name are ambiguous like two presets)
+OPTIMIZER_KINDS = ("preset", "baseline")
 
 #: the ways a training loop may hand the loss to an optimizer (see :mod:`optlab.optim.closures`)
 CLOSURE_STYLES = ("forward-only", "torch-standard", "backward-first")
@@ -90,29 +97,33 @@ class OptimizerEntry:
 
 
 def optimizer_entry(name: str) -> OptimizerEntry:
-    """The registry entry of preset or baseline ``name``; an unknown name lists the valid ones."""
-    presets, baselines = registry.items("preset"), registry.items("baseline")
-    entry = presets.get(name) or baselines.get(name)
-    if entry is None:
+    """The registry entry of preset or baseline ``name`` (short, or qualified ``<plugin>:<name>``);
+    an unknown name lists the valid ones, an ambiguous short name lists the qualified choices."""
+    known = {e.name for e in registry.entries(OPTIMIZER_KINDS)}
+    if isinstance(name, str) and registry.SEP not in name and name not in known:
         raise registry.RegistryError(unknown_name("optimizer", name, optimizer_names()))
+    entry = registry.entry(OPTIMIZER_KINDS, name, what="optimizer")
     params = list(inspect.signature(entry.item).parameters.values())[1:]
     declared = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return OptimizerEntry(
         name=name,
-        kind="preset" if name in presets else "baseline",
+        kind="preset" if entry.kind == "preset" else "baseline",
         builder=entry.item,
         plugin=entry.plugin,
-        hparams={k: _part_default(name, entry.item, k) if v is PART_DEFAULT else v for k, v in declared.items()},
+        hparams={
+            k: _part_default(name, entry.item, k, entry.plugin) if v is PART_DEFAULT else v for k, v in declared.items()
+        },
         open_hparams=any(p.kind == p.VAR_KEYWORD for p in params),
         create_graph=bool(getattr(entry.item, "create_graph", False)),
     )
 
 
-def _part_default(name: str, builder, key: str) -> Any:
+def _part_default(name: str, builder, key: str, plugin: str | None = None) -> Any:
     """The default that the first part named in ``builder.defaults_from`` declares for ``key``."""
     parts = getattr(builder, "defaults_from", ())
     for kind, part in parts:
-        spec = getattr(registry.get(kind, part), "hparams", {}).get(key)
+        with registry.owned_by(plugin):
+            spec = getattr(registry.get(kind, part), "hparams", {}).get(key)
         if spec is not None:
             return spec.default
     where = ", ".join(f"{kind} {part!r}" for kind, part in parts) or "none (no @defaults_from)"
@@ -127,7 +138,8 @@ def preset_hparams(name: str) -> dict[str, Any]:
 
 
 def optimizer_names() -> list[str]:
-    return sorted(set(registry.items("preset")) | set(registry.items("baseline")))
+    """Presets and baselines: short names, and qualified ones where several plugins share a short name."""
+    return registry.names(OPTIMIZER_KINDS)
 
 
 def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
@@ -135,7 +147,8 @@ def preset_rules(name: str, model: nn.Module, **hparams) -> list[Rule]:
     if entry.kind != "preset":
         raise ValueError(f"{name!r} is a baseline optimizer, not a preset built from rules")
     entry.check_names(hparams)
-    rules = entry.builder(model, **hparams)
+    with registry.owned_by(entry.plugin):
+        rules = entry.builder(model, **hparams)
     _check_forwarded(entry, rules, hparams)
     return rules
 
@@ -221,11 +234,13 @@ def optimizer(
                 f"{name}: process_group applies to optlab presets only; a baseline under DDP "
                 "relies on DDP's own gradient averaging."
             )
-        opt = entry.builder(module, **hparams)
+        with registry.owned_by(entry.plugin):
+            opt = entry.builder(module, **hparams)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"baseline {name!r} returned {type(opt).__name__}, not a torch.optim.Optimizer")
         return closure_mix_in(opt, create_graph=entry.create_graph, max_grad_norm=max_grad_norm)
-    rules = entry.builder(_unwrapped(model), **hparams)
+    with registry.owned_by(entry.plugin):
+        rules = entry.builder(_unwrapped(model), **hparams)
     _check_forwarded(entry, rules, hparams)
     return RuleOptimizer(
         model,

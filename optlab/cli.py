@@ -57,11 +57,13 @@ def _summary(item) -> str:
 def cmd_plugins(args) -> int:
     from .plugin import registry
 
+    if args.check is not None:
+        return _check_plugins(args.check or None)
     errors = registry.load_errors()
     rows = [
-        (kind, e.name, e.plugin, _summary(e.item))
+        (kind, name, e.plugin, _summary(e.item))
         for kind in registry.KINDS
-        for e in sorted(registry.items(kind).values(), key=lambda e: e.name)
+        for name, e in sorted(registry.items(kind).items(), key=lambda ne: (ne[1].name, ne[0]))
     ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     indent = sum(w) + 6
@@ -73,11 +75,51 @@ def cmd_plugins(args) -> int:
         print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2].ljust(w[2])}  {lines[0]}")
         for line in lines[1:]:
             print(" " * indent + line)
+    clashes = registry.clashes()
+    if clashes:
+        print("\nclashes: several plugins provide these short names; use a qualified name <plugin>:<item>")
+        for (kind, short), choices in clashes.items():
+            print(f"  {kind} {short!r}: {', '.join(choices)}")
     if getattr(args, "hparams", False):
         _print_optimizer_hparams(width)
     for e in errors:
         print(f"warning: {e}", file=sys.stderr)
     return 0
+
+
+def _check_plugins(name: str | None) -> int:
+    """``optlab plugins --check [NAME]``: the conformance kit on plugin NAME's items (default: every
+    plugin but the built-ins); exit 1 when an item fails or was rejected at load."""
+    import warnings
+
+    from .optim.hparams import unknown_name
+    from .plugin import registry
+    from .testing import check_plugin
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rejections are reported below as failures
+        loaded = registry.plugin_names()
+        rejected = registry.rejected()
+    known = sorted(set(loaded) | {p for p, *_ in rejected})
+    if name is not None and name not in known:
+        print(f"optlab plugins --check: {unknown_name('plugin', name, known)}", file=sys.stderr)
+        return 2
+    names = [name] if name else [p for p in known if p != "builtins"]
+    if not names:
+        print("no plugin besides the built-ins is installed (check them with `optlab plugins --check builtins`)")
+        return 0
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for plugin in names:
+        print(f"plugin {plugin}:")
+        results = check_plugin(plugin)
+        width = max((len(r.name) for r in results), default=0)
+        for r in results:
+            counts[r.status] += 1
+            print(f"  {r.status.upper():4}  {r.kind:9}  {r.name.ljust(width)}  {r.detail}")
+        if not results:
+            print("  (registers no item)")
+    print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} not checked")
+    return 1 if counts["fail"] else 0
 
 
 def _print_optimizer_hparams(width: int) -> None:
@@ -121,31 +163,18 @@ def cmd_explain(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training.config import RunConfig
+    from .training.config import RunConfig, cli_fields
     from .training.launch import TrialLost
     from .training.loop import train
 
     hp = _kv(args.hp)
-    for key in ("lr", "momentum", "weight_decay", "hessian_momentum", "tau", "eps"):
-        v = getattr(args, key)
+    for key in TRAIN_HPARAM_FLAGS:
+        v = getattr(args, key.replace("-", "_"))
         if v is not None:
-            hp[key] = v
+            hp[key.replace("-", "_")] = v
     cfg = RunConfig(
-        task=args.task,
-        model=args.model,
-        optimizer=args.optimizer,
+        **{f.name: getattr(args, f.name) for f, _ in cli_fields()},
         hparams=hp,
-        seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        decouple=args.decouple,
-        engine=args.engine,
-        device=args.device,
-        milestones=args.milestones,
-        compile=args.compile,
-        nproc=args.nproc,
         task_options=_kv(args.task_option),
         model_options=_kv(args.model_option),
     )
@@ -387,7 +416,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``optlab`` argument parser (every option has a help text; tested)."""
+    """The ``optlab`` argument parser (every option has a help text; tested): one function per subcommand."""
     p = argparse.ArgumentParser(
         prog="optlab", description="Compound optimizers assembled from plugins.", formatter_class=_Help
     )
@@ -398,94 +427,106 @@ def build_parser() -> argparse.ArgumentParser:
         "(otherwise reported and skipped); same as OPTLAB_STRICT_PLUGINS=1",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_plugins_parser, _explain_parser, _train_parser, _grid_parser, _diagnose_parser, _report_parser):
+        add(sub)
+    return p
 
+
+def _model_args(sp) -> None:
+    """``--task``, ``--model``, ``--decouple`` and their options (explain, diagnose)."""
+    sp.add_argument("--task", default="digits", help="registered task (`optlab plugins` lists them)")
+    sp.add_argument("--model", default="cnn-bn", help="registered model")
+    sp.add_argument("--decouple", action="store_true", help="weight-normalize conv/linear layers")
+    _option_args(sp)
+
+
+def _option_args(sp) -> None:
+    sp.add_argument(
+        "--task-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="task option, JSON value (e.g. val_fraction=0.1); repeatable",
+    )
+    sp.add_argument(
+        "--model-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option, JSON value (e.g. width=32); repeatable",
+    )
+
+
+def _plugins_parser(sub) -> None:
     sp = sub.add_parser("plugins", formatter_class=_Help, help="list every registered plugin item and its plugin")
     sp.add_argument(
         "--hparams",
         action="store_true",
         help="also list every optimizer's hyperparameters with their defaults and its step protocol",
     )
+    sp.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="run the conformance kit (optlab.testing) on plugin NAME's items -- every plugin but the "
+        "built-ins without NAME -- and print what passes, fails and why (items rejected at load included); "
+        "exit 1 if anything fails",
+    )
     sp.set_defaults(fn=cmd_plugins)
 
-    def model_args(sp):
-        sp.add_argument("--task", default="digits", help="registered task (`optlab plugins` lists them)")
-        sp.add_argument("--model", default="cnn-bn", help="registered model")
-        sp.add_argument("--decouple", action="store_true", help="weight-normalize conv/linear layers")
-        sp.add_argument(
-            "--task-option",
-            action="append",
-            metavar="KEY=VALUE",
-            help="task option, JSON value (e.g. val_fraction=0.1); repeatable",
-        )
-        sp.add_argument(
-            "--model-option",
-            action="append",
-            metavar="KEY=VALUE",
-            help="model option, JSON value (e.g. width=32); repeatable",
-        )
 
+def _explain_parser(sub) -> None:
     sp = sub.add_parser("explain", formatter_class=_Help, help="show which rule every parameter goes to")
-    model_args(sp)
+    _model_args(sp)
     sp.add_argument("--optimizer", default="sgd-ph", help="preset or baseline")
     sp.add_argument("--hp", action="append", metavar="KEY=VALUE", help="hyperparameter, JSON value; repeatable")
     sp.set_defaults(fn=cmd_explain)
 
+
+#: shortcuts of ``optlab train`` for common hyperparameters (the rest through ``--hp KEY=VALUE``)
+TRAIN_HPARAM_FLAGS = ("lr", "momentum", "weight-decay", "hessian-momentum", "tau", "eps")
+
+
+def _train_parser(sub) -> None:
+    """``optlab train``: one option per :class:`~optlab.training.config.RunConfig` field that declares
+    ``cli`` metadata (flag ``--<field-name>``, default and help from the declaration)."""
+    from .training.config import cli_fields
+
     sp = sub.add_parser("train", formatter_class=_Help, help="one training run with per-epoch metrics")
-    model_args(sp)
-    sp.add_argument("--optimizer", default="sgd-ph", help="preset or baseline")
-    for key in ("lr", "momentum", "weight-decay", "hessian-momentum", "tau", "eps"):
+    for f, cli in cli_fields():
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            sp.add_argument(flag, action="store_true", help=cli["help"])
+            continue
+        kw = {k: v for k, v in cli.items() if k in ("type", "choices", "nargs", "help")}
+        sp.add_argument(flag, default=f.default, **kw)
+    _option_args(sp)
+    for key in TRAIN_HPARAM_FLAGS:
         sp.add_argument(
             f"--{key}", type=float, default=None, help=f"{key.replace('-', '_')} (unset: the optimizer's default)"
         )
     sp.add_argument("--hp", action="append", metavar="KEY=VALUE", help="any other hyperparameter, JSON value")
-    sp.add_argument("--epochs", type=int, default=10, help="training epochs")
-    sp.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    sp.add_argument("--seed", type=int, default=0, help="seed of initialization, shuffling and estimators")
-    sp.add_argument(
-        "--lr-schedule",
-        default="constant",
-        choices=["constant", "multistep", "cosine"],
-        help="learning-rate schedule over epochs",
-    )
-    sp.add_argument(
-        "--milestones",
-        type=float,
-        nargs="*",
-        default=None,
-        help="multistep: epochs where lr is multiplied by 0.1 (default: epochs/2, 3*epochs/4)",
-    )
-    sp.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warmup (epochs)")
-    sp.add_argument(
-        "--engine",
-        default="autograd",
-        choices=["autograd", "func"],
-        help="HVP engine: autograd double backward, or torch.func jvp(grad)",
-    )
-    sp.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    sp.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model: plain steps compiled, curvature-refresh steps eager (default: off)",
-    )
     sp.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch threads (default: torch's, all cores; with --nproc N, each process gets threads/N)",
     )
-    sp.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        help="processes for this run: DistributedDataParallel launched with torchrun (gloo on CPU); "
-        "--batch-size is the global batch, each process trains on batch_size/nproc of it",
-    )
     sp.add_argument("--checkpoint", help="checkpoint file: saved every epoch, resumed from if present")
     sp.add_argument("--out", help="write the result (config, metrics, status) as JSON")
     sp.set_defaults(fn=cmd_train)
 
+
+def _grid_parser(sub) -> None:
     sp = sub.add_parser("grid", formatter_class=_Help, help="run or inspect an ablation grid")
     gsub = sp.add_subparsers(dest="grid_cmd", required=True)
+    _grid_run_parser(gsub)
+    g = gsub.add_parser("status", formatter_class=_Help, help="done/running/missing/failed counts")
+    g.add_argument("spec", help="grid spec (TOML)")
+    g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
+    g.set_defaults(fn=cmd_grid)
+
+
+def _grid_run_parser(gsub) -> None:
     g = gsub.add_parser("run", formatter_class=_Help, help="run the missing trials of SPEC (resumable)")
     g.add_argument("spec", help="grid spec (TOML), e.g. experiments/quickstart.toml")
     g.add_argument("--workers", type=int, default=None, help="local executor: parallel worker processes (default 1)")
@@ -519,15 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
     g.add_argument("--retry-failed", action="store_true", help="rerun trials whose status is failed")
     g.set_defaults(fn=cmd_grid)
-    g = gsub.add_parser("status", formatter_class=_Help, help="done/running/missing/failed counts")
-    g.add_argument("spec", help="grid spec (TOML)")
-    g.add_argument("--results", default=None, help="results directory (default results/<spec name>)")
-    g.set_defaults(fn=cmd_grid)
 
+
+def _diagnose_parser(sub) -> None:
     sp = sub.add_parser(
         "diagnose", formatter_class=_Help, help="is the partial Hessian diagonal? estimator errors and costs"
     )
-    model_args(sp)
+    _model_args(sp)
     sp.add_argument("--batch-size", type=int, default=128, help="samples in the measured batch")
     sp.add_argument("--selector", default="channelwise", help="which parameters' blocks to measure")
     sp.add_argument("--max-block", type=int, default=4096, help="skip tensors larger than this (dense block cost)")
@@ -538,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="reports/diagnose", help="folder for the CSV and figure")
     sp.set_defaults(fn=cmd_diagnose)
 
+
+def _report_parser(sub) -> None:
     sp = sub.add_parser(
         "report", formatter_class=_Help, help="HTML + Markdown report of a results directory, led by the verdict table"
     )
@@ -575,8 +616,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric", default="final_test_acc", help="test metric the verdict compares (default: %(default)s)"
     )
     sp.set_defaults(fn=cmd_report)
-
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,9 @@ def validate_record(rec, trial_id: str | None = None) -> str | None:
         epochs = cfg.get("epochs")
         if isinstance(epochs, int) and len(metrics) != epochs:
             return f"status ok but {len(metrics)} of {epochs} epochs recorded"
+    resolved = rec.get("resolved", {})
+    if not isinstance(resolved, dict) or not all(isinstance(v, str) for v in resolved.values()):
+        return f"'resolved' must map config names to qualified names (strings), got {resolved!r}"
     if "stage" in rec and rec["stage"] not in ("tuning", "evaluation"):
         return f"unknown stage {rec['stage']!r}; expected 'tuning' or 'evaluation'"
     return None

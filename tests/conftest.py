@@ -32,7 +32,7 @@ def gate(tmp_path):
     stopped never waits for long after a failure."""
     import fixtures_blocking
 
-    from optlab import registry
+    from optlab.plugin import registry
 
     registry.register_plugin(fixtures_blocking, "blocking_test")
     g = fixtures_blocking.Gate(tmp_path / "gate")

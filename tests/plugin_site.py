@@ -1,17 +1,25 @@
-"""Test plugins installed for subprocesses the way a third-party plugin is installed.
+"""Plugins installed for subprocesses the way a third-party plugin is installed.
 
-``install(dest, {"nproc_test": nproc_plugin})`` writes, per plugin, a ``*.dist-info`` folder
-with an ``optlab`` entry point and a copy of the module (or package) into ``dest``; with
-``dest`` on ``PYTHONPATH`` (``env(dest, ...)``) every ``optlab`` process -- the CLI, pool
-workers, torchrun's processes, Ray workers -- loads them through the registry.
+Two ways, both into a private site folder that subprocesses see through ``PYTHONPATH`` (the test
+environment stays as it was for every later test):
+
+* :func:`install` writes, per test-only plugin module, a ``*.dist-info`` folder with an ``optlab``
+  entry point and a copy of the module (or package); :func:`env` is the subprocess environment;
+* :func:`pip_install_to_site` installs real plugin packages (a folder with a ``pyproject.toml``) with
+  ``pip install --target``; :func:`site_env` is the subprocess environment.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def install(dest: Path, plugins: dict[str, ModuleType]) -> Path:
@@ -39,3 +47,40 @@ def env(site: Path, tmp: Path | None = None, **extra: str) -> dict:
         (tmp / "tmp").mkdir(exist_ok=True)
         out["TMPDIR"] = str(tmp / "tmp")
     return out
+
+
+def pip_install_to_site(site: Path, *packages: Path) -> None:
+    """``pip install --no-deps --target site`` of each package folder (built from its pyproject, from a
+    temporary copy so that no build output lands in the repository)."""
+    src = Path(tempfile.mkdtemp(prefix="optlab-plugin-src-"))
+    copies = []
+    for pkg in packages:
+        dest = src / pkg.name
+        shutil.copytree(pkg, dest, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        copies.append(dest)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            "-c",
+            str(ROOT / "constraints.txt"),
+            *map(str, copies),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    shutil.rmtree(src, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def site_env(site: Path, **extra: str) -> dict:
+    """The environment of a subprocess that sees the plugins installed in ``site``."""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "OPTLAB_NO_PROGRESS": "1", "PYTHONPATH": path, **extra}

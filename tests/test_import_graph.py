@@ -139,10 +139,10 @@ RANKS = {
     "optlab.store": 0,
     "optlab.plugin": 1,
     "optlab.api": 1,
-    "optlab.testing": 1,
-    "optlab.plugin_api": 1,
     "optlab._moved": 1,
     "optlab.training": 2,
+    "optlab.testing": 2,  # the kit builds tasks and models (check_task, check_model)
+    "optlab.plugin_api": 2,  # re-exports Task and the kit
     "optlab.diagnostics": 2,
     "optlab.integrations": 2,
     "optlab": 2,

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from plugin_site import pip_install_to_site, site_env
 
 import optlab
 from optlab.plugin import hookspecs, registry
 from optlab.plugin.hookspecs import hookimpl
 from optlab.plugin.registration import PluginError
 from optlab.plugin.registry import RegistryError
-from optlab.testing import ESTIMATOR_TARGETS, check_estimator, check_selector, check_stepper
+from optlab.testing import ESTIMATOR_TARGETS, check_estimator, check_selector, check_stepper, check_stepper_formula
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("optlab_register_")]
@@ -65,12 +66,59 @@ class _Dup:
         register("sgd-ph", lambda model: [])
 
 
-def test_duplicate_names_name_both_plugins(fresh_registry):
+def test_a_shared_short_name_loads_and_fails_only_where_it_is_used(fresh_registry):
     registry.register_plugin(_Dup, "dupe-plugin")
+    assert registry.items("preset")["builtins:sgd-ph"].plugin == "builtins"  # loading is fine
+    assert registry.items("preset")["dupe-plugin:sgd-ph"].plugin == "dupe-plugin"
+    assert registry.clashes()[("preset", "sgd-ph")] == ["builtins:sgd-ph", "dupe-plugin:sgd-ph"]
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     with pytest.raises(
-        RegistryError, match=r"preset 'sgd-ph' is registered by two plugins: 'builtins' and 'dupe-plugin'"
+        registry.AmbiguousName,
+        match=r"optimizer 'sgd-ph' is ambiguous: 2 plugins provide it\. Use a qualified name: "
+        r"builtins:sgd-ph, dupe-plugin:sgd-ph",
     ):
+        optlab.optimizer("sgd-ph", model)
+    assert isinstance(optlab.optimizer("builtins:sgd-ph", model), optlab.RuleOptimizer)
+    assert optlab.optimizer("sgd", model).defaults["lr"] > 0  # names nobody shares are unaffected
+    assert "builtins:sgd-ph" in optlab.optimizer_names() and "sgd-ph" not in optlab.optimizer_names()
+
+
+def test_one_plugin_registering_a_name_twice_is_an_error(fresh_registry):
+    class Twice:
+        @hookimpl
+        def optlab_register_presets(register):
+            register("twice", lambda model: [])
+            register("twice", lambda model: [])
+
+    registry.register_plugin(Twice, "twice-plugin")
+    with pytest.raises(RegistryError, match=r"plugin 'twice-plugin' registered preset 'twice' twice"):
         registry.items("preset")
+
+
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("nope:sgd-ph", r"no plugin 'nope' is loaded, so no optimizer 'sgd-ph'; provided by: builtins:sgd-ph\."),
+        ("builtins:sgd-pj", r"unknown optimizer of plugin 'builtins': 'sgd-pj'\. Did you mean 'sgd-ph'\?"),
+        ("nope:zzz", r"unknown plugin 'nope' in optimizer name 'nope:zzz'\. Plugins with optimizers: builtins"),
+        ("sgd-pj", r"unknown optimizer 'sgd-pj'\. Did you mean 'sgd-ph'\?"),
+    ],
+)
+def test_bad_qualified_names_say_what_exists(fresh_registry, name, match):
+    with pytest.raises(RegistryError, match=match):
+        optlab.optimizer(name, torch.nn.Linear(2, 2))
+
+
+def test_item_names_with_the_separator_are_rejected(fresh_registry, monkeypatch):
+    class Colon:
+        @hookimpl
+        def optlab_register_presets(register):
+            register("a:b", lambda model: [])
+
+    monkeypatch.delenv("OPTLAB_STRICT_PLUGINS", raising=False)
+    registry.register_plugin(Colon, "colon")
+    with pytest.warns(RuntimeWarning, match=r"plugin 'colon': preset 'a:b' rejected: a name must not contain ':'"):
+        assert "a:b" not in registry.items("preset") and "colon:a:b" not in registry.items("preset")
 
 
 class _BadShape:
@@ -254,9 +302,180 @@ def test_builtin_estimators_pass_the_conformance_kit(name):
     )
 
 
-@pytest.mark.parametrize("name", sorted(n for n, e in registry.items("stepper").items() if e.plugin == "builtins"))
-def test_builtin_steppers_pass_the_conformance_kit(name):
-    check_stepper(registry.get("stepper", name))
+# Each built-in stepper's update written out from its docstring / paper, independently of its code.
+def _rectify(x, mode, floor, damping):
+    return {"abs": x.abs(), "clip": x.clamp_min(floor), "damping": x.clamp_min(0) + damping}[mode]
+
+
+def sgd_reference(p, g, h, st, grp, *, step, **_):
+    """torch.optim.SGD: d = g + wd p; b = d, then mom b + (1 - damp) d; d = d + mom b (nesterov) or b."""
+    d = g + grp["weight_decay"] * p
+    if grp["momentum"]:
+        st["b"] = d.clone() if step == 1 else grp["momentum"] * st["b"] + (1 - grp["dampening"]) * d
+        d = d + grp["momentum"] * st["b"] if grp["nesterov"] else st["b"]
+    return p - grp["lr"] * d
+
+
+def diag_newton_reference(p, g, h, st, grp, *, step, schedule, num_tensors, **_):
+    """SGD-PH's 1-D rule (arXiv:2403.02681, Alg. 1) with the documented rectification and bias corrections."""
+    beta, tau, eps = grp["hessian_momentum"], grp["tau"], grp["eps"]
+
+    def r(x):
+        return _rectify(x, grp["rectify"], grp["floor"], grp["damping"])
+
+    if h is not None:
+        st["D"] = beta * st.get("D", torch.zeros_like(p)) + (1 - beta) * (r(h) if grp["rectify_at"] == "refresh" else h)
+        st["n"] = st.get("n", 0) + 1
+    st["b"] = g.clone() if step == 1 else grp["momentum"] * st["b"] + g
+    D, n, b = st.get("D", torch.zeros_like(p)), st.get("n", 0), st["b"]
+    use = r if grp["rectify_at"] == "use" else (lambda x: x)
+    if grp["bias_correction"] == "refreshes":
+        u = b if n == 0 else tau * b / (use(D / (1 - beta**n)) + eps)
+    elif grp["bias_correction"] == "reference":
+        period = grp["bias_period"] or schedule.period or num_tensors
+        u = tau * (1 - beta ** (step // period + 1)) * b / (use(D) + eps)
+    else:
+        u = tau * b / (use(D) + eps)
+    return p - grp["lr"] * (u + grp["weight_decay"] * p)
+
+
+def adam_hessian_reference(p, g, h, st, grp, *, step, **_):
+    """AdaHessian (Yao et al. 2021, Alg. 1), decoupled weight decay; no step before the first refresh."""
+    (b1, b2), k = grp["betas"], grp["hessian_power"]
+    st["m"] = b1 * st.get("m", 0 * p) + (1 - b1) * g
+    if h is not None:
+        st["v"], st["n"] = b2 * st.get("v", 0 * p) + (1 - b2) * h * h, st.get("n", 0) + 1
+    if not st.get("n"):
+        return p
+    denom = (st["v"] / (1 - b2 ** st["n"])) ** (k / 2) + grp["eps"]
+    return p - grp["lr"] * ((st["m"] / (1 - b1**step)) / denom + grp["weight_decay"] * p)
+
+
+def clipped_newton_reference(p, g, h, st, grp, *, step, **_):
+    """Sophia (Liu et al. 2023, Alg. 3): p(1 - lr wd) - lr sign(m) min(|m| / max(rho h, eps), 1)."""
+    b1, b2 = grp["betas"]
+    st["m"] = b1 * st.get("m", 0 * p) + (1 - b1) * g
+    if h is not None:
+        st["h"] = b2 * st.get("h", 0 * p) + (1 - b2) * h
+    ratio = torch.minimum(st["m"].abs() / torch.clamp(grp["rho"] * st["h"], min=grp["eps"]), torch.ones_like(p))
+    return p * (1 - grp["lr"] * grp["weight_decay"]) - grp["lr"] * st["m"].sign() * ratio
+
+
+STEPPER_FORMULAS = {
+    "sgd": (
+        sgd_reference,
+        [{}, {"momentum": 0.9, "weight_decay": 0.01}, {"momentum": 0.8, "dampening": 0.3}],
+        [{"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}],
+    ),
+    "diag_newton": (
+        diag_newton_reference,
+        [{}, {"tau": 0.5, "weight_decay": 0.01}, {"tau": 0.5, "rectify_at": "use", "rectify": "clip", "floor": 0.2}],
+        [
+            {"tau": 0.5, "rectify": "damping", "damping": 0.3, "rectify_at": "use"},
+            {"tau": 0.5, "bias_correction": "reference"},
+            {"tau": 0.5, "bias_correction": "reference", "bias_period": 3},
+            {"tau": 0.5, "bias_correction": "none", "momentum": 0.5},
+        ],
+    ),
+    "adam_hessian": (adam_hessian_reference, [{}, {"hessian_power": 0.5, "weight_decay": 0.01}], []),
+    "clipped_newton": (clipped_newton_reference, [{}, {"rho": 1.0, "weight_decay": 0.0}], []),
+}
+
+
+def test_every_builtin_stepper_has_a_formula_check():
+    assert set(STEPPER_FORMULAS) == {n for n, e in registry.items("stepper").items() if e.plugin == "builtins"}
+
+
+@pytest.mark.parametrize("name", sorted(STEPPER_FORMULAS))
+def test_builtin_steppers_pass_the_conformance_kit_with_their_formula(name):
+    reference, (first, *more), extra = STEPPER_FORMULAS[name]
+    check_stepper(registry.get("stepper", name), first, reference=reference)
+    for i, hp in enumerate(more + extra):  # the other variants: the formula alone, refreshes every 1..3 steps
+        check_stepper_formula(registry.get("stepper", name), reference, hp, steps=7, refresh_every=1 + i % 3)
+
+
+class _DoesNothing(optlab.Stepper):
+    name = "does_nothing"
+    hparams = {"lr": optlab.HParam(0.1)}
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        for st in states:
+            st["n"] = st.get("n", 0) + 1
+
+
+class _EmaMomentum(optlab.Stepper):
+    """A wrong SGD: an EMA buffer (1 - momentum) g where torch.optim.SGD's heavy ball adds g."""
+
+    name = "ema_momentum"
+    hparams = optlab.stepper("sgd").hparams
+
+    def step(self, params, grads, states, group, *, curvature=None, rule_step=0):
+        for p, g, st in zip(params, grads, states):
+            st["b"] = group["momentum"] * st.get("b", torch.zeros_like(p)) + (1 - group["momentum"]) * g
+            p.add_(st["b"], alpha=-group["lr"])
+
+
+def test_the_kit_fails_a_stepper_that_does_nothing():
+    with pytest.raises(AssertionError, match=r"_DoesNothing: 5 steps with nonzero gradients left every parameter"):
+        check_stepper(_DoesNothing)
+    with pytest.raises(AssertionError, match=r"_DoesNothing: step 1 .*differs from the reference"):
+        check_stepper_formula(_DoesNothing, lambda p, g, h, st, grp, **_: p - grp["lr"] * g)
+
+
+def test_the_kit_fails_a_stepper_with_a_wrong_formula():
+    check_stepper(_EmaMomentum, {"momentum": 0.9})  # without a reference it passes: resumable, moves, keeps dtype
+    with pytest.raises(AssertionError, match=r"_EmaMomentum: step 1 \(curvature refreshed\), tensor 0 \(4,\)"):
+        check_stepper(_EmaMomentum, {"momentum": 0.9}, reference=sgd_reference)
+    with pytest.raises(AssertionError, match=r"DiagNewton: step \d.*differs from the reference"):
+        wrong = lambda p, g, h, st, grp, **kw: diag_newton_reference(p, g, h, st, {**grp, "eps": 2 * grp["eps"]}, **kw)  # noqa: E731
+        check_stepper_formula(registry.get("stepper", "diag_newton"), wrong, {"tau": 0.5})
+
+
+def _blobs_task(seed=0, labels=None):
+    from optlab.training.tasks import Task
+
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(10) % 2 if labels is None else labels
+    return Task("blobs", x, y, x, torch.arange(10) % 2, num_classes=2)
+
+
+class _WithSpare(torch.nn.Module):
+    def __init__(self, n_out):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, n_out))
+        self.spare = torch.nn.Linear(2, 2)  # never used in forward
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _linear_model(info, decouple=False, rescale_g=False, spare=False):
+    m = _WithSpare(info["num_classes"]) if spare else torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    if decouple:
+        optlab.decouple(m)
+        if rescale_g:  # g = 2 ||w||: no longer the same function at initialization
+            with torch.no_grad():
+                next(p for n, p in m.named_parameters() if n.endswith("original0")).mul_(2)
+    return m
+
+
+def test_check_task_and_check_model_fail_what_they_guard():
+    from optlab.testing import check_model, check_task
+
+    check_task(_blobs_task)
+    with pytest.raises(AssertionError, match=r"task 'blobs': train labels must be integers in \[0, 2\)"):
+        check_task(lambda seed=0: _blobs_task(seed, labels=torch.arange(10)))
+    info = {"input_shape": (1, 8, 8), "num_classes": 10, "name": "digits"}
+    check_model(_linear_model, info)
+    with pytest.raises(AssertionError, match=r"parameters that get no gradient: \['spare.weight', 'spare.bias'\]"):
+        check_model(_linear_model, info, spare=True)
+    with pytest.raises(AssertionError, match="decouple=True changes the initial function"):
+        check_model(_linear_model, info, rescale_g=True)
+
+
+def test_a_reference_that_never_moves_is_refused():
+    with pytest.raises(AssertionError, match=r"the reference for _DoesNothing never changed a parameter"):
+        check_stepper_formula(_DoesNothing, lambda p, g, h, st, grp, **_: p)
 
 
 @pytest.mark.parametrize("name", ["channelwise", "norm", "wn_scale", "one_d", "nothing"])
@@ -283,32 +502,9 @@ def test_conformance_kit_catches_a_broken_stepper():
 def test_example_plugin_installs_registers_conforms_and_runs_in_a_grid(tmp_path):
     """Installed (as a user would, through its entry point) into a private site directory on the
     subprocesses' PYTHONPATH, so the test venv stays as it was for every later test."""
-    pkg = ROOT / "plugins" / "optlab-fisher"
     site = tmp_path / "site"
-    env = {
-        **os.environ,
-        "OPTLAB_NO_PROGRESS": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-    }
-    inst = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            "-c",
-            str(ROOT / "constraints.txt"),
-            str(pkg),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert inst.returncode == 0, inst.stderr[-2000:]
+    pip_install_to_site(site, ROOT / "plugins" / "optlab-fisher")
+    env = site_env(site)
     listing = subprocess.run([sys.executable, "-m", "optlab.cli", "plugins"], capture_output=True, text=True, env=env)
     for item in ("empirical_fisher_diag", "rms_newton", "sgd-ef", "fd_rowsum", "levenberg_newton", "sgd-lm"):
         assert re.search(rf"\b{re.escape(item)}\s+fisher\b", listing.stdout), listing.stdout

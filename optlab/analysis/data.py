@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optlab.grid.protocol import Observation, Selection, config_label, select, selection_rows, stability
+from optlab.grid.protocol import Observation, Selection, config_key, select, selection_rows, stability
 from optlab.optim.hparams import unknown_name
 from optlab.store import Store, StoreError
 
@@ -97,7 +97,8 @@ def _preset_defaults(name: str) -> dict:
         return {}
 
 
-def _config_label(optimizer: str, hp: dict, run: dict) -> str:
+def config_description(optimizer: str, hp: dict, run: dict) -> str:
+    """A configuration for people: ``arm(lr=0.1, weight_decay=0.0005, epochs=8, ...)``."""
     parts = [f"{k}={hp[k]}" for k in sorted(hp)]
     parts += [f"{k}={run[k]}" for k in RUN_COLS if k in run]
     return f"{optimizer}(" + ", ".join(parts) + ")"
@@ -168,8 +169,8 @@ def load(
             "seed": cfg.get("seed", 0),
             "status": r.get("status", "failed"),
             "stage": r.get("stage", "tuning"),
-            "config": _config_label(arm, cfg.get("hparams", {}), run),
-            "config_key": config_label(cfg),
+            "config": config_description(arm, cfg.get("hparams", {}), run),
+            "config_key": config_key(cfg),
         }
         metrics = r.get("metrics") or []
         for m in metrics:
@@ -449,7 +450,7 @@ def best_configs(
     finished ``ok`` (with a finite ``metric``) and it has as many seeds as the cell's most complete
     configuration. The eligible one with the best seed-mean of ``metric`` wins (``mode``: "max",
     "min", or None: min for losses); if none is eligible, the best mean over ok seeds; ties (within
-    ``tol``) go to the smallest :func:`optlab.grid.config_label` (``config_key``; ``n_tied`` counts
+    ``tol``) go to the smallest :func:`optlab.grid.config_key` (``config_key``; ``n_tied`` counts
     the configurations that tied). ``at_edge``/``edges``: the selected value of a tuned numeric
     axis is the smallest or largest tried (``domains``: per arm, the ranges of sampled axes,
     :func:`optlab.grid.search_domains`); the full table is :func:`selection_table`.
@@ -618,18 +619,6 @@ def sensitivity(
             }
         )
     return pd.DataFrame(rows)
-
-
-def _axes_label(row: pd.Series, axes: Sequence[str]) -> str:
-    """The grid axes of one cell, e.g. ``lr=0.1, weight_decay=0.0005`` (NaN axes omitted)."""
-    return (
-        ", ".join(
-            f"{a}={row[a]:g}" if isinstance(row[a], float) else f"{a}={row[a]}"
-            for a in axes
-            if not (isinstance(row[a], float) and math.isnan(row[a]))
-        )
-        or "-"
-    )
 
 
 def performance_profile(

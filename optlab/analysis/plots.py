@@ -55,7 +55,7 @@ METRIC_LABELS = {
 }
 
 
-def _label(m: str) -> str:
+def metric_label(m: str) -> str:
     return METRIC_LABELS.get(m, m.replace("_", " "))
 
 
@@ -196,7 +196,7 @@ def heatmaps(
             annot=annot,
             fmt="",
             cbar=True,
-            cbar_kws={"label": _label(metric)},
+            cbar_kws={"label": metric_label(metric)},
             linewidths=0.5,
             annot_kws={"fontsize": 8},
         )
@@ -210,7 +210,7 @@ def heatmaps(
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(
-        f"{_label(metric)} (tuning seeds) over {x} x {y}; other axes at their best on it; "
+        f"{metric_label(metric)} (tuning seeds) over {x} x {y}; other axes at their best on it; "
         "red: the selected configuration",
         y=1.02,
     )
@@ -248,12 +248,14 @@ def sensitivity_plot(
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(axis + (" (log scale)" if log_x else ""))
-        ax.set_ylabel(_label(metric))
+        ax.set_ylabel(metric_label(metric))
         ax.set_title(f"{task}/{model}")
     if problems:  # one legend: the colours are the same in every panel
         _legend_outside(axes.flat[len(problems) - 1], "optimizer", fontsize=8)
     how = "other axes at their best on it" if aggregate == "best" else "averaged over other axes"
-    fig.suptitle(f"Sensitivity to {axis}: {_label(metric)}, tuning seeds ({how}; band: 95 % CI over seeds)", y=1.02)
+    fig.suptitle(
+        f"Sensitivity to {axis}: {metric_label(metric)}, tuning seeds ({how}; band: 95 % CI over seeds)", y=1.02
+    )
     fig.tight_layout()
     return fig
 
@@ -295,7 +297,7 @@ def training_curves(
                 _legend_outside(ax, "optimizer", fontsize=8)
     fig.suptitle(
         f"Training curves vs {'time' if x == 'wall_time' else 'epoch'} (configuration selected on "
-        f"{_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)",
+        f"{metric_label(metric)}; {' + '.join(stages)} seeds; band: mean ± 1.96 SE over seeds)",
         y=1.02,
     )
     fig.tight_layout()
@@ -384,7 +386,7 @@ def expected_max_plot(curve: pd.DataFrame):
         else:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("configurations tried (n)")
-        ax.set_ylabel(f"expected best {_label(str(g['selected_on'].iloc[0]))}")
+        ax.set_ylabel(f"expected best {metric_label(str(g['selected_on'].iloc[0]))}")
         ax.set_title(f"{task}/{model}")
     if problems:
         _legend_outside(axes.flat[len(problems) - 1], "optimizer", fontsize=8)

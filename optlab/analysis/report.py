@@ -113,10 +113,10 @@ def _verdict_section(
         (
             f"Each optimizer against the baseline `{baseline}`"
             + (f" and the controls {', '.join(f'`{c}`' for c in present)}" if present else "")
-            + f", per task/model. Δ = optimizer − reference of {P._label(metric)}"
+            + f", per task/model. Δ = optimizer − reference of {P.metric_label(metric)}"
             + (" in percentage points (pp)" if _units(metric)[0] == 100 else "")
             + ", "
-            f"paired by seed; each optimizer at the one configuration selected on {P._label(select)} over its "
+            f"paired by seed; each optimizer at the one configuration selected on {P.metric_label(select)} over its "
             f"tuning seeds. 95 % CI: BCa bootstrap over seeds ({S.DEFAULT_RESAMPLES} resamples, fixed seed). "
             f"Verdict: **better**/**worse** = paired t-test significant at α = {alpha} after Holm correction across "
             f"all comparisons of this table AND the CI excludes 0; **equivalent** = the equivalence test (TOST, "
@@ -434,7 +434,7 @@ def build_sections(
     domains = _search_domains(spec)
     sections: list[_Section] = []
     fig_dir.mkdir(parents=True, exist_ok=True)
-    sel_lab = P._label(select)
+    sel_lab = P.metric_label(select)
 
     def figure(sec: _Section, fig, name: str, caption: str) -> None:
         png, svg = P.save(fig, fig_dir / name)
@@ -628,7 +628,7 @@ def build_sections(
     summ = D.summarize(trials, metric=metric)
     sec = _Section(
         "Summary over seeds",
-        f"{P._label(metric).capitalize()} per configuration and stage "
+        f"{P.metric_label(metric).capitalize()} per configuration and stage "
         "(description only: nothing is selected here): mean, standard deviation, standard error and "
         "95 % confidence interval (Student t) over seeds that finished; "
         "`n_missing`/`n_diverged`/`n_failed` show cells that are incomplete -- they are never "
@@ -770,7 +770,7 @@ def build_sections(
         if trials.groupby(["task", "model"], observed=True).ngroups > 1:
             sec = _Section(
                 "Performance profile",
-                f"Dolan-Moré profile of {P._label(metric)} error across task/model "
+                f"Dolan-Moré profile of {P.metric_label(metric)} error across task/model "
                 f"problems, each optimizer at its configuration selected on {sel_lab} ({stage_word}).",
             )
             figure(sec, P.profile_plot(D.performance_profile(trials, metric=select, report=metric)), "profile", "")
@@ -795,7 +795,7 @@ def build_sections(
             "trial": m["trial_id"],
             "status": "running" if m["trial_id"] in live else "missing",
             "stage": m.get("stage", "tuning"),
-            "config": D._config_label(m.get("arm") or m["optimizer"], m["hparams"], m),
+            "config": D.config_description(m.get("arm") or m["optimizer"], m["hparams"], m),
             "seed": m["seed"],
             "error": "",
         }

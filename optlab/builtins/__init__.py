@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from optlab.plugin.hookspecs import hookimpl
 
-from . import estimators, presets, selectors, steppers
+from . import adaptive_steppers, eigenbasis, estimators, orthogonal, presets, relatives_presets, selectors, steppers
 
 
 @hookimpl
 def optlab_register_selectors(register):
     for name, factory in selectors.SELECTORS.items():
         register(name, factory)
+    register("hidden_matrices", orthogonal.hidden_matrices)
 
 
 @hookimpl
@@ -21,13 +22,13 @@ def optlab_register_estimators(register):
 
 @hookimpl
 def optlab_register_steppers(register):
-    for cls in steppers.STEPPERS:
+    for cls in steppers.STEPPERS + adaptive_steppers.STEPPERS + orthogonal.STEPPERS + eigenbasis.STEPPERS:
         register(cls.name, cls)
 
 
 @hookimpl
 def optlab_register_presets(register):
-    for name, fn in presets.PRESETS.items():
+    for name, fn in {**presets.PRESETS, **relatives_presets.PRESETS}.items():
         register(name, fn)
 
 

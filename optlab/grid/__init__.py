@@ -18,7 +18,7 @@ import warnings
 
 from .dispatch import GridInterrupted
 from .protocol import (
-    config_label,
+    config_key,
     evaluation_trials,
     extension_trials,
     search_domains,
@@ -27,7 +27,7 @@ from .protocol import (
     selection_key,
 )
 from .run import default_results_dir, grid_status, run_grid, tuning_trials
-from .spec import SELECT_METRICS, GridSpec, SpecError, expand, load_spec, search_settings
+from .spec import SELECT_DIRECTIONS, GridSpec, SpecError, expand, load_spec, search_settings
 from .trial import Trial, trial_id
 
 __all__ = [
@@ -45,16 +45,21 @@ __all__ = [
     "run_grid",
     "grid_status",
     "SpecError",
-    "config_label",
+    "config_key",
     "selection_key",
     "trial_id",
     "search_settings",
     "default_results_dir",
-    "SELECT_METRICS",
+    "SELECT_DIRECTIONS",
 ]
 
 #: names ``optlab.grid`` re-exported before it became a package, and where they live now
 _MOVED = {"environment": "optlab.grid.trial", "run_trial": "optlab.grid.trial"}
+#: names renamed by issue 22: old name -> (new name, why)
+_RENAMED = {
+    "config_label": ("config_key", "a machine key, not a label"),
+    "SELECT_METRICS": ("SELECT_DIRECTIONS", "a dict metric -> direction, not the selection metric"),
+}
 
 
 def __getattr__(name: str):
@@ -67,4 +72,8 @@ def __getattr__(name: str):
             stacklevel=2,
         )
         return getattr(importlib.import_module(_MOVED[name]), name)
+    if name in _RENAMED:
+        new, why = _RENAMED[name]
+        warnings.warn(f"optlab.grid.{name} is deprecated: it is {new} ({why})", DeprecationWarning, stacklevel=2)
+        return globals()[new]
     raise AttributeError(f"module 'optlab.grid' has no attribute {name!r}")

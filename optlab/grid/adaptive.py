@@ -8,25 +8,19 @@ import math
 from optlab.store import Store
 
 from .dispatch import dispatch, todo_trials
-from .spec import BLOCK_KEYS, LIST_VALUED, GridSpec, SpecError, expand
+from .spec import BLOCK_KEYS, GridSpec, SpecError, expand
 from .trial import Trial
 
 __all__ = ["optuna_spaces", "optuna_studies", "optuna_total", "optuna_rounds"]
 
 
 def optuna_spaces(spec: GridSpec) -> dict[int, tuple[str, dict, list[str]]]:
-    """``{block index: (arm, search space, hparam keys in block order)}`` for the optuna sampler."""
-    from .search import SearchError, parse_space
-
-    where = str(spec.path) if spec.path else "<spec>"
+    """``{block index: (arm, search space, hparam keys in block order)}`` for the optuna sampler
+    (each block's space parsed once, by :meth:`GridSpec.block_space`)."""
     out = {}
-    for bi, block in enumerate(spec.data.get("optimizer") or []):
-        hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
-        try:
-            space = parse_space(f"{where}.optimizer[{bi}]", hp_block, "optuna", LIST_VALUED)
-        except SearchError as exc:
-            raise SpecError(str(exc)) from exc
-        out[bi] = (block.get("label", block.get("name")), space, list(hp_block))
+    for bi, block in enumerate(spec.blocks):
+        keys = [k for k in block if k not in BLOCK_KEYS]
+        out[bi] = (block.get("label", block.get("name")), spec.block_space(bi), keys)
     return out
 
 

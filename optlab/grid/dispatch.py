@@ -8,8 +8,10 @@ import warnings
 
 from optlab.store import Store
 
-from .spec import GridSpec
-from .trial import Trial
+from .executors.base import Executor
+from .sinks import Sink
+from .spec import GridSpec, SpecError
+from .trial import Trial, resolved_names
 
 __all__ = ["GridInterrupted", "todo_trials", "Reporter", "dispatch"]
 
@@ -22,10 +24,31 @@ class GridInterrupted(KeyboardInterrupt):
         self.counts = counts
 
 
+def _check_same_items(t: Trial, rec: dict, cache: dict) -> None:
+    """A stored trial counts as done only if its names still resolve to the plugins' items that ran it
+    (its record's ``resolved``; records without it predate qualified names and are taken as they are)."""
+    then = rec.get("resolved")
+    if not then:
+        return
+    key = (t.config["optimizer"], t.config["task"], t.config["model"])
+    if key not in cache:
+        cache[key] = resolved_names(t.config)
+    now = cache[key]
+    changed = {k: (then[k], now[k]) for k in now if k in then and then[k] != now[k]}
+    if changed:
+        what = "; ".join(f"{k} {t.config[k]!r} ran as {a!r} but now resolves to {b!r}" for k, (a, b) in changed.items())
+        raise SpecError(
+            f"trial {t.id} ({t.label}) is stored, but {what}. Write the qualified name in the spec "
+            f"(e.g. {next(iter(changed.values()))[1]!r}) to run it, or use another results directory."
+        )
+
+
 def todo_trials(store: Store, trials: list[Trial], done: dict[str, dict], retry_failed: bool) -> list[Trial]:
-    todo = []
+    todo: list[Trial] = []
+    cache: dict = {}
     for t in trials:
         if t.id in done:
+            _check_same_items(t, done[t.id], cache)
             if retry_failed and done[t.id]["status"] == "failed":
                 store.quarantine(store.trials / f"{t.id}.json", "failed; rerun by --retry-failed")
                 todo.append(t)
@@ -38,7 +61,7 @@ class Reporter:
     """Progress of a grid run: a tqdm bar on a terminal; otherwise (a log file, CI, a pipe) one line per
     finished trial, no carriage returns. Also feeds each finished trial's stored record to the sinks."""
 
-    def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list):
+    def __init__(self, spec: GridSpec, store: Store, total: int, initial: int, progress: bool, sinks: list[Sink]):
         from tqdm.auto import tqdm
 
         self.store, self.total, self.n, self.sinks = store, total, initial, sinks
@@ -106,7 +129,7 @@ class Reporter:
                 pass
 
 
-def dispatch(store: Store, todo: list[Trial], ex, threads: int | None, rep: Reporter) -> None:
+def dispatch(store: Store, todo: list[Trial], ex: Executor, threads: int | None, rep: Reporter) -> None:
     if not todo:
         return
     by_id = {t.id: t for t in todo}

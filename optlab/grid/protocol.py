@@ -11,7 +11,7 @@ Both the grid runner (which configuration the evaluation stage runs) and the ana
 configuration. Pure functions over plain values: no torch, no pandas, no store.
 
 **The rule.** Within one *cell* (task, model, arm -- or any key the caller groups by),
-each configuration (identified by its label, :func:`optlab.grid.config_label`) has one
+each configuration (identified by its label, :func:`optlab.grid.config_key`) has one
 observation per tuning seed: the final-epoch validation metric, or nothing when the
 trial did not finish ``ok`` with a finite value (diverged, failed, missing).
 
@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import BLOCK_KEYS, LIST_VALUED, SELECT_METRICS, GridSpec, SpecError, _check_hparams, search_settings
+from .spec import BLOCK_KEYS, LIST_VALUED, SELECT_DIRECTIONS, GridSpec, SpecError, _check_hparams, search_settings
 from .trial import Trial, trial_id
 
 __all__ = [
@@ -68,7 +68,7 @@ __all__ = [
     "SELECTION_COLUMNS",
     "EDGE_FRACTION",
     "selection_key",
-    "config_label",
+    "config_key",
     "observations",
     "select_configs",
     "search_domains",
@@ -82,7 +82,7 @@ def selection_key(config: dict, arm: str) -> tuple[str, str, str]:
     return config["task"], config["model"], arm
 
 
-def config_label(config: dict) -> str:
+def config_key(config: dict) -> str:
     """A configuration across seeds: everything in the run config but the seed."""
     return json.dumps({k: v for k, v in config.items() if k != "seed"}, sort_keys=True, default=str)
 
@@ -453,7 +453,7 @@ def observations(tuning: list[Trial], records: dict[str, dict], metric: str = "v
         out.append(
             Observation(
                 selection_key(t.config, t.arm),
-                config_label(t.config),
+                config_key(t.config),
                 t.config["seed"],
                 float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None,
                 dict(t.config.get("hparams", {})),
@@ -472,14 +472,14 @@ def select_configs(
     False while some tuning trial of that key has no valid result, ``selection`` the
     :class:`Selection` (eligibility, ties, edges). Test metrics are never read.
     """
-    by_label = {config_label(t.config): t.config for t in tuning}
+    by_label = {config_key(t.config): t.config for t in tuning}
     complete: dict[tuple, bool] = {}
     for t in tuning:
         key = selection_key(t.config, t.arm)
         complete[key] = complete.get(key, True) and t.id in records
     keys = {selection_key(t.config, t.arm) for t in tuning}
     doms = {k: domains[k[2]] for k in keys if k[2] in domains} if domains else None
-    sel = select(observations(tuning, records, metric), SELECT_METRICS[metric], domains=doms)
+    sel = select(observations(tuning, records, metric), SELECT_DIRECTIONS[metric], domains=doms)
     out = {}
     for key, s in sel.items():
         out[key] = {
@@ -587,7 +587,7 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
     sel = select_configs(tuning + extra, records, proto["select"], search_domains(spec))
     extended: dict[tuple, set[str]] = {}
     for t in extra:
-        extended.setdefault(selection_key(t.config, t.arm), set()).add(config_label(t.config))
+        extended.setdefault(selection_key(t.config, t.arm), set()).add(config_key(t.config))
     trials, waiting = [], []
     for key, s in sel.items():
         if not s["complete"] or key in extending:
@@ -596,14 +596,27 @@ def evaluation_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, di
         if s["config"] is None:
             continue  # every tuning trial failed: nothing to evaluate (the report shows the failures)
         selection = {
-            "metric": f"final_{proto['select']}",
+            "metric": f"final_{proto.select}",
             "tuning_seeds": s["tuning_seeds"],
             "score": s["score"],
             "configs_tried": s["configs_tried"],
             "configs_extended": len(extended.get(key, ())),
-            "config": config_label({**s["config"], "seed": 0}),
+            "config": config_key({**s["config"], "seed": 0}),
         }
-        for seed in proto["evaluation_seeds"]:
+        for seed in proto.evaluation_seeds:
             c = {**s["config"], "seed": seed}
             trials.append(Trial(trial_id(c), c, arm=key[2], stage="evaluation", selection=selection))
     return trials, waiting
+
+
+def __getattr__(name: str):
+    if name == "config_key":  # the machine key was called a label before issue 22
+        import warnings
+
+        warnings.warn(
+            "optlab.grid.protocol.config_key is deprecated: it is config_key (a machine key, not a label)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return config_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

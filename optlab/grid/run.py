@@ -10,7 +10,7 @@ from optlab.store import Store
 from .adaptive import optuna_rounds, optuna_studies, optuna_total
 from .dispatch import GridInterrupted, Reporter, dispatch, todo_trials
 from .protocol import evaluation_trials, extension_trials, selection_key
-from .spec import GridSpec, SpecError, _executor_from_table, expand, load_spec, search_settings
+from .spec import GridSpec, SpecError, build_executor, expand, load_spec
 from .trial import Trial
 
 __all__ = ["run_grid", "grid_status", "tuning_trials", "default_results_dir"]
@@ -49,9 +49,8 @@ def run_grid(
         raise ValueError(f"invalid workers={workers!r}; expected an integer >= 1")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"invalid threads={threads!r}; expected an integer >= 1")
-    where = f"{spec.path or '<spec>'}.executor"
-    table = spec.data.get("executor") or {}
-    chosen = executor or table.get("name", "local")
+    where = f"{spec.where}.executor"
+    chosen = executor or spec.executor.name
     extra = dict(executor_options or {})
     if workers is not None:
         if chosen != "local":
@@ -61,8 +60,8 @@ def run_grid(
                 "array_parallelism)"
             )
         extra["workers"] = workers
-    ex = _executor_from_table(where, table, name=executor, extra=extra)
-    search = search_settings(spec)
+    ex = build_executor(where, spec.executor, name=executor, extra=extra)
+    search = spec.search
     store = Store(results or default_results_dir(spec)).init(spec.text)
     studies = optuna_studies(spec, store, search) if search.sampler == "optuna" else None
     trials = expand(spec, {bi: s.configs() for bi, s in studies.items()} if studies else None)
@@ -70,15 +69,15 @@ def run_grid(
     done, _ = store.scan()
     todo = todo_trials(store, trials, done, retry_failed)
     proto = spec.protocol
-    n_eval = len({selection_key(t.config, t.arm) for t in trials}) * len(proto["evaluation_seeds"]) if proto else 0
+    n_eval = len({selection_key(t.config, t.arm) for t in trials}) * len(proto.evaluation_seeds) if proto else 0
     threads = threads or ex.default_threads()
     counts: dict = {"skipped_complete": len(trials) - len(todo)}
     if quarantined:
         counts["quarantined"] = len(quarantined)
-    from .sinks import SinkError, make_sinks
+    from .sinks import SinkError
 
     try:
-        sinks = make_sinks(store.root, spec.data.get("sinks"), f"{spec.path or '<spec>'}.sinks")
+        sinks = [cls(store.root, **opts) for cls, opts in spec.sinks]  # checked when the spec was loaded
     except SinkError as exc:
         raise SpecError(str(exc)) from exc
     total = (optuna_total(spec, search) if studies else len(trials)) + n_eval
@@ -136,7 +135,7 @@ def _run_extensions(
 def tuning_trials(spec: GridSpec, results: str | Path) -> list[Trial]:
     """The tuning trials of ``spec`` known for the results directory ``results``: :func:`expand`,
     and for ``optuna`` search the configurations its studies there have asked so far."""
-    search = search_settings(spec)
+    search = spec.search
     if search.sampler != "optuna":
         return expand(spec)
     studies = optuna_studies(spec, Store(results), search, create=False)
@@ -187,7 +186,7 @@ def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) 
     if spec.protocol is not None:
         etrials, waiting = evaluation_trials(spec, trials, good)
         ev = _count(etrials, good, bad_ids, live)
-        ev["total"] = len({selection_key(t.config, t.arm) for t in trials}) * len(spec.protocol["evaluation_seeds"])
+        ev["total"] = len({selection_key(t.config, t.arm) for t in trials}) * len(spec.protocol.evaluation_seeds)
         ev["missing"] = ev["total"] - sum(ev[k] for k in ("ok", "diverged", "failed", "running", "invalid"))
         ev["waiting"] = waiting
         out["evaluation"] = ev

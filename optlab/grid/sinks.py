@@ -24,8 +24,10 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
 
 __all__ = [
+    "Sink",
     "CSVSink",
     "TensorBoardSink",
     "MLflowSink",
@@ -42,6 +44,22 @@ __all__ = [
 
 class SinkError(ValueError):
     pass
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A mirror of finished trials. Constructed as ``cls(root, **options)`` (``root``: the results
+    directory; options from the spec's ``[sinks.NAME]`` table); registered with ``optlab_register_sinks``."""
+
+    name: ClassVar[str]
+
+    def write(self, record: dict) -> None:
+        """Mirror one stored trial record; a trial the sink already holds is skipped (idempotent)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release whatever the sink holds open."""
+        ...
 
 
 def _require(module: str, extra: str = "tracking") -> None:
@@ -292,10 +310,13 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
         raise SinkError(f"{where}: expected a table of sinks, e.g. [sinks.tensorboard]; got {table!r}")
     out = []
     for name, opts in table.items():
-        entry = registry.items("sink").get(name)
-        if entry is None:
-            valid = sorted(registry.items("sink"))
-            raise SinkError(f"{where}.{name}: " + unknown_name("sink", name, valid, show_name=False))
+        try:  # short or qualified (<plugin>:<name>)
+            entry = registry.entry("sink", name)
+        except registry.AmbiguousName as exc:
+            raise SinkError(f"{where}.{name}: {exc}") from exc
+        except registry.RegistryError:
+            valid = registry.names("sink")
+            raise SinkError(f"{where}.{name}: " + unknown_name("sink", name, valid, show_name=False)) from None
         if opts is False:
             continue
         if opts is True:
@@ -310,12 +331,12 @@ def check_sinks(table: dict | None, where: str = "sinks") -> list[tuple[type, di
     return out
 
 
-def make_sinks(root: str | Path, table: dict | None, where: str = "sinks") -> list:
+def make_sinks(root: str | Path, table: dict | None, where: str = "sinks") -> list[Sink]:
     """The sinks of a spec's ``[sinks]`` table, opened on the results directory ``root``."""
     return [cls(root, **opts) for cls, opts in check_sinks(table, where)]
 
 
-def export(records: Iterable[dict], sinks: list) -> int:
+def export(records: Iterable[dict], sinks: list[Sink]) -> int:
     """Feed every record to every sink (a replay of a results directory); returns the number of records."""
     n = 0
     for rec in records:

@@ -31,7 +31,7 @@ import json
 import re
 import tomllib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optlab import api
@@ -39,9 +39,19 @@ from optlab.optim.hparams import unknown_name
 from optlab.plugin import registry
 from optlab.training.config import RUN_KEYS, RunConfig
 
+from .search import SearchError, SearchSettings, parse_search, parse_space
 from .trial import Trial, trial_id
 
-__all__ = ["GridSpec", "SpecError", "load_spec", "expand", "search_settings"]
+__all__ = [
+    "GridSpec",
+    "ProtocolSettings",
+    "ExecutorTable",
+    "SpecError",
+    "load_spec",
+    "expand",
+    "search_settings",
+    "build_executor",
+]
 
 TOP_KEYS = (
     "name",
@@ -60,8 +70,11 @@ TOP_KEYS = (
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
 BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest are hyperparameter axes
 PROTOCOL_KEYS = ("evaluation_seeds", "select", "extend_edges")
-SELECT_METRICS = {"val_acc": "max", "val_loss": "min"}
+#: the metrics ``[protocol] select`` may name, and whether each is maximised or minimised
+SELECT_DIRECTIONS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: an arm's default label is its optimizer's name, which may be qualified (``fisher:sgd-ef``)
+ARM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 #: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
 EVAL_SEED_BASE = 1000
 
@@ -70,34 +83,128 @@ class SpecError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """The two-stage protocol (``[protocol]``), resolved: fresh evaluation seeds and the validation
+    metric each arm's configuration is selected on (a key of :data:`SELECT_DIRECTIONS`)."""
+
+    evaluation_seeds: list[int]
+    select: str = "val_acc"
+    extend_edges: int = 0  # rounds of extending the grid beyond a selection on its edge (0: off)
+
+    def __getitem__(self, key: str):  # mapping access, as code written against the former dict reads it
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class ExecutorTable:
+    """The spec's ``[executor]`` table: the executor's name and the options given for it (checked)."""
+
+    name: str = "local"
+    options: dict = field(default_factory=dict)
+
+
 @dataclass
 class GridSpec:
+    """A grid spec, parsed once: the raw TOML (``data``, what the store keeps) and its tables as typed
+    fields, resolved and checked at construction -- ``search``, ``executor``, ``sinks`` (``[(sink class,
+    options)]``), ``protocol`` (None for a one-stage grid); ``seeds``, ``run``, ``settings`` and
+    ``blocks`` (the ``[[optimizer]]`` tables) are checked value by value where trials are built
+    (:func:`expand`), which names the bad key."""
+
     name: str
     path: Path | None
     text: str
     data: dict
+    search: SearchSettings = field(init=False)
+    executor: ExecutorTable = field(init=False)
+    sinks: list = field(init=False)
+    protocol: ProtocolSettings | None = field(init=False)
+    _spaces: dict = field(init=False, repr=False, default_factory=dict)
 
-    @property
-    def protocol(self) -> dict | None:
-        """The two-stage protocol (``[protocol]``), resolved; None for a one-stage grid."""
-        p = self.data.get("protocol")
-        if p is None:
-            return None
-        seeds = p.get("evaluation_seeds", 20)
-        if isinstance(seeds, int):
-            seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
-        return {
-            "evaluation_seeds": seeds,
-            "select": p.get("select", "val_acc"),
-            "extend_edges": p.get("extend_edges", 0),
-        }
+    def __post_init__(self) -> None:
+        where = self.where
+        try:
+            self.search = parse_search(where, self.data.get("search"))
+        except SearchError as exc:
+            raise SpecError(str(exc)) from exc
+        self.executor = _executor_table(f"{where}.executor", self.data.get("executor"))
+        self.sinks = _sinks(f"{where}.sinks", self.data.get("sinks"))
+        self.protocol = _protocol(self.data.get("protocol"))
 
     @property
     def targets(self) -> dict:
         """The ``[targets]`` table, parsed (:func:`optlab.grid.targets.parse_targets`): ``{workload: TargetSpec}``."""
         from .targets import parse_targets
 
-        return parse_targets(str(self.path or "<spec>"), self.data.get("targets"))
+        return parse_targets(self.where, self.data.get("targets"))
+
+    @property
+    def where(self) -> str:
+        """How messages name this spec: its path, or ``<spec>`` for a spec given as text."""
+        return str(self.path) if self.path else "<spec>"
+
+    @property
+    def seeds(self):
+        return self.data.get("seeds", [0])
+
+    @property
+    def run(self) -> dict:
+        return dict(self.data.get("run", {}))
+
+    @property
+    def settings(self) -> list[dict]:
+        return self.data.get("setting") or [{}]
+
+    @property
+    def blocks(self) -> list[dict]:
+        return self.data.get("optimizer") or []
+
+    def block_space(self, bi: int) -> dict:
+        """The search space of ``[[optimizer]]`` block ``bi`` under the spec's sampler, parsed once."""
+        if bi not in self._spaces:
+            hp_block = {k: v for k, v in self.blocks[bi].items() if k not in BLOCK_KEYS}
+            try:
+                self._spaces[bi] = parse_space(
+                    f"{self.where}.optimizer[{bi}]", hp_block, self.search.sampler, LIST_VALUED
+                )
+            except SearchError as exc:
+                raise SpecError(str(exc)) from exc
+        return self._spaces[bi]
+
+
+def _protocol(p: dict | None) -> ProtocolSettings | None:
+    if p is None:
+        return None
+    seeds = p.get("evaluation_seeds", 20)
+    if isinstance(seeds, int):
+        seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
+    return ProtocolSettings(seeds, p.get("select", "val_acc"), p.get("extend_edges", 0))
+
+
+def _executor_table(where: str, table: dict | None) -> ExecutorTable:
+    """The ``[executor]`` table, its name and options checked against the registered executor."""
+    if table is None:
+        return ExecutorTable()
+    table = dict(table)
+    name = table.pop("name", "local")
+    if not isinstance(name, str):
+        raise SpecError(
+            f"{where}.name: expected a string (one of {', '.join(sorted(registry.items('executor')))}), got {name!r}"
+        )
+    build_executor(where, ExecutorTable(name, table), build=False)
+    return ExecutorTable(name, table)
+
+
+def _sinks(where: str, table: dict | None) -> list:
+    if table is None:
+        return []
+    from .sinks import SinkError, check_sinks
+
+    try:
+        return check_sinks(table, where)
+    except SinkError as exc:
+        raise SpecError(str(exc)) from exc
 
 
 def _type_error(where: str, key: str, value, expected: str) -> SpecError:
@@ -154,52 +261,23 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
     if not (isinstance(seeds, list) or isinstance(seeds, int)) or isinstance(seeds, bool):
         raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
     _check_protocol(where, data.get("protocol"), seeds)
-    _check_scaleout(where, data)
     from .targets import parse_targets
 
     try:
         parse_targets(where, data.get("targets"))
     except ValueError as exc:
         raise SpecError(str(exc)) from exc
-    return GridSpec(name, path, text, data)
+    return GridSpec(name, path, text, data)  # parses [search], [executor], [sinks] and [protocol]
 
 
-def _check_scaleout(where: str, data: dict) -> None:
-    """``[search]``, ``[executor]`` and ``[sinks]``: unknown names and options named with the valid ones."""
-    from .search import SearchError, parse_search
-
-    try:
-        parse_search(where, data.get("search"))
-    except SearchError as exc:
-        raise SpecError(str(exc)) from exc
-    ex = data.get("executor")
-    if ex is not None:
-        _executor_from_table(f"{where}.executor", ex, build=False)
-    sinks = data.get("sinks")
-    if sinks is not None:
-        from .sinks import SinkError, check_sinks
-
-        try:
-            check_sinks(sinks, f"{where}.sinks")
-        except SinkError as exc:
-            raise SpecError(str(exc)) from exc
-
-
-def _executor_from_table(
-    where: str, table: dict, name: str | None = None, extra: dict | None = None, build: bool = True
+def build_executor(
+    where: str, table: ExecutorTable, name: str | None = None, extra: dict | None = None, build: bool = True
 ):
-    """The executor of an ``[executor]`` table (``name`` plus options), ``name``/``extra`` overriding it."""
+    """The executor of an ``[executor]`` table, ``name``/``extra`` overriding it (``build=False``: only check)."""
     from .executors import ExecutorError, check_executor_options, make_executor
 
-    table = dict(table or {})
-    spec_name = table.pop("name", "local")
-    if not isinstance(spec_name, str):
-        raise SpecError(
-            f"{where}.name: expected a string (one of {', '.join(sorted(registry.items('executor')))}), "
-            f"got {spec_name!r}"
-        )
-    chosen = name or spec_name
-    options = table if chosen == spec_name else {}  # the spec's options belong to the spec's executor
+    chosen = name or table.name
+    options = table.options if chosen == table.name else {}  # the spec's options belong to the spec's executor
     options = {**options, **(extra or {})}
     try:
         if not build:
@@ -251,9 +329,9 @@ def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
             "the grid beyond a selection on its edge; 0 = off)"
         )
     sel = p.get("select", "val_acc")
-    if sel not in SELECT_METRICS:
+    if sel not in SELECT_DIRECTIONS:
         raise SpecError(
-            f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_METRICS)} "
+            f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_DIRECTIONS)} "
             "(final-epoch validation metric, mean over tuning seeds)"
         )
 
@@ -270,25 +348,20 @@ def _axis(where: str, key: str, value) -> list:
     return vals
 
 
-def search_settings(spec: GridSpec):
-    """The spec's ``[search]`` table, resolved (:class:`optlab.grid.search.SearchSettings`)."""
-    from .search import SearchError, parse_search
-
-    try:
-        return parse_search(str(spec.path) if spec.path else "<spec>", spec.data.get("search"))
-    except SearchError as exc:
-        raise SpecError(str(exc)) from exc
+def search_settings(spec: GridSpec) -> SearchSettings:
+    """The spec's ``[search]`` table, resolved (:class:`optlab.grid.search.SearchSettings`): ``spec.search``."""
+    return spec.search
 
 
 def _block_configs(
     spec: GridSpec, bi: int, bwhere: str, arm: str, hp_block: dict, optuna_configs: dict[int, list[dict]] | None
 ) -> list[dict]:
     """The hyperparameter configurations of one ``[[optimizer]]`` block under the spec's sampler."""
-    from .search import SearchError, parse_space, sample_configs, stream_seed
+    from .search import sample_configs, stream_seed
 
-    search = search_settings(spec)
+    search = spec.search
+    space = spec.block_space(bi)
     try:
-        space = parse_space(bwhere, hp_block, search.sampler, LIST_VALUED)
         if search.sampler == "grid":
             return sample_configs(space, "grid")
         if search.sampler == "optuna":  # adaptive: the configurations asked so far (run_grid asks for more)
@@ -307,15 +380,12 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
     by block index; :func:`run_grid` asks for more). Evaluation-stage trials depend on the
     tuning results: see :func:`evaluation_trials`.
     """
-    d = spec.data
-    where = str(spec.path) if spec.path else "<spec>"
-    seeds = _axis(where, "seeds", d.get("seeds", [0]))
+    where = spec.where
+    seeds = _axis(where, "seeds", spec.seeds)
     for s in seeds:
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise SpecError(f"{where}.seeds: invalid seed {s!r}; expected integers >= 0")
-    run = dict(d.get("run", {}))
-    settings = d.get("setting") or [{}]
-    blocks = d.get("optimizer")
+    run, settings, blocks = spec.run, spec.settings, spec.blocks
     if not blocks:
         raise SpecError(f'{where}: no [[optimizer]] block; add at least one, e.g.\n[[optimizer]]\nname = "sgd-ph"')
     trials: list[Trial] = []
@@ -341,10 +411,14 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
             if "name" not in block:
                 raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
             oname = block["name"]
-            if not isinstance(oname, str) or oname not in api.optimizer_names():
+            if not isinstance(oname, str):
                 raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
+            try:  # short or qualified (<plugin>:<name>); unknown or ambiguous names list the choices
+                api.optimizer_entry(oname)
+            except registry.RegistryError as exc:
+                raise SpecError(f"{bwhere}.name: {exc}") from exc
             arm = block.get("label", oname)
-            if not isinstance(arm, str) or not NAME_RE.match(arm):
+            if not isinstance(arm, str) or not (NAME_RE.match(arm) or ("label" not in block and ARM_RE.match(arm))):
                 raise SpecError(
                     f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
                     "or '-' (it names this optimizer arm in comparisons)"
@@ -380,7 +454,7 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
                             )
                         continue
                     seen[tid] = arm
-                    trials.append(Trial(tid, c, arm=arm))
+                    trials.append(Trial(tid, c, arm=arm, run=cfg))
     return trials
 
 

@@ -17,14 +17,15 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optlab.store import CorruptRecord, Store
+from optlab.training.config import RunConfig
 from optlab.training.launch import TrialLost
 from optlab.training.loop import train
 
-__all__ = ["Trial", "trial_id", "run_trial", "environment"]
+__all__ = ["Trial", "trial_id", "run_trial", "environment", "resolved_names"]
 
 #: part of every trial id: trials run before validation splits existed (data version 1) have other ids
 DATA_VERSION = 2
@@ -32,12 +33,21 @@ DATA_VERSION = 2
 
 @dataclass(frozen=True)
 class Trial:
+    """One run of a grid. ``config`` is the run configuration as the store and the id see it
+    (:meth:`RunConfig.to_dict`); ``run`` is the checked :class:`RunConfig` itself, carried from
+    where the trial was built to :func:`run_trial` (``None``: built from ``config`` when needed)."""
+
     id: str
     config: dict
     arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
     stage: str = "tuning"  # "tuning" or "evaluation"
     selection: dict | None = None
     extension: dict | None = None  # added by the grid extension: {"round", "axis", "side", "from"}
+    run: RunConfig | None = field(default=None, compare=False, repr=False)
+
+    def run_config(self) -> RunConfig:
+        """The trial's :class:`RunConfig` (checked where the trial was built; else from ``config``)."""
+        return self.run if self.run is not None else RunConfig.from_dict(self.config)
 
     @property
     def label(self) -> str:
@@ -53,6 +63,21 @@ class Trial:
 def trial_id(config: dict) -> str:
     canon = json.dumps({**config, "_data_version": DATA_VERSION}, sort_keys=True, default=str)
     return hashlib.sha1(canon.encode()).hexdigest()[:16]
+
+
+def resolved_names(config: dict) -> dict[str, str]:
+    """The qualified names (``<plugin>:<item>``) that ``config``'s optimizer, task and model resolve
+    to in this process. A trial's record stores them under ``resolved``; its id stays computed from
+    the names as written, and :func:`optlab.grid.run_grid` refuses to reuse a stored trial whose
+    names now resolve to other plugins' items. Unknown or ambiguous names raise ``RegistryError``."""
+    from optlab.api import OPTIMIZER_KINDS
+    from optlab.plugin import registry
+
+    return {
+        "optimizer": registry.qualify(OPTIMIZER_KINDS, config["optimizer"]),
+        "task": registry.qualify("task", config["task"]),
+        "model": registry.qualify("model", config["model"]),
+    }
 
 
 def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str, str]:
@@ -76,10 +101,16 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             except CorruptRecord as exc:
                 store.quarantine(path, exc.problem)
         started = time.time()
+        from optlab.plugin.registry import RegistryError
+
+        try:
+            resolved: dict | None = resolved_names(trial.config)
+        except RegistryError:  # unknown or ambiguous here: train records the failure and its reason
+            resolved = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             try:
-                res = train(trial.config, checkpoint=store.checkpoint(trial.id), progress=False)
+                res = train(trial.run_config(), checkpoint=store.checkpoint(trial.id), progress=False)
             except TrialLost as exc:  # a process of a multi-process trial was killed: no record, checkpoint kept
                 print(f"optlab: trial {trial.id} lost: {exc}", file=sys.stderr)
                 return trial.id, "error"
@@ -91,6 +122,8 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             finished=time.time(),
             env=environment(),
         )
+        if resolved is not None:
+            res["resolved"] = resolved
         if trial.selection is not None:
             res["selection"] = trial.selection
         if trial.extension is not None:

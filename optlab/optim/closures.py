@@ -103,7 +103,7 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.
     return torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
 
 
-def _check_max_grad_norm(name: str, max_grad_norm):
+def check_max_grad_norm(name: str, max_grad_norm):
     if max_grad_norm is not None and not (
         isinstance(max_grad_norm, (int, float))
         and not isinstance(max_grad_norm, bool)
@@ -238,7 +238,7 @@ def closure_mix_in(
     update), so ``isinstance`` checks, ``state_dict`` and LR schedulers are unaffected.
     It gains the :class:`StepAccounting` attributes (``timings``, ``hvp_count = vjp_count = 0``).
     """
-    _check_max_grad_norm(type(opt).__name__, max_grad_norm)
+    check_max_grad_norm(type(opt).__name__, max_grad_norm)
     cls = type(opt)
     if not getattr(cls, "_optlab_closure_styles", False):
         if cls not in _MIXED:

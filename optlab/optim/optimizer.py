@@ -13,6 +13,10 @@ Per step:
 3. optional clipping of the gradients (``max_grad_norm``), then each rule's
    stepper updates its parameters.
 
+The phases are the methods ``_gradients``, ``_curvature`` and ``_update``; the update's
+kernel and the gradient helpers are functions in :mod:`optlab.optim.phases` (as
+``torch.optim.SGD.step`` calls the functional ``sgd``).
+
 The loss arrives in one of three styles (:mod:`optlab.optim.closures`): a forward-only
 closure, a torch-standard closure that calls ``backward()`` itself, or
 backward-first (``loss.backward(create_graph=opt.needs_graph()); opt.step()``).
@@ -26,7 +30,6 @@ stored under string keys ``"rule:<name>"`` next to the per-parameter entries.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,8 +41,17 @@ from torch import nn
 
 from . import compiled
 from . import ddp as distributed
-from .closures import STYLES, TIMED_PHASES, BackwardCapture, _check_max_grad_norm, grad_marks, grads_written
+from .closures import STYLES, TIMED_PHASES, check_max_grad_norm, grad_marks, grads_written
 from .hvp import get_engine, split_closure_result
+from .phases import (
+    ScaledHVPContext,
+    apply_rules,
+    check_loss,
+    graph_grads_from_p_grad,
+    refresh_forward,
+    rule_key,
+    unscale_grads,
+)
 from .rules import Rule, Schedule, check_estimate, partition
 
 __all__ = ["RuleOptimizer"]
@@ -97,7 +109,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     ):
         self._engine = get_engine(engine)
         self.name = name
-        _check_max_grad_norm(name, max_grad_norm)
+        check_max_grad_norm(name, max_grad_norm)
         self.max_grad_norm = max_grad_norm
         #: total gradient 2-norm before clipping at the last step (``None`` without ``max_grad_norm``)
         self.last_grad_norm: torch.Tensor | None = None
@@ -199,9 +211,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         return stack
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _key(group) -> str:
-        return f"rule:{group['rule']}"
+    _key = staticmethod(rule_key)
 
     def rule_state(self, rule: str) -> dict:
         return self.state[f"rule:{rule}"]
@@ -263,7 +273,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         return self._step(closure, plan, refresh)
 
     def _step(self, closure, plan, refresh):
-        """:meth:`step` once the plan (which rules refresh which tensors) is known."""
+        """:meth:`step` once the plan (which rules refresh which tensors) is known: the three
+        phases, each timed -- gradients (:meth:`_gradients`), curvature (:meth:`_curvature`),
+        update (:meth:`_update`, which runs the kernel :func:`~optlab.optim.phases.apply_rules`)."""
         replicas = self._replicas
         self._check_distributed()
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
@@ -287,180 +299,104 @@ class RuleOptimizer(torch.optim.Optimizer):
                 "carries the loss scale, so curvature would be off by it. Let scaler.step(opt) unscale (clip with "
                 "optlab.optimizer(..., max_grad_norm=...))."
             )
-        loss = None
-        outputs = None
         t0 = time.perf_counter()
-        curvature: dict[int, dict[int, torch.Tensor]] = {}
-        graph_grads = None  # gradients that carry a double-backward graph, for the autograd engine
-        if closure is not None:
-            marks = grad_marks(params)
-            if refresh:
-                loss, outputs = self._refresh_forward(closure, params, replicas, marks)
-                for p in params:  # overwritten below; freeing them first keeps one set of gradients alive
-                    p.grad = None
-                create_graph = self._engine.needs_graph
-                graph_grads = list(torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True))
-                grads = [None if g is None else g.detach() for g in graph_grads]
-                if not create_graph:
-                    graph_grads = None
-                if replicas is not None:
-                    grads = replicas.average(grads, params)
-                for p, g in zip(params, grads):
-                    p.grad = g
-            else:
-                with torch.enable_grad():
-                    result = closure()
-                if grad_marks(params) != marks:  # torch-standard closure: its backward ran (DDP's reducer)
-                    loss = None if result is None else split_closure_result(result)[0]
-                else:  # forward-only closure: p.grad is set to this loss's gradient
-                    loss, outputs = split_closure_result(result)
-                    self._check_loss(loss)
-                    for p in params:
-                        p.grad = None
-                    loss.backward()
-        else:
-            if self.needs_closure and not grads_written(params):
-                raise RuntimeError(
-                    f"{self.name}: this optimizer estimates curvature and needs the loss, so call "
-                    "opt.step(closure) with a closure that runs the forward pass and returns the "
-                    "scalar loss (no backward): opt.step(lambda: loss_fn(model(x), y)), or run "
-                    "loss.backward(create_graph=opt.needs_graph()) before opt.step(). The styles:\n" + STYLES
-                )
-            if refresh:
-                graph_grads = self._graph_grads_from_p_grad(params, refresh)
-                if replicas is not None:
-                    avg = replicas.average([p.grad for p in params], params)
-                    for p, g in zip(params, avg):
-                        p.grad = g
-                else:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad = p.grad.detach()
-        self._check_ddp_forward()
-        if scale is not None:  # GradScaler: the gradients (and their graph) carry the loss scale
-            inv = 1.0 / scale
-            for p in params:
-                if p.grad is not None:
-                    p.grad = p.grad * inv.to(p.grad.dtype)
+        loss, outputs, graph_grads = self._gradients(closure, params, refresh, scale)
         t1 = time.perf_counter()
         self.timings["forward_backward"] += t1 - t0
-        if refresh:
-            by_param = dict(zip(params, graph_grads)) if graph_grads is not None else None
-            with torch.enable_grad():
-                for gi, (idx, _) in refresh.items():
-                    curvature[gi] = self._estimate(gi, idx, closure, by_param, outputs, loss, scale)
-            del graph_grads, by_param, outputs
-            if replicas is not None:  # flag restored: the next forward broadcasts buffers again
-                replicas.ddp.require_forward_param_sync = True
+        curvature = self._curvature(closure, params, refresh, graph_grads, outputs, loss, scale) if refresh else {}
+        del graph_grads, outputs  # the double-backward graph is not needed by the update
         self.timings["curvature"] += time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.last_grad_norm = None
-        if self.max_grad_norm is not None:
-            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).detach()
-        with torch.no_grad():
-            for gi, group in enumerate(self.param_groups):
-                rule = self.rules[group["rule"]]
-                st = self.state[self._key(group)]
-                st["step"] += 1
-                if gi in plan:
-                    st["rr_pos"] = plan[gi][1]
-                params = group["params"]
-                states = [self.state[p] for p in params]
-                curv = None
-                if rule.curvature is not None:
-                    est = curvature.get(gi, {})
-                    curv = [est.get(i) for i in range(len(params))]
-                    for i, s in enumerate(states):
-                        if curv[i] is not None:
-                            s["curvature_step"] = st["step"]
-                extra = {}
-                if rule.stepper.needs_loss:  # loss-aware steppers (adaptive damping, trust regions)
-                    if loss is None:
-                        raise RuntimeError(
-                            f"{self.name}: stepper {rule.stepper.name!r} of rule {rule.name!r} needs the step's loss "
-                            "(needs_loss = True), but this step has none: call opt.step(closure) with a closure "
-                            "that returns the loss. The styles:\n" + STYLES
-                        )
-                    extra["loss"] = loss.detach()
-                if rule.stepper.needs_schedule:  # the schedule's period, through the documented argument
-                    sched = Schedule(group.get("every", 1), group.get("schedule", "all"), group.get("period"))
-                    extra["schedule"] = dataclasses.replace(sched, period=sched.period or len(params))
-                rule.stepper.step(
-                    params, [p.grad for p in params], states, group, curvature=curv, rule_step=st["step"], **extra
-                )
+        self._update(params, plan, curvature, loss)
         self.timings["update"] += time.perf_counter() - t2
         if replicas is not None:
             replicas.forwards = 0
         return None if loss is None else loss.detach()
 
-    def _check_loss(self, loss) -> None:
-        if not loss.requires_grad:
-            raise ValueError(
-                "the loss returned by the closure does not require grad; did the closure run under torch.no_grad()?"
-            )
-
-    def _refresh_forward(self, closure, params, replicas, marks):
-        """Run the closure for a refresh step: under ``no_sync`` with DDP, with any
-        ``loss.backward()`` it calls captured (torch-standard style) instead of run."""
-        sync = replicas.no_sync() if replicas is not None else contextlib.nullcontext()
-        with sync, torch.enable_grad(), BackwardCapture() as cap:
-            result = closure()
-        if cap.loss is not None:  # torch-standard closure; it may return a detached copy (Lightning)
-            if self._engine.name == "func":
-                raise ValueError(
-                    f"{self.name}: engine='func' re-runs the closure to take Hessian-vector products, so the "
-                    "closure must not call backward(); pass a forward-only closure or use engine='autograd'. "
-                    "The styles:\n" + STYLES
-                )
-            if grads_written(params):
-                raise RuntimeError(
-                    f"{self.name}: the closure calls backward() without zeroing the gradients first, i.e. it "
-                    "accumulates onto earlier gradients, and this step refreshes curvature from one loss. "
-                    "Call opt.zero_grad() in the closure, or accumulate in the backward-first style "
-                    "(loss.backward(create_graph=opt.needs_graph()) per micro-batch, then opt.step()). "
-                    "The styles:\n" + STYLES
-                )
-            loss = cap.loss
-            outputs = None
-            try:
-                outputs = split_closure_result(result)[1] if result is not None else None
-            except (TypeError, ValueError):
-                outputs = None
+    # ------------------------------------------------------------------ phase 1: gradients
+    def _gradients(self, closure, params, refresh, scale):
+        """Set ``p.grad`` to this step's gradient, whatever the closure style; under DDP averaged
+        over ranks; unscaled under ``GradScaler``. Returns ``(loss, outputs, graph_grads)``:
+        ``graph_grads`` carry a double-backward graph on refresh steps of the autograd engine."""
+        loss = outputs = graph_grads = None
+        if closure is not None:
+            marks = grad_marks(params)
+            if refresh:
+                loss, outputs, graph_grads = self._refresh_gradients(closure, params, marks)
+            else:
+                loss = self._plain_gradients(closure, params, marks)
         else:
-            if grad_marks(params) != marks:
-                raise RuntimeError(
-                    f"{self.name}: the closure computed gradients with torch.autograd.backward(); on a curvature "
-                    "step the optimizer needs the loss's graph. Call loss.backward() (intercepted on such steps) "
-                    "or return the loss without backward. The styles:\n" + STYLES
-                )
-            loss, outputs = split_closure_result(result)
-        self._check_loss(loss)
-        return loss, outputs
+            graph_grads = self._written_gradients(params, refresh)
+        self._check_ddp_forward()
+        if scale is not None:  # GradScaler: the gradients (and their graph) carry the loss scale
+            unscale_grads(params, scale)
+        return loss, outputs, graph_grads
 
-    def _graph_grads_from_p_grad(self, params, refresh) -> list:
-        """Backward-first refresh step: ``p.grad`` must carry its graph (``create_graph=True``)."""
-        if not self._engine.needs_graph:
-            raise ValueError(
-                f"{self.name}: engine='func' takes Hessian-vector products by re-running a "
-                "closure; the backward-first style needs engine='autograd' (or pass a closure)."
+    def _refresh_gradients(self, closure, params, marks):
+        """A refresh step with a closure: the gradient with ``create_graph`` (autograd engine), taken
+        with ``torch.autograd.grad`` outside DDP's reducer, then averaged over ranks."""
+        loss, outputs = refresh_forward(self.name, self._engine, closure, params, self._replicas, marks)
+        for p in params:  # overwritten below; freeing them first keeps one set of gradients alive
+            p.grad = None
+        create_graph = self._engine.needs_graph
+        graph_grads = list(torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True))
+        grads = [None if g is None else g.detach() for g in graph_grads]
+        if self._replicas is not None:
+            grads = self._replicas.average(grads, params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        return loss, outputs, (graph_grads if create_graph else None)
+
+    def _plain_gradients(self, closure, params, marks):
+        """A step that refreshes nothing: a torch-standard closure runs its own backward (through
+        DDP's reducer); for a forward-only closure ``p.grad`` is set to its loss's gradient."""
+        with torch.enable_grad():
+            result = closure()
+        if grad_marks(params) != marks:  # torch-standard closure: its backward ran (DDP's reducer)
+            return None if result is None else split_closure_result(result)[0]
+        loss, _ = split_closure_result(result)
+        check_loss(loss)
+        for p in params:
+            p.grad = None
+        loss.backward()
+        return loss
+
+    def _written_gradients(self, params, refresh):
+        """Backward-first style (no closure): the gradients are in ``p.grad`` already; on a refresh
+        step they carry their graph, and under DDP the optimizer averages them."""
+        if self.needs_closure and not grads_written(params):
+            raise RuntimeError(
+                f"{self.name}: this optimizer estimates curvature and needs the loss, so call "
+                "opt.step(closure) with a closure that runs the forward pass and returns the "
+                "scalar loss (no backward): opt.step(lambda: loss_fn(model(x), y)), or run "
+                "loss.backward(create_graph=opt.needs_graph()) before opt.step(). The styles:\n" + STYLES
             )
-        for gi in refresh:
-            group = self.param_groups[gi]
-            for n, p in zip(group["param_names"], group["params"]):
-                if p.grad is None or p.grad.grad_fn is None:
-                    hint = (
-                        "; under DDP run that forward and backward inside `with opt.refresh_context():` "
-                        "(DDP cannot carry create_graph=True)"
-                        if self._replicas is not None
-                        else ""
-                    )
-                    raise RuntimeError(
-                        f"{self.name}: this step refreshes curvature and needs the loss, so call opt.step(closure) "
-                        "with a closure, or build gradients with a graph, but "
-                        f"{n!r} has {'no gradient' if p.grad is None else 'a gradient without graph'}: call "
-                        f"loss.backward(create_graph=opt.needs_graph()) before opt.step(){hint}. The styles:\n" + STYLES
-                    )
-        return [p.grad for p in params]
+        if not refresh:
+            return None
+        graph_grads = graph_grads_from_p_grad(
+            self.name, self._engine, [self.param_groups[gi] for gi in refresh], params, self._replicas is not None
+        )
+        if self._replicas is not None:
+            avg = self._replicas.average([p.grad for p in params], params)
+            for p, g in zip(params, avg):
+                p.grad = g
+        else:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = p.grad.detach()
+        return graph_grads
+
+    # ------------------------------------------------------------------ phase 2: curvature
+    def _curvature(self, closure, params, refresh, graph_grads, outputs, loss, scale) -> dict:
+        """``{group index: {tensor index: curvature}}`` of every refreshing rule's scheduled tensors."""
+        by_param = dict(zip(params, graph_grads)) if graph_grads is not None else None
+        curvature: dict[int, dict[int, torch.Tensor]] = {}
+        with torch.enable_grad():
+            for gi, (idx, _) in refresh.items():
+                curvature[gi] = self._estimate(gi, idx, closure, by_param, outputs, loss, scale)
+        if self._replicas is not None:  # flag restored: the next forward broadcasts buffers again
+            self._replicas.ddp.require_forward_param_sync = True
+        return curvature
 
     def _estimate(self, gi, idx, closure, by_param, outputs, loss, scale=None) -> dict[int, torch.Tensor]:
         group = self.param_groups[gi]
@@ -477,7 +413,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             loss=loss,
         )
         if scale is not None:
-            ctx = _ScaledHVPContext(ctx, 1.0 / float(scale))
+            ctx = ScaledHVPContext(ctx, 1.0 / float(scale))
         if self._replicas is not None:
             ctx = distributed.AveragedHVPContext(ctx, self._replicas, self.model)
         gen = None
@@ -497,6 +433,15 @@ class RuleOptimizer(torch.optim.Optimizer):
             est = dict(zip(keys, self._replicas.average([est[i] for i in keys], [params[i] for i in keys])))
         return est
 
+    # ------------------------------------------------------------------ phase 3: update
+    def _update(self, params, plan, curvature, loss) -> None:
+        """Clip (``max_grad_norm``), then every rule's stepper (:func:`~optlab.optim.phases.apply_rules`)."""
+        self.last_grad_norm = None
+        if self.max_grad_norm is not None:
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm).detach()
+        with torch.no_grad():
+            apply_rules(self.name, self.param_groups, self.rules, self.state, plan, curvature, loss)
+
     def curvature_age(self) -> dict[str, int | None]:
         """Steps since each curvature-rule tensor was last refreshed (None: never)."""
         out = {}
@@ -515,32 +460,3 @@ class RuleOptimizer(torch.optim.Optimizer):
         if mine != theirs:
             raise ValueError(f"{self.name}: state_dict has rules {theirs}, this optimizer has {mine}")
         super().load_state_dict(state_dict)
-
-
-class _ScaledHVPContext:
-    """Hessian-vector products of a loss multiplied by ``1/inv`` (``GradScaler``), rescaled."""
-
-    def __init__(self, inner, inv: float):
-        self._inner, self._inv = inner, inv
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name, value):
-        if name in ("_inner", "_inv"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._inner, name, value)
-
-    def hvp_batched(self, vs, chunk_size=None):
-        return {i: t * self._inv for i, t in self._inner.hvp_batched(vs, chunk_size=chunk_size).items()}
-
-    def hvp(self, vs):
-        return {i: t * self._inv for i, t in self._inner.hvp(vs).items()}
-
-    def dense_block(self, indices, chunk_size=None):
-        return self._inner.dense_block(indices, chunk_size=chunk_size) * self._inv
-
-    def loss_and_grad_at(self, deltas, *, grad=True):
-        loss, grads = self._inner.loss_and_grad_at(deltas, grad=grad)
-        return loss * self._inv, {i: g * self._inv for i, g in grads.items()}

@@ -21,13 +21,56 @@ do not edit -->
 
 Every extension point of optlab is one pluggy hook in `optlab/plugin/hookspecs.py`. A plugin module
 implements some of them with `@optlab.hookimpl` and is exposed through the `optlab` entry-point
-group. Each hook receives `register(name, item)`; call it once per item. Names are global per
-kind (two plugins registering one name is an error naming both). Items from plugins other than
-the built-ins are validated when registered (class, methods, signatures, `hparams`, `requires`,
-and one run on a tiny problem under what the item declares, checking returned shapes, dtypes
-and finiteness). An item that fails validation, like a plugin that fails to import, is reported
-with a warning and skipped; every other item and command keeps working.
+group. Each hook receives `register(name, item)`; call it once per item.
+
+**Names.** Every item has a qualified name `<plugin>:<item>` (`builtins:sgd-ph`,
+`fisher:levenberg_newton`; `<plugin>` is the entry-point name), which always works in the API
+(`optlab.optimizer("builtins:sgd-ph", model)`), in grid specs and on the command line. A short
+name works when exactly one plugin provides it. Two plugins may register the same short name:
+loading is fine, and only *using* the ambiguous short name is an error that lists the qualified
+choices (`optlab plugins` lists every clash). Inside a plugin's own preset, task and model
+functions an ambiguous short name resolves to that plugin's own item. Item names must not contain
+`:`. A trial record stores the qualified names its optimizer, task and model resolved to
+(`resolved`); its id is computed from the names as the spec writes them.
+
+Items from plugins other than the built-ins are validated when registered (class, methods,
+signatures, `hparams`, `requires`, and one run on a tiny problem under what the item declares,
+checking returned shapes, dtypes and finiteness). An item that fails validation, like a plugin
+that fails to import, is reported with a warning and skipped; every other item and command keeps
+working (`optlab plugins --check` shows what was skipped and why).
 A test (`tests/test_plugins.py`) fails when this file is not what `optlab.plugin.hookdocs` generates.
+
+## The plugin contract: `optlab.plugin_api`
+
+Import what a plugin needs from one module, `optlab.plugin_api`; its `__all__` is the contract:
+`hookimpl` and `hookspecs` (these hooks), the part base classes `Stepper`, `CurvatureEstimator`,
+`Selector` and their `ClassVar` flags (`name`, `hparams`; steppers `needs_curvature`,
+`needs_loss`, `needs_schedule`, `requires`; estimators `stochastic`, `target`, `requires`),
+`Rule` and `Schedule`, `Task`, the hyperparameter helpers (`HParam`, `nonneg`, `positive`,
+`unit_interval`, `choice`, `positive_int`, `optional`, `PART_DEFAULT`, `defaults_from`, `given`),
+what parts receive (`CurvatureContext`, and `Stepper.step`'s arguments), the conformance kit
+(`check_estimator`, `check_stepper`, `check_selector` and their problems and dense references),
+and `SCHEMA_VERSION`, the version of the trial record a sink's `write(record)` receives.
+Other modules of optlab may move; their names are not promised to plugins.
+
+## Versioning and deprecation policy
+
+optlab uses semantic versioning from 0.2.0 on, and every release is described in `CHANGELOG.md`.
+A name of the contract (a name in `optlab.plugin_api.__all__`, a hook, a documented argument,
+field or `ClassVar` flag) is removed or changed incompatibly only like this:
+
+1. one minor release in which it still works and using it raises a `DeprecationWarning` that
+   names its replacement; it is listed under *Deprecated* in `CHANGELOG.md` and, for module
+   names, in `optlab.plugin_api.DEPRECATED` (name -> replacement, deprecated since, removed in);
+2. removal no earlier than the next minor release while optlab is below 1.0 (deprecated in
+   0.2 -> removed in 0.3 at the earliest), and no earlier than the next major release from 1.0 on.
+
+Adding names, hooks, optional arguments and `ClassVar` flags with defaults is not a breaking change.
+A plugin declares the optlab versions it supports in its own `pyproject.toml`, bounded by the next
+release that may remove what it uses: `dependencies = ["optlab>=0.2,<0.3"]` (from 1.0 on:
+`"optlab>=1.2,<2"`). A test installs a plugin written against the 0.1.0 contract
+(`tests/fixtures/compat010_plugin`) and runs its own tests, so a contract name removed without
+this cycle fails the suite.
 
 Environment switches: `OPTLAB_DISABLE_ENTRYPOINTS=1` (no autoloading; built-ins only),
 `OPTLAB_PLUGINS=a,b` (load only these entry points), `OPTLAB_TRACE_HOOKS=1` (print hook calls),

@@ -8,8 +8,12 @@ group in its ``pyproject.toml``::
     myplugin = "myplugin.plugin"
 
 Each hook receives ``register``, a callable ``register(name, item)``; call it
-once per item. Names are global per kind: two plugins registering one name is
-an error naming both. The built-ins (``optlab.builtins``) use exactly
+once per item (a name must not contain ``:``). Every item has the qualified name
+``<plugin>:<name>`` (``myplugin:my_stepper``), which always resolves; the short
+name resolves when exactly one plugin provides it. Two plugins may register the
+same short name: only *using* it is then an error, listing the qualified choices
+(inside a plugin's own preset, task and model functions its own item wins). The
+built-ins (``optlab.builtins``, qualified ``builtins:...``) use exactly
 these hooks.
 """
 

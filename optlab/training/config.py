@@ -3,39 +3,69 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, fields
 
 from optlab import api
 from optlab.optim.hparams import unknown_name
 from optlab.plugin import registry
 
-__all__ = ["RunConfig", "RUN_KEYS", "OMIT_AT_DEFAULT", "SCHEDULES", "lr_factor"]
+__all__ = ["RunConfig", "RUN_KEYS", "OMIT_AT_DEFAULT", "SCHEDULES", "lr_factor", "cli_fields"]
 
 SCHEDULES = ("constant", "multistep", "cosine")
+
+
+def _cli(help: str, **argparse_options) -> dict:
+    """Field metadata: the field is an ``optlab train`` option ``--<name>`` with this help."""
+    return {"cli": {"help": help, **argparse_options}}
+
+
+def cli_fields() -> list[tuple[Field, dict]]:
+    """``(field, argparse options)`` of every :class:`RunConfig` field ``optlab train`` exposes, in order."""
+    return [(f, f.metadata["cli"]) for f in fields(RunConfig) if "cli" in f.metadata]
 
 
 @dataclass
 class RunConfig:
     """Everything that defines a training run (hyperparameters of the optimizer in ``hparams``)."""
 
-    task: str = "digits"
-    model: str = "cnn-bn"
-    optimizer: str = "sgd-ph"
+    task: str = field(default="digits", metadata=_cli("registered task (`optlab plugins` lists them)"))
+    model: str = field(default="cnn-bn", metadata=_cli("registered model"))
+    optimizer: str = field(default="sgd-ph", metadata=_cli("preset or baseline"))
     hparams: dict = field(default_factory=dict)
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    lr_schedule: str = "constant"
-    milestones: list | None = None  # epochs; default for multistep: [epochs/2, 3*epochs/4]
+    seed: int = field(default=0, metadata=_cli("seed of initialization, shuffling and estimators", type=int))
+    epochs: int = field(default=10, metadata=_cli("training epochs", type=int))
+    batch_size: int = field(default=64, metadata=_cli("mini-batch size", type=int))
+    lr_schedule: str = field(
+        default="constant", metadata=_cli("learning-rate schedule over epochs", choices=list(SCHEDULES))
+    )
+    milestones: list | None = field(  # epochs; default for multistep: [epochs/2, 3*epochs/4]
+        default=None,
+        metadata=_cli(
+            "multistep: epochs where lr is multiplied by 0.1 (default: epochs/2, 3*epochs/4)", type=float, nargs="*"
+        ),
+    )
     gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    decouple: bool = False
-    engine: str = "autograd"
+    warmup_epochs: float = field(default=0.0, metadata=_cli("linear lr warmup (epochs)", type=float))
+    decouple: bool = field(default=False, metadata=_cli("weight-normalize conv/linear layers"))
+    engine: str = field(
+        default="autograd",
+        metadata=_cli("HVP engine: autograd double backward, or torch.func jvp(grad)", choices=["autograd", "func"]),
+    )
     task_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
-    device: str = "cpu"
-    compile: bool = False  # torch.compile the model: plain steps compiled, refresh steps eager (optlab.optim.compiled)
-    nproc: int = 1  # processes of one trial (DDP via torchrun); batch_size is the global batch
+    device: str = field(default="cpu", metadata=_cli("torch device, e.g. cuda"))
+    compile: bool = field(  # plain steps compiled, refresh steps eager (optlab.optim.compiled)
+        default=False,
+        metadata=_cli("torch.compile the model: plain steps compiled, curvature-refresh steps eager (default: off)"),
+    )
+    nproc: int = field(  # processes of one trial (DDP via torchrun); batch_size is the global batch
+        default=1,
+        metadata=_cli(
+            "processes for this run: DistributedDataParallel launched with torchrun (gloo on CPU); "
+            "--batch-size is the global batch, each process trains on batch_size/nproc of it",
+            type=int,
+        ),
+    )
     eval_every_steps: int | None = None  # also evaluate validation every N steps (time to target); None: per epoch
 
     def to_dict(self) -> dict:
@@ -120,9 +150,12 @@ class RunConfig:
         return self
 
     def validate(self) -> RunConfig:
+        """Check every setting (:meth:`validate_run`), the optimizer's name and ``lr``; marks the
+        configuration :attr:`checked`, so it is not checked again on its way to the training loop."""
         self.validate_run()
-        if not isinstance(self.optimizer, str) or self.optimizer not in api.optimizer_names():
+        if not isinstance(self.optimizer, str):
             raise registry.RegistryError(unknown_name("optimizer", self.optimizer, api.optimizer_names()))
+        api.optimizer_entry(self.optimizer)  # unknown or ambiguous: an error naming the choices
         lr = self.hparams.get("lr")
         if lr is not None and (
             not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr < 0 or not math.isfinite(lr)
@@ -130,7 +163,13 @@ class RunConfig:
             raise ValueError(f"invalid lr={lr!r}; expected a finite number >= 0")
         if self.nproc > 1:
             self._check_data_parallel()
+        self._checked = True
         return self
+
+    @property
+    def checked(self) -> bool:
+        """Whether :meth:`validate` passed on this object (a dict -> ``from_dict`` boundary starts unchecked)."""
+        return getattr(self, "_checked", False)
 
     def _check_data_parallel(self) -> None:
         """What cannot run under DistributedDataParallel fails before any process starts."""

@@ -91,14 +91,15 @@ def train(
     }
     t_start = time.perf_counter()
     try:
-        cfg.validate()
+        if not cfg.checked:  # a grid trial's configuration was checked when the grid was expanded
+            cfg.validate()
         if launcher and cfg.nproc > 1:
             result = launch_trial(cfg, checkpoint=checkpoint, on_epoch=on_epoch)
             result["wall_time"] = time.perf_counter() - t_start  # process start-up included
             return result
         if ranks.world != cfg.nproc:
             raise ValueError(f"nproc={cfg.nproc} but this trial runs on {ranks.world} processes")
-        _run(cfg, result, Path(checkpoint) if checkpoint else None, progress, on_epoch, ranks)
+        _train_epochs(cfg, result, Path(checkpoint) if checkpoint else None, progress, on_epoch, ranks)
     except (KeyboardInterrupt, TrialLost):
         raise
     except Exception as exc:  # recorded, not raised: a grid keeps going
@@ -336,7 +337,9 @@ def _checkpoint_state(parts: _Parts, metrics: list, epoch: int, evals: StepEvalu
     }
 
 
-def _run(cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext) -> None:
+def _train_epochs(
+    cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext
+) -> None:
     """The training loop. Every optimizer (preset or baseline) takes the same forward-only
     closure ``opt.step(lambda: (loss, outputs))`` and keeps the same accounting
     (:class:`optlab.optim.closures.StepAccounting`), read per epoch into the metrics. ``ranks``:

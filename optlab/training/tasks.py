@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from optlab.optim.hparams import unknown_name
 
-__all__ = ["Task", "make_task", "make_model", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION"]
+__all__ = ["Task", "make_task", "make_model", "build_model", "split_validation", "VAL_SEED", "DEFAULT_VAL_FRACTION"]
 
 #: seed of every validation carve: the split is a property of the data set, not of the run
 VAL_SEED = 0
@@ -60,6 +61,10 @@ class Task:
       hyperparameter (the Gauss-Newton family; :func:`optlab.training.loop.use_task_loss`).
     * ``augment(x, generator)`` -- optional, applied to each training batch; draw only
       from ``generator``.
+    * ``meta`` -- a free-form dict for the task's own descriptive information (source,
+      licence, preprocessing notes); optlab stores it and reads nothing from it.
+      Keyword-only (since 0.2.0; at 0.1.0 it came before ``x_val``, a tenth positional
+      argument is still taken as ``meta`` with a ``DeprecationWarning``).
 
     The task function's ``seed`` drives only run-level randomness (e.g. random
     augmentation streams or a procedurally generated data set that should vary per
@@ -79,6 +84,19 @@ class Task:
     augment: Callable | None = None
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.x_val, dict) and self.y_val is None:  # 0.1.0 order: ..., augment, meta
+            warnings.warn(
+                f"Task {self.name!r}: a tenth positional argument is taken as meta (its place at optlab 0.1.0); "
+                "pass it by keyword, Task(..., meta={...}): positionally it will be x_val from optlab 0.3.0",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self.meta, self.x_val = self.x_val, None
+        if not isinstance(self.meta, dict):
+            raise TypeError(f"Task {self.name!r}: meta must be a dict, got {type(self.meta).__name__} {self.meta!r}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -136,17 +154,46 @@ def make_task(name: str, seed: int = 0, **options) -> Task:
 
     from optlab.plugin import registry
 
-    fn = registry.get("task", name)
+    entry = registry.entry("task", name)
+    fn = entry.item
     fraction = options.get("val_fraction", DEFAULT_VAL_FRACTION)
     if "val_fraction" not in inspect.signature(fn).parameters:
         options.pop("val_fraction", None)
-    task = fn(seed=seed, **options)
+    with registry.owned_by(entry.plugin):
+        task = fn(seed=seed, **options)
     if task.x_val is None:
         task.x_train, task.y_train, task.x_val, task.y_val = split_validation(task.x_train, task.y_train, fraction)
     return task
 
 
 def make_model(name: str, task_info: dict, **options):
+    """Build model ``name`` (short or qualified) for a task's ``info``.
+
+    The runner passes ``decouple=<bool>``. A model function that does not accept it (the 0.1.0
+    contract was ``fn(task_info, **options)`` with the task's own options only) is called without
+    it, and optlab applies :func:`optlab.decouple` to the model it returns when it is true.
+    """
     from optlab.plugin import registry
 
-    return registry.get("model", name)(task_info, **options)
+    entry = registry.entry("model", name)
+    with registry.owned_by(entry.plugin):
+        return build_model(entry.item, task_info, **options)
+
+
+def build_model(fn: Callable, task_info: dict, **options):
+    """``fn(task_info, **options)``, passing ``decouple=`` only if ``fn`` takes it (see :func:`make_model`)."""
+    import inspect
+
+    from optlab.optim.modeltools import decouple as _decouple
+
+    apply_decouple = False
+    if "decouple" in options:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # no signature (a builtin): pass it as documented
+            params = None
+        takes = params is None or any(p.name == "decouple" or p.kind == p.VAR_KEYWORD for p in params)
+        if not takes:
+            apply_decouple = bool(options.pop("decouple"))
+    model = fn(task_info, **options)
+    return _decouple(model) if apply_decouple else model

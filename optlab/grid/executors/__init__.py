@@ -8,12 +8,13 @@ import inspect
 from optlab.optim.hparams import unknown_name
 from optlab.plugin import registry
 
-from .base import AbandonRunning, ExecutorError
+from .base import AbandonRunning, Executor, ExecutorError
 from .local import LocalExecutor
 from .ray import RayExecutor
 from .submitit import SubmititExecutor
 
 __all__ = [
+    "Executor",
     "LocalExecutor",
     "RayExecutor",
     "SubmititExecutor",
@@ -50,7 +51,7 @@ def check_executor_options(name: str, options: dict, where: str = "executor") ->
     return cls
 
 
-def make_executor(name: str, where: str = "executor", **options):
+def make_executor(name: str, where: str = "executor", **options) -> Executor:
     """The registered executor ``name`` built with ``options``; unknown names/options are named with the valid ones."""
     cls = check_executor_options(name, options, where)
     try:

@@ -15,11 +15,12 @@ safe: a trial is either a complete file, or it is not there and the next run
 does it (resuming from its checkpoint). A trial whose claim is held by a live
 process elsewhere comes back ``busy`` and is left to that process.
 
-Contract (what a plugin's executor class implements)::
+Contract (what a plugin's executor class implements; :class:`Executor` declares it)::
 
     class MyExecutor:
         name = "mine"
         def __init__(self, **options): ...          # options from [executor] / CLI flags
+        def default_threads(self) -> int: ...       # torch threads per trial when none are given
         def run(self, root: str, trials, threads):  # -> iterator of (trial_id, status)
             ...
 
@@ -35,8 +36,38 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-__all__ = ["ExecutorError", "AbandonRunning", "run_trial_job", "trial_outcome", "check_positive_int", "require_extra"]
+if TYPE_CHECKING:
+    from optlab.grid.trial import Trial
+
+__all__ = [
+    "Executor",
+    "ExecutorError",
+    "AbandonRunning",
+    "run_trial_job",
+    "trial_outcome",
+    "check_positive_int",
+    "require_extra",
+]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where a grid's trials run (the module docstring has the full contract). Constructed as
+    ``cls(**options)`` with the ``[executor]`` table's options; ``run`` must not write to the store."""
+
+    name: ClassVar[str]
+
+    def default_threads(self) -> int:
+        """Torch threads per trial when ``optlab grid run --threads`` is not given."""
+        ...
+
+    def run(self, root: str, trials: Sequence[Trial], threads: int | None = None) -> Iterator[tuple[str, str]]:
+        """Run each trial as :func:`optlab.grid.trial.run_trial` into the store at ``root``;
+        yield ``(trial_id, status)`` per trial as it finishes."""
+        ...
 
 
 class ExecutorError(ValueError):
