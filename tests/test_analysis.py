@@ -522,7 +522,7 @@ def test_selection_rule_eligibility_fallback_and_ties():
 
 
 def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
-    from optlab.grid.protocol import config_label, select_configs
+    from optlab.grid.protocol import config_key, select_configs
     from optlab.grid.trial import Trial
 
     rng = np.random.default_rng(3)
@@ -543,7 +543,7 @@ def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
     runner = select_configs([Trial(r["id"], r["config"], arm=r["arm"]) for r in recs], {r["id"]: r for r in recs})
     for _, row in best.iterrows():
         chosen = runner[(row["task"], row["model"], row["arm"])]["config"]
-        assert row["config_key"] == config_label(chosen)
+        assert row["config_key"] == config_key(chosen)
     sgd = best[best["arm"] == "sgd"].iloc[0]
     assert sgd["n_tied"] == 2 and sgd["lr"] == 0.03  # the tie-break was exercised
 
@@ -887,7 +887,7 @@ def test_runner_and_report_select_through_one_function(monkeypatch):
     import optlab.analysis.data as D
     import optlab.grid as G
     import optlab.grid.protocol as SEL
-    from optlab.grid import Trial, config_label, select_configs
+    from optlab.grid import Trial, config_key, select_configs
 
     assert G.select is SEL.select and D.select is SEL.select
     recs = [_v2("sgd", s, 0.90, 0.5, {"lr": 0.1}) for s in range(3)]
@@ -906,7 +906,7 @@ def test_runner_and_report_select_through_one_function(monkeypatch):
     best = best_configs(trials)
     assert len(calls) == 2  # one call from each side
     chosen = runner[("digits", "cnn-bn", "sgd")]["config"]
-    assert chosen["hparams"]["lr"] == 0.1 and best["config_key"].iloc[0] == config_label(chosen)
+    assert chosen["hparams"]["lr"] == 0.1 and best["config_key"].iloc[0] == config_key(chosen)
 
 
 def _edge_records():
