@@ -399,7 +399,9 @@ def cmd_report(args) -> int:
             print(verdict_table(cmp).to_string(index=False) if len(cmp) else "  (nothing to compare)")
         for w in {str(w.message) for w in caught if issubclass(w.category, UserWarning)}:
             print(f"WARNING: {w}")
-    for p in paths:
+    from .analysis.report import CSV_FILES
+
+    for p in [*paths, *(paths[0].parent / f"{name}.csv" for name in CSV_FILES)]:
         print(f"wrote {p}")
     return 0
 

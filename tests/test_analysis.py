@@ -10,6 +10,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -28,7 +29,7 @@ from optlab.analysis import (
 from optlab.analysis import plots as P
 from optlab.analysis import stats as S
 from optlab.analysis.compare import BudgetWarning
-from optlab.analysis.data import SelectionBiasWarning, SelectionMismatchWarning
+from optlab.analysis.data import SelectionBiasWarning, selection_table
 from optlab.analysis.report import write_report
 from optlab.store import Store, StoreError
 
@@ -452,7 +453,6 @@ def _selections(recs):
     """Every selection the analysis layer makes, as comparable plain values."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BudgetWarning)
-        warnings.simplefilter("ignore", SelectionMismatchWarning)  # after val is changed: runner disagrees
         epochs, trials = load(recs)
         best = best_configs(trials)
         out = {"best": best[["task", "model", "optimizer", "config"]].astype(str).values.tolist()}
@@ -522,7 +522,7 @@ def test_selection_rule_eligibility_fallback_and_ties():
 
 
 def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
-    from optlab.grid.protocol import config_label, select_configs
+    from optlab.grid.protocol import config_key, select_configs
     from optlab.grid.trial import Trial
 
     rng = np.random.default_rng(3)
@@ -543,7 +543,7 @@ def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
     runner = select_configs([Trial(r["id"], r["config"], arm=r["arm"]) for r in recs], {r["id"]: r for r in recs})
     for _, row in best.iterrows():
         chosen = runner[(row["task"], row["model"], row["arm"])]["config"]
-        assert row["config_key"] == config_label(chosen)
+        assert row["config_key"] == config_key(chosen)
     sgd = best[best["arm"] == "sgd"].iloc[0]
     assert sgd["n_tied"] == 2 and sgd["lr"] == 0.03  # the tie-break was exercised
 
@@ -624,10 +624,17 @@ def test_comparisons_without_evaluation_seeds_are_marked_selection_biased():
         comparisons(trials, margin=-0.1)
 
 
-def test_evaluation_trials_of_another_config_warn():
+def test_selection_mismatch_warning_is_deprecated_and_never_raised():
+    import optlab.analysis.data as D
+
+    with pytest.warns(DeprecationWarning, match="never raised: the grid runner and the analysis select through one"):
+        cls = D.SelectionMismatchWarning
+    assert issubclass(cls, UserWarning)
     _, trials = load(_protocol_records(scaled=False, mismatch=True))
-    with pytest.warns(SelectionMismatchWarning, match="validation selects sgd\\(lr=0.1"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         comparisons(trials)
+    assert not [w for w in caught if "selects" in str(w.message)]
 
 
 def test_budgets_and_expected_max_curve():
@@ -650,7 +657,7 @@ def test_report_leads_with_the_verdict_and_escapes_html(tmp_path):
     html_path, md_path = write_report(root, tmp_path / "rep")
     html, md = html_path.read_text(), md_path.read_text()
     headings = [line for line in md.splitlines() if line.startswith("## ")]
-    assert headings[:2] == ["## Verdict", "## Budgets and expected maximum"]
+    assert headings[:3] == ["## Verdict", "## Time to target", "## Budgets and expected maximum"]
     verdict = md.split("## Verdict")[1].split("## ")[0]
     assert "| digits/cnn-bn | sgd-ph | sgd |" in verdict and "better" in verdict and "equivalent" in verdict
     assert "±0.50" in verdict and "WARNING" in verdict and "unequal tuning budgets" in verdict
@@ -872,3 +879,70 @@ def test_diagnose_prints_how_to_read_it_and_its_legend_clears_the_bars(tmp_path,
     assert main(["diagnose", "--model", "mlp-bn", "--batch-size", "16", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert READING_GUIDE in out and "offdiag_frob_mass" in READING_GUIDE and "_relerr" in READING_GUIDE
+
+
+def test_runner_and_report_select_through_one_function(monkeypatch):
+    """Both paths call optlab.grid.protocol.select; and they agree where the two old rules did not
+    (a configuration with fewer seeds: eligible for the old runner, not for the old analysis)."""
+    import optlab.analysis.data as D
+    import optlab.grid as G
+    import optlab.grid.protocol as SEL
+    from optlab.grid import Trial, config_key, select_configs
+
+    assert G.select is SEL.select and D.select is SEL.select
+    recs = [_v2("sgd", s, 0.90, 0.5, {"lr": 0.1}) for s in range(3)]
+    recs += [_v2("sgd", s, 0.95, 0.5, {"lr": 0.3}) for s in range(2)]  # one seed short
+    calls = []
+    original = SEL.select
+
+    def spy(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    monkeypatch.setattr(SEL, "select", spy)  # what the runner's select_configs calls
+    monkeypatch.setattr(D, "select", spy)  # what the analysis calls
+    runner = select_configs([Trial(r["id"], r["config"], arm="sgd") for r in recs], {r["id"]: r for r in recs})
+    _, trials = load(recs)
+    best = best_configs(trials)
+    assert len(calls) == 2  # one call from each side
+    chosen = runner[("digits", "cnn-bn", "sgd")]["config"]
+    assert chosen["hparams"]["lr"] == 0.1 and best["config_key"].iloc[0] == config_key(chosen)
+
+
+def _edge_records():
+    """sgd and sgd-ph over lr 0.03/0.1/0.3: validation is best at sgd-ph's largest lr and inside sgd's grid."""
+    recs = []
+    for opt, val in (("sgd", {0.03: 0.90, 0.1: 0.95, 0.3: 0.92}), ("sgd-ph", {0.03: 0.90, 0.1: 0.93, 0.3: 0.96})):
+        for lr, v in val.items():
+            recs += [_v2(opt, s, v, 0.9, {"lr": lr}) for s in range(3)]
+        best_lr = max(val, key=val.get)
+        recs += [_v2(opt, 100 + s, 0.95, 0.90 + 0.001 * s, {"lr": best_lr}, stage="evaluation") for s in range(4)]
+    return recs
+
+
+def test_edges_in_the_selection_table_the_csv_and_the_report_text(tmp_path):
+    _, trials = load(_edge_records())
+    best = best_configs(trials).set_index("arm")
+    assert bool(best.loc["sgd-ph", "at_edge"]) and not bool(best.loc["sgd", "at_edge"])
+    assert best.loc["sgd-ph", "edges"] == "lr = 0.3 is the largest tried: the optimum may lie beyond"
+    tab = selection_table(trials, n_boot=100).set_index("arm")
+    assert tab.loc["sgd-ph", "axis"] == "lr" and tab.loc["sgd-ph", "side"] == "high"
+    assert tab.loc["sgd-ph", "tried"] == "0.03 0.1 0.3" and tab.loc["sgd-ph", "next_values"] == "0.9"
+    assert tab.loc["sgd-ph", "stability"] == 1.0 and not tab.loc["sgd", "at_edge"]
+    cmp = comparisons(trials, baseline="sgd", controls=())
+    assert cmp["arm_at_edge"].tolist() == [True] and cmp["reference_at_edge"].tolist() == [False]
+    root = _store(tmp_path, _edge_records())
+    html_path, md_path = write_report(root, tmp_path / "rep")
+    md = md_path.read_text()
+    verdict = md.split("## Verdict")[1].split("\n## ")[0]
+    assert "sgd-ph vs sgd" in verdict and "sgd-ph: lr = 0.3 is the largest tried: the optimum may lie beyond" in verdict
+    assert "| on an edge |" in verdict  # the verdict table's column
+    csv = {name: pd.read_csv(tmp_path / "rep" / f"{name}.csv") for name in ("verdicts", "selection", "time_to_target")}
+    from optlab.analysis.report import SELECTION_CSV, VERDICT_COLUMNS
+
+    assert list(csv["verdicts"].columns) == list(VERDICT_COLUMNS)
+    assert list(csv["selection"].columns) == ["task", "model", "arm", *SELECTION_CSV]
+    sel = csv["selection"].set_index("arm")
+    assert bool(sel.loc["sgd-ph", "at_edge"]) and sel.loc["sgd-ph", "side"] == "high" and not sel.loc["sgd", "at_edge"]
+    assert csv["verdicts"]["arm_at_edge"].tolist() == [True] and "largest tried" in csv["verdicts"]["edges"].iloc[0]
+    assert "## Time to target" in md and "No targets" in md  # no [targets] in a spec-less store

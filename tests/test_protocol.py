@@ -269,3 +269,162 @@ def test_sgd_frozen_leaves_channelwise_parameters_alone():
     assert not torch.equal(m[0].weight, before[2])
     with pytest.raises(ValueError, match="invalid channelwise_lr_scale=-1"):
         optlab.optimizer("sgd-scaled", m, channelwise_lr_scale=-1)
+
+
+# ------------------------------------------------------------------ edges and the grid extension
+EDGE_SPEC = """
+name = "edge"
+seeds = [0, 1]
+[protocol]
+evaluation_seeds = 2
+select = "val_loss"
+extend_edges = {rounds}
+[run]
+epochs = 3
+batch_size = 4
+[[setting]]
+task = "edge-quadratic"
+model = "linear1"
+[[optimizer]]
+name = "gated-sgd"
+lr = [0.2222222222222222, 0.6666666666666666]
+{gate}
+"""
+
+
+@pytest.fixture
+def edge_plugin():
+    import edge_plugin as plugin
+
+    from optlab.plugin import registry
+
+    registry.register_plugin(plugin, "edge_test")
+    yield plugin
+    registry.reset()
+
+
+def _edge_spec(rounds, gate=""):
+    return load_spec(EDGE_SPEC.format(rounds=rounds, gate=f'gate = "{gate}"' if gate else ""), is_text=True)
+
+
+def _lrs(res, **match):
+    good, _ = Store(res).scan()
+    return sorted({r["config"]["hparams"]["lr"] for r in good.values() if all(r.get(k) == v for k, v in match.items())})
+
+
+@pytest.mark.parametrize(
+    "rounds,evaluated,extended", [(0, 0.6666666666666666, []), (1, 2.0, [2.0]), (2, 2.0, [2.0, 6.0])]
+)
+def test_extension_moves_the_selection_off_the_edge(tmp_path, edge_plugin, rounds, evaluated, extended):
+    """The optimum (lr = 2: the quadratic solved in one step) lies beyond the grid [2/9, 2/3]: without
+    extension the largest value tried is selected (on the edge); one round adds 2.0 (ratio 3), which wins
+    and is again the largest tried; the second adds 6.0, which loses: the selection is off the edge."""
+    from optlab.analysis import budgets, load, selection_table
+
+    spec, res = _edge_spec(rounds), tmp_path / "res"
+    counts = run_grid(spec, results=res, progress=False)
+    assert _lrs(res, stage="evaluation") == [evaluated]
+    good, _ = Store(res).scan()
+    ext = [r for r in good.values() if r.get("extension")]
+    assert sorted({r["config"]["hparams"]["lr"] for r in ext}) == extended and len(ext) == 2 * len(extended)
+    assert [r["extension"]["round"] for r in sorted(ext, key=lambda r: r["config"]["hparams"]["lr"])] == [
+        i // 2 + 1 for i in range(len(ext))
+    ]
+    assert all(r["stage"] == "tuning" and r["config"]["seed"] in (0, 1) for r in ext)  # the same tuning seeds
+    assert counts.get("extension_trials", 0) == len(ext)
+    _, trials = load(res)
+    tab = selection_table(trials, metric="final_val_loss", n_boot=0).iloc[0]
+    assert tab["value"] == evaluated and bool(tab["at_edge"]) == (rounds < 2)
+    bud = budgets(trials).iloc[0]
+    assert bud["configs"] == 2 + len(extended) and bud["extended"] == len(extended)  # extensions count
+    ev = next(r for r in good.values() if r["stage"] == "evaluation")
+    assert ev["selection"]["configs_tried"] == 2 + len(extended)
+    assert ev["selection"]["configs_extended"] == len(extended)
+    st = grid_status(spec, results=res)
+    assert st["ok"] == 4 + len(ext) and st.get("extension", 0) == len(ext) and st["missing"] == 0
+    assert run_grid(spec, results=res, progress=False)["skipped_complete"] == 4 + len(ext) + 2  # nothing to do
+
+
+def test_extend_edges_must_be_a_count():
+    for bad in ("-1", "true", "1.5"):
+        with pytest.raises(SpecError, match=r"protocol.extend_edges: invalid .*; expected an integer >= 0"):
+            load_spec(SPEC.replace("evaluation_seeds = 3", f"evaluation_seeds = 3\nextend_edges = {bad}"), is_text=True)
+
+
+@pytest.fixture(scope="module")
+def edge_site(tmp_path_factory):
+    """``edge_plugin`` installed as a plugin distribution into a folder for ``PYTHONPATH``."""
+    import shutil
+    from pathlib import Path
+
+    import edge_plugin as plugin
+
+    d = tmp_path_factory.mktemp("edge-site")
+    info = d / "optlab_edge_test-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: optlab-edge-test\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text("[optlab]\nedge_test = edge_plugin\n")
+    shutil.copy(Path(plugin.__file__), d / "edge_plugin.py")
+    return d
+
+
+def test_extension_resumes_after_kill_9_mid_extension(tmp_path, edge_site, edge_plugin):
+    """kill -9 of the driver while round 1's trials run (held at a gate the test opens itself: the kill
+    follows the trial's own "started" file, not a timer); the rerun adds exactly the same extension
+    trials, finishes both rounds and evaluates the configuration off the edge."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold-2").write_text("")  # lr = 2.0: the first extension's trials wait here
+    spec_path = tmp_path / "edge.toml"
+    spec_path.write_text(EDGE_SPEC.format(rounds=2, gate=f'gate = "{gate}"'))
+    res = tmp_path / "res"
+    env = {**os.environ, "OPTLAB_NO_PROGRESS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(edge_site), os.environ.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "optlab.cli", "grid", "run", str(spec_path), "--results", str(res)]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (gate / "started-2").exists():  # the event: an extension trial is running
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "the extension trial never started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    spec = load_spec(spec_path)
+    tuning = expand(spec)
+    good, _ = Store(res).scan()
+    assert all(t.id in good for t in tuning) and _lrs(res) == [0.2222222222222222, 0.6666666666666666]
+    from optlab.grid import extension_trials
+
+    pending, waiting = extension_trials(spec, tuning, good)
+    assert {t.config["hparams"]["lr"] for t in pending} == {2.0} and waiting  # round 1 known, not run
+    (gate / "hold-2").unlink()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    good, _ = Store(res).scan()
+    ext = sorted(
+        (r["extension"]["round"], r["config"]["hparams"]["lr"], r["id"]) for r in good.values() if r.get("extension")
+    )
+    assert [(rnd, lr) for rnd, lr, _ in ext] == [(1, 2.0), (1, 2.0), (2, 6.0), (2, 6.0)]
+    assert {t.id for t in pending} == {i for _, lr, i in ext if lr == 2.0}  # the trials the kill interrupted
+    assert _lrs(res, stage="evaluation") == [2.0]
+    assert len(list((res / "trials").glob("*.json"))) == 4 + 4 + 2  # each trial once
+
+
+def test_search_domains_give_sampled_ranges_their_own_edges():
+    from optlab.grid import search_domains
+    from optlab.grid.protocol import AxisRange
+
+    text = SPEC.replace(
+        "lr = [0.05, 0.1, 0.3]", "lr = {log_uniform = [0.001, 1.0]}\nmomentum = {uniform = [0.8, 0.99]}"
+    )
+    text = text.replace("[protocol]", '[search]\nsampler = "random"\ntrials = 3\n\n[protocol]')
+    dom = search_domains(load_spec(text, is_text=True))
+    assert dom["sgd"] == {"lr": AxisRange(0.001, 1.0, log=True), "momentum": AxisRange(0.8, 0.99)}
+    assert dom["sgd-scaled"]["lr"] == [0.05, 0.1]  # a list under a sampler is a choice: its own values
+    assert search_domains(load_spec(SPEC, is_text=True)) == {}  # grid: the values tried are the domain

@@ -8,6 +8,7 @@ from .data import (
     load,
     performance_profile,
     selected_trials,
+    selection_table,
     sensitivity,
     summarize,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "summarize",
     "best_configs",
     "selected_trials",
+    "selection_table",
     "sensitivity",
     "performance_profile",
     "hparam_columns",

@@ -41,9 +41,12 @@ class BudgetWarning(UserWarning):
 def budgets(trials: pd.DataFrame) -> pd.DataFrame:
     """Tuning budget per task/model/arm (an ``[[optimizer]]`` block: its ``label``, default the
     optimizer's name): ``configs`` tried (distinct configurations with a tuning-stage trial, whatever
-    their status), ``trials`` and ``seeds``; ``equal`` is False where arms of the same task/model had
-    different budgets."""
+    their status; configurations the grid extension added count like any other), ``extended`` (of
+    those, added by ``[protocol] extend_edges``), ``trials`` and ``seeds``; ``equal`` is False where
+    arms of the same task/model had different budgets."""
     tun = trials[trials["stage"] == "tuning"]
+    if "extension_round" not in tun:
+        tun = tun.assign(extension_round=float("nan"))
     out = (
         tun.groupby(list(WITHIN), observed=True)
         .agg(
@@ -54,6 +57,8 @@ def budgets(trials: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
+    ext = tun[tun["extension_round"].notna()].groupby(list(WITHIN), observed=True)["config_key"].nunique()
+    out["extended"] = [int(ext.get(tuple(k), 0)) for k in out[list(WITHIN)].itertuples(index=False)]
     out["equal"] = out.groupby(["task", "model"], observed=True)["configs"].transform("nunique") == 1
     return out
 
@@ -114,6 +119,7 @@ def comparisons(
     n_resamples: int = S.DEFAULT_RESAMPLES,
     ci_method: str = "BCa",
     seed: int = 0,
+    domains: dict | None = None,
 ) -> pd.DataFrame:
     """Each optimizer arm against the baseline and the controls, per task/model: one row a comparison.
 
@@ -131,7 +137,9 @@ def comparisons(
     ``verdict`` (:func:`stats.verdict` on the Holm-adjusted p-values; "better" is higher for
     accuracies, lower for losses). ``mode`` is the selection's direction (None: from ``select``'s name).
     Controls absent from the results are skipped; a missing baseline is an error.
-    Unequal tuning budgets raise a :class:`BudgetWarning`.
+    Unequal tuning budgets raise a :class:`BudgetWarning`. ``arm_at_edge``/``reference_at_edge``
+    say whether a side's selected value of a tuned axis is the smallest or largest tried, and
+    ``edges`` says which in words (``domains``: per arm, the ranges of sampled axes).
     """
     present = sorted(trials["arm"].astype(str).unique())
     if baseline not in present:
@@ -139,7 +147,7 @@ def comparisons(
     if not margin > 0:
         raise ValueError(f"invalid margin={margin!r}; expected a positive number (0.005 = 0.5 pp)")
     controls = [c for c in controls if c in present]
-    best = best_configs(trials, metric=select, mode=mode, report=metric)
+    best = best_configs(trials, metric=select, mode=mode, report=metric, domains=domains)
     sel = selected_trials(trials, best)
     bud = budgets(trials).set_index(list(WITHIN))["configs"]
     rows = []
@@ -191,6 +199,9 @@ def comparisons(
                     "budget_equal": b_arm == b_ref,
                     "config": pick[arm]["config"],
                     "reference_config": pick[ref]["config"],
+                    "arm_at_edge": bool(pick[arm]["at_edge"]),
+                    "reference_at_edge": bool(pick[ref]["at_edge"]),
+                    "edges": "; ".join(f"{a}: {pick[a]['edges']}" for a in (arm, ref) if pick[a]["at_edge"]),
                 }
             )
     out = pd.DataFrame(rows)

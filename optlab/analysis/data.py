@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optlab.grid.protocol import config_key
+from optlab.grid.protocol import Observation, Selection, config_key, select, selection_rows, stability
 from optlab.optim.hparams import unknown_name
 from optlab.store import Store, StoreError
 
@@ -41,6 +41,8 @@ __all__ = [
     "load",
     "summarize",
     "best_configs",
+    "select_cells",
+    "selection_table",
     "sensitivity",
     "performance_profile",
     "hparam_columns",
@@ -205,6 +207,7 @@ def load(
                 "failed": ident["status"] == "failed",
                 "error": r.get("error"),
                 "selection_config": selection.get("config"),
+                "extension_round": (r.get("extension") or {}).get("round", np.nan),
                 "selection_metric": selection.get("metric"),
                 "plugins": ", ".join(f"{k}={v}" for k, v in sorted((r.get("plugins") or {}).items())) or None,
                 "host": (r.get("env") or {}).get("host"),
@@ -384,6 +387,52 @@ def selection_metric(cell: pd.DataFrame, metric: str) -> str:
     return metric
 
 
+def _observations(
+    trials: pd.DataFrame, metric: str, within: Sequence[str], stage: str | None
+) -> tuple[list[Observation], dict[tuple, str], dict[tuple, pd.DataFrame]]:
+    """The ``stage`` trials as :func:`optlab.grid.protocol.select` sees them, the metric each cell reads
+    (:func:`selection_metric`) and the cells themselves."""
+    df = trials[trials["stage"] == stage] if stage else trials
+    axes = [a for a in hparam_columns(trials) if a not in within]
+    obs, used, cells = [], {}, {}
+    for key, cell in df.groupby(list(within), observed=True, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        u = used[key] = selection_metric(cell, metric)
+        cells[key] = cell
+        for r in cell.to_dict("records"):
+            v = r[u]
+            ok = r["status"] == "ok" and isinstance(v, (int, float)) and math.isfinite(v)
+            hp = {a: r[a] for a in axes if not (isinstance(r[a], float) and math.isnan(r[a]))}
+            obs.append(Observation(key, r["config_key"], int(r["seed"]), float(v) if ok else None, hp))
+    return obs, used, cells
+
+
+def _domains_by_key(domains: dict | None, keys, within: Sequence[str]) -> dict | None:
+    """Per-arm search domains (:func:`optlab.grid.search_domains`) -> per selection cell."""
+    if not domains or "arm" not in within:
+        return None
+    i = list(within).index("arm")
+    return {k: domains[str(k[i])] for k in keys if str(k[i]) in domains}
+
+
+def select_cells(
+    trials: pd.DataFrame,
+    metric: str = SELECT_METRIC,
+    mode: str | None = None,
+    within: Sequence[str] = WITHIN,
+    stage: str | None = "tuning",
+    tol: float = 0.0,
+    domains: dict | None = None,
+) -> tuple[dict[tuple, Selection], list[Observation], dict[tuple, str], dict[tuple, pd.DataFrame]]:
+    """``(selections, observations, metric read per cell, cells)``: every ``within`` cell's selection by
+    the one rule (:func:`optlab.grid.protocol.select`, the grid runner's too); see :func:`best_configs`."""
+    mode = direction(metric, mode)
+    _check_metric(trials, metric)
+    obs, used, cells = _observations(trials, metric, within, stage)
+    sel = select(obs, mode, tol, _domains_by_key(domains, cells, within))
+    return sel, obs, used, cells
+
+
 def best_configs(
     trials: pd.DataFrame,
     metric: str = SELECT_METRIC,
@@ -392,72 +441,61 @@ def best_configs(
     report: str = REPORT_METRIC,
     stage: str | None = "tuning",
     tol: float = 0.0,
+    domains: dict | None = None,
 ) -> pd.DataFrame:
-    """The configuration selected in each ``within`` cell (task, model, arm), by the grid runner's
-    rule (:func:`optlab.grid.select_configs`).
+    """The configuration selected in each ``within`` cell (task, model, arm), by the one selection rule
+    (:func:`optlab.grid.protocol.select`) -- the function the grid runner's evaluation stage selects with.
 
-    Among the ``stage`` trials of a cell, a configuration is *eligible* when
-    all of its seeds finished ``ok`` (with a finite ``metric``) and it has as
-    many seeds as the cell's most complete configuration. The eligible one
-    with the best seed-mean of ``metric`` wins (``mode``: "max", "min", or
-    None: min for losses); if none is eligible, the best mean over ok seeds;
-    ties (within ``tol``) go to the smallest
-    :func:`optlab.grid.config_key` (``config_key``; ``n_tied`` counts the
-    configurations that tied).
+    Among the ``stage`` trials of a cell, a configuration is *eligible* when all of its seeds
+    finished ``ok`` (with a finite ``metric``) and it has as many seeds as the cell's most complete
+    configuration. The eligible one with the best seed-mean of ``metric`` wins (``mode``: "max",
+    "min", or None: min for losses); if none is eligible, the best mean over ok seeds; ties (within
+    ``tol``) go to the smallest :func:`optlab.grid.config_key` (``config_key``; ``n_tied`` counts
+    the configurations that tied). ``at_edge``/``edges``: the selected value of a tuned numeric
+    axis is the smallest or largest tried (``domains``: per arm, the ranges of sampled axes,
+    :func:`optlab.grid.search_domains`); the full table is :func:`selection_table`.
 
-    ``metric`` is a validation metric by default; ``report`` (test) is only
-    reported for the winner (``report_mean``/``report_std``/``report_ci95``).
-    Cells of legacy results without validation metrics are selected on the
-    test counterpart with a :class:`SelectionBiasWarning`
+    ``metric`` is a validation metric by default; ``report`` (test) is only reported for the winner
+    (``report_mean``/``report_std``/``report_ci95``). Cells of legacy results without validation
+    metrics are selected on the test counterpart with a :class:`SelectionBiasWarning`
     (``selection_biased=True``, ``selected_on`` names the metric read).
     """
-    mode = direction(metric, mode)
-    _check_metric(trials, metric)
     _check_metric(trials, report)
-    df = trials[trials["stage"] == stage] if stage else trials
+    sel, _, used, cells = select_cells(trials, metric, mode, within, stage, tol, domains)
     axes = hparam_columns(trials)
-    keep = [c for c in axes + RUN_COLS if c in df and c not in within]
     rows, biased = [], []
-    for key, cell in df.groupby(list(within), observed=True, sort=True):
-        used = selection_metric(cell, metric)
-        if used != metric:
-            biased.append("/".join(map(str, key if isinstance(key, tuple) else (key,))))
-        full = cell.groupby("config_key")["seed"].nunique().max()
-        cands = []
-        for _, g in cell.groupby("config_key", sort=True):
-            g = g.sort_values("seed")
-            st = _seed_stats(g, used)
-            vals = [float(v) for v in g.loc[g["status"] == "ok", used].dropna()]
-            st["mean"] = sum(vals) / len(vals) if vals else np.nan  # summed as the runner does: equal ties
-            eligible = st["n"] == len(g) and g["seed"].nunique() == full
-            cands.append((g["config"].iloc[0], g, st, eligible))
-        pool = [c for c in cands if c[3]] or [c for c in cands if c[2]["n"] > 0]
-        if not pool:
+    for key, s in sel.items():
+        u, cell = used[key], cells[key]
+        if u != metric:
+            biased.append("/".join(map(str, key)))
+        if s.config is None:
             continue
-        means = np.array([c[2]["mean"] for c in pool])
-        best = means.max() if mode == "max" else means.min()
-        tied = [c for c, m in zip(pool, means) if abs(m - best) <= tol]
-        label, g, st, eligible = tied[0]
+        g = cell[cell["config_key"] == s.config].sort_values("seed")
         first = g.iloc[0]
+        st = _seed_stats(g, u)
+        st["mean"] = s.score  # the rule's score: summed in seed order, as the runner does
+        keep = [c for c in axes + RUN_COLS if c in cell and c not in within]
         rows.append(
             {
-                **dict(zip(within, key if isinstance(key, tuple) else (key,))),
+                **dict(zip(within, key)),
                 **({"optimizer": first["optimizer"]} if "optimizer" not in within else {}),
                 **{c: first[c] for c in keep},
-                "config": label,
-                "config_key": first["config_key"],
+                "config": first["config"],
+                "config_key": s.config,
                 "stage": stage or "any",
                 **st,
                 "n_seeds": g["seed"].nunique(),
                 "n_diverged": int(g["diverged"].sum()),
                 "n_failed": int(g["failed"].sum()),
-                "n_missing": int(full - g["seed"].nunique()),
-                "complete": st["n"] == full,
-                "eligible": eligible,
-                "n_configs": len(cands),
-                "n_tied": len(tied),
-                "selected_on": used,
-                "selection_biased": used != metric,
+                "n_missing": int(s.full_seeds - g["seed"].nunique()),
+                "complete": st["n"] == s.full_seeds,
+                "eligible": s.eligible,
+                "n_configs": s.n_configs,
+                "n_tied": s.n_tied,
+                "at_edge": s.at_edge,
+                "edges": s.edge_text(),
+                "selected_on": u,
+                "selection_biased": u != metric,
                 "report_metric": report,
                 **_seed_stats(g, report, prefix="report_"),
             }
@@ -476,6 +514,38 @@ def best_configs(
     return out
 
 
+def selection_table(
+    trials: pd.DataFrame,
+    metric: str = SELECT_METRIC,
+    mode: str | None = None,
+    within: Sequence[str] = WITHIN,
+    stage: str | None = "tuning",
+    tol: float = 0.0,
+    domains: dict | None = None,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
+    """The selection table: one row per selected configuration and tuned numeric axis
+    (:func:`optlab.grid.protocol.selection_rows`: ``config, score, eligible, n_configs, n_tied, n_ok,
+    full_seeds, tuning_seeds, axis, value, tried, at_edge, side, kind, progression, next_values,
+    edge_text``) and ``stability``: the share of ``n_boot`` bootstrap resamples of the tuning seeds
+    in which the rule picks the same configuration (:func:`optlab.grid.protocol.stability`; 0 = off)."""
+    mode = direction(metric, mode)
+    sel, obs, _, cells = select_cells(trials, metric, mode, within, stage, tol, domains)
+    rows = selection_rows(sel, list(within))
+    if n_boot:
+        stab = stability(obs, mode, tol, n_boot=n_boot)
+        for r in rows:
+            r["stability"] = stab.get(tuple(r[c] for c in within), math.nan)
+    out = pd.DataFrame(rows)
+    if len(out):
+        label = {k: cells[k].loc[cells[k]["config_key"] == s.config, "config"] for k, s in sel.items() if s.config}
+        out["config"] = [
+            label[k].iloc[0] if k in label and len(label[k]) else None
+            for k in (tuple(r[c] for c in within) for r in rows)
+        ]
+    return out
+
+
 def cell_mask(trials: pd.DataFrame, row: pd.Series, cols: Sequence[str]) -> pd.Series:
     """Rows of ``trials`` whose ``cols`` equal ``row``'s (NaN matches NaN: an axis that does not apply)."""
     mask = pd.Series(True, index=trials.index)
@@ -485,19 +555,14 @@ def cell_mask(trials: pd.DataFrame, row: pd.Series, cols: Sequence[str]) -> pd.S
     return mask
 
 
-class SelectionMismatchWarning(UserWarning):
-    """The evaluation-stage trials ran a configuration other than the one validation selects here."""
-
-
 def selected_trials(trials: pd.DataFrame, selected: pd.DataFrame, within: Sequence[str] = WITHIN) -> pd.DataFrame:
     """The trials that stand for each selected configuration in comparisons and curves.
 
     Per ``within`` cell: its evaluation-stage trials (fresh seeds) if it has
     any, else the tuning trials of the selected ``config`` (whose seeds also
-    chose it: selection-biased). Column ``from_stage`` says which. Evaluation
-    trials of a configuration other than the selected one raise a
-    :class:`SelectionMismatchWarning` (the runner and this analysis disagree)
-    and are used as they are.
+    chose it: selection-biased). Column ``from_stage`` says which. The runner
+    selected the evaluated configuration with the same function as
+    :func:`best_configs`, so the two agree on the same tuning results.
     """
     parts = []
     for _, row in selected.iterrows():
@@ -506,14 +571,6 @@ def selected_trials(trials: pd.DataFrame, selected: pd.DataFrame, within: Sequen
         if len(ev):
             if row["config_key"] in set(ev["config_key"]):
                 ev = ev[ev["config_key"] == row["config_key"]]
-            else:
-                warnings.warn(
-                    SelectionMismatchWarning(
-                        f"{'/'.join(str(row[c]) for c in within)}: evaluation trials ran "
-                        f"{', '.join(sorted(set(ev['config'])))} but validation selects {row['config']}"
-                    ),
-                    stacklevel=2,
-                )
             parts.append(ev.assign(from_stage="evaluation"))
         else:
             parts.append(
@@ -608,3 +665,19 @@ def performance_profile(
         for t in taus
     ]
     return pd.DataFrame(rows)
+
+
+def __getattr__(name: str):
+    if name == "SelectionMismatchWarning":  # deprecated: one selection function, nothing to mismatch
+        warnings.warn(
+            "optlab.analysis.data.SelectionMismatchWarning is deprecated and never raised: the grid runner and "
+            "the analysis select through one function (optlab.grid.protocol.select); it will be removed",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _SelectionMismatchWarning
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _SelectionMismatchWarning(UserWarning):
+    """Deprecated (never raised): evaluation trials of another configuration than validation selects."""

@@ -393,3 +393,43 @@ def expected_max_plot(curve: pd.DataFrame):
     fig.suptitle("Expected maximum over n random configurations (Dodge et al. 2019); dotted: equal budget", y=1.02)
     fig.tight_layout()
     return fig
+
+
+def time_to_target_plot(rows: pd.DataFrame, profile: pd.DataFrame | None = None, unit: str = "step"):
+    """Time to target (:mod:`optlab.analysis.time_to_target`): per workload, the share of an arm's
+    seeds that reached the target by each time (a step curve that ends below 1 when seeds never
+    reached -- censored seeds stay in the denominator); with ``profile`` (columns ``arm``, ``tau``,
+    ``rho``) a last panel with the performance profile over time to target."""
+    from .time_to_target import reach_curve
+
+    workloads = sorted(rows["workload"].unique())
+    n = len(workloads) + (profile is not None and len(profile) > 0)
+    fig, axes = _fig(1, max(1, n), w=4.8)
+    colors = arm_palette(rows["arm"].unique())
+    for ax, w in zip(axes.flat, workloads):
+        g = rows[rows["workload"] == w]
+        finite = g[unit][np.isfinite(g[unit])]
+        top = float(g["horizon_step"].max() if unit == "step" else (finite.max() if len(finite) else 1.0))
+        grid = np.linspace(0, top if np.isfinite(top) and top > 0 else 1.0, 200)
+        for arm, ga in g.groupby("arm"):
+            share = reach_curve(list(ga[unit]), list(grid))
+            ax.step(
+                grid, share, where="post", color=colors[str(arm)], label=f"{arm} ({int(ga['reached'].sum())}/{len(ga)})"
+            )
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"{unit}s" if unit != "cost" else "gradient-equivalents")
+        ax.set_ylabel("share of seeds at target")
+        ax.set_title(f"{w}: {g['metric'].iloc[0]} >= {g['target'].iloc[0]:.4g}", fontsize=10)
+        # below the panel (never over the curves): each arm with the seeds that reached / its seeds
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    if profile is not None and len(profile):
+        ax = axes.flat[len(workloads)]
+        for arm, g in profile.groupby("arm"):
+            ax.step(g["tau"], g["rho"], where="post", color=colors.get(str(arm)), label=str(arm))
+        ax.set_xlabel(f"tau ({unit}s to target / the fastest arm's)")
+        ax.set_ylabel("share of workloads within tau")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("Performance profile (time to target)", fontsize=10)
+        _legend_outside(ax, "arm")
+    fig.tight_layout()
+    return fig

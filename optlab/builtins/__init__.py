@@ -34,17 +34,17 @@ def optlab_register_presets(register):
 
 @hookimpl
 def optlab_register_tasks(register):
-    from . import tasks
+    from . import modular_arithmetic, tasks
 
-    for name, fn in tasks.TASKS.items():
+    for name, fn in {**tasks.TASKS, **modular_arithmetic.TASKS}.items():
         register(name, fn)
 
 
 @hookimpl
 def optlab_register_models(register):
-    from . import models
+    from . import models, modular_arithmetic
 
-    for name, fn in models.MODELS.items():
+    for name, fn in {**models.MODELS, **modular_arithmetic.MODELS}.items():
         register(name, fn)
 
 

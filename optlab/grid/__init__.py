@@ -17,7 +17,15 @@ from __future__ import annotations
 import warnings
 
 from .dispatch import GridInterrupted
-from .protocol import config_key, evaluation_trials, select_configs, selection_key
+from .protocol import (
+    config_key,
+    evaluation_trials,
+    extension_trials,
+    search_domains,
+    select,
+    select_configs,
+    selection_key,
+)
 from .run import default_results_dir, grid_status, run_grid, tuning_trials
 from .spec import SELECT_DIRECTIONS, GridSpec, SpecError, expand, load_spec, search_settings
 from .trial import Trial, trial_id
@@ -31,6 +39,9 @@ __all__ = [
     "tuning_trials",
     "evaluation_trials",
     "select_configs",
+    "select",
+    "extension_trials",
+    "search_domains",
     "run_grid",
     "grid_status",
     "SpecError",

@@ -110,6 +110,12 @@ class Reporter:
                         stacklevel=2,
                     )
 
+    def grow(self, n: int) -> None:
+        """``n`` more trials than the total announced (the grid extension adds them as it goes)."""
+        self.total += n
+        self.bar.total = self.total
+        self.bar.refresh()
+
     def skipped(self, n: int) -> None:
         self.n += n
         self.bar.update(n)

@@ -9,7 +9,7 @@ from optlab.store import Store
 
 from .adaptive import optuna_rounds, optuna_studies, optuna_total
 from .dispatch import GridInterrupted, Reporter, dispatch, todo_trials
-from .protocol import evaluation_trials, selection_key
+from .protocol import evaluation_trials, extension_trials, selection_key
 from .spec import GridSpec, SpecError, build_executor, expand, load_spec
 from .trial import Trial
 
@@ -38,9 +38,10 @@ def run_grid(
     Every finished trial is mirrored into the spec's ``[sinks]`` (:mod:`optlab.grid.sinks`), and
     trials already in the store are replayed into them first, so sinks catch up after a crash.
 
-    With a ``[protocol]``, the tuning stage runs first; then each (task, model, arm)'s
-    configuration selected on validation (:func:`select_configs`) runs on the fresh
-    evaluation seeds. Both stages are resumable: rerunning skips what is done.
+    With a ``[protocol]``, the tuning stage runs first; with ``extend_edges``, selections on an edge
+    of their grid extend it (:func:`~optlab.grid.protocol.extension_trials`); then each (task, model,
+    arm)'s configuration selected on validation (:func:`~optlab.grid.protocol.select_configs`) runs on
+    the fresh evaluation seeds. Every stage is resumable: rerunning skips what is done.
     """
     if not isinstance(spec, GridSpec):
         spec = load_spec(spec)
@@ -87,6 +88,8 @@ def run_grid(
         dispatch(store, todo, ex, threads, rep)
         if studies:  # adaptive search: rounds of asked configurations until every block's budget is spent
             trials = optuna_rounds(spec, store, studies, search, ex, threads, rep, retry_failed)
+        if proto is not None and proto["extend_edges"]:
+            _run_extensions(spec, store, trials, ex, threads, rep, retry_failed, counts)
         if proto is not None:
             done, _ = store.scan()
             etrials, waiting = evaluation_trials(spec, trials, done)
@@ -102,6 +105,31 @@ def run_grid(
     finally:
         rep.close()
     return _merge(counts, rep.counts, store)
+
+
+def _run_extensions(
+    spec: GridSpec, store: Store, trials: list[Trial], ex, threads, rep: Reporter, retry_failed, counts
+) -> None:
+    """Extension rounds (:func:`~optlab.grid.protocol.extension_trials`) until none is left to run:
+    each pass runs the trials the stored results call for; a pass that gets no new result (held by
+    another live process) stops."""
+    known: set[str] = set()
+    while True:
+        done, _ = store.scan()
+        extra, _ = extension_trials(spec, trials, done)
+        todo = todo_trials(store, extra, done, retry_failed)
+        fresh = [t for t in extra if t.id not in known]
+        counts["skipped_complete"] += len(fresh) - len([t for t in todo if t.id not in known])
+        known |= {t.id for t in extra}
+        if not todo:
+            counts["extension_trials"] = len(extra)
+            return
+        rep.grow(len(todo))
+        dispatch(store, todo, ex, threads, rep)
+        after, _ = store.scan()
+        if not any(t.id in after for t in todo):
+            counts["extension_trials"] = len(extra)
+            return
 
 
 def tuning_trials(spec: GridSpec, results: str | Path) -> list[Trial]:
@@ -151,7 +179,10 @@ def grid_status(spec: GridSpec | str | Path, results: str | Path | None = None) 
     good, bad = store.scan()
     live = store.live_claims()
     bad_ids = {exc.path.stem for exc in bad}
-    out: dict = {**_count(trials, good, bad_ids, live), "results": str(store.root)}
+    extra, _ = extension_trials(spec, trials, good)
+    out: dict = {**_count(trials + extra, good, bad_ids, live), "results": str(store.root)}
+    if extra:
+        out["extension"] = len(extra)
     if spec.protocol is not None:
         etrials, waiting = evaluation_trials(spec, trials, good)
         ev = _count(etrials, good, bad_ids, live)

@@ -65,10 +65,11 @@ TOP_KEYS = (
     "search",
     "executor",
     "sinks",
+    "targets",
 )
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
 BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest are hyperparameter axes
-PROTOCOL_KEYS = ("evaluation_seeds", "select")
+PROTOCOL_KEYS = ("evaluation_seeds", "select", "extend_edges")
 #: the metrics ``[protocol] select`` may name, and whether each is maximised or minimised
 SELECT_DIRECTIONS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -89,6 +90,7 @@ class ProtocolSettings:
 
     evaluation_seeds: list[int]
     select: str = "val_acc"
+    extend_edges: int = 0  # rounds of extending the grid beyond a selection on its edge (0: off)
 
     def __getitem__(self, key: str):  # mapping access, as code written against the former dict reads it
         return getattr(self, key)
@@ -131,6 +133,13 @@ class GridSpec:
         self.protocol = _protocol(self.data.get("protocol"))
 
     @property
+    def targets(self) -> dict:
+        """The ``[targets]`` table, parsed (:func:`optlab.grid.targets.parse_targets`): ``{workload: TargetSpec}``."""
+        from .targets import parse_targets
+
+        return parse_targets(self.where, self.data.get("targets"))
+
+    @property
     def where(self) -> str:
         """How messages name this spec: its path, or ``<spec>`` for a spec given as text."""
         return str(self.path) if self.path else "<spec>"
@@ -170,7 +179,7 @@ def _protocol(p: dict | None) -> ProtocolSettings | None:
     seeds = p.get("evaluation_seeds", 20)
     if isinstance(seeds, int):
         seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
-    return ProtocolSettings(seeds, p.get("select", "val_acc"))
+    return ProtocolSettings(seeds, p.get("select", "val_acc"), p.get("extend_edges", 0))
 
 
 def _executor_table(where: str, table: dict | None) -> ExecutorTable:
@@ -252,6 +261,12 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
     if not (isinstance(seeds, list) or isinstance(seeds, int)) or isinstance(seeds, bool):
         raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
     _check_protocol(where, data.get("protocol"), seeds)
+    from .targets import parse_targets
+
+    try:
+        parse_targets(where, data.get("targets"))
+    except ValueError as exc:
+        raise SpecError(str(exc)) from exc
     return GridSpec(name, path, text, data)  # parses [search], [executor], [sinks] and [protocol]
 
 
@@ -307,6 +322,12 @@ def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
         )
     if len(set(seeds)) != len(seeds):
         raise SpecError(f"{where}.protocol.evaluation_seeds: duplicate seeds in {seeds}")
+    ext = p.get("extend_edges", 0)
+    if not isinstance(ext, int) or isinstance(ext, bool) or ext < 0:
+        raise SpecError(
+            f"{where}.protocol.extend_edges: invalid {ext!r}; expected an integer >= 0 (rounds of extending "
+            "the grid beyond a selection on its edge; 0 = off)"
+        )
     sel = p.get("select", "val_acc")
     if sel not in SELECT_DIRECTIONS:
         raise SpecError(

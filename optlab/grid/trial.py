@@ -42,6 +42,7 @@ class Trial:
     arm: str = ""  # the [[optimizer]] block's label (default: the optimizer's name)
     stage: str = "tuning"  # "tuning" or "evaluation"
     selection: dict | None = None
+    extension: dict | None = None  # added by the grid extension: {"round", "axis", "side", "from"}
     run: RunConfig | None = field(default=None, compare=False, repr=False)
 
     def run_config(self) -> RunConfig:
@@ -53,6 +54,8 @@ class Trial:
         c = self.config
         hp = ",".join(f"{k}={v}" for k, v in sorted(c["hparams"].items()))
         stage = " [eval]" if self.stage == "evaluation" else ""
+        if self.extension:
+            stage = f" [extension {self.extension['round']}: {self.extension['axis']}]"
         procs = f" nproc={c['nproc']}" if c.get("nproc", 1) != 1 else ""
         return f"{self.arm or c['optimizer']}[{hp}] {c['task']}/{c['model']} seed={c['seed']}{procs}{stage}"
 
@@ -123,6 +126,8 @@ def run_trial(root: str, trial: Trial, threads: int | None = None) -> tuple[str,
             res["resolved"] = resolved
         if trial.selection is not None:
             res["selection"] = trial.selection
+        if trial.extension is not None:
+            res["extension"] = trial.extension
         store.write(trial.id, res)
         try:
             store.checkpoint(trial.id).unlink()

@@ -66,6 +66,7 @@ class RunConfig:
             type=int,
         ),
     )
+    eval_every_steps: int | None = None  # also evaluate validation every N steps (time to target); None: per epoch
 
     def to_dict(self) -> dict:
         """The settings as a dict; keys added after trial ids existed are left out at their
@@ -123,6 +124,11 @@ class RunConfig:
             ("hparams", lambda: isinstance(self.hparams, dict), "a table of hyperparameters"),
             ("device", lambda: isinstance(self.device, str), "a torch device string such as 'cpu' or 'cuda'"),
             ("nproc", lambda: integer(self.nproc, 1), "an integer >= 1 (processes of one trial)"),
+            (
+                "eval_every_steps",
+                lambda: self.eval_every_steps is None or integer(self.eval_every_steps, 1),
+                "an integer >= 1 (evaluate validation every N optimizer steps) or unset (once per epoch)",
+            ),
             (
                 "batch_size",
                 lambda: self.batch_size % self.nproc == 0,
@@ -189,7 +195,7 @@ def _round_down(n: int, k: int) -> int:
 
 RUN_KEYS = tuple(RunConfig.__dataclass_fields__)
 #: run settings newer than the trial-id scheme: absent from ``to_dict`` (hence from the id) at these values
-OMIT_AT_DEFAULT = {"compile": False, "nproc": 1}
+OMIT_AT_DEFAULT = {"compile": False, "nproc": 1, "eval_every_steps": None}
 
 
 def lr_factor(cfg: RunConfig, epoch: float) -> float:

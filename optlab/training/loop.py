@@ -242,9 +242,57 @@ def _resume(cfg: RunConfig, parts: _Parts, ckpt_path: Path | None, device, ranks
     return parts, ck, had_checkpoint
 
 
-def _train_epoch(cfg: RunConfig, parts: _Parts, forward, ranks: RankContext, bar) -> tuple[float, int, int, bool]:
+class StepEvaluations:
+    """Validation every ``every`` optimizer steps and at every epoch's end, for time to target
+    (:mod:`optlab.analysis.time_to_target`): one row per evaluation with ``step`` (global),
+    ``epoch`` (``step / steps per epoch``), ``seconds`` (training time so far: every evaluation,
+    epoch-end ones included, is left out, as AlgoPerf does), ``hvp_count`` (so far), ``val_loss``
+    and ``val_acc``. ``train_seconds`` and the rows travel in the checkpoint, so a resumed run
+    continues the same series."""
+
+    def __init__(self, every: int, rows: list, train_seconds: float = 0.0):
+        self.every, self.rows, self.train_seconds = every, rows, float(train_seconds)
+        self.t0, self.eval_time, self.hvps = 0.0, 0.0, 0
+
+    def start_epoch(self, hvps_before: int) -> None:
+        self.t0, self.eval_time, self.hvps = time.perf_counter(), 0.0, int(hvps_before)
+
+    def seconds(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self.t0) - self.eval_time
+
+    def after_step(self, step: int, iters: int, hvps_in_epoch: int, evaluate) -> None:
+        """After global step ``step``: evaluate when it is a multiple of ``every``."""
+        if step % self.every == 0:
+            secs = self.seconds()
+            t = time.perf_counter()
+            val_loss, val_acc = evaluate()
+            self.eval_time += time.perf_counter() - t
+            self.add(step, step / iters, secs, self.hvps + hvps_in_epoch, val_loss, val_acc)
+
+    def add(self, step: int, epoch: float, seconds: float, hvps: int, val_loss: float, val_acc: float) -> None:
+        if self.rows and self.rows[-1]["step"] == step:
+            return  # the epoch's last step was already evaluated
+        self.rows.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "seconds": seconds,
+                "hvp_count": hvps,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+            }
+        )
+
+    def end_epoch(self, seconds_in_epoch_training: float) -> None:
+        self.train_seconds += seconds_in_epoch_training
+
+
+def _train_epoch(
+    cfg: RunConfig, parts: _Parts, forward, ranks: RankContext, bar, after_step=None
+) -> tuple[float, int, int, bool]:
     """One pass over the training batches: ``(loss sum, correct, samples, diverged)`` of the global batches.
-    Every optimizer takes the same forward-only closure ``opt.step(lambda: (loss, outputs))``."""
+    Every optimizer takes the same forward-only closure ``opt.step(lambda: (loss, outputs))``;
+    ``after_step()`` (optional) is called after every step that did not diverge."""
     loss_sum, correct, seen, diverged = 0.0, 0, 0, False
     for xb, yb in parts.task.train_batches(cfg.batch_size, parts.data_gen):
         x, y = xb[ranks.shard(cfg.batch_size)], yb[ranks.shard(cfg.batch_size)]  # this process's shard
@@ -265,15 +313,20 @@ def _train_epoch(cfg: RunConfig, parts: _Parts, forward, ranks: RankContext, bar
         loss_sum += step_loss
         correct += int(step_correct)
         seen += int(step_seen)
+        if after_step is not None:
+            after_step()
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     bar.close()
     return loss_sum, correct, seen, diverged
 
 
-def _checkpoint_state(parts: _Parts, metrics: list, epoch: int) -> dict:
-    """Everything a resumed run needs (:data:`optlab.training.checkpoint.CHECKPOINT_KEYS`)."""
+def _checkpoint_state(parts: _Parts, metrics: list, epoch: int, evals: StepEvaluations | None = None) -> dict:
+    """Everything a resumed run needs (:data:`optlab.training.checkpoint.CHECKPOINT_KEYS`; with step
+    evaluations also their rows and the training seconds so far)."""
+    extra = {"evaluations": evals.rows, "train_seconds": evals.train_seconds} if evals is not None else {}
     return {
+        **extra,
         "model": parts.model.state_dict(),
         "optimizer": parts.opt.state_dict(),
         "scheduler": parts.sched.state_dict(),
@@ -308,6 +361,14 @@ def _train_epochs(
     # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.optim.compiled)
     forward = torch.compile(parts.net) if cfg.compile else parts.net  # net: the model, or its DDP wrapper
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
+    iters = parts.iters
+    result["steps_per_epoch"] = iters
+    evals = None
+    if cfg.eval_every_steps:
+        result["evaluations"] = list(ck.get("evaluations") or []) if ck is not None else []
+        evals = StepEvaluations(
+            cfg.eval_every_steps, result["evaluations"], ck.get("train_seconds", 0.0) if ck is not None else 0.0
+        )
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
         t0 = dict(accounting.timings)
@@ -315,15 +376,33 @@ def _train_epochs(
         bar = _progress(
             parts.iters, f"{cfg.optimizer} {cfg.task}/{cfg.model} s{cfg.seed} ep {epoch + 1}/{cfg.epochs}", progress
         )
-        loss_sum, correct, seen, diverged = _train_epoch(cfg, parts, forward, ranks, bar)
+        after_step = None
+        step = [epoch * iters]
+        if evals is not None:
+            evals.start_epoch(sum(int(m.get("hvp_count") or 0) for m in result["metrics"]))
+
+            def after_step(evals=evals, step=step, h0=h0):
+                step[0] += 1
+                evals.after_step(
+                    step[0], iters, accounting.hvp_count - h0, lambda: _evaluate(model, parts.task, "val", ranks)
+                )
+
+        loss_sum, correct, seen, diverged = _train_epoch(cfg, parts, forward, ranks, bar, after_step)
         spent = {k: accounting.timings[k] - t0[k] for k in TIMED_PHASES}
         nan2 = (float("nan"), float("nan"))
+        secs = evals.seconds() if evals is not None else 0.0
+        t_eval = time.perf_counter()
         val_loss, val_acc = nan2 if diverged else _evaluate(model, parts.task, "val", ranks)
+        if evals is not None and not diverged:
+            end = epoch * iters + iters
+            evals.add(end, end / iters, secs, evals.hvps + accounting.hvp_count - h0, val_loss, val_acc)
         test_loss, test_acc = nan2 if diverged else _evaluate(model, parts.task, "test", ranks)
         if not diverged and not (math.isfinite(test_loss) and math.isfinite(val_loss)):
             diverged = True
         epoch_time = time.perf_counter() - t_epoch
         wall += epoch_time
+        if evals is not None:
+            evals.end_epoch(t_eval - t_epoch - evals.eval_time)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / seen if seen and not diverged else float("nan"),
@@ -350,5 +429,5 @@ def _train_epochs(
             result["error"] = f"non-finite loss in epoch {epoch + 1}"
             return
         if ckpt_path is not None and ranks.is_writer:
-            save_checkpoint(_checkpoint_state(parts, result["metrics"], epoch + 1), ckpt_path)
+            save_checkpoint(_checkpoint_state(parts, result["metrics"], epoch + 1, evals), ckpt_path)
     result["status"] = "ok"
