@@ -8,4 +8,4 @@ if .venv/bin/python -m pip list 2>/dev/null | grep -i nvidia; then
   echo "error: a CUDA (nvidia-*) package was installed" >&2
   exit 1
 fi
-.venv/bin/python -m mkdocs build --strict --site-dir "${1:-site}"
+NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict --site-dir "${1:-site}"

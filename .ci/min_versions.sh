@@ -4,12 +4,14 @@
 # installed from the checkout with its test extra, then the default test suite (`-m "not slow"`).
 # Usage: .ci/min_versions.sh [pytest args...]   (e.g. tests/test_stats.py to run a subset)
 set -euo pipefail
+# pip's output without the index's "Location ... ignored" noise; pip's exit status kept
+quiet() { local rc=0 log; log=$(mktemp); "$@" >"$log" 2>&1 || rc=$?; grep -v "^WARNING: Location" "$log" || true; rm -f "$log"; return $rc; }
 cd "$(dirname "$0")/.."
 VENV=${OPTLAB_MIN_VENV:-.venv-min}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 OPTLAB_NO_PROGRESS=1
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q -c constraints-min.txt "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q -c constraints-min.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+quiet "$VENV/bin/python" -m pip install -q -c constraints-min.txt "torch==2.13.0"
+quiet "$VENV/bin/python" -m pip install -q -c constraints-min.txt -e ".[test]"
 # every core dependency must sit exactly at its floor, or this run proves nothing
 "$VENV/bin/python" - <<'PY'
 from importlib.metadata import requires, version

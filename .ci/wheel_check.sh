@@ -6,6 +6,8 @@
 # plugins/optlab-fisher is built and installed from its own wheel too.
 # Usage: .ci/wheel_check.sh   (needs the project's .venv from ./setup.sh; KEEP=1 keeps the temp dir)
 set -euo pipefail
+# pip's output without the index's "Location ... ignored" noise; pip's exit status kept
+quiet() { local rc=0 log; log=$(mktemp); "$@" >"$log" 2>&1 || rc=$?; grep -v "^WARNING: Location" "$log" || true; rm -f "$log"; return $rc; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/optlab-wheel.XXXXXX")
@@ -15,7 +17,7 @@ fail() { echo "wheel_check FAILED: $*" >&2; exit 1; }
 export OPTLAB_NO_PROGRESS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 step "build sdist + wheel (optlab, optlab-fisher) into $WORK/dist"
-.venv/bin/python -m pip install -q -c constraints.txt "build>=1" 2>&1 | grep -v "^WARNING: Location" || true
+quiet .venv/bin/python -m pip install -q -c constraints.txt "build>=1"
 .venv/bin/python -m build -q --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; fail "build of optlab"; }
 .venv/bin/python -m build -q --outdir "$WORK/dist" plugins/optlab-fisher >>"$WORK/build.log" 2>&1 \
   || { cat "$WORK/build.log"; fail "build of optlab-fisher"; }
@@ -40,8 +42,8 @@ EOF
 step "fresh venv outside the checkout: $WORK/venv"
 python3 -m venv "$WORK/venv"
 PY="$WORK/venv/bin/python"
-"$PY" -m pip install -q -c constraints.txt "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-"$PY" -m pip install -q -c constraints.txt "$WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
+quiet "$PY" -m pip install -q -c constraints.txt "torch==2.13.0"
+quiet "$PY" -m pip install -q -c constraints.txt "$WHEEL"
 if "$PY" -m pip list 2>/dev/null | grep -i nvidia; then fail "a CUDA (nvidia-*) package was installed"; fi
 
 RUN="$WORK/run"
@@ -100,7 +102,7 @@ cat report.txt
 [ -s reports/tiny/report.html ] || fail "optlab report wrote no report.html"
 
 step "example plugin from its own wheel"
-"$PY" -m pip install -q -c "$ROOT/constraints.txt" "$FISHER" 2>&1 | grep -v "^WARNING: Location" || true
+quiet "$PY" -m pip install -q -c "$ROOT/constraints.txt" "$FISHER"
 "$OPTLAB" plugins >plugins.txt
 grep -q "fisher:" plugins.txt || grep -q "sgd-ef" plugins.txt || { cat plugins.txt; fail "optlab-fisher not listed"; }
 "$OPTLAB" train --task digits --model mlp-bn --model-option width=16 --optimizer sgd-ef --epochs 1 --batch-size 128
