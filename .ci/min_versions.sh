@@ -19,9 +19,8 @@ from importlib.metadata import requires, version
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-pins = dict(
-    line.split("==") for line in open("constraints-min.txt").read().split("\n") if "==" in line and not line.startswith("#")
-)
+lines = [line.split("#")[0].strip() for line in open("constraints-min.txt")]
+pins = dict(line.split("==") for line in lines if "==" in line)
 wrong = []
 for req in (Requirement(r) for r in requires("optlab") if "extra ==" not in r):
     floors = [Version(s.version) for s in req.specifier if s.operator == ">="]

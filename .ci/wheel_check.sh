@@ -42,6 +42,7 @@ EOF
 step "fresh venv outside the checkout: $WORK/venv"
 python3 -m venv "$WORK/venv"
 PY="$WORK/venv/bin/python"
+quiet "$PY" -m pip install -q --upgrade pip  # a pip that shows License-Expression (metadata 2.4)
 quiet "$PY" -m pip install -q -c constraints.txt "torch==2.13.0"
 quiet "$PY" -m pip install -q -c constraints.txt "$WHEEL"
 if "$PY" -m pip list 2>/dev/null | grep -i nvidia; then fail "a CUDA (nvidia-*) package was installed"; fi

@@ -8,6 +8,7 @@ import os
 import pty
 import subprocess
 import sys
+import termios
 
 import pytest
 
@@ -43,6 +44,7 @@ def _run(args, cwd, env=ENV, tty: str | None = None, timeout=300):
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, timeout=timeout)
         return p.returncode, p.stdout, p.stderr
     master, slave = pty.openpty()
+    termios.tcsetwinsize(slave, (24, 100))  # a fresh pty is 0 columns wide: tqdm would draw an empty bar
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, tty: slave}
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, **streams)
     os.close(slave)
