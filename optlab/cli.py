@@ -12,6 +12,8 @@ import textwrap
 import warnings
 from pathlib import Path
 
+from . import progress
+
 
 def _value(text: str):
     try:
@@ -625,8 +627,11 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["OPTLAB_STRICT_PLUGINS"] = "1"
         registry.reset()
+    # progress of the long non-grid commands, on stderr only (optlab.progress); `grid run` has its own
+    long_running = args.cmd in ("report", "diagnose") or getattr(args, "grid_cmd", None) == "status"
     try:
-        return args.fn(args)
+        with progress.reporting(long_running):
+            return args.fn(args)
     except BrokenPipeError:
         # the reader went away (``optlab plugins | head``): stop quietly, as ``cat`` does; point stdout at
         # devnull so the interpreter's final flush does not raise again

@@ -26,6 +26,7 @@ from torch import nn
 from . import api
 from .optim.hvp import get_engine
 from .optim.selectors import Selector, named_parameters_with_owner
+from .progress import track
 
 __all__ = ["diagnose", "plot_diagnostics", "DEFAULT_ESTIMATORS"]
 
@@ -108,7 +109,7 @@ def diagnose(
 
     rows, diags = [], []
     gen = torch.Generator(device=params[0].device).manual_seed(seed)
-    for k, info in enumerate(infos):
+    for k, info in enumerate(track(infos, desc="dense Hessian blocks", unit="tensors")):
         p = info.param
         ctx = context()
         t0 = time.perf_counter()
@@ -144,7 +145,7 @@ def diagnose(
             diag_abs_mean=float(torch.cat(diags).abs().mean()),
         )
     # each estimator refreshes every selected tensor at once, as with schedule="all" in training
-    for name, (est, hp) in ests.items():
+    for name, (est, hp) in track(list(ests.items()), desc="estimators", unit="estimators"):
         ctx = context()
         t0 = time.perf_counter()
         val = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)

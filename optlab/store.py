@@ -40,6 +40,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from .progress import track
+
 __all__ = ["Store", "StoreError", "CorruptRecord", "atomic_write", "validate_record", "SCHEMA_VERSION", "STATUSES"]
 
 #: version of the trial-record format written by this code (1: records without the field)
@@ -322,7 +324,8 @@ class Store:
         """Every trial file: ``({id: valid record}, [CorruptRecord for each file that does not validate])``."""
         good, bad = {}, []
         if self.trials.exists():
-            for path in sorted(self.trials.glob("*.json")):
+            paths = sorted(self.trials.glob("*.json"))
+            for path in track(paths, desc=f"reading {self.trials}", unit="files"):
                 try:
                     good[path.stem] = self._load(path)
                 except CorruptRecord as exc:

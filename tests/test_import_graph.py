@@ -10,7 +10,7 @@ entry points are not imports.
 
 Layers (bottom up; a module may import its own layer and the ones below)::
 
-    optim, store  <-  plugin, api, testing  <-  training, diagnostics, integrations, optlab
+    optim, store, progress  <-  plugin, api, testing  <-  training, diagnostics, integrations, optlab
     <-  grid  <-  builtins, analysis  <-  cli
 
 The built-in plugin sits above ``grid`` because it registers grid's executors and sinks;
@@ -137,6 +137,7 @@ def top_level(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 RANKS = {
     "optlab.optim": 0,
     "optlab.store": 0,
+    "optlab.progress": 0,  # progress on stderr for long commands; imports nothing of optlab
     "optlab.plugin": 1,
     "optlab.api": 1,
     "optlab._moved": 1,

@@ -35,6 +35,7 @@ import pandas as pd
 
 from optlab.grid.protocol import Observation, Selection, config_key, select, selection_rows, stability
 from optlab.optim.hparams import unknown_name
+from optlab.progress import track
 from optlab.store import Store, StoreError
 
 __all__ = [
@@ -143,7 +144,7 @@ def load(
     defaults_cache: dict[str, dict] = {}
     erows, trows = [], []
     hp_names: set[str] = set()
-    for r in records:
+    for r in track(records, desc="tabulating trials", unit="trials"):
         try:
             cfg = r["config"]
             opt = cfg["optimizer"]

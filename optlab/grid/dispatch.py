@@ -66,7 +66,8 @@ class Reporter:
 
         self.store, self.total, self.n, self.sinks = store, total, initial, sinks
         self.counts: dict = {}
-        self.tty = sys.stdout.isatty() and os.environ.get("OPTLAB_NO_PROGRESS") != "1"
+        # the bar is drawn on stderr (tqdm), so it is stderr that must be a terminal
+        self.tty = sys.stderr.isatty() and os.environ.get("OPTLAB_NO_PROGRESS") != "1"
         self.lines = progress and not self.tty
         self.bar = tqdm(
             total=total,
