@@ -361,6 +361,31 @@ def clipped_newton_reference(p, g, h, st, grp, *, step, **_):
     return p * (1 - grp["lr"] * grp["weight_decay"]) - grp["lr"] * st["m"].sign() * ratio
 
 
+def adam_reference(p, g, h, st, grp, *, step, **_):
+    """Adam / AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019): m, v EMAs with bias corrections;
+    decoupled decay p(1 - lr wd) or L2 decay g + wd p; amsgrad divides by the running max of v."""
+    (b1, b2), eps, wd, lr = grp["betas"], grp["eps"], grp["weight_decay"], grp["lr"]
+    if grp["decoupled_weight_decay"]:
+        p = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+    st["m"] = b1 * st.get("m", 0 * p) + (1 - b1) * g
+    st["v"] = b2 * st.get("v", 0 * p) + (1 - b2) * g * g
+    v = st["v"]
+    if grp["amsgrad"]:
+        st["vmax"] = v = torch.maximum(st.get("vmax", v), v)
+    return p - lr * (st["m"] / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + eps)
+
+
+def lion_reference(p, g, h, st, grp, *, step, **_):
+    """Lion (Chen et al. 2023, Alg. 2): u = sign(b1 m + (1 - b1) g); m <- b2 m + (1 - b2) g; decoupled decay."""
+    (b1, b2), lr = grp["betas"], grp["lr"]
+    m = st.get("m", 0 * p)
+    u = torch.sign(b1 * m + (1 - b1) * g)
+    st["m"] = b2 * m + (1 - b2) * g
+    return p * (1 - lr * grp["weight_decay"]) - lr * u
+
+
 STEPPER_FORMULAS = {
     "sgd": (
         sgd_reference,
@@ -379,11 +404,22 @@ STEPPER_FORMULAS = {
     ),
     "adam_hessian": (adam_hessian_reference, [{}, {"hessian_power": 0.5, "weight_decay": 0.01}], []),
     "clipped_newton": (clipped_newton_reference, [{}, {"rho": 1.0, "weight_decay": 0.0}], []),
+    "adam": (
+        adam_reference,
+        [{"lr": 0.01}, {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True}],
+        [{"lr": 0.01, "weight_decay": 0.05, "decoupled_weight_decay": False}],
+    ),
+    "lion": (lion_reference, [{"lr": 0.01}, {"lr": 0.01, "weight_decay": 0.1, "betas": (0.8, 0.95)}], []),
 }
+
+#: built-in steppers checked against an installed reference implementation instead of a formula written
+#: here (tests/test_relatives.py: Newton-Schulz Muon vs pytorch_optimizer.Muon, SOAP vs pytorch_optimizer.SOAP)
+REFERENCE_CHECKED = {"orthogonal_momentum", "eigenbasis_adam"}
 
 
 def test_every_builtin_stepper_has_a_formula_check():
-    assert set(STEPPER_FORMULAS) == {n for n, e in registry.items("stepper").items() if e.plugin == "builtins"}
+    builtin = {n for n, e in registry.items("stepper").items() if e.plugin == "builtins"}
+    assert set(STEPPER_FORMULAS) | REFERENCE_CHECKED == builtin
 
 
 @pytest.mark.parametrize("name", sorted(STEPPER_FORMULAS))
