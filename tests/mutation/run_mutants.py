@@ -50,7 +50,7 @@ GROUP_TESTS = {
     "diag_newton": ["tests/test_core.py", "tests/test_stepper_formulas.py", "tests/test_plugin_contract.py"],
     "estimators": ["tests/test_estimators.py", "tests/test_estimator_formulas.py", "tests/test_core.py"],
     "stats": ["tests/test_stats.py"],
-    "selection": ["tests/test_protocol.py", "tests/test_selection.py", "tests/test_analysis.py"],
+    "selection": ["tests/test_selection.py", "tests/test_protocol.py", "tests/test_analysis.py"],
     "store": [
         "tests/test_store_validate.py",
         "tests/test_reliability.py",
@@ -297,24 +297,26 @@ MUTANTS: list[Mutant] = [
         "w = frac[None, 1:] ** ns[:, None]",
         "expected_max: weights not differenced",
     ),
-    # -- selection -------------------------------------------------------------------------------
+    # -- selection (optlab.grid.protocol.select, the one rule of runner and report) -------------
+    M("selection", 'sign = 1.0 if mode == "max" else -1.0', "sign = 1.0", "select: val_loss maximised"),
+    M("selection", "best = max(s[1] for s in pool)", "best = min(s[1] for s in pool)", "select: worst chosen"),
     M(
         "selection",
-        'sign = 1.0 if SELECT_METRICS[metric] == "max" else -1.0',
-        "sign = 1.0",
-        "select: val_loss maximised",
-    ),
-    M(
-        "selection",
-        "best = min(eligible, key=lambda x: (-x[1], x[2]))",
-        "best = min(eligible, key=lambda x: (x[1], x[2]))",
-        "select: worst chosen",
-    ),
-    M(
-        "selection",
-        "eligible = [x for x in scored if x[0]] or scored",
-        "eligible = scored",
+        "pool = [s for s in scored if s[0]] or scored",
+        "pool = scored",
         "select: incomplete configs eligible",
+    ),
+    M(
+        "selection",
+        "tied = [s for s in pool if best - s[1] <= tol]",
+        "tied = [s for s in pool if best - s[1] <= tol + 1]",
+        "select: tie tolerance widened",
+    ),
+    M(
+        "selection",
+        "eligible = len(vals) == len(obs) and len({o.seed for o in obs}) == full",
+        "eligible = len(vals) == len(obs)",
+        "select: fewer seeds eligible",
     ),
     # -- store.validate_record -------------------------------------------------------------------
     M(
