@@ -388,10 +388,11 @@ def cmd_report(args) -> int:
         f"verdict ({args.metric}, configurations selected on {args.select}; margin +-{margin}, "
         f"alpha {args.alpha}, Holm across comparisons):"
     )
-    if args.baseline not in set(trials["optimizer"].astype(str)):
+    arms = trials["arm"] if "arm" in trials else trials["optimizer"]
+    if args.baseline not in set(arms.astype(str)):
         print(
             f"  no comparison: baseline {args.baseline!r} is not in the results "
-            f"(optimizers: {', '.join(sorted(trials['optimizer'].astype(str).unique()))})"
+            f"(arms: {', '.join(sorted(arms.astype(str).unique()))})"
         )
     else:
         with warnings.catch_warnings(record=True) as caught:
@@ -588,13 +589,16 @@ def _report_parser(sub) -> None:
     sp.add_argument("-o", "--output", default=None, help="output directory (default: RESULTS/report)")
     sp.add_argument("--title", default=None, help="report title (default: from the results directory name)")
     sp.add_argument(
-        "--baseline", default="sgd", help="optimizer every other one is compared with (default: %(default)s)"
+        "--baseline",
+        default="sgd",
+        help="arm every other one is compared with: an [[optimizer]] block's label, else its optimizer "
+        "name (default: %(default)s)",
     )
     sp.add_argument(
         "--controls",
         default="sgd-scaled,sgd-frozen",
-        help="comma-separated control optimizers, compared with every optimizer; absent ones are "
-        "skipped (default: %(default)s)",
+        help="comma-separated control arms (labels or optimizer names), compared with every arm; absent "
+        "ones are skipped (default: %(default)s)",
     )
     sp.add_argument(
         "--margin",

@@ -681,6 +681,24 @@ def test_cli_report_prints_the_verdict_table(tmp_path, capsys):
     assert (tmp_path / "rep" / "report.md").exists()
 
 
+def test_cli_report_baseline_is_an_arm_label(tmp_path, capsys):
+    """`--baseline` names an arm: a labelled [[optimizer]] block is found by its label, and the
+    printed table compares against it (not 'no comparison' because the preset is called sgd-ph)."""
+    from optlab.cli import main
+
+    recs = _protocol_records(scaled=False)
+    for r in recs:
+        if r["config"]["optimizer"] == "sgd-ph":
+            r["arm"] = "sgd-ph-every50"
+    root = _store(tmp_path, recs)
+    assert main(["report", str(root), "-o", str(tmp_path / "rep"), "--baseline", "sgd-ph-every50"]) == 0
+    out = capsys.readouterr().out
+    assert "no comparison" not in out and "sgd-ph-every50" in out and "worse" in out
+    assert main(["report", str(root), "-o", str(tmp_path / "rep2"), "--baseline", "sgd-ph"]) == 0
+    out = capsys.readouterr().out
+    assert "no comparison: baseline 'sgd-ph' is not in the results (arms: sgd, sgd-ph-every50)" in out
+
+
 def test_report_without_the_baseline_says_so():
     from optlab.analysis.report import _verdict_section
 
