@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from . import stats as S
+from . import stats
 from .data import REPORT_METRIC, SELECT_METRIC, WITHIN, best_configs, direction, selected_trials, selection_metric
 
 __all__ = [
@@ -79,7 +79,7 @@ def expected_max_curve(trials: pd.DataFrame, metric: str = SELECT_METRIC) -> pd.
         if scores.empty:
             continue
         ns = list(range(1, len(scores) + 1))
-        curve = S.expected_max(scores.to_numpy(), ns)
+        curve = stats.expected_max(scores.to_numpy(), ns)
         rows += [
             {
                 **dict(zip(WITHIN, key)),
@@ -116,7 +116,7 @@ def comparisons(
     margin: float = DEFAULT_MARGIN,
     alpha: float = 0.05,
     mode: str | None = None,
-    n_resamples: int = S.DEFAULT_RESAMPLES,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
     ci_method: str = "BCa",
     seed: int = 0,
     domains: dict | None = None,
@@ -163,7 +163,7 @@ def comparisons(
             }
             common = sorted(set(per_seed[arm].index) & set(per_seed[ref].index))
             x, y = per_seed[arm].loc[common].to_numpy(), per_seed[ref].loc[common].to_numpy()
-            r = S.paired(x, y, margin=margin, alpha=alpha, n_resamples=n_resamples, ci_method=ci_method, seed=seed)
+            r = stats.paired(x, y, margin=margin, alpha=alpha, n_resamples=n_resamples, ci_method=ci_method, seed=seed)
             evaluated = all(set(s["from_stage"]) == {"evaluation"} for s in side.values())
             pick = {a: g[g["arm"] == a].iloc[0] for a in (arm, ref)}
             b_arm, b_ref = int(bud.get((task, model, arm), 0)), int(bud.get((task, model, ref), 0))
@@ -207,10 +207,10 @@ def comparisons(
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out["p_holm"] = S.holm(out["p_value"].to_numpy())
-    out["p_tost_holm"] = S.holm(out["p_tost"].to_numpy())
+    out["p_holm"] = stats.holm(out["p_value"].to_numpy())
+    out["p_tost_holm"] = stats.holm(out["p_tost"].to_numpy())
     out["verdict"] = [
-        S.verdict(
+        stats.verdict(
             r.mean_diff,
             (r.ci_low, r.ci_high),
             r.p_holm,
