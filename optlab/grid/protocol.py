@@ -50,7 +50,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import BLOCK_KEYS, LIST_VALUED, SELECT_DIRECTIONS, GridSpec, SpecError, _check_hparams, search_settings
+from .checks import LIST_VALUED, SELECT_DIRECTIONS, SpecError, check_optimizer_builds
+from .spec import BLOCK_KEYS, GridSpec, search_settings
 from .trial import Trial, trial_id
 
 __all__ = [
@@ -556,7 +557,7 @@ def extension_trials(spec: GridSpec, tuning: list[Trial], records: dict[str, dic
             new = []
             for edge, hp in extension_configs(s["selection"]):
                 try:
-                    _check_hparams(where, s["config"]["optimizer"], hp)
+                    check_optimizer_builds(where, s["config"]["optimizer"], hp)
                 except SpecError:
                     continue  # beyond what the optimizer accepts (e.g. momentum > 1)
                 for seed in seeds:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
-
-from optlab.store import Store, StoreError
 
 from ..compare import DEFAULT_CONTROLS, DEFAULT_MARGIN
 from ..data import (
@@ -17,93 +14,28 @@ from ..data import (
     SelectionBiasWarning,
     best_configs,
     expected_trials,
-    hparam_columns,
-    load,
     selected_trials,
 )
-from ..plots import save as save_figure
 from .format import Section
+from .inputs import read_inputs
 from .sections import (
-    ReportInputs,
     budgets_section,
     comparison_details_section,
     cost_section,
     curves_section,
-    environment_section,
     heatmap_section,
-    overview_section,
-    problems_section,
     profile_section,
     sensitivity_section,
-    spec_section,
     summary_section,
 )
+from .status import environment_section, overview_section, problems_section, spec_section
 from .targets import time_to_target_section
 from .verdict import VERDICT_COLUMNS, verdict_section
 
-__all__ = ["build_sections", "read_inputs", "stored_spec", "search_domains_of", "CSV_FILES"]
+__all__ = ["build_sections", "CSV_FILES"]
 
 #: the CSV files written next to the report (``<name>.csv``)
 CSV_FILES = ("verdicts", "selection", "time_to_target")
-
-
-def stored_spec(results: Path):
-    """The grid spec stored with the results (``spec.toml``), or None (absent, or not loadable here)."""
-    path = results / "spec.toml"
-    if not path.exists():
-        return None
-    try:
-        from optlab.grid import load_spec
-
-        return load_spec(path)
-    except Exception:  # a spec this optlab cannot read (a plugin is missing): no spec-derived extras
-        return None
-
-
-def search_domains_of(spec) -> dict | None:
-    """The tuned axes' domains of ``spec`` (for edges), or None without a (readable) spec."""
-    if spec is None:
-        return None
-    from optlab.grid import search_domains
-
-    try:
-        return search_domains(spec)
-    except Exception:
-        return None
-
-
-def read_inputs(results: Path, fig_dir: Path, select: str, metric: str) -> ReportInputs:
-    """Load the results directory once: valid records (files that do not validate are listed, never
-    read: :func:`optlab.store.validate_record`), tidy frames, tuned axes, the stored spec and its domains."""
-    store = Store(results)
-    if not store.trials.is_dir():
-        next(store.iter_results(), None)  # raises the "does not exist" / "not a results directory" error
-    good, invalid = store.scan()
-    records = list(good.values())
-    if not records:
-        raise StoreError(f"{results}: no completed trials to report on (trials/ is empty)")
-    epochs, trials = load(records)
-    spec = stored_spec(results)
-
-    def figure(sec: Section, fig, name: str, caption: str) -> None:
-        png, svg = save_figure(fig, fig_dir / name)
-        plt.close(fig)
-        sec.figures.append((caption, str(png), str(svg)))
-
-    return ReportInputs(
-        results=results,
-        store=store,
-        records=records,
-        invalid=invalid,
-        epochs=epochs,
-        trials=trials,
-        axes=hparam_columns(trials),
-        spec=spec,
-        domains=search_domains_of(spec),
-        select=select,
-        metric=metric,
-        figure=figure,
-    )
 
 
 def build_sections(
