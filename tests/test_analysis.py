@@ -522,7 +522,8 @@ def test_selection_rule_eligibility_fallback_and_ties():
 
 
 def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
-    from optlab.grid.protocol import config_key, select_configs
+    from optlab.grid.protocol import config_key
+    from optlab.grid.stages import select_configs
     from optlab.grid.trial import Trial
 
     rng = np.random.default_rng(3)

@@ -9,8 +9,9 @@ from optlab.store import Store
 
 from .adaptive import optuna_rounds, optuna_studies, optuna_total
 from .dispatch import GridInterrupted, Reporter, dispatch, todo_trials
-from .protocol import evaluation_trials, extension_trials, selection_key
+from .protocol import selection_key
 from .spec import GridSpec, SpecError, build_executor, expand, load_spec
+from .stages import evaluation_trials, extension_trials
 from .trial import Trial
 
 __all__ = ["run_grid", "grid_status", "tuning_trials", "default_results_dir"]

@@ -282,9 +282,9 @@ def expected_trials(results: str | Path) -> list[dict] | None:
     spec_path = Path(results) / "spec.toml"
     if not spec_path.exists():
         return None
-    from optlab.grid.protocol import evaluation_trials
     from optlab.grid.run import tuning_trials
     from optlab.grid.spec import load_spec
+    from optlab.grid.stages import evaluation_trials
 
     try:  # tuning_trials: for an optuna search, the configurations its studies asked
         spec = load_spec(spec_path)

@@ -70,7 +70,7 @@ def search_domains_of(spec) -> dict | None:
 
 def read_inputs(results: Path, fig_dir: Path, select: str, metric: str) -> ReportInputs:
     """Load the results directory once: valid records (files that do not validate are listed, never
-    read: :func:`optlab.store.validate_record`), tidy frames, tuned axes, the stored spec and its domains."""
+    read: :func:`optlab.store.record_problem`), tidy frames, tuned axes, the stored spec and its domains."""
     store = Store(results)
     if not store.trials.is_dir():
         next(store.iter_results(), None)  # raises the "does not exist" / "not a results directory" error
