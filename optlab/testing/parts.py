@@ -259,23 +259,18 @@ def check_stepper_formula(
             **extra,
         )
         for i, (p, r) in enumerate(zip(params, refs)):
-            new = reference(
-                r.clone(),
-                grads[i].clone(),
-                None if curv[i] is None or not stepper_cls.needs_curvature else curv[i].clone(),
+            new = _reference_update(
+                reference,
+                r,
+                grads[i],
+                None if not stepper_cls.needs_curvature else curv[i],
                 ref_states[i],
-                dict(group),
+                group,
                 step=t,
-                loss=loss.clone() if needs_loss else None,
+                loss=loss if needs_loss else None,
                 schedule=schedule,
                 num_tensors=len(params),
             )
-            if not isinstance(new, torch.Tensor) or new.shape != r.shape:
-                raise TypeError(
-                    f"check_stepper: reference must return the updated parameter, a tensor of shape "
-                    f"{tuple(r.shape)}; got {type(new).__name__} {tuple(getattr(new, 'shape', ()))}"
-                )
-            new = new.to(torch.float64)
             moved = moved or not torch.equal(new, r)
             refs[i] = new
             err = (p - new).abs().max().item()
@@ -290,6 +285,25 @@ def check_stepper_formula(
         f"check_stepper: the reference for {who} never changed a parameter in {steps} steps "
         f"(hyperparameters {_group_summary(group)}): it could not tell a stepper that does nothing"
     )
+
+
+def _reference_update(reference, param, grad, curvature, state: dict, group: dict, **keywords) -> torch.Tensor:
+    """``reference``'s updated parameter (on copies of what it is given), checked to be a tensor of the
+    parameter's shape, in float64."""
+    new = reference(
+        param.clone(),
+        grad.clone(),
+        None if curvature is None else curvature.clone(),
+        state,
+        dict(group),
+        **{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in keywords.items()},
+    )
+    if not isinstance(new, torch.Tensor) or new.shape != param.shape:
+        raise TypeError(
+            f"check_stepper: reference must return the updated parameter, a tensor of shape "
+            f"{tuple(param.shape)}; got {type(new).__name__} {tuple(getattr(new, 'shape', ()))}"
+        )
+    return new.to(torch.float64)
 
 
 def _reference(target: str, pb: Problem, params: list[torch.Tensor], hp: dict) -> list[torch.Tensor]:
