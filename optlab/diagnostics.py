@@ -71,6 +71,39 @@ def diagnose(
     is on the ``(all selected)`` row. ``chunk_size`` bounds vmapped batches.
     """
     x, y = batch
+    infos = _selected_tensors(model, selector, max_block)
+    names, params = [i.name for i in infos], [i.param for i in infos]
+
+    def closure():
+        out = model(x)
+        return loss_fn(out, y), out
+
+    eng = get_engine(engine)
+
+    def context():
+        return eng.context(model=model, closure=closure, params=params, names=names)
+
+    ests = _estimator_settings(estimators, estimator_options, loss, chunk_size)
+    gen = torch.Generator(device=params[0].device).manual_seed(seed)
+    rows, diags = _exact_rows(infos, context, chunk_size)
+    total = _joint_row(params, rows, diags, context, max_block, chunk_size)
+    # each estimator refreshes every selected tensor at once, as with schedule="all" in training
+    for name, (est, hp) in track(list(ests.items()), desc="estimators", unit="estimators"):
+        ctx = context()
+        t0 = time.perf_counter()
+        val = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
+        total[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
+        total[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
+        for k, row in enumerate(rows):
+            row[f"{name}_relerr"] = _relerr(val[k].reshape(-1), diags[k])
+        total[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]), torch.cat(diags))
+    rows.append(total)
+    return pd.DataFrame(rows)
+
+
+def _selected_tensors(model: nn.Module, selector: str | Selector, max_block: int) -> list:
+    """The trainable parameters ``selector`` picks (with their owners); none, or one whose dense block
+    exceeds ``max_block`` rows, is an error."""
     sel = selector if isinstance(selector, Selector) else api.selector(selector)
     infos = [i for i in named_parameters_with_owner(model) if i.param.requires_grad and sel.matches(i)]
     if not infos:
@@ -84,17 +117,12 @@ def diagnose(
             f"max_block={max_block}; raise max_block (memory grows as its square) or narrow "
             "the selector."
         )
-    names, params = [i.name for i in infos], [i.param for i in infos]
+    return infos
 
-    def closure():
-        out = model(x)
-        return loss_fn(out, y), out
 
-    eng = get_engine(engine)
-
-    def context():
-        return eng.context(model=model, closure=closure, params=params, names=names)
-
+def _estimator_settings(estimators: Sequence[str], estimator_options: dict | None, loss: str, chunk_size) -> dict:
+    """``{name: (estimator, hyperparameters)}``: declared defaults, the loss and chunk size where the
+    estimator takes them, then ``estimator_options[name]``."""
     opts = {k: dict(v) for k, v in (estimator_options or {}).items()}
     ests = {}
     for name in estimators:
@@ -106,14 +134,16 @@ def diagnose(
             hp["chunk_size"] = chunk_size
         hp.update(opts.get(name, {}))
         ests[name] = (est, hp)
+    return ests
 
+
+def _exact_rows(infos: list, context: Callable, chunk_size) -> tuple[list[dict], list[torch.Tensor]]:
+    """Per tensor: its dense Hessian block's statistics and cost, and its exact diagonal."""
     rows, diags = [], []
-    gen = torch.Generator(device=params[0].device).manual_seed(seed)
     for k, info in enumerate(track(infos, desc="dense Hessian blocks", unit="tensors")):
-        p = info.param
         ctx = context()
         t0 = time.perf_counter()
-        n = p.numel()
+        n = info.param.numel()
         block = ctx.dense_block([k], chunk_size=chunk_size)
         dense_ms = 1e3 * (time.perf_counter() - t0)
         d = block.diagonal()
@@ -128,6 +158,12 @@ def diagnose(
                 "exact_diag_ms": dense_ms,
             }
         )
+    return rows, diags
+
+
+def _joint_row(params: list, rows: list[dict], diags: list, context: Callable, max_block: int, chunk_size) -> dict:
+    """The ``(all selected)`` row: the joint block's statistics (cross-tensor couplings included) when it
+    fits in ``max_block``, else what the per-tensor diagonals give."""
     n_all = sum(p.numel() for p in params)
     total = {
         "tensor": "(all selected)",
@@ -144,18 +180,7 @@ def diagnose(
             neg_diag_frac=float((torch.cat(diags) < 0).double().mean()),
             diag_abs_mean=float(torch.cat(diags).abs().mean()),
         )
-    # each estimator refreshes every selected tensor at once, as with schedule="all" in training
-    for name, (est, hp) in track(list(ests.items()), desc="estimators", unit="estimators"):
-        ctx = context()
-        t0 = time.perf_counter()
-        val = est.estimate(ctx, list(range(len(params))), hp, gen if est.stochastic else None)
-        total[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
-        total[f"{name}_products"] = ctx.hvp_count + ctx.vjp_count
-        for k, row in enumerate(rows):
-            row[f"{name}_relerr"] = _relerr(val[k].reshape(-1), diags[k])
-        total[f"{name}_relerr"] = _relerr(torch.cat([val[k].reshape(-1) for k in range(len(params))]), torch.cat(diags))
-    rows.append(total)
-    return pd.DataFrame(rows)
+    return total
 
 
 READING_GUIDE = """\

@@ -29,7 +29,7 @@ What each group is for:
 * testing -- the conformance kit (:func:`check_estimator`, :func:`check_stepper`,
   :func:`check_selector`) and its tiny problems and dense references.
 * records -- a sink's ``write(record)`` receives a trial record of :data:`SCHEMA_VERSION`
-  (checked by :func:`validate_record`; statuses :data:`STATUSES`).
+  (checked by :func:`record_problem`; statuses :data:`STATUSES`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from .plugin import hookspecs
 from .plugin.hookspecs import hookimpl
 from .plugin.registration import PluginError
 from .plugin.registry import SEP, AmbiguousName, RegistryError
-from .store import SCHEMA_VERSION, STATUSES, validate_record
+from .store import SCHEMA_VERSION, STATUSES, record_problem
 from .testing import (
     ESTIMATOR_TARGETS,
     PROBLEMS,
@@ -166,7 +166,7 @@ __all__ = [
     # what a sink sees
     "SCHEMA_VERSION",
     "STATUSES",
-    "validate_record",
+    "record_problem",
     # this module's own bookkeeping
     "DEPRECATED",
 ]
@@ -175,9 +175,12 @@ __all__ = [
 #: Each stays importable from here, with a ``DeprecationWarning`` naming the replacement, until the
 #: release that removes it. Contract parts that are not module names (a keyword, a positional
 #: place) are listed in ``CHANGELOG.md`` and warn where they are used.
-DEPRECATED: dict[str, tuple[str, str, str]] = {}
+DEPRECATED: dict[str, tuple[str, str, str]] = {
+    # "validate" means one thing (check values, raise naming the bad one); this returns a reason instead
+    "validate_record": ("optlab.plugin_api.record_problem", "0.2.0", "0.3.0"),
+}
 
-_RETIRED: dict[str, Any] = {}  # name -> object, for names in DEPRECATED that are no longer defined above
+_RETIRED: dict[str, Any] = {"validate_record": record_problem}  # name -> object, for DEPRECATED names not defined above
 
 
 def __getattr__(name: str) -> Any:

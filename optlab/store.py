@@ -22,7 +22,7 @@ heartbeat and any clock skew between hosts). A stale claim is taken over
 atomically (check-and-remove under a ``flock``, so of many processes racing for
 one dead claim exactly one wins).
 
-A trial file counts as complete only if it validates (:func:`validate_record`:
+A trial file counts as complete only if it is a valid trial record (:func:`record_problem` is None:
 one rule used by ``grid run``, ``grid status``, ``report`` and
 ``analysis.load``). ``grid run`` quarantines a file that does not validate and
 reruns its trial; the read-only commands count and name such files.
@@ -42,7 +42,7 @@ from pathlib import Path
 
 from .progress import track
 
-__all__ = ["Store", "StoreError", "CorruptRecord", "atomic_write", "validate_record", "SCHEMA_VERSION", "STATUSES"]
+__all__ = ["Store", "StoreError", "CorruptRecord", "atomic_write", "record_problem", "SCHEMA_VERSION", "STATUSES"]
 
 #: version of the trial-record format written by this code (1: records without the field)
 SCHEMA_VERSION = 2
@@ -65,7 +65,7 @@ def _is_num(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
 
 
-def validate_record(rec, trial_id: str | None = None) -> str | None:
+def record_problem(rec, trial_id: str | None = None) -> str | None:
     """Why ``rec`` is not a valid trial record, or None if it is.
 
     Checks the shape every reader relies on: a JSON object with a known
@@ -315,7 +315,7 @@ class Store:
             rec = json.loads(text)
         except ValueError as exc:
             raise CorruptRecord(path, f"not valid JSON ({exc})") from exc
-        problem = validate_record(rec, path.stem)
+        problem = record_problem(rec, path.stem)
         if problem:
             raise CorruptRecord(path, problem)
         return rec
@@ -357,3 +357,17 @@ class Store:
         for exc in bad:
             warnings.warn(f"skipped {exc}", RuntimeWarning, stacklevel=2)
         yield from good.values()
+
+
+def __getattr__(name: str):
+    if name == "validate_record":  # renamed in 0.2.0: "validate" checks values and raises; this returns a reason
+        import warnings
+
+        warnings.warn(
+            "optlab.store.validate_record is deprecated since optlab 0.2.0 and will be removed in 0.3.0; "
+            "use optlab.store.record_problem (same arguments, same result)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return record_problem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -522,7 +522,8 @@ def test_selection_rule_eligibility_fallback_and_ties():
 
 
 def test_selection_is_the_grid_runners_per_arm_with_its_tie_break():
-    from optlab.grid.protocol import config_key, select_configs
+    from optlab.grid.protocol import config_key
+    from optlab.grid.stages import select_configs
     from optlab.grid.trial import Trial
 
     rng = np.random.default_rng(3)
@@ -700,7 +701,7 @@ def test_cli_report_baseline_is_an_arm_label(tmp_path, capsys):
 
 
 def test_report_without_the_baseline_says_so():
-    from optlab.analysis.report import _verdict_section
+    from optlab.analysis.report import verdict_section as _verdict_section
 
     _, trials = load(_protocol_records(scaled=False))
     sec, cmp = _verdict_section(trials, "adam", ("sgd-scaled",), 0.005, 0.05, "final_val_acc", "final_test_acc")
@@ -902,7 +903,7 @@ def test_diagnose_prints_how_to_read_it_and_its_legend_clears_the_bars(tmp_path,
 def test_runner_and_report_select_through_one_function(monkeypatch):
     """Both paths call optlab.grid.protocol.select; and they agree where the two old rules did not
     (a configuration with fewer seeds: eligible for the old runner, not for the old analysis)."""
-    import optlab.analysis.data as D
+    import optlab.analysis.data.selection as D
     import optlab.grid as G
     import optlab.grid.protocol as SEL
     from optlab.grid import Trial, config_key, select_configs

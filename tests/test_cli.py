@@ -41,7 +41,8 @@ def _plugin_rows(text: str) -> dict[str, str]:
 
 
 def test_plugins_lists_every_item_with_its_whole_first_paragraph(capsys):
-    from optlab.cli import _summary, main
+    from optlab.cli import main
+    from optlab.cli.common import item_summary as _summary
     from optlab.plugin import registry
 
     assert main(["plugins"]) == 0

@@ -26,7 +26,8 @@ from optlab.grid.run import grid_status
 from optlab.grid.spec import SpecError, expand, load_spec
 from optlab.grid.trial import trial_id
 from optlab.plugin import registry
-from optlab.store import pid_alive, validate_record
+from optlab.store import pid_alive
+from optlab.store import record_problem as validate_record
 from optlab.training.config import RunConfig
 from optlab.training.loop import train
 

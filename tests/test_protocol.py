@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import optlab
-from optlab.grid.protocol import evaluation_trials, select_configs
 from optlab.grid.run import grid_status, run_grid
 from optlab.grid.spec import EVAL_SEED_BASE, SpecError, expand, load_spec
+from optlab.grid.stages import evaluation_trials, select_configs
 from optlab.grid.trial import trial_id
 from optlab.store import Store
 from optlab.training.tasks import Task, make_task, split_validation

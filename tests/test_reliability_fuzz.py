@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from optlab.grid.spec import SpecError, expand, load_spec  # noqa: E402
-from optlab.store import SCHEMA_VERSION, STATUSES, Store, validate_record  # noqa: E402
+from optlab.store import SCHEMA_VERSION, STATUSES, Store  # noqa: E402
+from optlab.store import record_problem as validate_record  # noqa: E402
 
 _scalars = st.one_of(
     st.none(),

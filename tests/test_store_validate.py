@@ -11,7 +11,7 @@ import copy
 
 import pytest
 
-from optlab.store import validate_record
+from optlab.store import record_problem as validate_record
 
 
 def _record(epochs=(1, 2, 3)):

@@ -10,8 +10,8 @@ import hashlib
 
 import pytest
 
-from optlab.grid.protocol import evaluation_trials
 from optlab.grid.spec import expand, load_spec
+from optlab.grid.stages import evaluation_trials
 
 # experiments/paper-ablation.toml as of issue 22 (inlined: the file may change, the pin may not)
 PRESETS = """

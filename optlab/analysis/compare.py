@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from . import stats as S
+from . import stats
 from .data import REPORT_METRIC, SELECT_METRIC, WITHIN, best_configs, direction, selected_trials, selection_metric
 
 __all__ = [
@@ -79,7 +79,7 @@ def expected_max_curve(trials: pd.DataFrame, metric: str = SELECT_METRIC) -> pd.
         if scores.empty:
             continue
         ns = list(range(1, len(scores) + 1))
-        curve = S.expected_max(scores.to_numpy(), ns)
+        curve = stats.expected_max(scores.to_numpy(), ns)
         rows += [
             {
                 **dict(zip(WITHIN, key)),
@@ -116,7 +116,7 @@ def comparisons(
     margin: float = DEFAULT_MARGIN,
     alpha: float = 0.05,
     mode: str | None = None,
-    n_resamples: int = S.DEFAULT_RESAMPLES,
+    n_resamples: int = stats.DEFAULT_RESAMPLES,
     ci_method: str = "BCa",
     seed: int = 0,
     domains: dict | None = None,
@@ -150,76 +150,20 @@ def comparisons(
     best = best_configs(trials, metric=select, mode=mode, report=metric, domains=domains)
     sel = selected_trials(trials, best)
     bud = budgets(trials).set_index(list(WITHIN))["configs"]
+    test = {"margin": margin, "alpha": alpha, "n_resamples": n_resamples, "ci_method": ci_method, "seed": seed}
     rows = []
     for (task, model), g in best.groupby(["task", "model"], observed=True, sort=True):
         here = [str(a) for a in g["arm"]]
+        cell = sel[(sel["task"] == task) & (sel["model"] == model)]
         for arm, ref, kind in _pairs(here, baseline, controls):
-            if ref not in here:
-                continue
-            side = {a: sel[(sel["task"] == task) & (sel["model"] == model) & (sel["arm"] == a)] for a in (arm, ref)}
-            per_seed = {
-                a: s[s["status"] == "ok"].dropna(subset=[metric]).groupby("seed")[metric].mean()
-                for a, s in side.items()
-            }
-            common = sorted(set(per_seed[arm].index) & set(per_seed[ref].index))
-            x, y = per_seed[arm].loc[common].to_numpy(), per_seed[ref].loc[common].to_numpy()
-            r = S.paired(x, y, margin=margin, alpha=alpha, n_resamples=n_resamples, ci_method=ci_method, seed=seed)
-            evaluated = all(set(s["from_stage"]) == {"evaluation"} for s in side.values())
-            pick = {a: g[g["arm"] == a].iloc[0] for a in (arm, ref)}
-            b_arm, b_ref = int(bud.get((task, model, arm), 0)), int(bud.get((task, model, ref), 0))
-            rows.append(
-                {
-                    "task": task,
-                    "model": model,
-                    "arm": arm,
-                    "optimizer": pick[arm]["optimizer"],
-                    "reference": ref,
-                    "kind": kind,
-                    "metric": metric,
-                    "stage": "evaluation" if evaluated else "tuning",
-                    "selection_biased": not evaluated or any(bool(p["selection_biased"]) for p in pick.values()),
-                    "selected_on": ", ".join(sorted({p["selected_on"] for p in pick.values()})),
-                    "n_pairs": r.n,
-                    "seeds": ",".join(map(str, common)),
-                    "n_unpaired": len(set(side[arm]["seed"]) | set(side[ref]["seed"])) - len(common),
-                    "mean": float(x.mean()) if common else math.nan,
-                    "reference_mean": float(y.mean()) if common else math.nan,
-                    "mean_diff": r.mean_diff,
-                    "sd_diff": r.sd_diff,
-                    "ci_low": r.ci_low,
-                    "ci_high": r.ci_high,
-                    "ci_method": f"{r.ci_method} bootstrap, {n_resamples} resamples",
-                    "p_value": r.p_t,
-                    "p_wilcoxon": r.p_wilcoxon,
-                    "p_tost": r.p_tost,
-                    "margin": margin,
-                    "mde": r.mde,
-                    "budget": b_arm,
-                    "reference_budget": b_ref,
-                    "budget_equal": b_arm == b_ref,
-                    "config": pick[arm]["config"],
-                    "reference_config": pick[ref]["config"],
-                    "arm_at_edge": bool(pick[arm]["at_edge"]),
-                    "reference_at_edge": bool(pick[ref]["at_edge"]),
-                    "edges": "; ".join(f"{a}: {pick[a]['edges']}" for a in (arm, ref) if pick[a]["at_edge"]),
-                }
-            )
+            if ref in here:
+                rows.append(_comparison_row(g, cell, bud, arm, ref, kind, metric, test))
     out = pd.DataFrame(rows)
     if out.empty:
         return out
-    out["p_holm"] = S.holm(out["p_value"].to_numpy())
-    out["p_tost_holm"] = S.holm(out["p_tost"].to_numpy())
-    out["verdict"] = [
-        S.verdict(
-            r.mean_diff,
-            (r.ci_low, r.ci_high),
-            r.p_holm,
-            r.p_tost_holm,
-            alpha=alpha,
-            higher_is_better=direction(metric) == "max",
-        )
-        for r in out.itertuples()
-    ]
+    out["p_holm"] = stats.holm(out["p_value"].to_numpy())
+    out["p_tost_holm"] = stats.holm(out["p_tost"].to_numpy())
+    out["verdict"] = _verdicts(out, alpha, higher_is_better=direction(metric) == "max")
     unequal = out[~out["budget_equal"]]
     if len(unequal):
         warnings.warn(
@@ -238,6 +182,75 @@ def comparisons(
         margin=margin, alpha=alpha, baseline=baseline, controls=list(controls), metric=metric, select=select
     )
     return out
+
+
+def _verdicts(out: pd.DataFrame, alpha: float, higher_is_better: bool) -> list[str]:
+    """:func:`stats.verdict` of every comparison row, on its Holm-adjusted p-values."""
+    return [
+        stats.verdict(
+            r.mean_diff,
+            (r.ci_low, r.ci_high),
+            r.p_holm,
+            r.p_tost_holm,
+            alpha=alpha,
+            higher_is_better=higher_is_better,
+        )
+        for r in out.itertuples()
+    ]
+
+
+def _comparison_row(
+    best: pd.DataFrame, cell: pd.DataFrame, bud: pd.Series, arm: str, ref: str, kind: str, metric: str, test: dict
+) -> dict:
+    """One comparison of a task/model (``best``: its selected configurations, ``cell``: the trials that
+    stand for them): ``metric`` paired by seed over the seeds both sides finished (:func:`stats.paired`
+    with the options ``test``), the stage read, budgets, configurations and edges."""
+    task, model = best["task"].iloc[0], best["model"].iloc[0]
+    side = {a: cell[cell["arm"] == a] for a in (arm, ref)}
+    per_seed = {
+        a: s[s["status"] == "ok"].dropna(subset=[metric]).groupby("seed")[metric].mean() for a, s in side.items()
+    }
+    common = sorted(set(per_seed[arm].index) & set(per_seed[ref].index))
+    x, y = per_seed[arm].loc[common].to_numpy(), per_seed[ref].loc[common].to_numpy()
+    r = stats.paired(x, y, **test)
+    evaluated = all(set(s["from_stage"]) == {"evaluation"} for s in side.values())
+    pick = {a: best[best["arm"] == a].iloc[0] for a in (arm, ref)}
+    b_arm, b_ref = int(bud.get((task, model, arm), 0)), int(bud.get((task, model, ref), 0))
+    return {
+        "task": task,
+        "model": model,
+        "arm": arm,
+        "optimizer": pick[arm]["optimizer"],
+        "reference": ref,
+        "kind": kind,
+        "metric": metric,
+        "stage": "evaluation" if evaluated else "tuning",
+        "selection_biased": not evaluated or any(bool(p["selection_biased"]) for p in pick.values()),
+        "selected_on": ", ".join(sorted({p["selected_on"] for p in pick.values()})),
+        "n_pairs": r.n,
+        "seeds": ",".join(map(str, common)),
+        "n_unpaired": len(set(side[arm]["seed"]) | set(side[ref]["seed"])) - len(common),
+        "mean": float(x.mean()) if common else math.nan,
+        "reference_mean": float(y.mean()) if common else math.nan,
+        "mean_diff": r.mean_diff,
+        "sd_diff": r.sd_diff,
+        "ci_low": r.ci_low,
+        "ci_high": r.ci_high,
+        "ci_method": f"{r.ci_method} bootstrap, {test['n_resamples']} resamples",
+        "p_value": r.p_t,
+        "p_wilcoxon": r.p_wilcoxon,
+        "p_tost": r.p_tost,
+        "margin": test["margin"],
+        "mde": r.mde,
+        "budget": b_arm,
+        "reference_budget": b_ref,
+        "budget_equal": b_arm == b_ref,
+        "config": pick[arm]["config"],
+        "reference_config": pick[ref]["config"],
+        "arm_at_edge": bool(pick[arm]["at_edge"]),
+        "reference_at_edge": bool(pick[ref]["at_edge"]),
+        "edges": "; ".join(f"{a}: {pick[a]['edges']}" for a in (arm, ref) if pick[a]["at_edge"]),
+    }
 
 
 def paired_comparison(

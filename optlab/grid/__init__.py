@@ -5,7 +5,9 @@ import them); the modules by job:
 
 - :mod:`~optlab.grid.spec` -- parse and check a spec (:func:`load_spec`), expand it into trials;
 - :mod:`~optlab.grid.trial` -- :class:`Trial`, its id, :func:`~optlab.grid.trial.run_trial`;
-- :mod:`~optlab.grid.protocol` -- the two-stage protocol: selection on validation, evaluation trials;
+- :mod:`~optlab.grid.checks` -- value checks of a spec that name the bad key, :class:`SpecError`;
+- :mod:`~optlab.grid.protocol` -- the one selection rule on validation (edges, extension proposals);
+- :mod:`~optlab.grid.stages` -- the protocol over a spec's trials: selection, extension, evaluation trials;
 - :mod:`~optlab.grid.dispatch` -- what is left to run, progress, sinks;
 - :mod:`~optlab.grid.adaptive` -- Optuna rounds;
 - :mod:`~optlab.grid.run` -- :func:`run_grid` and :func:`grid_status`;
@@ -17,17 +19,10 @@ from __future__ import annotations
 import warnings
 
 from .dispatch import GridInterrupted
-from .protocol import (
-    config_key,
-    evaluation_trials,
-    extension_trials,
-    search_domains,
-    select,
-    select_configs,
-    selection_key,
-)
+from .protocol import config_key, select, selection_key
 from .run import default_results_dir, grid_status, run_grid, tuning_trials
 from .spec import SELECT_DIRECTIONS, GridSpec, SpecError, expand, load_spec, search_settings
+from .stages import evaluation_trials, extension_trials, search_domains, select_configs
 from .trial import Trial, trial_id
 
 __all__ = [

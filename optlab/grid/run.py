@@ -9,8 +9,9 @@ from optlab.store import Store
 
 from .adaptive import optuna_rounds, optuna_studies, optuna_total
 from .dispatch import GridInterrupted, Reporter, dispatch, todo_trials
-from .protocol import evaluation_trials, extension_trials, selection_key
+from .protocol import selection_key
 from .spec import GridSpec, SpecError, build_executor, expand, load_spec
+from .stages import evaluation_trials, extension_trials
 from .trial import Trial
 
 __all__ = ["run_grid", "grid_status", "tuning_trials", "default_results_dir"]
@@ -49,18 +50,7 @@ def run_grid(
         raise ValueError(f"invalid workers={workers!r}; expected an integer >= 1")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise ValueError(f"invalid threads={threads!r}; expected an integer >= 1")
-    where = f"{spec.where}.executor"
-    chosen = executor or spec.executor.name
-    extra = dict(executor_options or {})
-    if workers is not None:
-        if chosen != "local":
-            raise ValueError(
-                f"--workers sizes the local process pool; executor {chosen!r} takes its parallelism "
-                "from its own options (ray: the cluster's CPUs / cpus_per_trial; submitit: "
-                "array_parallelism)"
-            )
-        extra["workers"] = workers
-    ex = build_executor(where, spec.executor, name=executor, extra=extra)
+    ex = _executor(spec, executor, executor_options, workers)
     search = spec.search
     store = Store(results or default_results_dir(spec)).init(spec.text)
     studies = optuna_studies(spec, store, search) if search.sampler == "optuna" else None
@@ -74,12 +64,7 @@ def run_grid(
     counts: dict = {"skipped_complete": len(trials) - len(todo)}
     if quarantined:
         counts["quarantined"] = len(quarantined)
-    from .sinks import SinkError
-
-    try:
-        sinks = [cls(store.root, **opts) for cls, opts in spec.sinks]  # checked when the spec was loaded
-    except SinkError as exc:
-        raise SpecError(str(exc)) from exc
+    sinks = _sinks(spec, store)
     total = (optuna_total(spec, search) if studies else len(trials)) + n_eval
     rep = Reporter(spec, store, total, len(trials) - len(todo), progress, sinks)
     try:
@@ -91,20 +76,54 @@ def run_grid(
         if proto is not None and proto["extend_edges"]:
             _run_extensions(spec, store, trials, ex, threads, rep, retry_failed, counts)
         if proto is not None:
-            done, _ = store.scan()
-            etrials, waiting = evaluation_trials(spec, trials, done)
-            etodo = todo_trials(store, etrials, done, retry_failed)
-            counts["skipped_complete"] += len(etrials) - len(etodo)
-            rep.skipped(len(etrials) - len(etodo))
-            dispatch(store, etodo, ex, threads, rep)
-            if waiting:
-                counts["evaluation_waiting"] = ", ".join(waiting)
+            _run_evaluation(spec, store, trials, ex, threads, rep, retry_failed, counts)
     except KeyboardInterrupt as exc:
         rep.close()
         raise GridInterrupted(_merge(counts, rep.counts, store)) from exc
     finally:
         rep.close()
     return _merge(counts, rep.counts, store)
+
+
+def _executor(spec: GridSpec, executor: str | None, executor_options: dict | None, workers: int | None):
+    """The executor: the spec's ``[executor]``, or ``executor`` with ``executor_options``; ``workers``
+    sizes the local pool (an error for another executor)."""
+    chosen = executor or spec.executor.name
+    extra = dict(executor_options or {})
+    if workers is not None:
+        if chosen != "local":
+            raise ValueError(
+                f"--workers sizes the local process pool; executor {chosen!r} takes its parallelism "
+                "from its own options (ray: the cluster's CPUs / cpus_per_trial; submitit: "
+                "array_parallelism)"
+            )
+        extra["workers"] = workers
+    return build_executor(f"{spec.where}.executor", spec.executor, name=executor, extra=extra)
+
+
+def _sinks(spec: GridSpec, store: Store) -> list:
+    """The spec's ``[sinks]``, built on the store (their options were checked when the spec was loaded)."""
+    from .sinks import SinkError
+
+    try:
+        return [cls(store.root, **opts) for cls, opts in spec.sinks]
+    except SinkError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def _run_evaluation(
+    spec: GridSpec, store: Store, trials: list[Trial], ex, threads, rep: Reporter, retry_failed, counts
+) -> None:
+    """The evaluation stage: each (task, model, arm)'s configuration selected on validation, on the fresh
+    evaluation seeds (:func:`~optlab.grid.protocol.evaluation_trials`); cells still tuning wait."""
+    done, _ = store.scan()
+    etrials, waiting = evaluation_trials(spec, trials, done)
+    etodo = todo_trials(store, etrials, done, retry_failed)
+    counts["skipped_complete"] += len(etrials) - len(etodo)
+    rep.skipped(len(etrials) - len(etodo))
+    dispatch(store, etodo, ex, threads, rep)
+    if waiting:
+        counts["evaluation_waiting"] = ", ".join(waiting)
 
 
 def _run_extensions(

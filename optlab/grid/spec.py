@@ -27,10 +27,8 @@ re-running a grid runs exactly the trials that have no result yet.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,16 @@ from optlab.optim.hparams import unknown_name
 from optlab.plugin import registry
 from optlab.training.config import RUN_KEYS, RunConfig
 
+from .checks import (  # the constants and SpecError stay importable from here
+    EVAL_SEED_BASE,
+    LIST_VALUED,
+    PROTOCOL_KEYS,
+    SELECT_DIRECTIONS,
+    SpecError,
+    axis_values,
+    check_optimizer_builds,
+    check_protocol,
+)
 from .search import SearchError, SearchSettings, parse_search, parse_space
 from .trial import Trial, trial_id
 
@@ -51,6 +59,10 @@ __all__ = [
     "expand",
     "search_settings",
     "build_executor",
+    "SELECT_DIRECTIONS",
+    "PROTOCOL_KEYS",
+    "EVAL_SEED_BASE",
+    "LIST_VALUED",
 ]
 
 TOP_KEYS = (
@@ -69,18 +81,9 @@ TOP_KEYS = (
 )
 RUN_AXES = tuple(k for k in RUN_KEYS if k not in ("optimizer", "hparams", "seed"))
 BLOCK_KEYS = ("name", "label")  # an [[optimizer]] block's own keys; the rest are hyperparameter axes
-PROTOCOL_KEYS = ("evaluation_seeds", "select", "extend_edges")
-#: the metrics ``[protocol] select`` may name, and whether each is maximised or minimised
-SELECT_DIRECTIONS = {"val_acc": "max", "val_loss": "min"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: an arm's default label is its optimizer's name, which may be qualified (``fisher:sgd-ef``)
 ARM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-#: first evaluation seed when ``evaluation_seeds`` is a count (far from the usual tuning seeds 0, 1, 2, ...)
-EVAL_SEED_BASE = 1000
-
-
-class SpecError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ def load_spec(path_or_text: str | Path, *, is_text: bool = False) -> GridSpec:
     seeds = data.get("seeds", [0])
     if not (isinstance(seeds, list) or isinstance(seeds, int)) or isinstance(seeds, bool):
         raise _type_error(where, "seeds", seeds, "a list of integers >= 0 (the tuning seeds)")
-    _check_protocol(where, data.get("protocol"), seeds)
+    check_protocol(where, data.get("protocol"), seeds)
     from .targets import parse_targets
 
     try:
@@ -287,65 +290,6 @@ def build_executor(
     except (ExecutorError, registry.RegistryError) as exc:
         msg = str(exc)
         raise SpecError(msg if msg.startswith(where) else f"{where}.name: {msg}") from exc
-
-
-def _check_protocol(where: str, p: dict | None, tuning_seeds) -> None:
-    if p is None:
-        return
-    unknown = [k for k in p if k not in PROTOCOL_KEYS]
-    if unknown:
-        raise SpecError(
-            f"{where}.protocol.{unknown[0]}: " + unknown_name("key", unknown[0], PROTOCOL_KEYS, show_name=False)
-        )
-    seeds = p.get("evaluation_seeds", 20)
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 2:
-            raise SpecError(
-                f"{where}.protocol.evaluation_seeds: invalid count {seeds}; expected >= 2 "
-                "(a paired comparison needs seeds; >= 20 where effects are small)"
-            )
-        seeds = list(range(EVAL_SEED_BASE, EVAL_SEED_BASE + seeds))
-    elif not (
-        isinstance(seeds, list)
-        and seeds
-        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-    ):
-        raise SpecError(
-            f"{where}.protocol.evaluation_seeds: expected a count >= 2 or a list of integers >= 0, got {seeds!r}"
-        )
-    tuning = tuning_seeds if isinstance(tuning_seeds, list) else [tuning_seeds]
-    shared = sorted(set(seeds) & {s for s in tuning if isinstance(s, int)})
-    if shared:
-        raise SpecError(
-            f"{where}.protocol.evaluation_seeds: seeds {shared} are also tuning seeds; evaluation "
-            "needs fresh seeds (that is what makes the comparison unbiased)"
-        )
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"{where}.protocol.evaluation_seeds: duplicate seeds in {seeds}")
-    ext = p.get("extend_edges", 0)
-    if not isinstance(ext, int) or isinstance(ext, bool) or ext < 0:
-        raise SpecError(
-            f"{where}.protocol.extend_edges: invalid {ext!r}; expected an integer >= 0 (rounds of extending "
-            "the grid beyond a selection on its edge; 0 = off)"
-        )
-    sel = p.get("select", "val_acc")
-    if sel not in SELECT_DIRECTIONS:
-        raise SpecError(
-            f"{where}.protocol.select: invalid {sel!r}; expected one of {', '.join(SELECT_DIRECTIONS)} "
-            "(final-epoch validation metric, mean over tuning seeds)"
-        )
-
-
-LIST_VALUED = ("milestones", "betas")  # settings whose value is a list: write [[...], [...]] for an axis
-
-
-def _axis(where: str, key: str, value) -> list:
-    vals = value if isinstance(value, list) else [value]
-    if key in LIST_VALUED and isinstance(value, list) and value and not isinstance(value[0], list):
-        vals = [value]
-    if not vals:
-        raise SpecError(f"{where}.{key}: empty axis (give at least one value)")
-    return vals
 
 
 def search_settings(spec: GridSpec) -> SearchSettings:
@@ -382,101 +326,97 @@ def expand(spec: GridSpec, optuna_configs: dict[int, list[dict]] | None = None) 
     tuning results: see :func:`evaluation_trials`.
     """
     where = spec.where
-    seeds = _axis(where, "seeds", spec.seeds)
+    seeds = axis_values(where, "seeds", spec.seeds)
     for s in seeds:
         if not isinstance(s, int) or isinstance(s, bool) or s < 0:
             raise SpecError(f"{where}.seeds: invalid seed {s!r}; expected integers >= 0")
-    run, settings, blocks = spec.run, spec.settings, spec.blocks
-    if not blocks:
+    if not spec.blocks:
         raise SpecError(f'{where}: no [[optimizer]] block; add at least one, e.g.\n[[optimizer]]\nname = "sgd-ph"')
     trials: list[Trial] = []
-    seen: dict[str, str] = {}
-    for si, setting in enumerate(settings):
-        merged = {**run, **setting}
-        for k in merged:
-            if k not in RUN_AXES:
-                table = f"setting[{si}]" if k in setting else "run"
-                raise SpecError(f"{where}.{table}.{k}: " + unknown_name("run setting", k, RUN_AXES))
-        run_axes = {k: _axis(f"{where}.run", k, v) for k, v in merged.items()}
-        for combo in itertools.product(*run_axes.values()):  # run settings first: errors name their table
-            runv = dict(zip(run_axes, combo))
-            try:
-                RunConfig.from_dict({**runv, "optimizer": "sgd"}).validate_run()
-            except (ValueError, KeyError, TypeError) as exc:
-                bad = next((k for k in runv if f"{k}=" in str(exc) or repr(k) in str(exc)), None)
-                table = f"setting[{si}]" if bad in setting or (bad is None and setting) else "run"
-                msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-                raise SpecError(f"{where}.{table}: {msg}") from exc
-        for bi, block in enumerate(blocks):
+    seen: dict[str, str] = {}  # trial id -> arm: a configuration repeated within an arm is one trial
+    for si, setting in enumerate(spec.settings):
+        run_axes = _run_axes(where, si, spec.run, setting)
+        runs = [dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())]
+        for bi, block in enumerate(spec.blocks):
             bwhere = f"{where}.optimizer[{bi}]"
-            if "name" not in block:
-                raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
-            oname = block["name"]
-            if not isinstance(oname, str):
-                raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
-            try:  # short or qualified (<plugin>:<name>); unknown or ambiguous names list the choices
-                api.optimizer_entry(oname)
-            except registry.RegistryError as exc:
-                raise SpecError(f"{bwhere}.name: {exc}") from exc
-            arm = block.get("label", oname)
-            if not isinstance(arm, str) or not (NAME_RE.match(arm) or ("label" not in block and ARM_RE.match(arm))):
-                raise SpecError(
-                    f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
-                    "or '-' (it names this optimizer arm in comparisons)"
-                )
-            hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
-            entry = api.optimizer_entry(oname)
-            known = entry.hparams
-            for k in hp_block:
-                if k not in known and not entry.open_hparams:
-                    raise SpecError(f"{bwhere}.{k}: " + unknown_name(f"axis for {oname}:", k, known))
+            oname, arm, hp_block = _check_block(bwhere, block)
             hp_configs = _block_configs(spec, bi, bwhere, arm, hp_block, optuna_configs)
+            known = api.optimizer_entry(oname).hparams
             for k in hp_block:
                 if k not in known and hp_configs:  # an option the preset forwards (e.g. to its estimator): alone
-                    _check_hparams(f"{bwhere}.{k}: {oname}", oname, {k: hp_configs[0][k]})
-            for runv, hp in itertools.product(
-                [dict(zip(run_axes, c)) for c in itertools.product(*run_axes.values())], hp_configs
-            ):
+                    check_optimizer_builds(f"{bwhere}.{k}: {oname}", oname, {k: hp_configs[0][k]})
+            for runv, hp in itertools.product(runs, hp_configs):
                 hp = {k: hp[k] for k in hp_block}  # the block's order
-                _check_hparams(bwhere, oname, hp)
+                check_optimizer_builds(bwhere, oname, hp)
                 for seed in seeds:
-                    cfg = RunConfig.from_dict({**runv, "optimizer": oname, "hparams": hp, "seed": seed})
-                    try:
-                        cfg.validate()
-                    except (ValueError, KeyError) as exc:
-                        raise SpecError(f"{bwhere}: {exc}") from exc
-                    c = cfg.to_dict()
-                    tid = trial_id(c)
-                    if tid in seen:
-                        if seen[tid] != arm:
-                            raise SpecError(
-                                f"{bwhere}: arm {arm!r} repeats a configuration of arm {seen[tid]!r} "
-                                f"({Trial(tid, c).label}); give the arms different settings"
-                            )
-                        continue
-                    seen[tid] = arm
-                    trials.append(Trial(tid, c, arm=arm, run=cfg))
+                    trial = _trial(bwhere, arm, {**runv, "optimizer": oname, "hparams": hp, "seed": seed}, seen)
+                    if trial is not None:
+                        trials.append(trial)
     return trials
 
 
-_BUILT_OK: set[str] = set()  # (optimizer, hyperparameters) already built successfully in this process
+def _run_axes(where: str, si: int, run: dict, setting: dict) -> dict[str, list]:
+    """The run-setting axes of ``[run]`` merged with ``setting[si]``, every combination checked (an error
+    names the table it comes from)."""
+    merged = {**run, **setting}
+    for k in merged:
+        if k not in RUN_AXES:
+            table = f"setting[{si}]" if k in setting else "run"
+            raise SpecError(f"{where}.{table}.{k}: " + unknown_name("run setting", k, RUN_AXES))
+    run_axes = {k: axis_values(f"{where}.run", k, v) for k, v in merged.items()}
+    for combo in itertools.product(*run_axes.values()):  # run settings first: errors name their table
+        runv = dict(zip(run_axes, combo))
+        try:
+            RunConfig.from_dict({**runv, "optimizer": "sgd"}).validate_run()
+        except (ValueError, KeyError, TypeError) as exc:
+            bad = next((k for k in runv if f"{k}=" in str(exc) or repr(k) in str(exc)), None)
+            table = f"setting[{si}]" if bad in setting or (bad is None and setting) else "run"
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise SpecError(f"{where}.{table}: {msg}") from exc
+    return run_axes
 
 
-def _check_hparams(where: str, name: str, hp: dict) -> None:
-    """Build the optimizer on a tiny BatchNorm model: every bad value fails here, named.
+def _check_block(bwhere: str, block: dict) -> tuple[str, str, dict]:
+    """``(optimizer name, arm label, hyperparameter axes)`` of an ``[[optimizer]]`` block: the optimizer
+    registered, the label a valid name, every axis a hyperparameter it declares (unless it forwards options)."""
+    if "name" not in block:
+        raise SpecError(f"{bwhere}: missing 'name' (one of {', '.join(api.optimizer_names())})")
+    oname = block["name"]
+    if not isinstance(oname, str):
+        raise SpecError(f"{bwhere}.name: " + unknown_name("optimizer", oname, api.optimizer_names()))
+    try:  # short or qualified (<plugin>:<name>); unknown or ambiguous names list the choices
+        entry = api.optimizer_entry(oname)
+    except registry.RegistryError as exc:
+        raise SpecError(f"{bwhere}.name: {exc}") from exc
+    arm = block.get("label", oname)
+    if not isinstance(arm, str) or not (NAME_RE.match(arm) or ("label" not in block and ARM_RE.match(arm))):
+        raise SpecError(
+            f"{bwhere}.label: invalid label {arm!r}; expected 1-100 letters, digits, '.', '_' "
+            "or '-' (it names this optimizer arm in comparisons)"
+        )
+    hp_block = {k: v for k, v in block.items() if k not in BLOCK_KEYS}
+    for k in hp_block:
+        if k not in entry.hparams and not entry.open_hparams:
+            raise SpecError(f"{bwhere}.{k}: " + unknown_name(f"axis for {oname}:", k, entry.hparams))
+    return oname, arm, hp_block
 
-    A combination that built once is not built again (``expand`` checks every grid cell,
-    and most cells of a large grid repeat a combination already seen)."""
-    key = json.dumps([name, hp], sort_keys=True, default=repr)
-    if key in _BUILT_OK:
-        return
-    from torch import nn
 
-    probe = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+def _trial(bwhere: str, arm: str, config: dict, seen: dict[str, str]) -> Trial | None:
+    """The trial of one configuration (its :class:`RunConfig` checked), or None when this arm already
+    has it; another arm with the same configuration is an error."""
+    cfg = RunConfig.from_dict(config)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            api.optimizer(name, probe, **hp)
-    except (ValueError, TypeError, ImportError) as exc:
-        raise SpecError(f"{where}: {exc}") from exc
-    _BUILT_OK.add(key)
+        cfg.validate()
+    except (ValueError, KeyError) as exc:
+        raise SpecError(f"{bwhere}: {exc}") from exc
+    c = cfg.to_dict()
+    tid = trial_id(c)
+    if tid in seen:
+        if seen[tid] != arm:
+            raise SpecError(
+                f"{bwhere}: arm {arm!r} repeats a configuration of arm {seen[tid]!r} "
+                f"({Trial(tid, c).label}); give the arms different settings"
+            )
+        return None
+    seen[tid] = arm
+    return Trial(tid, c, arm=arm, run=cfg)

@@ -61,6 +61,8 @@ from .compiled import unwrap_compiled
 from .hvp import CurvatureContext
 
 __all__ = [
+    "check_ddp_known",
+    "check_ddp_forward",
     "Replicas",
     "unwrap",
     "check_supported",
@@ -407,3 +409,32 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, convert_sync_batchnorm(child, process_group))
     return out
+
+
+def check_ddp_known(replicas: Replicas | None, independent: bool, name: str) -> None:
+    """A step under an initialized multi-process group must know the DDP model (``replicas``), or
+    have been told each process trains its own (``independent``): else nothing would be averaged."""
+    if (
+        replicas is None
+        and not independent
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    ):
+        raise RuntimeError(
+            f"{name}: torch.distributed is initialized with {dist.get_world_size()} processes but the "
+            "optimizer does not know the DistributedDataParallel model, so gradients and curvature would "
+            "not be averaged. Build it from the DDP model (optlab.optimizer(name, DDP(model))), or call "
+            "opt.distribute(ddp_model) after wrapping (for Lightning: "
+            "callbacks=[optlab.integrations.lightning.OptlabCallback()]); opt.distribute(None) if each process deliberately trains its own model."  # noqa: E501
+        )
+
+
+def check_ddp_forward(replicas: Replicas | None, name: str) -> None:
+    """The loss of a step under DDP came through the DDP model's forward (else DDP averages nothing)."""
+    if replicas is not None and replicas.forwards == 0:
+        raise RuntimeError(
+            f"{name}: no forward pass of the DistributedDataParallel model ran since the last step; "
+            "the loss must come from the DDP model (ddp_model(x)), not from its .module, or DDP "
+            "averages nothing."
+        )

@@ -36,7 +36,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from . import compiled
@@ -166,30 +165,6 @@ class RuleOptimizer(torch.optim.Optimizer):
                 self._replicas.broadcast_(st["generator"])
         return self
 
-    def _check_distributed(self) -> None:
-        if (
-            self._replicas is None
-            and not self._independent
-            and dist.is_available()
-            and dist.is_initialized()
-            and dist.get_world_size() > 1
-        ):
-            raise RuntimeError(
-                f"{self.name}: torch.distributed is initialized with {dist.get_world_size()} processes but the "
-                "optimizer does not know the DistributedDataParallel model, so gradients and curvature would "
-                "not be averaged. Build it from the DDP model (optlab.optimizer(name, DDP(model))), or call "
-                "opt.distribute(ddp_model) after wrapping (for Lightning: "
-                "callbacks=[optlab.integrations.lightning.OptlabCallback()]); opt.distribute(None) if each process deliberately trains its own model."  # noqa: E501
-            )
-
-    def _check_ddp_forward(self) -> None:
-        if self._replicas is not None and self._replicas.forwards == 0:
-            raise RuntimeError(
-                f"{self.name}: no forward pass of the DistributedDataParallel model ran since the last step; "
-                "the loss must come from the DDP model (ddp_model(x)), not from its .module, or DDP "
-                "averages nothing."
-            )
-
     def refresh_context(self):
         """Context for the forward and backward of a backward-first step under DDP:
         when the next step refreshes curvature, every ``torch.compile`` region runs eagerly
@@ -277,7 +252,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         phases, each timed -- gradients (:meth:`_gradients`), curvature (:meth:`_curvature`),
         update (:meth:`_update`, which runs the kernel :func:`~optlab.optim.phases.apply_rules`)."""
         replicas = self._replicas
-        self._check_distributed()
+        distributed.check_ddp_known(self._replicas, self._independent, self.name)
         scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         params = self._params()
         if replicas is not None and refresh and self._engine.name == "func":
@@ -327,7 +302,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                 loss = self._plain_gradients(closure, params, marks)
         else:
             graph_grads = self._written_gradients(params, refresh)
-        self._check_ddp_forward()
+        distributed.check_ddp_forward(self._replicas, self.name)
         if scale is not None:  # GradScaler: the gradients (and their graph) carry the loss scale
             unscale_grads(params, scale)
         return loss, outputs, graph_grads

@@ -111,7 +111,9 @@ def _smoke_stepper(name: str, plugin: str, cls) -> None:
             _fail("stepper", name, plugin, "step() produced non-finite parameters on a tiny test problem")
 
 
-def validate_item(kind: str, name: str, item: Any, plugin: str) -> None:
+def check_item(kind: str, name: str, item: Any, plugin: str) -> None:
+    """Registration checks of one plugin item (its base class, declared hyperparameters, method
+    signatures; a third-party part also runs once on a tiny problem): a failure raises :class:`PluginError`."""
     if kind == "estimator":
         if not (inspect.isclass(item) and issubclass(item, CurvatureEstimator)):
             _fail(kind, name, plugin, "must be a subclass of optlab.CurvatureEstimator")

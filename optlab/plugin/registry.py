@@ -31,7 +31,7 @@ import pluggy
 from optlab.optim.hparams import unknown_name
 
 from . import hookspecs
-from .registration import PluginError, validate_item
+from .registration import PluginError, check_item
 
 __all__ = [
     "KINDS",
@@ -246,7 +246,7 @@ def _collect() -> dict[str, list[Entry]]:
                             f"(it separates the plugin from the item in qualified names such as "
                             f"'{_plugin}{SEP}{name.replace(SEP, '_')}')"
                         )
-                    validate_item(_kind, name, item, _plugin)
+                    check_item(_kind, name, item, _plugin)
                 except PluginError as exc:  # one bad item must not take every command down
                     if strict:
                         raise

@@ -337,6 +337,41 @@ def _checkpoint_state(parts: _Parts, metrics: list, epoch: int, evals: StepEvalu
     }
 
 
+def _epoch_costs(opt, spent: dict, epoch_time: float, wall: float, hvps: int, vjps: int) -> dict:
+    """An epoch row's learning rates (the first group's, and every rule's) and costs: seconds by phase,
+    epoch and wall time, Hessian- and Jacobian-vector products."""
+    return {
+        "lr": opt.param_groups[0]["lr"],
+        "lrs": {g.get("rule", f"group{i}"): g["lr"] for i, g in enumerate(opt.param_groups)},
+        "time_forward_backward": spent["forward_backward"],
+        "time_curvature": spent["curvature"],
+        "time_update": spent["update"],
+        "time_epoch": epoch_time,
+        "wall_time": wall,
+        "hvp_count": hvps,
+        "vjp_count": vjps,
+    }
+
+
+def _step_evaluations(cfg: RunConfig, result: dict, ck: dict | None) -> StepEvaluations | None:
+    """The evaluations every ``eval_every_steps`` steps (continuing a checkpoint's), or None when off."""
+    if not cfg.eval_every_steps:
+        return None
+    result["evaluations"] = list(ck.get("evaluations") or []) if ck is not None else []
+    return StepEvaluations(
+        cfg.eval_every_steps, result["evaluations"], ck.get("train_seconds", 0.0) if ck is not None else 0.0
+    )
+
+
+def _describe_run(result: dict, cfg: RunConfig, model, opt, ranks: RankContext) -> None:
+    """What the record says about the optimizer (resolved hyperparameters per rule), the model's size
+    and, for a multi-process trial, its ranks."""
+    result.update(describe_optimizer(cfg, opt))
+    result["num_params"] = sum(p.numel() for p in model.parameters())
+    if ranks.distributed:
+        result["distributed"] = ranks.describe()
+
+
 def _train_epochs(
     cfg: RunConfig, result: dict, ckpt_path: Path | None, progress: bool, on_epoch, ranks: RankContext
 ) -> None:
@@ -352,10 +387,7 @@ def _train_epochs(
         result["metrics"] = ck["metrics"]
         start = result["resumed_from_epoch"] = ck["epoch"]
     model, opt = parts.model, parts.opt
-    result.update(describe_optimizer(cfg, opt))
-    result["num_params"] = sum(p.numel() for p in model.parameters())
-    if ranks.distributed:
-        result["distributed"] = ranks.describe()
+    _describe_run(result, cfg, model, opt, ranks)
     accounting: StepAccounting = opt  # type: ignore[assignment]  # api.optimizer gives every optimizer it
     # the optimizer holds the eager model (parameters, checkpoints); training forwards go through the
     # compiled one; refresh steps (and every step of a create_graph baseline) run it eagerly (optlab.optim.compiled)
@@ -363,12 +395,7 @@ def _train_epochs(
     wall = result["metrics"][-1]["wall_time"] if result["metrics"] else 0.0
     iters = parts.iters
     result["steps_per_epoch"] = iters
-    evals = None
-    if cfg.eval_every_steps:
-        result["evaluations"] = list(ck.get("evaluations") or []) if ck is not None else []
-        evals = StepEvaluations(
-            cfg.eval_every_steps, result["evaluations"], ck.get("train_seconds", 0.0) if ck is not None else 0.0
-        )
+    evals = _step_evaluations(cfg, result, ck)
     for epoch in range(start, cfg.epochs):
         t_epoch = time.perf_counter()
         t0 = dict(accounting.timings)
@@ -411,15 +438,7 @@ def _train_epochs(
             "val_acc": val_acc,
             "test_loss": test_loss,
             "test_acc": test_acc,
-            "lr": opt.param_groups[0]["lr"],
-            "lrs": {g.get("rule", f"group{i}"): g["lr"] for i, g in enumerate(opt.param_groups)},
-            "time_forward_backward": spent["forward_backward"],
-            "time_curvature": spent["curvature"],
-            "time_update": spent["update"],
-            "time_epoch": epoch_time,
-            "wall_time": wall,
-            "hvp_count": accounting.hvp_count - h0,
-            "vjp_count": accounting.vjp_count - v0,
+            **_epoch_costs(opt, spent, epoch_time, wall, accounting.hvp_count - h0, accounting.vjp_count - v0),
         }
         result["metrics"].append(row)
         if on_epoch is not None:

@@ -68,19 +68,6 @@ class LocalExecutor:
                     if not f.cancelled():
                         yield trial_outcome(t, f.result)
 
-        def abandon():  # terminate the workers now: no result written, claims go stale, checkpoints stay
-            manager = getattr(ex, "_executor_manager_thread", None)
-            previous = threading.excepthook
-
-            def quiet(args, manager=manager, previous=previous):  # the pool's thread sees its workers die
-                if args.thread is not manager:
-                    previous(args)
-
-            threading.excepthook = quiet
-            for proc in list(getattr(ex, "_processes", {}).values()):
-                proc.terminate()
-            ex.shutdown(wait=False, cancel_futures=True)
-
         # Ctrl-C: the first stops handing out trials and waits for the running ones (their results
         # still come back); the second abandons them (their last epoch checkpoints stay) -- the driver
         # decides, the workers ignore SIGINT. AbandonRunning (SIGTERM from `optlab grid run`, e.g. a
@@ -89,7 +76,7 @@ class LocalExecutor:
             hand_out()
             yield from drain(more=True)
         except AbandonRunning:
-            abandon()
+            _abandon(ex)
             raise
         except KeyboardInterrupt:
             for f in list(pending):
@@ -104,14 +91,29 @@ class LocalExecutor:
             try:
                 yield from drain(more=False)
             except KeyboardInterrupt:
-                abandon()
+                _abandon(ex)
                 raise
             ex.shutdown(wait=True)
             raise
         except BaseException:  # the consumer stopped early (GeneratorExit) or failed: leave nothing running
-            abandon()
+            _abandon(ex)
             raise
         ex.shutdown(wait=True)
+
+
+def _abandon(ex) -> None:
+    """Terminate the pool's workers now: no result written, claims go stale, checkpoints stay."""
+    manager = getattr(ex, "_executor_manager_thread", None)
+    previous = threading.excepthook
+
+    def quiet(args, manager=manager, previous=previous):  # the pool's thread sees its workers die
+        if args.thread is not manager:
+            previous(args)
+
+    threading.excepthook = quiet
+    for proc in list(getattr(ex, "_processes", {}).values()):
+        proc.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
 
 
 def _pool_worker_init() -> None:
