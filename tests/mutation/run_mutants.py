@@ -51,7 +51,6 @@ GROUP_TESTS = {
     "steppers": [
         KIT,
         "tests/test_stepper_formulas.py",
-        "tests/test_mutation_kills.py -k steppers",
         "tests/test_core.py::test_sgd_ph_with_empty_selector_is_torch_sgd",
         "tests/test_core.py::test_sgd_preset_dampening_matches_torch",
         "tests/test_relatives.py -k '(adam or lion or muon or newton_schulz or shape or orthogonal) and not ddp and not resume and not grid and not cli and not explain and not scheduler'",
@@ -71,7 +70,7 @@ GROUP_TESTS = {
         "tests/test_core.py::test_rowsum_hvp_equals_dense_block_rowsums",
         "tests/test_mutation_kills.py -k estimators",
     ],
-    "stats": ["tests/test_stats.py"],
+    "stats": ["tests/test_stats.py", "tests/test_mutation_kills.py -k stats"],
     "selection": ["tests/test_selection.py", "tests/test_protocol.py", "tests/test_analysis.py"],
     "store": [
         "tests/test_store_validate.py",
