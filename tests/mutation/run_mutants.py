@@ -784,20 +784,26 @@ def _locate(tree: Path, m: Mutant) -> Path | None:
     return hits[0] if len(hits) == 1 and total == 1 else None
 
 
-def _run_tests(tree: Path, runs: list[list[str]], timeout: float) -> int:
-    """0 when every run passes (the mutant survived); else the exit status of the first that failed
-    (124: it ran past ``timeout``, which counts as detected). Stops at the first failure."""
+def _run_tests(tree: Path, runs: list[list[str]], timeout: float) -> tuple[int, str]:
+    """``(0, "")`` when every run passes (the mutant survived); else the exit status of the first run
+    that failed (124: it ran past ``timeout``, which counts as detected) and the first test pytest
+    reports as failed. Stops at the first failure."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OPTLAB_NO_PROGRESS": "1"}
-    base = [sys.executable, "-m", "pytest", "-x", "-q", "-m", "not slow", "-p", "no:cacheprovider"]
+    base = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-m", "not slow", "-p", "no:cacheprovider"]
     deadline = time.time() + timeout
     for args in runs:
         try:
             r = subprocess.run([*base, *args], cwd=tree, env=env, capture_output=True, timeout=deadline - time.time())
         except (subprocess.TimeoutExpired, ValueError):
-            return 124  # a hang counts as detected
+            return 124, "timeout"  # a hang counts as detected
         if r.returncode != 0:
-            return r.returncode
-    return 0
+            failed = [
+                ln.split()[1]
+                for ln in r.stdout.decode(errors="replace").splitlines()
+                if ln.startswith(("FAILED ", "ERROR "))
+            ]
+            return r.returncode, failed[0] if failed else " ".join(args)
+    return 0, ""
 
 
 def _pick(mutants: list[Mutant], which: list[str] | None) -> list[Mutant]:
@@ -837,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = sorted({m.group for m in chosen})
         runs = {g: _selections(tree, g) for g in groups}
         for g in groups:  # the unmutated tree must pass, or every mutant would look killed
-            rc = _run_tests(tree, runs[g], args.timeout)
+            rc, _ = _run_tests(tree, runs[g], args.timeout)
             if rc != 0:
                 why = "selects no test" if rc == 5 else f"fail (exit status {rc})"
                 print(f"error: the unmutated tests of group {g!r} {why}: {runs[g]}; fix them first")
@@ -852,12 +858,14 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(original.replace(m.old, m.new))
                 t0 = time.time()
                 try:
-                    outcome = "survived" if _run_tests(tree, runs[m.group], args.timeout) == 0 else "killed"
+                    rc, by = _run_tests(tree, runs[m.group], args.timeout)
                 finally:
                     path.write_text(original)
+                outcome = "survived" if rc == 0 else "killed"
                 eq = " [judged equivalent]" if m.equivalent else ""
                 print(
-                    f"[{i + 1}/{len(chosen)}] {outcome:8s} {m.group:14s} {m.what}{eq} ({time.time() - t0:.0f} s)",
+                    f"[{i + 1}/{len(chosen)}] {outcome:8s} {m.group:14s} {m.what}{eq} ({time.time() - t0:.0f} s)"
+                    + (f"  by {by}" if by else ""),
                     flush=True,
                 )
             results.setdefault(m.group, []).append((m, outcome))
