@@ -87,13 +87,15 @@ GROUP_TESTS = {
 }
 
 
-def _selections(tree: Path, group: str) -> list[list[str]]:
-    """The pytest argument lists of ``group``'s tests that exist in ``tree`` (see GROUP_TESTS)."""
+def _selections(tree: Path, group: str, exclude: tuple[str, ...] = ()) -> list[list[str]]:
+    """The pytest argument lists of ``group``'s tests that exist in ``tree`` (see GROUP_TESTS), less
+    the entries of the files in ``exclude``."""
     runs: list[list[str]] = []
     plain: list[str] = []
     for entry in GROUP_TESTS[group]:
         args = shlex.split(entry)
-        if not (tree / args[0].split("::")[0]).exists():
+        file = args[0].split("::")[0]
+        if file in exclude or not (tree / file).exists():
             continue
         if len(args) == 1:
             plain.append(args[0])
@@ -823,6 +825,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--mutant", action="append", help="run only this mutant: its index in --list, or a substring of its name"
     )
+    ap.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="leave this test file out of every group (to measure what it adds)",
+    )
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--goal", type=float, default=0.9, help="required kill rate per group (default 0.9)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mutant's test runs")
@@ -841,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         tree = Path(tmp)
         _copy_tree(tree)
         groups = sorted({m.group for m in chosen})
-        runs = {g: _selections(tree, g) for g in groups}
+        runs = {g: _selections(tree, g, tuple(args.exclude)) for g in groups}
         for g in groups:  # the unmutated tree must pass, or every mutant would look killed
             rc, _ = _run_tests(tree, runs[g], args.timeout)
             if rc != 0:
