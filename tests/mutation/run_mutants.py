@@ -58,7 +58,7 @@ GROUP_TESTS = {
         "tests/test_stepper_formulas.py",
         "tests/test_core.py::test_sgd_ph_with_empty_selector_is_torch_sgd",
         "tests/test_core.py::test_sgd_preset_dampening_matches_torch",
-        "tests/test_relatives.py -k '(adam or lion or muon or newton_schulz or shape or orthogonal) and not ddp and not resume and not grid and not cli and not explain and not scheduler'",
+        "tests/test_relatives.py -k '(adam or lion or muon or newton_schulz or shape or orthogonal or soap) and not ddp and not resume and not grid and not cli and not explain and not scheduler'",
     ],
     "diag_newton": [
         f"{KIT}[diag_newton]",
@@ -644,6 +644,25 @@ MUTANTS: list[Mutant] = [
         "m = m",
         "muon: tall matrices batched untransposed",
         equivalent="newton_schulz transposes a tall matrix itself and the step transposes back by shape: same ops",
+    ),
+    M(
+        "steppers",
+        "step_size *= math.sqrt(1.0 - math.pow(b2, s)) / (1.0 - math.pow(b1, s))",
+        "step_size /= 1.0 - math.pow(b1, s)",
+        "soap: v bias correction dropped",
+    ),
+    M(
+        "steppers",
+        'st["exp_avg_sq"].lerp_(g_rot.square(), weight=1.0 - b2)',
+        'st["exp_avg_sq"].lerp_(g.square(), weight=1.0 - b2)',
+        "soap: second moment of the unrotated gradient",
+    ),
+    M("steppers", "v = v.index_select(i, order)", "v = v", "soap: v not permuted with its basis"),
+    M(
+        "steppers",
+        'if s > 0 and s % group["precondition_frequency"] == 0:',
+        'if s > 0 and (s + 1) % group["precondition_frequency"] == 0:',
+        "soap: eigenbasis refresh one step early",
     ),
     M(
         "diag_newton",
