@@ -76,12 +76,15 @@ GROUP_TESTS = {
         "tests/test_mutation_kills.py -k estimators",
     ],
     "stats": ["tests/test_stats.py", "tests/test_mutation_kills.py -k stats"],
-    "selection": ["tests/test_selection.py", "tests/test_protocol.py", "tests/test_analysis.py"],
+    "selection": [
+        "tests/test_selection.py",
+        "tests/test_protocol.py::test_selection_reads_validation_only",
+        "tests/test_analysis.py::test_runner_and_report_select_through_one_function",
+    ],
     "store": [
         "tests/test_store_validate.py",
-        "tests/test_reliability.py",
-        "tests/test_reliability_fuzz.py",
-        "tests/test_runner.py",
+        "tests/test_reliability_fuzz.py -k record",
+        "tests/test_reliability.py -k corrupt_trial_file",
     ],
     "time_to_target": ["tests/test_time_to_target.py", "tests/test_mutation_kills.py -k time_to_target"],
     "edges": [
