@@ -107,7 +107,6 @@ GRIDS = (
     ("paper-ablation", "sgd"),
     ("hessian-momentum", "sgd-ph-paper"),
     ("relatives-mnist1d", "sgd"),
-    ("rederive-mnist1d", "sgd"),
 )
 
 
