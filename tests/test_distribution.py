@@ -21,13 +21,35 @@ def _pins(path: Path) -> dict[str, str]:
     return dict(ln.split("==") for ln in lines if "==" in ln)
 
 
-def test_every_core_floor_is_the_version_min_versions_installs():
-    pins = _pins(ROOT / "constraints-min.txt")
+def _min_versions_extras() -> list[str]:
+    """The optional extras ``.ci/min_versions.sh`` installs at their floors (its ``EXTRAS=`` line)."""
+    (line,) = [ln for ln in (ROOT / ".ci" / "min_versions.sh").read_text().splitlines() if ln.startswith("EXTRAS=")]
+    return line.split("=", 1)[1].split("#")[0].strip().split(",")
+
+
+def test_every_floor_is_the_version_min_versions_installs():
+    """Core dependencies and the dependencies of every extra the floors run installs: each floor in
+    pyproject.toml is the version constraints-min.txt pins (names compared canonically)."""
+    from packaging.utils import canonicalize_name
+
+    pins = {canonicalize_name(n): v for n, v in _pins(ROOT / "constraints-min.txt").items()}
+    extras = _min_versions_extras()
+    assert set(extras) <= set(PROJECT["optional-dependencies"]) - {"test", "docs", "vision"}, extras
     reqs = [Requirement(r) for r in PROJECT["dependencies"]]
-    assert {r.name for r in reqs} == set(pins), "constraints-min.txt must pin exactly the core dependencies"
+    reqs += [Requirement(r) for e in extras for r in PROJECT["optional-dependencies"][e]]
+    names = {canonicalize_name(r.name) for r in reqs}
+    assert names == set(pins), "constraints-min.txt must pin exactly the core and the floors run's extras' dependencies"
     for r in reqs:
         floors = [Version(s.version) for s in r.specifier if s.operator == ">="]
-        assert floors == [Version(pins[r.name])], f"{r}: floor differs from constraints-min.txt ({pins[r.name]})"
+        pin = pins[canonicalize_name(r.name)]
+        assert floors == [Version(pin)], f"{r}: floor differs from constraints-min.txt ({pin})"
+
+
+def test_the_floors_run_installs_every_extra_the_default_suite_needs():
+    """test.sh installs the extras the default suite uses; the floors run installs the same ones."""
+    (line,) = [ln for ln in (ROOT / "test.sh").read_text().splitlines() if "OPTLAB_EXTRAS=" in ln]
+    test_sh = set(line.split("OPTLAB_EXTRAS=", 1)[1].split()[0].split(",")) - {"test"}
+    assert set(_min_versions_extras()) == test_sh
 
 
 def test_scipy_floor_has_bootstrap_rng_and_torch_pin_is_admitted():
