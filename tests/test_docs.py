@@ -19,9 +19,14 @@ def test_the_guide_has_snippets():
 @pytest.mark.parametrize("i", range(len(SNIPPETS)))
 def test_every_plugin_guide_snippet_runs_standalone(i, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "plugins" / "optlab-fisher"))  # the worked example's package
+    # each snippet imports the worked example afresh; the module (and the package attribute a fresh
+    # import rebinds) is restored afterwards, so later tests keep the classes they imported
+    monkeypatch.delitem(sys.modules, "optlab_fisher.plugin", raising=False)
+    pkg = sys.modules.get("optlab_fisher")
+    if pkg is not None and hasattr(pkg, "plugin"):
+        monkeypatch.setattr(pkg, "plugin", pkg.plugin)
     namespace = {"__name__": f"snippet{i}"}
     exec(compile(SNIPPETS[i], f"{GUIDE.name}[snippet {i}]", "exec"), namespace)  # NameError = a missing import
     for name, fn in list(namespace.items()):  # test functions of the snippets run too
         if name.startswith("test_") and callable(fn):
             fn()
-    sys.modules.pop("optlab_fisher.plugin", None)
