@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import plugin_site
 import pytest
@@ -38,6 +39,13 @@ lr = [0.05, 0.1]
 """
 
 
+def _sigint_default() -> None:
+    """In the driver's process before exec: Ctrl-C handled as in a terminal's foreground job. A
+    process started with SIGINT ignored (pytest itself run as a background job from a script, or
+    under ``nohup ... &``) passes that on through exec, and Python then installs no handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Driver:
     """``optlab grid run`` in its own process group (``killpg`` = a terminal's Ctrl-C); its stderr is
     read line by line so a test can wait for what the driver says."""
@@ -55,6 +63,7 @@ class _Driver:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=_sigint_default,
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -80,7 +89,15 @@ class _Driver:
     def wait_for_line(self, text: str, timeout: float = 300.0) -> None:
         with self._cond:
             ok = self._cond.wait_for(lambda: any(text in ln for ln in self.lines) or self.lines[-1:] == [""], timeout)
-        assert ok and text in self.err, f"the driver did not say {text!r}:\n{self.err[-3000:]}"
+        assert ok and text in self.err, f"the driver did not say {text!r}:\n{self.err[-3000:]}\n{self.signal_state()}"
+
+    def signal_state(self) -> str:
+        """The driver's signal masks (SigBlk/SigIgn/SigCgt from /proc): for a driver that ignored Ctrl-C."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        except OSError as exc:
+            return f"(no /proc status: {exc})"
+        return " ".join(ln for ln in status if ln.startswith(("SigBlk", "SigIgn", "SigCgt", "State")))
 
     def wait(self, timeout: float = 300.0) -> int:
         rc = self.proc.wait(timeout)
