@@ -110,7 +110,15 @@ def _checkpoint_epochs(res) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    "workers,presses", [(2, 2), pytest.param(2, 1, marks=pytest.mark.slow), pytest.param(1, 1, marks=pytest.mark.slow)]
+    "workers,presses",
+    # all three in the serial `slow` run: under pytest-xdist (the default run's -n 2) the driver was found
+    # with SIGINT ignored (/proc SigIgn 0x1001007) on every full run of 2026-12-03 and never saw Ctrl-C,
+    # while every serial run passed; cause not found yet (closing note, issue 19)
+    [
+        pytest.param(2, 2, marks=pytest.mark.slow),
+        pytest.param(2, 1, marks=pytest.mark.slow),
+        pytest.param(1, 1, marks=pytest.mark.slow),
+    ],
 )
 def test_ctrl_c_stops_the_grid_and_a_rerun_completes(tmp_path, gate, blocking_site, workers, presses):
     """Ctrl-C once ``workers`` trials are complete and ``workers`` more are stopped mid-way (after epoch 1,
