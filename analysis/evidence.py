@@ -79,14 +79,15 @@ def issue20(results: Path, baseline: str, report_dir: Path | None = None) -> str
     parts.append(_md(s[cols]))
     if len(t):
         rows = t.to_dict("records")
-        summary = pd.DataFrame(ttt.arm_summary(rows))
+        per_arm = ttt.arm_summary(rows)
+        summary = pd.DataFrame(per_arm)
         keep = ["workload", "arm", "n", "n_reached", "k", "reached", "time_step", "median_step", "median_cost"]
         summary = summary[keep + ["median_seconds", "target"]].round({"median_seconds": 1, "target": 4})
         parts.append(_md(summary))
         paired = pd.DataFrame(ttt.paired_against(rows, baseline, "step"))
         if len(paired):
             parts.append(_md(paired.drop(columns=["unit"], errors="ignore").round(4)))
-        score = ttt.profile_score(ttt.profile_from_summary(ttt.arm_summary(rows)))
+        score = ttt.profile_score(ttt.profile_from_summary(per_arm))
         parts.append(
             "profile score (steps, tau_max = 4): " + ", ".join(f"{a} {x:.3f}" for a, x in sorted(score.items()))
         )
