@@ -19,6 +19,11 @@ its checkpoint counts from there (tests release the gate before resuming). A sto
 that is never released raises after ``max_wait_s`` so a broken test cannot leave a process
 waiting forever.
 
+A second Ctrl-C that lands *inside* the driver's own output (a user pressing twice quickly)
+cannot be timed from outside; with ``OPTLAB_TEST_SIGINT_AFTER=<text>`` in its environment, a
+process that loads this plugin sends itself SIGINT right after it writes ``<text>`` to its
+stderr -- the signal then arrives in the middle of that ``print``.
+
 Installed for subprocesses as a real plugin distribution (``tests/plugin_site.py``); in the
 test process register it with ``optlab.registry.register_plugin(fixtures_blocking, ...)``.
 """
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import fields
@@ -161,6 +168,28 @@ def gated(
     task.gate, task.block_after, task.pass_first = Gate(gate), block_after, pass_first
     task.max_wait_s, task.seed, task.epochs_started = max_wait_s, seed, 0
     return task
+
+
+class _SigintAfter:
+    """``sys.stderr`` that sends this process SIGINT, once, right after a write holding ``text``."""
+
+    def __init__(self, stream, text: str):
+        self._stream, self._text, self._sent = stream, text, False
+
+    def write(self, s: str) -> int:
+        n = self._stream.write(s)
+        if not self._sent and self._text in s:
+            self._sent = True
+            self._stream.flush()
+            os.kill(os.getpid(), signal.SIGINT)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+if os.environ.get("OPTLAB_TEST_SIGINT_AFTER"):
+    sys.stderr = _SigintAfter(sys.stderr, os.environ["OPTLAB_TEST_SIGINT_AFTER"])
 
 
 @hookimpl

@@ -71,12 +71,15 @@ class LocalExecutor:
         # Ctrl-C: the first stops handing out trials and waits for the running ones (their results
         # still come back); the second abandons them (their last epoch checkpoints stay) -- the driver
         # decides, the workers ignore SIGINT. AbandonRunning (SIGTERM from `optlab grid run`, e.g. a
-        # batch system's time limit) abandons at once.
+        # batch system's time limit) abandons at once. A second Ctrl-C may land anywhere (in the print,
+        # before the wait starts): whatever leaves this block before the running trials came back
+        # abandons them in `finally`, so the pool never outlives the driver.
+        drained = False
         try:
             hand_out()
             yield from drain(more=True)
+            drained = True
         except AbandonRunning:
-            _abandon(ex)
             raise
         except KeyboardInterrupt:
             for f in list(pending):
@@ -88,17 +91,14 @@ class LocalExecutor:
                 file=sys.stderr,
                 flush=True,
             )
-            try:
-                yield from drain(more=False)
-            except KeyboardInterrupt:
+            yield from drain(more=False)
+            drained = True
+            raise
+        finally:  # also when the consumer stopped early (GeneratorExit) or failed: leave nothing running
+            if drained:
+                ex.shutdown(wait=True)
+            else:
                 _abandon(ex)
-                raise
-            ex.shutdown(wait=True)
-            raise
-        except BaseException:  # the consumer stopped early (GeneratorExit) or failed: leave nothing running
-            _abandon(ex)
-            raise
-        ex.shutdown(wait=True)
 
 
 def _abandon(ex) -> None:
