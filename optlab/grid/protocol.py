@@ -432,16 +432,3 @@ def stability(
             same += select(resampled, mode, tol)[key].config == full[key].config
         out[key] = same / n_boot if full[key].config is not None else math.nan
     return out
-
-
-def __getattr__(name: str):
-    if name == "config_key":  # the machine key was called a label before issue 22
-        import warnings
-
-        warnings.warn(
-            "optlab.grid.protocol.config_key is deprecated: it is config_key (a machine key, not a label)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return config_key
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
