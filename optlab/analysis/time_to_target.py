@@ -42,6 +42,7 @@ B_a = (1 / (tau_max - 1)) * integral from 1 to tau_max of rho_a(tau) dtau, compu
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -247,7 +248,7 @@ def paired_censored_test(a: Mapping[int, float], b: Mapping[int, float]) -> dict
         else:
             counts["n_neither"] += 1
             diffs.append(0.0)
-    out: dict = {"n": len(seeds), **counts, "median_diff": _median(both) if both else math.nan}
+    out: dict = {"n": len(seeds), **counts, "median_diff": statistics.median(both) if both else math.nan}
     nonzero = [d for d in diffs if d != 0]
     if not nonzero:
         return {**out, "statistic": math.nan, "p_value": math.nan, "direction": 0}
@@ -257,20 +258,15 @@ def paired_censored_test(a: Mapping[int, float], b: Mapping[int, float]) -> dict
     from scipy import stats
 
     res = stats.wilcoxon(ranked, zero_method="wilcox", alternative="two-sided")
-    pos = sum(r for r, d in zip(stats.rankdata([abs(x) for x in ranked]), ranked) if d > 0)
-    neg = sum(r for r, d in zip(stats.rankdata([abs(x) for x in ranked]), ranked) if d < 0)
+    ranks = stats.rankdata([abs(x) for x in ranked])
+    pos = sum(r for r, d in zip(ranks, ranked) if d > 0)
+    neg = sum(r for r, d in zip(ranks, ranked) if d < 0)
     return {
         **out,
         "statistic": float(res.statistic),
         "p_value": float(res.pvalue),
         "direction": int(math.copysign(1, pos - neg)) if pos != neg else 0,
     }
-
-
-def _median(xs: Sequence[float]) -> float:
-    v = sorted(xs)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def reach_curve(times: Sequence[float], grid: Sequence[float]) -> list[float]:
@@ -414,7 +410,7 @@ def arm_summary(rows: Sequence[Mapping], ks: Mapping[str, int | None] | None = N
         for u in UNITS:
             t, n_reached, kk = workload_time([x[u] for x in g], k)
             row[f"time_{u}"] = t
-            row[f"median_{u}"] = _median([x[u] if _finite(x[u]) else INF for x in g])
+            row[f"median_{u}"] = statistics.median([x[u] if _finite(x[u]) else INF for x in g])
         row.update(
             n=len(g),
             n_reached=n_reached,
