@@ -79,7 +79,7 @@ class LocalExecutor:
             hand_out()
             yield from drain(more=True)
             drained = True
-        except AbandonRunning:
+        except AbandonRunning:  # a KeyboardInterrupt, but no grace period: `finally` abandons at once
             raise
         except KeyboardInterrupt:
             for f in list(pending):
